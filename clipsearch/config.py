@@ -1,0 +1,37 @@
+"""Where clipsearch keeps its data and which model it uses, resolved from flags and environment."""
+
+from __future__ import annotations
+
+import os
+from pathlib import Path
+
+DEFAULT_MODEL = "ViT-B-32-256:datacomp_s34b_b86k"
+ENV_HOME = "CLIPSEARCH_HOME"
+ENV_MODEL = "CLIPSEARCH_MODEL"
+ENV_DEVICE = "CLIPSEARCH_DEVICE"
+
+
+def data_home() -> Path:
+    """The folder that holds indexes: $CLIPSEARCH_HOME, else the platform's user data dir."""
+    env = os.environ.get(ENV_HOME)
+    if env:
+        return Path(env).expanduser()
+    from platformdirs import user_data_dir
+
+    return Path(user_data_dir("clipsearch", appauthor=False))
+
+
+def index_dir(explicit: str | os.PathLike[str] | None = None) -> Path:
+    """The index folder: an explicit --index PATH, else `<data home>/index`."""
+    if explicit:
+        return Path(explicit).expanduser().absolute()
+    return (data_home() / "index").absolute()
+
+
+def model_name(explicit: str | None = None) -> str | None:
+    """The model asked for by --model or $CLIPSEARCH_MODEL; None lets the index (or default) decide."""
+    return explicit or os.environ.get(ENV_MODEL) or None
+
+
+def device_name(explicit: str | None = None) -> str | None:
+    return explicit or os.environ.get(ENV_DEVICE) or None

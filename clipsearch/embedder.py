@@ -1,0 +1,237 @@
+"""Loading a CLIP model and turning images and texts into L2-normalised float32 vectors.
+
+torch and open_clip are imported when an Embedder is built, never at module import: commands that
+need no model (help, status, models list) start fast.
+"""
+
+from __future__ import annotations
+
+import json
+import platform
+from dataclasses import dataclass
+from pathlib import Path
+from typing import TYPE_CHECKING, Any
+
+import numpy as np
+
+from clipsearch import models
+from clipsearch.errors import ModelError, UsageError
+
+if TYPE_CHECKING:
+    import torch
+
+DEVICES = ("auto", "cpu", "cuda", "mps")
+PRECISIONS = ("auto", "fp32", "bf16", "fp16")
+
+
+@dataclass(frozen=True)
+class ModelIdentity:
+    """What the index records so that vectors from different models are never mixed."""
+
+    name: str
+    embed_dim: int
+    weights_sha256: str
+
+    def describe(self) -> str:
+        return f"{self.name} (dim {self.embed_dim}, weights sha256 {self.weights_sha256[:12]}…)"
+
+
+@dataclass(frozen=True)
+class Preprocess:
+    """How an image becomes the model's input tensor (open_clip's eval transform, as data)."""
+
+    size: int
+    mean: tuple[float, float, float]
+    std: tuple[float, float, float]
+    interpolation: str = "bicubic"
+    resize_mode: str = "shortest"
+
+
+def cpu_has_native_bf16() -> bool:
+    """True where the CPU has bf16 matrix units (AMX or AVX512-BF16): bf16 weights are then ~4x faster."""
+    try:
+        with open("/proc/cpuinfo", encoding="ascii", errors="replace") as f:
+            flags = f.read()
+    except OSError:
+        return False
+    return " amx_bf16" in flags or " avx512_bf16" in flags
+
+
+def pick_device(requested: str | None) -> str:
+    import torch
+
+    req = (requested or "auto").lower()
+    if req not in DEVICES and not req.startswith("cuda:"):
+        raise UsageError(f"unknown device {requested!r}; choose one of {', '.join(DEVICES)}")
+    if req == "auto":
+        if torch.cuda.is_available():
+            return "cuda"
+        if getattr(torch.backends, "mps", None) is not None and torch.backends.mps.is_available():
+            return "mps"
+        return "cpu"
+    if req.startswith("cuda") and not torch.cuda.is_available():
+        raise UsageError("--device cuda asked for, but torch sees no CUDA GPU")
+    if req == "mps" and not (getattr(torch.backends, "mps", None) and torch.backends.mps.is_available()):
+        raise UsageError("--device mps asked for, but MPS is not available")
+    return req
+
+
+def pick_precision(requested: str | None, device: str) -> str:
+    req = (requested or "auto").lower()
+    if req not in PRECISIONS:
+        raise UsageError(f"unknown precision {requested!r}; choose one of {', '.join(PRECISIONS)}")
+    if req != "auto":
+        return req
+    if device.startswith("cuda") or device == "mps":
+        return "fp16"
+    return "bf16" if cpu_has_native_bf16() else "fp32"
+
+
+def _dtype(precision: str) -> torch.dtype:
+    import torch
+
+    return {"fp32": torch.float32, "bf16": torch.bfloat16, "fp16": torch.float16}[precision]
+
+
+class Embedder:
+    """One loaded model on one device: `embed_images` and `embed_texts` return normalised float32."""
+
+    def __init__(self, spec: models.ModelSpec, device: str | None = None, precision: str | None = None,
+                 download: bool = True) -> None:
+        import torch
+
+        self.spec = spec
+        self.device = pick_device(device)
+        self.precision = pick_precision(precision, self.device)
+        weights = models.resolve_weights(spec, download=download)
+        self.weights_path = weights
+        self.model, self.preprocess, self.tokenizer = _load(spec, weights, self.device)
+        self.model.eval()
+        self.dtype = _dtype(self.precision)
+        if self.dtype != torch.float32:
+            # Casting the weights is what makes bf16 fast on CPU; autocast alone copies too much.
+            self.model.to(self.dtype)
+        embed_dim = int(getattr(self.model, "embed_dim", 0) or _probe_dim(self.model, self.preprocess))
+        self.identity = ModelIdentity(spec.name, embed_dim, models.sha256_of(weights))
+
+    def embed_images(self, pixels: np.ndarray) -> np.ndarray:
+        """uint8 pixels (N, size, size, 3) from images.decode -> (N, dim) normalised float32."""
+        import torch
+
+        pre = self.preprocess
+        with torch.inference_mode():
+            x = torch.from_numpy(np.ascontiguousarray(pixels)).to(self.device)
+            x = x.permute(0, 3, 1, 2).float().div_(255)
+            mean = torch.tensor(pre.mean, device=self.device).view(1, 3, 1, 1)
+            std = torch.tensor(pre.std, device=self.device).view(1, 3, 1, 1)
+            x = ((x - mean) / std).to(self.dtype)
+            return _normalise(self.model.encode_image(x))
+
+    def embed_texts(self, texts: list[str]) -> np.ndarray:
+        """Texts -> (N, dim) normalised float32. Sequences are cut after the end token (same result)."""
+        import torch
+
+        if not texts:
+            return np.zeros((0, self.identity.embed_dim), dtype=np.float32)
+        with torch.inference_mode():
+            tokens = self.tokenizer(texts).to(self.device)
+            feats = _encode_text_short(self.model, tokens)
+            return _normalise(feats)
+
+
+def _normalise(feats: Any) -> np.ndarray:
+    import torch
+
+    out = torch.nn.functional.normalize(feats.float(), dim=-1)
+    return out.cpu().numpy().astype(np.float32, copy=False)
+
+
+def _encode_text_short(model: Any, tokens: torch.Tensor) -> torch.Tensor:
+    """open_clip's CLIP.encode_text on tokens cut after the longest end-of-text position.
+
+    The text tower is causal and pools at the end token, so the padding after it changes nothing
+    but costs most of the work (prompts are 10-13 tokens of 77).
+    """
+    import open_clip
+    import torch
+    from open_clip.transformer import text_global_pool
+
+    if (not isinstance(model, open_clip.model.CLIP) or getattr(model, "text_pool_type", "") != "argmax"
+            or getattr(model, "attn_mask", None) is None):
+        return model.encode_text(tokens)
+    length = int(tokens.argmax(dim=1).max().item()) + 1
+    t = tokens[:, :length]
+    cast = model.transformer.get_cast_dtype()
+    x = model.token_embedding(t).to(cast) + model.positional_embedding[:length].to(cast)
+    x = model.transformer(x, attn_mask=model.attn_mask[:length, :length])
+    x = model.ln_final(x)
+    x = text_global_pool(x, t, model.text_pool_type, eos_token_id=getattr(model, "text_eos_id", None))
+    if isinstance(model.text_projection, torch.nn.Linear):
+        return model.text_projection(x)
+    return x @ model.text_projection
+
+
+def _probe_dim(model: Any, pre: Preprocess) -> int:
+    import torch
+
+    with torch.inference_mode():
+        p = next(model.parameters())
+        out = model.encode_image(torch.zeros(1, 3, pre.size, pre.size, dtype=p.dtype, device=p.device))
+    return int(out.shape[-1])
+
+
+def _preprocess_from(model: Any) -> Preprocess:
+    cfg = getattr(model.visual, "preprocess_cfg", {}) or {}
+    size = cfg.get("size", 224)
+    if isinstance(size, (list, tuple)):
+        size = size[0]
+    mean = tuple(cfg.get("mean", (0.48145466, 0.4578275, 0.40821073)))
+    std = tuple(cfg.get("std", (0.26862954, 0.26130258, 0.27577711)))
+    return Preprocess(int(size), mean, std,  # type: ignore[arg-type]
+                      str(cfg.get("interpolation", "bicubic")), str(cfg.get("resize_mode", "shortest")))
+
+
+def _load(spec: models.ModelSpec, weights: Path, device: str) -> tuple[Any, Preprocess, Any]:
+    import open_clip
+
+    try:
+        if spec.kind == "local-dir":
+            name = f"local-dir:{spec.path}"
+            model = open_clip.create_model(name, device=device, weights_only=True)
+            tokenizer = open_clip.get_tokenizer(name)
+        elif spec.kind == "hf-hub":
+            model = open_clip.create_model(spec.name, device=device, weights_only=True)
+            tokenizer = open_clip.get_tokenizer(spec.name)
+        elif spec.kind == "config":
+            cfg = json.loads(Path(spec.path).read_text())
+            arch = f"clipsearch-{Path(spec.path).stem}"
+            open_clip.factory._MODEL_CONFIGS[arch] = cfg.get("model_cfg", cfg)
+            force = cfg.get("preprocess_cfg") or None
+            model = open_clip.create_model(arch, pretrained=str(weights), device=device, weights_only=True,
+                                           force_preprocess_cfg=force)
+            tokenizer = open_clip.get_tokenizer(arch)
+        else:
+            tag_cfg = open_clip.pretrained.get_pretrained_cfg(spec.arch, spec.tag) or {}
+            # The weights come as a file path, so pass on what the tag would have set itself.
+            force = {k: tag_cfg[k] for k in ("mean", "std", "interpolation", "resize_mode") if k in tag_cfg}
+            model = open_clip.create_model(spec.arch, pretrained=str(weights), device=device, weights_only=True,
+                                           force_quick_gelu=bool(tag_cfg.get("quick_gelu", False)),
+                                           force_preprocess_cfg=force or None)
+            tokenizer = open_clip.get_tokenizer(spec.arch)
+    except (RuntimeError, ValueError, KeyError, OSError) as exc:
+        raise ModelError(f"could not load {spec.name} from {weights}: {str(exc).splitlines()[0][:300]}") from exc
+    return model, _preprocess_from(model), tokenizer
+
+
+def runtime_summary() -> dict[str, str]:
+    """What `models info` reports about this machine's torch."""
+    import torch
+
+    return {
+        "torch": torch.__version__,
+        "cuda": str(torch.cuda.is_available()),
+        "cpu": platform.processor() or platform.machine(),
+        "cpu_capability": torch.backends.cpu.get_cpu_capability(),
+        "native_bf16": str(cpu_has_native_bf16()),
+        "threads": str(torch.get_num_threads()),
+    }

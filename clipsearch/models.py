@@ -1,0 +1,211 @@
+"""Naming models, the recommended catalogue, and finding (or downloading) their weights.
+
+Nothing here imports torch or open_clip at module level: `models list` and the query path stay light.
+"""
+
+from __future__ import annotations
+
+import hashlib
+import json
+import os
+from dataclasses import dataclass
+from pathlib import Path
+
+from clipsearch import config
+from clipsearch.errors import ModelError, ModelNotAvailableError, UsageError
+
+LOCAL_DIR = "local-dir:"
+HF_HUB = "hf-hub:"
+SAFETENSORS_NAME = "open_clip_model.safetensors"
+BIN_NAME = "open_clip_pytorch_model.bin"
+
+
+@dataclass(frozen=True)
+class ModelSpec:
+    """A model as the user named it, parsed.
+
+    kind is one of "pretrained" (ARCH:TAG from open_clip's registry), "local-dir" (a folder with
+    open_clip_config.json and weights), "config" (a config JSON plus a checkpoint), "hf-hub".
+    """
+
+    name: str
+    kind: str
+    arch: str = ""
+    tag: str = ""
+    path: str = ""
+    checkpoint: str = ""
+
+    @property
+    def display(self) -> str:
+        return self.name
+
+
+def parse(name: str) -> ModelSpec:
+    """Parse `ARCH:TAG`, `local-dir:/path`, `hf-hub:org/repo` or `CONFIG.json:CHECKPOINT`."""
+    name = name.strip()
+    if not name:
+        raise UsageError("empty model name")
+    if name.startswith(LOCAL_DIR):
+        folder = Path(name[len(LOCAL_DIR):]).expanduser()
+        if not str(folder) or str(folder) == ".":
+            raise UsageError("local-dir: needs a folder, e.g. local-dir:/models/my-clip")
+        return ModelSpec(f"{LOCAL_DIR}{folder.absolute()}", "local-dir", path=str(folder.absolute()))
+    if name.startswith(HF_HUB):
+        repo = name[len(HF_HUB):]
+        if "/" not in repo:
+            raise UsageError(f"hf-hub: needs org/repo, got {repo!r}")
+        return ModelSpec(name, "hf-hub", arch=repo)
+    if ".json:" in name:
+        cfg, ckpt = name.split(".json:", 1)
+        cfg_path = Path(cfg + ".json").expanduser().absolute()
+        ckpt_path = Path(ckpt).expanduser().absolute()
+        return ModelSpec(f"{cfg_path}:{ckpt_path}", "config", path=str(cfg_path), checkpoint=str(ckpt_path))
+    if ":" not in name:
+        raise UsageError(
+            f"model {name!r} names no weights: use ARCH:PRETRAINED (e.g. {config.DEFAULT_MODEL}), "
+            "local-dir:/path, or CONFIG.json:CHECKPOINT; `clipsearch models list` shows choices")
+    arch, tag = name.split(":", 1)
+    return ModelSpec(name, "pretrained", arch=arch, tag=tag)
+
+
+@dataclass(frozen=True)
+class CatalogEntry:
+    name: str
+    size_mb: int
+    speed: str
+    imagenet_zero_shot: float
+    note: str
+    hf_hub: str  # where open_clip's registry says the weights live; kept here so listing needs no torch
+
+
+# ImageNet zero-shot top-1 from open_clip's published results; sizes are the fp32 weight files.
+CATALOG: tuple[CatalogEntry, ...] = (
+    CatalogEntry("ViT-B-32-256:datacomp_s34b_b86k", 578, "fast", 72.8, "default: best accuracy per CPU second",
+                 "laion/CLIP-ViT-B-32-256x256-DataComp-s34B-b86K/"),
+    CatalogEntry("ViT-B-32:laion2b_s34b_b79k", 578, "fast", 66.6, "widely used LAION model",
+                 "laion/CLIP-ViT-B-32-laion2B-s34B-b79K/"),
+    CatalogEntry("ViT-B-32:openai", 578, "fast", 63.3, "the original CLIP",
+                 "timm/vit_base_patch32_clip_224.openai/"),
+    CatalogEntry("ViT-B-16:datacomp_xl_s13b_b90k", 571, "medium", 73.5, "finer detail, ~5x slower on CPU",
+                 "laion/CLIP-ViT-B-16-DataComp.XL-s13B-b90K/"),
+    CatalogEntry("ViT-L-14:datacomp_xl_s13b_b90k", 1710, "slow", 79.2, "best here; wants a GPU",
+                 "laion/CLIP-ViT-L-14-DataComp.XL-s13B-b90K/"),
+)
+
+
+def _hf_location(spec: ModelSpec) -> tuple[str, list[str]] | None:
+    """(repo id, candidate filenames, safetensors first) for hub-hosted weights, else None."""
+    if spec.kind == "hf-hub":
+        return spec.arch, [SAFETENSORS_NAME, BIN_NAME]
+    if spec.kind != "pretrained":
+        return None
+    hub = next((e.hf_hub for e in CATALOG if e.name == spec.name), "")
+    if not hub:
+        from open_clip.pretrained import get_pretrained_cfg, list_pretrained_tags_by_model
+
+        cfg = get_pretrained_cfg(spec.arch, spec.tag)
+        if not cfg:
+            tags = list_pretrained_tags_by_model(spec.arch)
+            hint = (f"known tags for {spec.arch}: {', '.join(tags)}" if tags
+                    else "`clipsearch models list` shows choices")
+            raise ModelError(f"unknown model {spec.name!r}: {hint}")
+        hub = cfg.get("hf_hub", "")
+    if not hub:
+        return None
+    # open_clip's convention: "org/repo/" means the default file names, "org/repo/file" one file.
+    repo, filename = os.path.split(hub)
+    names = [filename] if filename else [SAFETENSORS_NAME, BIN_NAME]
+    if filename.endswith((".bin", ".pth", ".pt")):
+        names.insert(0, filename.rsplit(".", 1)[0] + ".safetensors")
+    return repo, names
+
+
+def cached_weights(spec: ModelSpec) -> Path | None:
+    """The weights file if it is on this machine already; never touches the network."""
+    if spec.kind == "local-dir":
+        for name in (SAFETENSORS_NAME, BIN_NAME):
+            if (Path(spec.path) / name).is_file():
+                return Path(spec.path) / name
+        return None
+    if spec.kind == "config":
+        return Path(spec.checkpoint) if Path(spec.checkpoint).is_file() else None
+    loc = _hf_location(spec)
+    if loc is None:
+        return None
+    from huggingface_hub import try_to_load_from_cache
+
+    repo, names = loc
+    for name in names:
+        found = try_to_load_from_cache(repo, name)
+        if isinstance(found, str) and os.path.isfile(found):
+            return Path(found)
+    return None
+
+
+def _offline() -> bool:
+    return os.environ.get("HF_HUB_OFFLINE", "").lower() in ("1", "true", "yes", "on")
+
+
+def _not_available(spec: ModelSpec, what: str, reason: str) -> ModelNotAvailableError:
+    return ModelNotAvailableError(
+        f"weights for {spec.name} are not on this machine ({what}; {reason}). Get them with "
+        f"`clipsearch models download {spec.name}` on a machine with network (then copy the Hugging Face "
+        "cache, ~/.cache/huggingface, here), or use a local checkpoint: --model local-dir:/path/to/folder")
+
+
+def resolve_weights(spec: ModelSpec, download: bool = True) -> Path:
+    """The local weights file for `spec`, downloading it into the Hugging Face cache when allowed."""
+    found = cached_weights(spec)
+    if found is not None:
+        return found
+    if spec.kind == "local-dir":
+        if not Path(spec.path).is_dir():
+            raise ModelError(f"model folder not found: {spec.path}")
+        raise ModelError(f"no {SAFETENSORS_NAME} (or {BIN_NAME}) in model folder {spec.path}")
+    if spec.kind == "config":
+        raise ModelError(f"checkpoint not found: {spec.checkpoint}")
+    loc = _hf_location(spec)
+    if loc is None:
+        raise ModelError(f"{spec.name} is only published as a plain URL download; "
+                         "download it yourself and use CONFIG.json:CHECKPOINT or local-dir:")
+    repo, names = loc
+    what = f"{repo}/{names[0]} missing from the Hugging Face cache"
+    if not download or _offline():
+        reason = "HF_HUB_OFFLINE is set" if _offline() else "downloads are off"
+        raise _not_available(spec, what, reason)
+    from huggingface_hub import hf_hub_download
+
+    last: Exception | None = None
+    for name in names:
+        try:
+            return Path(hf_hub_download(repo_id=repo, filename=name, library_name="clipsearch"))
+        except Exception as exc:  # noqa: BLE001 - the hub raises many kinds; each means "not from here"
+            last = exc
+    raise _not_available(spec, what, f"download failed: {type(last).__name__}: {str(last).splitlines()[0][:200]}")
+
+
+def sha256_of(path: Path) -> str:
+    """sha256 of a weights file, cached by (path, size, mtime) so loading stays fast."""
+    st = path.stat()
+    key = f"{path.resolve()}|{st.st_size}|{st.st_mtime_ns}"
+    cache_file = config.data_home() / "weights-sha256.json"
+    try:
+        cache = json.loads(cache_file.read_text())
+    except (OSError, ValueError):
+        cache = {}
+    if key in cache:
+        return str(cache[key])
+    h = hashlib.sha256()
+    with path.open("rb") as f:
+        for chunk in iter(lambda: f.read(1 << 20), b""):
+            h.update(chunk)
+    digest = h.hexdigest()
+    cache[key] = digest
+    try:
+        cache_file.parent.mkdir(parents=True, exist_ok=True)
+        tmp = cache_file.with_suffix(f".tmp{os.getpid()}")
+        tmp.write_text(json.dumps(cache, indent=1))
+        os.replace(tmp, cache_file)
+    except OSError:
+        pass  # a read-only home only costs re-hashing next time
+    return digest

@@ -1,0 +1,305 @@
+"""The SQLite database that is the index's source of truth: images, their vectors, the model, skips.
+
+Vectors are stored here too (little-endian float32 blobs), so the FAISS file is only a cache that
+can always be rebuilt. Every write happens in a transaction; WAL lets queries read while an indexer
+writes. The schema is a list of numbered sqlite-utils migrations; docs/storage.md documents it.
+"""
+
+from __future__ import annotations
+
+import datetime as dt
+import os
+import sqlite3
+from collections.abc import Iterable, Iterator
+from dataclasses import dataclass
+from pathlib import Path
+from typing import Any
+
+import numpy as np
+import sqlite_utils
+from sqlite_utils.migrations import Migrations
+
+from clipsearch.embedder import ModelIdentity
+from clipsearch.errors import IndexMissingError, IndexSchemaError, ModelMismatchError
+
+DB_NAME = "clipsearch.db"
+migrations = Migrations("clipsearch")
+
+
+@migrations()
+def m001_initial(db: sqlite_utils.Database) -> None:
+    db.execute("CREATE TABLE meta (key TEXT PRIMARY KEY, value TEXT NOT NULL)")
+    db.execute("""
+        CREATE TABLE images (
+            id INTEGER PRIMARY KEY,
+            path TEXT NOT NULL UNIQUE,      -- printable path; undecodable bytes as \\xNN
+            path_raw BLOB,                  -- the exact OS bytes, only when path cannot hold them
+            size INTEGER NOT NULL,
+            mtime_ns INTEGER NOT NULL,
+            fingerprint TEXT NOT NULL,      -- xxh64 of size + first and last 64 KiB: finds moved files
+            width INTEGER, height INTEGER, format TEXT,
+            taken_at TEXT,                  -- EXIF DateTimeOriginal, ISO 8601 (with offset if known)
+            lat REAL, lon REAL,
+            indexed_at TEXT NOT NULL
+        )""")
+    db.execute("CREATE INDEX images_fingerprint ON images (fingerprint)")
+    db.execute("""
+        CREATE TABLE vectors (
+            image_id INTEGER PRIMARY KEY REFERENCES images(id) ON DELETE CASCADE,
+            vector BLOB NOT NULL            -- little-endian float32, L2-normalised
+        )""")
+    db.execute("""
+        CREATE TABLE skipped (
+            path TEXT PRIMARY KEY, path_raw BLOB, size INTEGER, mtime_ns INTEGER,
+            reason TEXT NOT NULL, detail TEXT, seen_at TEXT NOT NULL
+        )""")
+    db.execute("""
+        CREATE TABLE runs (
+            id INTEGER PRIMARY KEY, started_at TEXT NOT NULL, finished_at TEXT, summary TEXT
+        )""")
+
+
+@dataclass(frozen=True)
+class KnownFile:
+    id: int
+    size: int
+    mtime_ns: int
+    fingerprint: str
+
+
+@dataclass(frozen=True)
+class ImageRow:
+    """One indexed image as stored: what search results and filters are made of."""
+
+    id: int
+    path: str
+    size: int
+    mtime_ns: int
+    width: int | None
+    height: int | None
+    format: str | None
+    taken_at: str | None
+    lat: float | None
+    lon: float | None
+
+
+def now() -> str:
+    return dt.datetime.now(dt.timezone.utc).isoformat(timespec="seconds")
+
+
+def path_columns(path: str) -> tuple[str, bytes | None]:
+    """(text key, raw bytes or None): text SQLite can store, and the exact name when it differs."""
+    raw = os.fsencode(path)
+    text = raw.decode("utf-8", "backslashreplace")
+    return text, (raw if text.encode("utf-8", "surrogatepass") != raw else None)
+
+
+def os_path(text: str, raw: bytes | None) -> str:
+    return os.fsdecode(raw) if raw is not None else text
+
+
+class Store:
+    """The index database. Open with `Store.open(folder)`; close when done."""
+
+    def __init__(self, db: sqlite_utils.Database, path: Path) -> None:
+        self.db = db
+        self.path = path
+
+    @classmethod
+    def open(cls, folder: Path, create: bool = False) -> Store:
+        path = folder / DB_NAME
+        if not path.exists() and not create:
+            raise IndexMissingError(f"no index at {folder}; build one with `clipsearch index FOLDER`")
+        folder.mkdir(parents=True, exist_ok=True)
+        conn = sqlite3.connect(str(path), timeout=30, isolation_level=None, check_same_thread=False)
+        db = sqlite_utils.Database(conn)
+        store = cls(db, path)
+        try:
+            store._prepare(create)
+        except BaseException:
+            conn.close()
+            raise
+        return store
+
+    def _prepare(self, create: bool) -> None:
+        self.db.execute("PRAGMA foreign_keys = ON")
+        self.db.execute("PRAGMA busy_timeout = 30000")
+        known = {m.name for m in migrations._migrations}
+        applied = {m.name for m in migrations.applied(self.db)}
+        if applied - known:
+            raise IndexSchemaError(
+                f"the index at {self.path.parent} was written by a newer clipsearch "
+                f"(schema steps {', '.join(sorted(applied - known))}); upgrade clipsearch. Nothing was changed.")
+        if migrations.pending(self.db):
+            # A new index is created, an older one upgraded in place; each step is a transaction.
+            self.db.execute("PRAGMA journal_mode = WAL")
+            migrations.apply(self.db)
+        # NORMAL is durable across application crashes in WAL mode (only power loss can cost the
+        # last commits), and it keeps batched commits cheap.
+        self.db.execute("PRAGMA synchronous = NORMAL")
+
+    def close(self) -> None:
+        self.db.close()
+
+    # --- model identity -------------------------------------------------------------------------
+
+    def meta(self, key: str) -> str | None:
+        row = self.db.execute("SELECT value FROM meta WHERE key = ?", [key]).fetchone()
+        return row[0] if row else None
+
+    def set_meta(self, key: str, value: str) -> None:
+        self.db.execute("INSERT INTO meta(key, value) VALUES (?, ?) "
+                        "ON CONFLICT(key) DO UPDATE SET value = excluded.value", [key, value])
+
+    def model_identity(self) -> ModelIdentity | None:
+        name = self.meta("model_name")
+        if name is None:
+            return None
+        return ModelIdentity(name, int(self.meta("embed_dim") or 0), self.meta("weights_sha256") or "")
+
+    def bind_model(self, identity: ModelIdentity) -> None:
+        """Record the model on a new index, or refuse one that differs from the recorded model."""
+        current = self.model_identity()
+        if current is None:
+            with self.db.atomic():
+                self.set_meta("model_name", identity.name)
+                self.set_meta("embed_dim", str(identity.embed_dim))
+                self.set_meta("weights_sha256", identity.weights_sha256)
+                self.set_meta("created_at", now())
+            return
+        check_same_model(current, identity)
+
+    def reset(self) -> None:
+        """Forget every image, vector, skip and the model: for `index --rebuild` with a new model."""
+        with self.db.atomic():
+            self.db.execute("DELETE FROM vectors")
+            self.db.execute("DELETE FROM images")
+            self.db.execute("DELETE FROM skipped")
+            for key in ("model_name", "embed_dim", "weights_sha256"):
+                self.db.execute("DELETE FROM meta WHERE key = ?", [key])
+            self._bump_generation()
+
+    def generation(self) -> int:
+        return int(self.meta("generation") or 0)
+
+    def _bump_generation(self) -> None:
+        self.set_meta("generation", str(self.generation() + 1))
+
+    # --- images and vectors ---------------------------------------------------------------------
+
+    def known_files(self) -> dict[str, KnownFile]:
+        rows = self.db.execute("SELECT path, path_raw, id, size, mtime_ns, fingerprint FROM images")
+        return {os_path(p, raw): KnownFile(i, s, m, f) for p, raw, i, s, m, f in rows}
+
+    def skipped_unchanged(self) -> dict[str, tuple[int, int, str, str]]:
+        rows = self.db.execute("SELECT path, path_raw, size, mtime_ns, reason, detail FROM skipped")
+        return {os_path(p, raw): (s, m, r, d or "") for p, raw, s, m, r, d in rows}
+
+    def write_batch(self, rows: list[dict[str, Any]], vectors: np.ndarray | None,
+                    skips: Iterable[tuple[str, int, int, str, str]] = (),
+                    delete_ids: Iterable[int] = (), moves: Iterable[tuple[int, str, int, int]] = ()) -> list[int]:
+        """One transaction: upsert images with their vectors, record skips, delete, move. Returns ids."""
+        ids: list[int] = []
+        stamp = now()
+        with self.db.atomic():
+            for i, row in enumerate(rows):
+                text, raw = path_columns(row["path"])
+                values = {**row, "path": text, "path_raw": raw, "indexed_at": stamp}
+                cur = self.db.execute(
+                    "INSERT INTO images (path, path_raw, size, mtime_ns, fingerprint, width, height, format, "
+                    "taken_at, lat, lon, indexed_at) VALUES (:path, :path_raw, :size, :mtime_ns, :fingerprint, "
+                    ":width, :height, :format, :taken_at, :lat, :lon, :indexed_at) "
+                    "ON CONFLICT(path) DO UPDATE SET size=excluded.size, mtime_ns=excluded.mtime_ns, "
+                    "fingerprint=excluded.fingerprint, width=excluded.width, height=excluded.height, "
+                    "format=excluded.format, taken_at=excluded.taken_at, lat=excluded.lat, lon=excluded.lon, "
+                    "indexed_at=excluded.indexed_at RETURNING id", values)
+                image_id = int(cur.fetchone()[0])
+                ids.append(image_id)
+                assert vectors is not None
+                self.db.execute("INSERT OR REPLACE INTO vectors (image_id, vector) VALUES (?, ?)",
+                                [image_id, encode_vector(vectors[i])])
+                self.db.execute("DELETE FROM skipped WHERE path = ?", [text])
+            for path, size, mtime_ns, reason, detail in skips:
+                text, raw = path_columns(path)
+                self.db.execute("INSERT OR REPLACE INTO skipped (path, path_raw, size, mtime_ns, reason, detail, "
+                                "seen_at) VALUES (?, ?, ?, ?, ?, ?, ?)", [text, raw, size, mtime_ns, reason, detail,
+                                                                         stamp])
+                self.db.execute("DELETE FROM images WHERE path = ?", [text])
+            for image_id, new_path, size, mtime_ns in moves:
+                text, raw = path_columns(new_path)
+                self.db.execute("UPDATE images SET path = ?, path_raw = ?, size = ?, mtime_ns = ?, indexed_at = ? "
+                                "WHERE id = ?", [text, raw, size, mtime_ns, stamp, image_id])
+            for image_id in delete_ids:
+                self.db.execute("DELETE FROM images WHERE id = ?", [image_id])
+            self._bump_generation()
+        return ids
+
+    def forget_skips(self, paths: Iterable[str]) -> None:
+        with self.db.atomic():
+            for path in paths:
+                self.db.execute("DELETE FROM skipped WHERE path = ?", [path_columns(path)[0]])
+
+    def count(self) -> int:
+        return int(self.db.execute("SELECT count(*) FROM images").fetchone()[0])
+
+    def all_vectors(self) -> tuple[np.ndarray, np.ndarray]:
+        """(ids int64, matrix float32 (n, dim)) in id order, straight from the blobs."""
+        dim = int(self.meta("embed_dim") or 0)
+        rows = self.db.execute("SELECT image_id, vector FROM vectors ORDER BY image_id").fetchall()
+        ids = np.fromiter((r[0] for r in rows), dtype=np.int64, count=len(rows))
+        if not rows:
+            return ids, np.zeros((0, dim), dtype=np.float32)
+        mat = np.frombuffer(b"".join(r[1] for r in rows), dtype="<f4").reshape(len(rows), -1)
+        return ids, mat.astype(np.float32, copy=False)
+
+    def vectors_for(self, ids: list[int]) -> np.ndarray:
+        out = []
+        for image_id in ids:
+            row = self.db.execute("SELECT vector FROM vectors WHERE image_id = ?", [image_id]).fetchone()
+            out.append(np.frombuffer(row[0], dtype="<f4"))
+        return np.stack(out).astype(np.float32) if out else np.zeros((0, 0), dtype=np.float32)
+
+    def images(self, ids: Iterable[int]) -> dict[int, ImageRow]:
+        ids = list(ids)
+        out: dict[int, ImageRow] = {}
+        for chunk_start in range(0, len(ids), 500):
+            chunk = ids[chunk_start:chunk_start + 500]
+            marks = ",".join("?" * len(chunk))
+            for row in self.db.execute(
+                    "SELECT id, path, path_raw, size, mtime_ns, width, height, format, taken_at, lat, lon "
+                    f"FROM images WHERE id IN ({marks})", chunk):
+                out[row[0]] = ImageRow(row[0], os_path(row[1], row[2]), *row[3:])
+        return out
+
+    def id_for_path(self, path: str) -> int | None:
+        row = self.db.execute("SELECT id FROM images WHERE path = ?", [path_columns(path)[0]]).fetchone()
+        return int(row[0]) if row else None
+
+    def iter_skipped(self) -> Iterator[tuple[str, str, str]]:
+        for path, raw, reason, detail in self.db.execute(
+                "SELECT path, path_raw, reason, detail FROM skipped ORDER BY reason, path"):
+            yield os_path(path, raw), reason, detail or ""
+
+    def skipped_counts(self) -> dict[str, int]:
+        return {r: int(n) for r, n in self.db.execute(
+            "SELECT reason, count(*) FROM skipped GROUP BY reason ORDER BY count(*) DESC")}
+
+    def record_run(self, started_at: str, summary_json: str) -> None:
+        with self.db.atomic():
+            self.db.execute("INSERT INTO runs (started_at, finished_at, summary) VALUES (?, ?, ?)",
+                            [started_at, now(), summary_json])
+
+    def last_run(self) -> tuple[str, str] | None:
+        row = self.db.execute("SELECT finished_at, summary FROM runs ORDER BY id DESC LIMIT 1").fetchone()
+        return (row[0], row[1]) if row else None
+
+
+def encode_vector(vec: np.ndarray) -> bytes:
+    return np.ascontiguousarray(vec, dtype="<f4").tobytes()
+
+
+def check_same_model(recorded: ModelIdentity, wanted: ModelIdentity) -> None:
+    if recorded.weights_sha256 != wanted.weights_sha256 or recorded.embed_dim != wanted.embed_dim:
+        raise ModelMismatchError(
+            f"this index was built with {recorded.describe()}, not {wanted.describe()}; "
+            "use the index's model (omit --model), or rebuild with `clipsearch index --rebuild`")

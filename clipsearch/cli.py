@@ -1,0 +1,319 @@
+"""The `clipsearch` command: parse arguments, call the library, render. The only module that prints.
+
+Exit codes (docs/cli.md): 0 success, 1 nothing found, 2 usage error, 3 index missing/locked/damaged,
+4 model unavailable or mismatched, 130 interrupted.
+"""
+
+from __future__ import annotations
+
+import functools
+import json
+import os
+import sys
+from collections.abc import Callable
+from enum import Enum
+from pathlib import Path
+from typing import Annotated, Any, TypeVar
+
+import typer
+from rich.console import Console
+from rich.markup import escape
+
+from clipsearch import __version__, config
+from clipsearch.errors import ClipsearchError
+
+out = Console(highlight=False, soft_wrap=True)
+err = Console(stderr=True, highlight=False, soft_wrap=True)
+
+app = typer.Typer(
+    name="clipsearch",
+    help="Search your photos by what is in them, with CLIP, on your own machine.",
+    no_args_is_help=True,
+    add_completion=False,
+    pretty_exceptions_enable=False,
+    context_settings={"help_option_names": ["-h", "--help"]},
+)
+models_app = typer.Typer(help="List, download and inspect CLIP models.", no_args_is_help=True)
+app.add_typer(models_app, name="models")
+
+IndexOpt = Annotated[Path | None, typer.Option(
+    "--index", help="Index folder [default: $CLIPSEARCH_HOME/index or the platform data dir].",
+    show_default=False)]
+ModelOpt = Annotated[str | None, typer.Option(
+    "--model", "-m", help="Model as ARCH:PRETRAINED, local-dir:/path or CONFIG.json:CHECKPOINT "
+    "[default: $CLIPSEARCH_MODEL, else the index's model, else ViT-B-32-256:datacomp_s34b_b86k].",
+    show_default=False)]
+DeviceOpt = Annotated[str | None, typer.Option(
+    "--device", help="auto, cpu, cuda or mps [default: auto: CUDA, then MPS, then CPU].", show_default=False)]
+PrecisionOpt = Annotated[str | None, typer.Option(
+    "--precision", help="auto, fp32, bf16 or fp16 [default: fp16 on GPU; bf16 on CPUs with bf16 units, "
+    "else fp32].", show_default=False)]
+JsonOpt = Annotated[bool, typer.Option("--json", help="Print JSON instead of text.")]
+
+F = TypeVar("F", bound=Callable[..., Any])
+
+
+def _fail(message: str, code: int) -> typer.Exit:
+    err.print(f"[bold red]error:[/] {escape(message)}")
+    return typer.Exit(code)
+
+
+def handles_errors(fn: F) -> F:
+    """Library errors become one red line on stderr and their documented exit code."""
+
+    @functools.wraps(fn)
+    def wrapper(*args: Any, **kwargs: Any) -> Any:
+        try:
+            return fn(*args, **kwargs)
+        except ClipsearchError as exc:
+            raise _fail(str(exc), exc.exit_code) from None
+        except KeyboardInterrupt:
+            raise _fail("interrupted; what was committed is kept, rerun to continue", 130) from None
+
+    return wrapper  # type: ignore[return-value]
+
+
+def _version(value: bool) -> None:
+    if value:
+        out.print(f"clipsearch {__version__}")
+        raise typer.Exit()
+
+
+@app.callback()
+def _root(version: Annotated[bool, typer.Option(
+        "--version", callback=_version, is_eager=True, help="Show the version and exit.")] = False) -> None:
+    """Search your photos by what is in them, with CLIP, on your own machine."""
+
+
+class _RichProgress:
+    """The indexer's progress, drawn on stderr; invisible when stderr is not a terminal."""
+
+    def __init__(self, quiet: bool) -> None:
+        from rich.progress import (
+            BarColumn,
+            MofNCompleteColumn,
+            Progress,
+            TextColumn,
+            TimeElapsedColumn,
+            TimeRemainingColumn,
+        )
+
+        self.progress = Progress(
+            TextColumn("[bold]indexing"), BarColumn(), MofNCompleteColumn(),
+            TextColumn("{task.fields[skipped]} skipped"), TimeElapsedColumn(), TextColumn("eta"),
+            TimeRemainingColumn(), console=err, transient=True, disable=quiet or not err.is_terminal)
+        self.task = self.progress.add_task("index", total=None, skipped=0)
+
+    def found(self, total: int) -> None:
+        self.progress.update(self.task, total=total)
+
+    def advance(self, done: int, skipped: int) -> None:
+        self.progress.update(self.task, completed=done, skipped=skipped)
+
+
+def _library(index: Path | None, model: str | None = None, device: str | None = None,
+             precision: str | None = None):
+    from clipsearch.library import Library
+
+    return Library(index, model=model, device=device, precision=precision)
+
+
+@app.command()
+@handles_errors
+def index(
+    paths: Annotated[list[Path], typer.Argument(help="Folders or photos to index.", show_default=False)],
+    exclude: Annotated[list[str] | None, typer.Option(
+        "--exclude", "-x", help="Skip files or folders matching this glob (repeatable).")] = None,
+    follow_symlinks: Annotated[bool, typer.Option(
+        "--follow-symlinks", help="Follow symbolic links (each folder is visited once).")] = False,
+    include_hidden: Annotated[bool, typer.Option(
+        "--include-hidden", help="Also index hidden files and folders.")] = False,
+    rebuild: Annotated[bool, typer.Option(
+        "--rebuild", help="Forget all vectors and re-embed everything (to switch models).")] = False,
+    wait: Annotated[bool, typer.Option(
+        "--wait", help="Wait for another running index to finish instead of exiting with code 3.")] = False,
+    max_megapixels: Annotated[int, typer.Option(
+        "--max-megapixels", help="Skip images with more pixels than this (decompression-bomb guard).")] = 200,
+    show_skipped: Annotated[bool, typer.Option(
+        "--show-skipped", help="List every skipped file with its reason.")] = False,
+    quiet: Annotated[bool, typer.Option("--quiet", "-q", help="No progress bar and no summary.")] = False,
+    as_json: JsonOpt = False,
+    index_path: IndexOpt = None,
+    model: ModelOpt = None,
+    device: DeviceOpt = None,
+    precision: PrecisionOpt = None,
+) -> None:
+    """Add new and changed photos under PATHS to the index; forget deleted ones."""
+    from clipsearch import render
+
+    lib = _library(index_path, model, device, precision)
+    progress = _RichProgress(quiet or as_json)
+    with progress.progress:
+        summary = lib.index(paths, exclude=exclude or (), follow_symlinks=follow_symlinks,
+                            include_hidden=include_hidden, rebuild=rebuild, wait=wait,
+                            max_pixels=max_megapixels * 1_000_000, progress=progress)
+    if as_json:
+        out.print_json(json.dumps(summary.as_dict()))
+        return
+    if show_skipped and summary.skipped_files:
+        out.print(render.skipped_lines(summary.skipped_files), end="", markup=False)
+    if not quiet:
+        err.print(render.index_summary(summary), end="", markup=False)
+
+
+class Format(str, Enum):
+    auto = "auto"
+    table = "table"
+    json = "json"
+    jsonl = "jsonl"
+    paths = "paths"
+
+
+@app.command()
+@handles_errors
+def query(
+    text: Annotated[str | None, typer.Argument(
+        help="What to look for, in words (or the path of an example photo).", show_default=False)] = None,
+    image: Annotated[Path | None, typer.Option(
+        "--image", "-i", help="Find photos like this one.", show_default=False)] = None,
+    top: Annotated[int, typer.Option("--top", "-n", help="How many results.")] = 20,
+    within: Annotated[list[Path] | None, typer.Option(
+        "--in", help="Only photos under this folder (repeatable).", show_default=False)] = None,
+    fmt: Annotated[Format, typer.Option(
+        "--format", "-f", help="auto: a table on a terminal, 'score<TAB>path' lines in a pipe.")] = Format.auto,
+    as_json: Annotated[bool, typer.Option("--json", help="Shortcut for --format json.")] = False,
+    null: Annotated[bool, typer.Option(
+        "--null", "-0", help="Paths separated by NUL, for `xargs -0`.")] = False,
+    index_path: IndexOpt = None,
+    model: ModelOpt = None,
+    device: DeviceOpt = None,
+    precision: PrecisionOpt = None,
+) -> None:
+    """Find photos matching a text, an example photo, or both. Exits 1 when nothing is found."""
+    from clipsearch import render
+    from clipsearch.scan import IMAGE_EXTENSIONS
+
+    if text and image is None and os.path.isfile(text) and Path(text).suffix.lower() in IMAGE_EXTENSIONS:
+        text, image = None, Path(text)
+    lib = _library(index_path, model, device, precision)
+    results = lib.search(text, image=image, top=top, within=within or ())
+    if as_json:
+        fmt = Format.json
+    if null:
+        sys.stdout.write(render.results_paths(results, null=True))
+    elif fmt == Format.json:
+        parsed = {"text": text, "image": str(image) if image else None, "top": top,
+                  "in": [str(w) for w in within or ()]}
+        sys.stdout.write(render.results_json(results, parsed))
+    elif fmt == Format.jsonl:
+        sys.stdout.write(render.results_jsonl(results))
+    elif fmt == Format.paths:
+        sys.stdout.write(render.results_paths(results))
+    elif fmt == Format.table or (fmt == Format.auto and out.is_terminal):
+        if results:
+            out.print(render.results_table(results))
+    else:
+        sys.stdout.write(render.results_plain(results))
+    sys.stdout.flush()
+    if not results:
+        raise typer.Exit(1)
+
+
+@app.command()
+@handles_errors
+def status(
+    show_skipped: Annotated[bool, typer.Option(
+        "--show-skipped", help="List every skipped file with its reason.")] = False,
+    as_json: JsonOpt = False,
+    index_path: IndexOpt = None,
+) -> None:
+    """Where the index is, its model, how many photos, what was skipped, the last run."""
+    from clipsearch import render
+
+    lib = _library(index_path)
+    st = lib.status()
+    if as_json:
+        payload = st.as_dict()
+        if show_skipped:
+            payload["skipped_files"] = [{"path": p, "reason": r, "detail": d} for p, r, d in lib.skipped()]
+        out.print_json(json.dumps(payload))
+        return
+    out.print(render.status_text(st), end="", markup=False)
+    if show_skipped:
+        out.print(render.skipped_lines(lib.skipped()), end="", markup=False)
+
+
+@models_app.command("list")
+@handles_errors
+def models_list(as_json: JsonOpt = False) -> None:
+    """Recommended models: size, CPU speed class, ImageNet zero-shot accuracy, whether cached here."""
+    from clipsearch import models, render
+
+    cached = {}
+    for e in models.CATALOG:
+        try:
+            cached[e.name] = models.cached_weights(models.parse(e.name)) is not None
+        except ClipsearchError:
+            cached[e.name] = False
+    if as_json:
+        out.print_json(json.dumps([{**e.__dict__, "cached": cached[e.name],
+                                    "default": e.name == config.DEFAULT_MODEL} for e in models.CATALOG]))
+        return
+    out.print(render.models_table(models.CATALOG, cached, config.DEFAULT_MODEL))
+    out.print("\nAny open_clip model works too: --model ARCH:PRETRAINED, local-dir:/path, CONFIG.json:CHECKPOINT.",
+              style="dim")
+
+
+@models_app.command("download")
+@handles_errors
+def models_download(
+    model: Annotated[str, typer.Argument(help="Model to fetch, e.g. ViT-B-32-256:datacomp_s34b_b86k.")],
+) -> None:
+    """Download a model's weights into the Hugging Face cache (needs network once)."""
+    from clipsearch import models
+
+    spec = models.parse(model)
+    path = models.resolve_weights(spec, download=True)
+    out.print(f"{spec.name}: {path}", markup=False)
+    out.print(f"sha256 {models.sha256_of(path)}", markup=False)
+
+
+@models_app.command("info")
+@handles_errors
+def models_info(
+    model: Annotated[str | None, typer.Argument(
+        help="Model to describe [default: the one the index or $CLIPSEARCH_MODEL selects].",
+        show_default=False)] = None,
+    index_path: IndexOpt = None,
+    device: DeviceOpt = None,
+    precision: PrecisionOpt = None,
+    as_json: JsonOpt = False,
+) -> None:
+    """Which model is selected, where its weights are, and how this machine would run it."""
+    from clipsearch import embedder, models
+
+    spec = _library(index_path, model).model_spec()
+    weights = models.cached_weights(spec)
+    dev = embedder.pick_device(device)
+    info: dict[str, object] = {
+        "model": spec.name, "kind": spec.kind,
+        "weights": str(weights) if weights else None,
+        "weights_sha256": models.sha256_of(weights) if weights else None,
+        "device": dev, "precision": embedder.pick_precision(precision, dev),
+        **embedder.runtime_summary(),
+    }
+    if as_json:
+        out.print_json(json.dumps(info))
+        return
+    for key, value in info.items():
+        shown = value if value is not None else "not on this machine (clipsearch models download MODEL)"
+        out.print(f"{key + ':':16}{shown}", markup=False)
+
+
+def main() -> None:
+    """Console-script entry point."""
+    try:
+        app()
+    except KeyboardInterrupt:
+        err.print("[bold red]error:[/] interrupted")
+        sys.exit(130)

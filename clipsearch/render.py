@@ -1,0 +1,114 @@
+"""Turning library results into text for people (rich tables) and for pipes (JSON, paths).
+
+Functions here build strings and rich renderables; printing them is cli.py's job.
+"""
+
+from __future__ import annotations
+
+import json
+from collections.abc import Sequence
+from pathlib import Path
+from urllib.parse import quote
+
+from rich.table import Table
+from rich.text import Text
+
+from clipsearch.indexer import IndexSummary
+from clipsearch.library import Status
+from clipsearch.models import CatalogEntry
+from clipsearch.scan import display_path
+from clipsearch.search import SearchResult
+
+SCHEMA_VERSION = 1
+
+
+def human_bytes(n: float) -> str:
+    for unit in ("B", "KB", "MB", "GB"):
+        if abs(n) < 1024 or unit == "GB":
+            return f"{n:.0f} {unit}" if unit == "B" else f"{n:.1f} {unit}"
+        n /= 1024
+    return f"{n:.1f} GB"
+
+
+def results_table(results: Sequence[SearchResult]) -> Table:
+    table = Table(show_edge=False, pad_edge=False, header_style="bold")
+    table.add_column("#", justify="right", style="dim")
+    table.add_column("score", justify="right")
+    table.add_column("path", overflow="fold")
+    table.add_column("date", style="dim")
+    table.add_column("size", justify="right", style="dim")
+    for r in results:
+        shown = display_path(r.path)
+        link = "file://" + quote(str(Path(r.path)), errors="backslashreplace")
+        table.add_row(str(r.rank), f"{r.score:.3f}", Text(shown, style=f"link {link}"), r.date[:16].replace("T", " "),
+                      human_bytes(r.size))
+    return table
+
+
+def results_plain(results: Sequence[SearchResult]) -> str:
+    """score<TAB>path lines: the default when stdout is not a terminal."""
+    return "".join(f"{r.score:.4f}\t{display_path(r.path)}\n" for r in results)
+
+
+def results_paths(results: Sequence[SearchResult], null: bool = False) -> str:
+    # With -0 the exact OS path is wanted (xargs -0 opens it), escaped names would not open.
+    if null:
+        return "".join(f"{r.path}\0" for r in results)
+    return "".join(f"{display_path(r.path)}\n" for r in results)
+
+
+def results_json(results: Sequence[SearchResult], query: dict[str, object]) -> str:
+    payload = {"schema_version": SCHEMA_VERSION, "query": query,
+               "results": [{**r.as_dict(), "path": display_path(r.path)} for r in results]}
+    return json.dumps(payload, indent=2, ensure_ascii=False) + "\n"
+
+
+def results_jsonl(results: Sequence[SearchResult]) -> str:
+    return "".join(json.dumps({**r.as_dict(), "path": display_path(r.path)}, ensure_ascii=False) + "\n"
+                   for r in results)
+
+
+def index_summary(s: IndexSummary) -> str:
+    parts = [f"{s.new} new", f"{s.changed} changed", f"{s.moved} moved", f"{s.removed} removed",
+             f"{s.unchanged} unchanged", f"{sum(s.skipped.values())} skipped"]
+    line = ", ".join(parts)
+    rate = f", {s.images_per_second:.1f} images/s" if s.embedded else ""
+    out = f"Indexed in {s.seconds:.1f}s{rate}: {line}. {s.total} photos in the index.\n"
+    if s.skipped:
+        reasons = ", ".join(f"{reason}: {n}" for reason, n in s.skipped.most_common())
+        out += f"Skipped ({reasons}) — `clipsearch status --show-skipped` lists them.\n"
+    return out
+
+
+def skipped_lines(rows: Sequence[tuple[str, str, str]]) -> str:
+    return "".join(f"{reason}\t{display_path(path)}\t{detail}\n" for path, reason, detail in rows)
+
+
+def status_text(st: Status) -> str:
+    model = st.model.describe() if st.model else "none yet"
+    lines = [
+        f"index:        {st.path}",
+        f"model:        {model}",
+        f"photos:       {st.images}",
+        f"skipped:      {sum(st.skipped.values())}"
+        + (f" ({', '.join(f'{r}: {n}' for r, n in st.skipped.items())})" if st.skipped else ""),
+        f"size on disk: {human_bytes(st.bytes_on_disk)}",
+        f"vector cache: {st.vector_cache}",
+        f"last run:     {st.last_run_at or 'never'}",
+    ]
+    return "\n".join(lines) + "\n"
+
+
+def models_table(entries: Sequence[CatalogEntry], cached: dict[str, bool], default: str) -> Table:
+    table = Table(show_edge=False, pad_edge=False, header_style="bold")
+    table.add_column("model")
+    table.add_column("size", justify="right")
+    table.add_column("speed")
+    table.add_column("ImageNet 0-shot", justify="right")
+    table.add_column("on this machine")
+    table.add_column("note", style="dim")
+    for e in entries:
+        name = f"{e.name} (default)" if e.name == default else e.name
+        table.add_row(name, f"{e.size_mb} MB", e.speed, f"{e.imagenet_zero_shot:.1f}%",
+                      "cached" if cached.get(e.name) else "-", e.note)
+    return table

@@ -17,6 +17,8 @@ from collections.abc import Iterable
 from dataclasses import dataclass
 from pathlib import Path
 
+import numpy as np
+
 from clipsearch import config, indexer, models, scan
 from clipsearch import search as search_mod
 from clipsearch.embedder import Embedder, ModelIdentity
@@ -190,7 +192,6 @@ class Library:
             store.close()
 
     def _query_vector(self, store: Store, text: str | None, image: str | os.PathLike[str] | None):
-        import numpy as np
 
         from clipsearch import images
 

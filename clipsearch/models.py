@@ -80,7 +80,7 @@ class CatalogEntry:
 
 # ImageNet zero-shot top-1 from open_clip's published results; sizes are the fp32 weight files.
 CATALOG: tuple[CatalogEntry, ...] = (
-    CatalogEntry("ViT-B-32-256:datacomp_s34b_b86k", 578, "fast", 72.8, "default: best accuracy per CPU second",
+    CatalogEntry("ViT-B-32-256:datacomp_s34b_b86k", 578, "fast", 72.8, "best accuracy per CPU second",
                  "laion/CLIP-ViT-B-32-256x256-DataComp-s34B-b86K/"),
     CatalogEntry("ViT-B-32:laion2b_s34b_b79k", 578, "fast", 66.6, "widely used LAION model",
                  "laion/CLIP-ViT-B-32-laion2B-s34B-b79K/"),

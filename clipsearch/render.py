@@ -6,7 +6,8 @@ Functions here build strings and rich renderables; printing them is cli.py's job
 from __future__ import annotations
 
 import json
-from collections.abc import Sequence
+import os
+from collections.abc import Mapping, Sequence
 from pathlib import Path
 from urllib.parse import quote
 
@@ -31,18 +32,24 @@ def human_bytes(n: float) -> str:
 
 
 def results_table(results: Sequence[SearchResult]) -> Table:
-    table = Table(show_edge=False, pad_edge=False, header_style="bold")
-    table.add_column("#", justify="right", style="dim")
-    table.add_column("score", justify="right")
-    table.add_column("path", overflow="fold")
-    table.add_column("date", style="dim")
-    table.add_column("size", justify="right", style="dim")
+    table = Table(show_edge=False, pad_edge=False, header_style="bold", expand=False)
+    table.add_column("#", justify="right", style="dim", no_wrap=True)
+    table.add_column("score", justify="right", no_wrap=True)
+    table.add_column("path", overflow="fold", ratio=1)
+    table.add_column("date", style="dim", no_wrap=True)
+    table.add_column("size", justify="right", style="dim", no_wrap=True)
     for r in results:
-        shown = display_path(r.path)
-        link = "file://" + quote(str(Path(r.path)), errors="backslashreplace")
-        table.add_row(str(r.rank), f"{r.score:.3f}", Text(shown, style=f"link {link}"), r.date[:16].replace("T", " "),
-                      human_bytes(r.size))
+        # The link carries the real path; the text is shortened with ~ so long paths still fit.
+        link = "file://" + quote(os.fsencode(r.path))
+        table.add_row(str(r.rank), f"{r.score:.3f}", Text(short_path(r.path), style=f"link {link}"),
+                      r.date[:10], human_bytes(r.size))
     return table
+
+
+def short_path(path: str) -> str:
+    shown = display_path(path)
+    home = str(Path.home())
+    return "~" + shown[len(home):] if shown.startswith(home + os.sep) else shown
 
 
 def results_plain(results: Sequence[SearchResult]) -> str:
@@ -57,7 +64,7 @@ def results_paths(results: Sequence[SearchResult], null: bool = False) -> str:
     return "".join(f"{display_path(r.path)}\n" for r in results)
 
 
-def results_json(results: Sequence[SearchResult], query: dict[str, object]) -> str:
+def results_json(results: Sequence[SearchResult], query: Mapping[str, object]) -> str:
     payload = {"schema_version": SCHEMA_VERSION, "query": query,
                "results": [{**r.as_dict(), "path": display_path(r.path)} for r in results]}
     return json.dumps(payload, indent=2, ensure_ascii=False) + "\n"
@@ -100,15 +107,15 @@ def status_text(st: Status) -> str:
 
 
 def models_table(entries: Sequence[CatalogEntry], cached: dict[str, bool], default: str) -> Table:
+    """Fits 80 columns; each model's note is in `models list --json`."""
     table = Table(show_edge=False, pad_edge=False, header_style="bold")
-    table.add_column("model")
-    table.add_column("size", justify="right")
-    table.add_column("speed")
-    table.add_column("ImageNet 0-shot", justify="right")
-    table.add_column("on this machine")
-    table.add_column("note", style="dim")
+    table.add_column("model", no_wrap=True)
+    table.add_column("size", justify="right", no_wrap=True)
+    table.add_column("CPU speed", no_wrap=True)
+    table.add_column("ImageNet", justify="right", no_wrap=True)
+    table.add_column("here", no_wrap=True)
     for e in entries:
-        name = f"{e.name} (default)" if e.name == default else e.name
+        name = Text(e.name, style="bold" if e.name == default else "")
         table.add_row(name, f"{e.size_mb} MB", e.speed, f"{e.imagenet_zero_shot:.1f}%",
-                      "cached" if cached.get(e.name) else "-", e.note)
+                      "cached" if cached.get(e.name) else "-")
     return table

@@ -9,7 +9,7 @@ from __future__ import annotations
 import fnmatch
 import os
 import stat
-from collections.abc import Iterator
+from collections.abc import Iterator, Sequence
 from dataclasses import dataclass, field
 
 from clipsearch.errors import UsageError
@@ -45,7 +45,7 @@ def _excluded(path: str, name: str, patterns: tuple[str, ...]) -> bool:
     return any(fnmatch.fnmatch(name, p) or fnmatch.fnmatch(path, p) for p in patterns)
 
 
-def walk(roots: list[str | os.PathLike[str]], exclude: tuple[str, ...] = (), follow_symlinks: bool = False,
+def walk(roots: Sequence[str | os.PathLike[str]], exclude: tuple[str, ...] = (), follow_symlinks: bool = False,
          include_hidden: bool = False, problems: ScanProblems | None = None) -> Iterator[FoundFile]:
     """Yield every image file under `roots` (files named directly are yielded as they are)."""
     problems = problems if problems is not None else ScanProblems()

@@ -10,6 +10,7 @@ from __future__ import annotations
 import contextlib
 import os
 from pathlib import Path
+from typing import Any
 
 import numpy as np
 
@@ -26,13 +27,13 @@ def _file_for(folder: Path, generation: int) -> Path:
 class VectorIndex:
     """Inner-product search over normalised vectors; FAISS ids are SQLite image ids."""
 
-    def __init__(self, index: object, generation: int) -> None:
+    def __init__(self, index: Any, generation: int) -> None:
         self.index = index
         self.generation = generation
 
     @property
     def size(self) -> int:
-        return int(self.index.ntotal)  # type: ignore[attr-defined]
+        return int(self.index.ntotal)
 
     @classmethod
     def build(cls, store: Store) -> VectorIndex:
@@ -90,7 +91,7 @@ class VectorIndex:
         k = min(k, self.size)
         if k <= 0:
             return np.zeros((len(queries), 0), np.float32), np.zeros((len(queries), 0), np.int64)
-        scores, ids = self.index.search(np.ascontiguousarray(queries, dtype=np.float32), k)  # type: ignore[attr-defined]
+        scores, ids = self.index.search(np.ascontiguousarray(queries, dtype=np.float32), k)
         return scores, ids
 
 

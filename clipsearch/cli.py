@@ -118,7 +118,11 @@ def _library(index: Path | None, model: str | None = None, device: str | None = 
              precision: str | None = None):
     from clipsearch.library import Library
 
-    return Library(index, model=model, device=device, precision=precision)
+    return Library(index, model=model, device=device, precision=precision, notify=_note)
+
+
+def _note(message: str) -> None:
+    err.print(f"[dim]{escape(message)}…[/]")
 
 
 @app.command()
@@ -277,7 +281,7 @@ def models_download(
     from clipsearch import models
 
     spec = models.parse(model)
-    path = models.resolve_weights(spec, download=True)
+    path = models.resolve_weights(spec, download=True, notify=_note)
     out.print(f"{spec.name}: {path}", markup=False)
     out.print(f"sha256 {models.sha256_of(path)}", markup=False)
 

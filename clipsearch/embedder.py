@@ -8,6 +8,7 @@ from __future__ import annotations
 
 import json
 import platform
+from collections.abc import Callable
 from dataclasses import dataclass
 from pathlib import Path
 from typing import TYPE_CHECKING, Any
@@ -97,13 +98,13 @@ class Embedder:
     """One loaded model on one device: `embed_images` and `embed_texts` return normalised float32."""
 
     def __init__(self, spec: models.ModelSpec, device: str | None = None, precision: str | None = None,
-                 download: bool = True) -> None:
+                 download: bool = True, notify: Callable[[str], None] | None = None) -> None:
         import torch
 
         self.spec = spec
         self.device = pick_device(device)
         self.precision = pick_precision(precision, self.device)
-        weights = models.resolve_weights(spec, download=download)
+        weights = models.resolve_weights(spec, download=download, notify=notify)
         self.weights_path = weights
         self.model, self.preprocess, self.tokenizer = _load(spec, weights, self.device)
         self.model.eval()
@@ -185,9 +186,9 @@ def _preprocess_from(model: Any) -> Preprocess:
     size = cfg.get("size", 224)
     if isinstance(size, (list, tuple)):
         size = size[0]
-    mean = tuple(cfg.get("mean", (0.48145466, 0.4578275, 0.40821073)))
-    std = tuple(cfg.get("std", (0.26862954, 0.26130258, 0.27577711)))
-    return Preprocess(int(size), mean, std,  # type: ignore[arg-type]
+    m = [float(v) for v in cfg.get("mean", (0.48145466, 0.4578275, 0.40821073))]
+    s = [float(v) for v in cfg.get("std", (0.26862954, 0.26130258, 0.27577711))]
+    return Preprocess(int(size), (m[0], m[1], m[2]), (s[0], s[1], s[2]),
                       str(cfg.get("interpolation", "bicubic")), str(cfg.get("resize_mode", "shortest")))
 
 

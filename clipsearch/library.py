@@ -13,7 +13,7 @@ import contextlib
 import json
 import os
 import socket
-from collections.abc import Iterable
+from collections.abc import Callable, Iterable
 from dataclasses import dataclass
 from pathlib import Path
 
@@ -57,16 +57,19 @@ class Library:
     """One index folder and the model that goes with it.
 
     `model` is a name as `clipsearch models list` shows (None: the model the index was built with,
-    or the default for a new index). Nothing heavy is loaded until it is needed.
+    or the default for a new index). Nothing heavy is loaded until it is needed. `notify` hears a
+    line before anything slow that the caller did not ask for by name (a model download).
     """
 
     def __init__(self, index: str | os.PathLike[str] | None = None, model: str | None = None,
-                 device: str | None = None, precision: str | None = None, download: bool = True) -> None:
+                 device: str | None = None, precision: str | None = None, download: bool = True,
+                 notify: Callable[[str], None] | None = None) -> None:
         self.path = config.index_dir(index)
         self._model_name = config.model_name(model)
         self._device = config.device_name(device)
         self._precision = precision
         self._download = download
+        self._notify = notify
         self._embedder: Embedder | None = None
 
     # --- model ----------------------------------------------------------------------------------
@@ -90,7 +93,8 @@ class Library:
 
     def embedder(self) -> Embedder:
         if self._embedder is None:
-            self._embedder = Embedder(self.model_spec(), self._device, self._precision, self._download)
+            self._embedder = Embedder(self.model_spec(), self._device, self._precision, self._download,
+                                      self._notify)
         return self._embedder
 
     # --- indexing -------------------------------------------------------------------------------

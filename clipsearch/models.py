@@ -8,6 +8,7 @@ from __future__ import annotations
 import hashlib
 import json
 import os
+from collections.abc import Callable
 from dataclasses import dataclass
 from pathlib import Path
 
@@ -153,8 +154,11 @@ def _not_available(spec: ModelSpec, what: str, reason: str) -> ModelNotAvailable
         "cache, ~/.cache/huggingface, here), or use a local checkpoint: --model local-dir:/path/to/folder")
 
 
-def resolve_weights(spec: ModelSpec, download: bool = True) -> Path:
-    """The local weights file for `spec`, downloading it into the Hugging Face cache when allowed."""
+def resolve_weights(spec: ModelSpec, download: bool = True, notify: Callable[[str], None] | None = None) -> Path:
+    """The local weights file for `spec`, downloading it into the Hugging Face cache when allowed.
+
+    `notify` hears one line before a download starts, so a caller can tell the user why it waits.
+    """
     found = cached_weights(spec)
     if found is not None:
         return found
@@ -173,15 +177,39 @@ def resolve_weights(spec: ModelSpec, download: bool = True) -> Path:
     if not download or _offline():
         reason = "HF_HUB_OFFLINE is set" if _offline() else "downloads are off"
         raise _not_available(spec, what, reason)
-    from huggingface_hub import hf_hub_download
+    if notify is not None:
+        size = next((f", about {e.size_mb} MB" for e in CATALOG if e.name == spec.name), "")
+        notify(f"downloading the weights of {spec.name} from the Hugging Face Hub{size} (once)")
+    return _download(spec, repo, names, what)
 
-    last: Exception | None = None
-    for name in names:
-        try:
-            return Path(hf_hub_download(repo_id=repo, filename=name, library_name="clipsearch"))
-        except Exception as exc:  # noqa: BLE001 - the hub raises many kinds; each means "not from here"
-            last = exc
-    raise _not_available(spec, what, f"download failed: {type(last).__name__}: {str(last).splitlines()[0][:200]}")
+
+def _download(spec: ModelSpec, repo: str, names: list[str], what: str) -> Path:
+    import logging
+
+    import huggingface_hub
+    from huggingface_hub.errors import GatedRepoError, LocalEntryNotFoundError, RepositoryNotFoundError
+
+    hub_logger = logging.getLogger("huggingface_hub")
+    level = hub_logger.level
+    # The hub logs each retry as a warning; the user gets one clear line from us instead.
+    hub_logger.setLevel(logging.ERROR)
+    try:
+        for name in names:
+            try:
+                return Path(huggingface_hub.hf_hub_download(repo_id=repo, filename=name, library_name="clipsearch"))
+            except LocalEntryNotFoundError:
+                # Not a missing file: the hub itself could not be reached, so other names won't help.
+                raise _not_available(spec, what, "could not reach the Hugging Face Hub") from None
+            except (GatedRepoError, RepositoryNotFoundError) as exc:
+                raise ModelError(f"{repo} is not available on the Hugging Face Hub ({type(exc).__name__})") from None
+            except (OSError, ValueError) as exc:
+                if getattr(getattr(exc, "response", None), "status_code", None) == 404:
+                    continue  # this file name is not in the repo; try the next one
+                raise _not_available(spec, what, f"download failed: {type(exc).__name__}: "
+                                     f"{str(exc).splitlines()[0][:160]}") from None
+    finally:
+        hub_logger.setLevel(level)
+    raise ModelError(f"{repo} has none of {', '.join(names)}")
 
 
 def sha256_of(path: Path) -> str:

@@ -118,3 +118,39 @@ def test_config_json_plus_checkpoint_is_the_same_model(tmp_path: Path, tiny_embe
     a = emb.embed_texts(["a red circle"])
     b = tiny_embedder.embed_texts(["a red circle"])
     np.testing.assert_allclose(a, b, atol=1e-3)
+
+
+def test_unreachable_hub_fails_once_with_a_short_reason(monkeypatch: pytest.MonkeyPatch) -> None:
+    import huggingface_hub
+    from huggingface_hub.errors import LocalEntryNotFoundError
+
+    calls: list[str] = []
+
+    def unreachable(repo_id: str, filename: str, **_: object) -> str:
+        calls.append(filename)
+        raise LocalEntryNotFoundError("cannot find the requested files in the local cache ... connection")
+
+    monkeypatch.delenv("HF_HUB_OFFLINE")
+    monkeypatch.setattr(huggingface_hub, "hf_hub_download", unreachable)
+    with pytest.raises(ModelNotAvailableError, match="could not reach the Hugging Face Hub"):
+        models.resolve_weights(models.parse(config.DEFAULT_MODEL))
+    assert calls == ["open_clip_model.safetensors"]  # no pointless second try while offline
+
+
+def test_a_missing_safetensors_falls_back_to_the_checkpoint(monkeypatch: pytest.MonkeyPatch, tmp_path: Path) -> None:
+    import huggingface_hub
+
+    class NotFoundError(OSError):
+        response = type("R", (), {"status_code": 404})()
+
+    weights = tmp_path / "open_clip_pytorch_model.bin"
+    weights.write_bytes(b"x")
+
+    def only_bin(repo_id: str, filename: str, **_: object) -> str:
+        if filename.endswith(".safetensors"):
+            raise NotFoundError("404")
+        return str(weights)
+
+    monkeypatch.delenv("HF_HUB_OFFLINE")
+    monkeypatch.setattr(huggingface_hub, "hf_hub_download", only_bin)
+    assert models.resolve_weights(models.parse(config.DEFAULT_MODEL)) == weights

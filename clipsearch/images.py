@@ -21,6 +21,12 @@ from PIL import Image, ImageOps, UnidentifiedImageError
 
 from clipsearch.embedder import Preprocess
 
+# Pillow warns about corrupt EXIF, odd palettes and large images on stderr; a skipped file's reason
+# or our own pixel limit says what matters, so the warnings would only be noise in the user's terminal.
+# (Module-level filters: catch_warnings() is not thread-safe and decoding runs in threads.)
+warnings.filterwarnings("ignore", category=UserWarning, module=r"PIL\.")
+warnings.filterwarnings("ignore", category=Image.DecompressionBombWarning)
+
 DEFAULT_MAX_PIXELS = 200_000_000  # 200 MP: past every camera, short of decompression bombs
 
 # Extensions Pillow reads natively. HEIC and RAW need the optional extras (see formats_needing_extras).
@@ -95,9 +101,9 @@ def _open_raw(path: str) -> Image.Image:
         except (rawpy.LibRawNoThumbnailError, rawpy.LibRawUnsupportedThumbnailError):
             thumb = None
         if thumb is not None and thumb.format == rawpy.ThumbFormat.JPEG:
-            return Image.open(io.BytesIO(thumb.data))
+            return Image.open(io.BytesIO(bytes(thumb.data)))
         if thumb is not None and thumb.format == rawpy.ThumbFormat.BITMAP:
-            return Image.fromarray(thumb.data)
+            return Image.fromarray(np.asarray(thumb.data))
         return Image.fromarray(raw.postprocess(half_size=True, use_camera_wb=True))
 
 
@@ -196,9 +202,7 @@ def decode(path: str, pre: Preprocess, max_pixels: int = DEFAULT_MAX_PIXELS) -> 
                 if not heif_available():
                     raise SkipFile("needs the heif extra", "pip install 'clipsearch[heif]'")
                 _register_heif()
-            with warnings.catch_warnings():
-                warnings.simplefilter("error", Image.DecompressionBombWarning)
-                img = Image.open(path)
+            img = Image.open(path)
         with img:
             return _decode_open(img, pre, max_pixels)
     except SkipFile:
@@ -209,7 +213,7 @@ def decode(path: str, pre: Preprocess, max_pixels: int = DEFAULT_MAX_PIXELS) -> 
         raise SkipFile("unreadable", "permission denied") from exc
     except IsADirectoryError as exc:
         raise SkipFile("not a file", "a folder with an image-like name") from exc
-    except (Image.DecompressionBombError, Image.DecompressionBombWarning) as exc:
+    except Image.DecompressionBombError as exc:
         raise SkipFile("too many pixels", str(exc).split(" could be")[0][:120]) from exc
     except UnidentifiedImageError as exc:
         raise SkipFile("not an image", "no image format recognised the contents") from exc

@@ -25,7 +25,7 @@ from clipsearch.embedder import Embedder, ModelIdentity
 from clipsearch.errors import IndexLockedError, IndexMissingError, ModelMismatchError, UsageError
 from clipsearch.images import DEFAULT_MAX_PIXELS
 from clipsearch.store import Store, check_same_model, now
-from clipsearch.vectors import VectorIndex
+from clipsearch.vectors import VectorIndex, remove_orphan_temps
 
 LOCK_NAME = "index.lock"
 LOCK_OWNER = "index.lock.owner"
@@ -136,6 +136,7 @@ class Library:
     def _index_locked(self, roots: list[str], exclude: tuple[str, ...], follow: bool, hidden: bool,
                       rebuild: bool, max_pixels: int, progress: indexer.Progress | None) -> indexer.IndexSummary:
         started = now()
+        remove_orphan_temps(self.path)
         store = Store.open(self.path, create=True)
         try:
             recorded = store.model_identity()

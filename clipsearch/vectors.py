@@ -84,6 +84,7 @@ class VectorIndex:
             if old != target:
                 with contextlib.suppress(OSError):
                     old.unlink()
+        remove_orphan_temps(folder)
         return target
 
     def search(self, queries: np.ndarray, k: int) -> tuple[np.ndarray, np.ndarray]:
@@ -93,6 +94,19 @@ class VectorIndex:
             return np.zeros((len(queries), 0), np.float32), np.zeros((len(queries), 0), np.int64)
         scores, ids = self.index.search(np.ascontiguousarray(queries, dtype=np.float32), k)
         return scores, ids
+
+
+def remove_orphan_temps(folder: Path) -> None:
+    """Delete temp files left by writers that were killed mid-write (their process is gone)."""
+    for tmp in folder.glob(f".{PREFIX}*{SUFFIX}.*.tmp"):
+        try:
+            pid = int(tmp.name.rsplit(".", 2)[1])
+            os.kill(pid, 0)
+        except ProcessLookupError:
+            with contextlib.suppress(OSError):
+                tmp.unlink()
+        except (ValueError, PermissionError, OSError):
+            continue
 
 
 def _fsync_dir(folder: Path) -> None:

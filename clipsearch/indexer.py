@@ -45,17 +45,21 @@ class IndexSummary:
     embedded: int = 0
     seconds: float = 0.0
     embed_seconds: float = 0.0
+    model_load_seconds: float = 0.0
     total: int = 0
 
     @property
     def images_per_second(self) -> float:
-        return self.embedded / self.seconds if self.seconds > 0 else 0.0
+        """Pipeline throughput: embedded images per second once the model was loaded."""
+        busy = self.seconds - self.model_load_seconds
+        return self.embedded / busy if busy > 0 else 0.0
 
     def as_dict(self) -> dict[str, object]:
         return {
             "new": self.new, "changed": self.changed, "moved": self.moved, "removed": self.removed,
             "unchanged": self.unchanged, "skipped": dict(self.skipped), "embedded": self.embedded,
             "total_indexed": self.total, "seconds": round(self.seconds, 3),
+            "model_load_seconds": round(self.model_load_seconds, 3),
             "images_per_second": round(self.images_per_second, 2),
             "skipped_files": [{"path": scan.display_path(p), "reason": r, "detail": d}
                               for p, r, d in self.skipped_files],
@@ -130,21 +134,31 @@ def plan(store: Store, roots: list[str], found: list[scan.FoundFile], summary: I
     return _Plan(todo, moves, [k.id for k in missing.values()], skips)
 
 
-def _decode_one(f: scan.FoundFile, pre: images.Preprocess, max_pixels: int
-                ) -> tuple[scan.FoundFile, images.Decoded | images.SkipFile, str]:
+_Decoded = tuple[scan.FoundFile, images.Decoded | images.SkipFile, str]
+
+
+def _decode_one(f: scan.FoundFile, pre: images.Preprocess, max_pixels: int) -> _Decoded:
+    """Decode and fingerprint one file (in a worker thread)."""
     try:
         decoded = images.decode(f.path, pre, max_pixels)
         return f, decoded, fingerprint(f.path, f.size)
     except images.SkipFile as skip:
         return f, skip, ""
     except OSError as exc:  # vanished between decode and fingerprint, and the like
-        return f, images.SkipFile("vanished" if isinstance(exc, FileNotFoundError) else "unreadable", str(exc)), ""
+        reason = "vanished" if isinstance(exc, FileNotFoundError) else "unreadable"
+        return f, images.SkipFile(reason, str(exc)), ""
 
 
-def _ordered(pool: ThreadPoolExecutor, fn: Callable[[scan.FoundFile], tuple], items: list[scan.FoundFile],
-             window: int) -> Iterator[tuple]:
+def _row(f: scan.FoundFile, out: images.Decoded, fp: str) -> dict[str, object]:
+    return {"path": f.path, "size": f.size, "mtime_ns": f.mtime_ns, "fingerprint": fp, "width": out.width,
+            "height": out.height, "format": out.format, "taken_at": out.taken_at,
+            "lat": out.gps[0] if out.gps else None, "lon": out.gps[1] if out.gps else None}
+
+
+def _ordered(pool: ThreadPoolExecutor, fn: Callable[[scan.FoundFile], _Decoded], items: list[scan.FoundFile],
+             window: int) -> Iterator[_Decoded]:
     """pool.map with a bounded look-ahead, so a 100k-file run never holds 100k decoded images."""
-    pending: list[Future] = []
+    pending: list[Future[_Decoded]] = []
     it = iter(items)
     for item in it:
         pending.append(pool.submit(fn, item))
@@ -200,7 +214,9 @@ def run(store: Store, get_embedder: Callable[[], Embedder], roots: list[str], fo
         rows, vecs, skips = [], [], []
 
     if p.todo:
+        t_load = time.perf_counter()
         embedder = get_embedder()
+        summary.model_load_seconds = time.perf_counter() - t_load
         pre = embedder.preprocess
         n_workers = workers or max(1, min(8, os.cpu_count() or 1))
         changed = {f.path for f, is_change in p.todo if is_change}
@@ -218,12 +234,7 @@ def run(store: Store, get_embedder: Callable[[], Embedder], roots: list[str], fo
                     else:
                         summary.new += 1
                     batch_pixels.append(out.pixels)
-                    batch_rows.append({
-                        "path": f.path, "size": f.size, "mtime_ns": f.mtime_ns, "fingerprint": fp,
-                        "width": out.width, "height": out.height, "format": out.format,
-                        "taken_at": out.taken_at, "lat": out.gps[0] if out.gps else None,
-                        "lon": out.gps[1] if out.gps else None,
-                    })
+                    batch_rows.append(_row(f, out, fp))
                     if len(batch_pixels) >= BATCH:
                         embed_pending()
                 if len(rows) + len(batch_rows) + len(skips) >= COMMIT_EVERY:

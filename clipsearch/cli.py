@@ -8,7 +8,6 @@ from __future__ import annotations
 
 import functools
 import json
-import os
 import sys
 from collections.abc import Callable
 from enum import Enum
@@ -23,7 +22,7 @@ from clipsearch import __version__, config
 from clipsearch.errors import ClipsearchError
 
 if TYPE_CHECKING:
-    pass
+    from clipsearch.library import Library, QueryResult
 
 out = Console(highlight=False, soft_wrap=True)
 err = Console(stderr=True, highlight=False, soft_wrap=True)
@@ -176,54 +175,129 @@ class Format(str, Enum):
     paths = "paths"
 
 
+TopOpt = Annotated[int, typer.Option("--top", "-n", help="How many results at most.")]
+WithinOpt = Annotated[list[Path] | None, typer.Option(
+    "--in", help="Only photos under this folder (repeatable).", show_default=False)]
+AfterOpt = Annotated[str | None, typer.Option(
+    "--after", help="Taken on or after this date (YYYY, YYYY-MM, YYYY-MM-DD or ISO time; EXIF capture time, "
+    "else file time).", show_default=False)]
+BeforeOpt = Annotated[str | None, typer.Option(
+    "--before", help="Taken before this date (same forms; --before 2020 means before 2020-01-01).",
+    show_default=False)]
+TypeOpt = Annotated[str | None, typer.Option(
+    "--type", help="Only these formats, comma-separated: jpg,png,heic,…", show_default=False)]
+MinWidthOpt = Annotated[int, typer.Option("--min-width", help="Only photos at least this many pixels wide.")]
+SortOpt = Annotated[str, typer.Option("--sort", help="score (best first) or date (newest first).")]
+MinScoreOpt = Annotated[float | None, typer.Option(
+    "--min-score", help="Fixed cosine cutoff instead of the adaptive one (docs/search.md); -1 keeps everything.",
+    show_default=False)]
+FormatOpt = Annotated[Format, typer.Option(
+    "--format", "-f", help="auto: a table on a terminal, 'score<TAB>path' lines in a pipe.")]
+AsJsonQueryOpt = Annotated[bool, typer.Option("--json", help="Shortcut for --format json.")]
+NullOpt = Annotated[bool, typer.Option("--null", "-0", help="Exact paths separated by NUL, for `xargs -0`.")]
+HtmlOpt = Annotated[Path | None, typer.Option(
+    "--html", help="Also write a contact sheet of the results (thumbnails, scores, paths) to this HTML file.",
+    show_default=False)]
+
+
 @app.command()
 @handles_errors
 def query(
     text: Annotated[str | None, typer.Argument(
-        help="What to look for, in words (or the path of an example photo).", show_default=False)] = None,
-    image: Annotated[Path | None, typer.Option(
-        "--image", "-i", help="Find photos like this one.", show_default=False)] = None,
-    top: Annotated[int, typer.Option("--top", "-n", help="How many results.")] = 20,
-    within: Annotated[list[Path] | None, typer.Option(
-        "--in", help="Only photos under this folder (repeatable).", show_default=False)] = None,
-    fmt: Annotated[Format, typer.Option(
-        "--format", "-f", help="auto: a table on a terminal, 'score<TAB>path' lines in a pipe.")] = Format.auto,
-    as_json: Annotated[bool, typer.Option("--json", help="Shortcut for --format json.")] = False,
-    null: Annotated[bool, typer.Option(
-        "--null", "-0", help="Paths separated by NUL, for `xargs -0`.")] = False,
+        help="What to look for: words, an example photo's path, or parts like \"beach + sunset - people\" "
+        "and \"2:dog + cat\".", show_default=False)] = None,
+    image: Annotated[list[Path] | None, typer.Option(
+        "--image", "-i", help="Find photos like this one (repeatable).", show_default=False)] = None,
+    add: Annotated[list[str] | None, typer.Option(
+        "--add", help="Add this text to the query (repeatable).", show_default=False)] = None,
+    sub: Annotated[list[str] | None, typer.Option(
+        "--sub", help="Subtract this text from the query (repeatable).", show_default=False)] = None,
+    top: TopOpt = 20,
+    within: WithinOpt = None,
+    after: AfterOpt = None,
+    before: BeforeOpt = None,
+    types: TypeOpt = None,
+    min_width: MinWidthOpt = 0,
+    sort: SortOpt = "score",
+    min_score: MinScoreOpt = None,
+    fmt: FormatOpt = Format.auto,
+    as_json: AsJsonQueryOpt = False,
+    null: NullOpt = False,
+    html: HtmlOpt = None,
     index_path: IndexOpt = None,
     model: ModelOpt = None,
     device: DeviceOpt = None,
     precision: PrecisionOpt = None,
 ) -> None:
-    """Find photos matching a text, an example photo, or both. Exits 1 when nothing is found."""
-    from clipsearch import render
-    from clipsearch.scan import IMAGE_EXTENSIONS
-
-    if text and image is None and os.path.isfile(text) and Path(text).suffix.lower() in IMAGE_EXTENSIONS:
-        image, text = Path(text), None
+    """Find photos matching a text, example photos, or a mix. Exits 1 when nothing is relevant."""
     lib = _library(index_path, model, device, precision)
-    results = lib.search(text, image=image, top=top, within=within or ())
-    if as_json:
-        fmt = Format.json
+    found = lib.query(text, images=image or (), add=add or (), sub=sub or (), top=top,
+                      **_filters(within, after, before, types, min_width), sort=sort, min_score=min_score)
+    _show(lib, found, "json" if as_json else fmt.value, null, html, text or "similar photos")
+
+
+@app.command()
+@handles_errors
+def similar(
+    photo: Annotated[Path, typer.Argument(help="An indexed photo; finds the ones most like it.")],
+    top: TopOpt = 20,
+    within: WithinOpt = None,
+    after: AfterOpt = None,
+    before: BeforeOpt = None,
+    types: TypeOpt = None,
+    min_width: MinWidthOpt = 0,
+    sort: SortOpt = "score",
+    min_score: MinScoreOpt = None,
+    fmt: FormatOpt = Format.auto,
+    as_json: AsJsonQueryOpt = False,
+    null: NullOpt = False,
+    html: HtmlOpt = None,
+    index_path: IndexOpt = None,
+) -> None:
+    """Photos most like an indexed photo, from its stored vector (no model needed)."""
+    lib = _library(index_path)
+    found = lib.query(similar_to=photo, top=top, **_filters(within, after, before, types, min_width), sort=sort,
+                      min_score=min_score)
+    _show(lib, found, "json" if as_json else fmt.value, null, html, f"like {photo.name}")
+
+
+def _filters(within: list[Path] | None, after: str | None, before: str | None, types: str | None,
+             min_width: int) -> dict[str, Any]:
+    from clipsearch.query import parse_date
+
+    return {"within": within or (), "after": parse_date(after) if after else None,
+            "before": parse_date(before) if before else None,
+            "formats": [t for t in (types or "").split(",") if t.strip()], "min_width": min_width}
+
+
+def _show(lib: Library, found: QueryResult, fmt: str, null: bool, html: Path | None, title: str) -> None:
+    from clipsearch import render
+
+    results, ranking = found.results, found.ranking
     if null:
         sys.stdout.write(render.results_paths(results, null=True))
-    elif fmt == Format.json:
-        parsed = {"text": text, "image": str(image) if image else None, "top": top,
-                  "in": [str(w) for w in within or ()]}
-        sys.stdout.write(render.results_json(results, parsed))
-    elif fmt == Format.jsonl:
+    elif fmt == "json":
+        sys.stdout.write(render.results_json(results, {"terms": [t.as_dict() for t in found.terms]},
+                                             ranking.as_dict()))
+    elif fmt == "jsonl":
         sys.stdout.write(render.results_jsonl(results))
-    elif fmt == Format.paths:
+    elif fmt == "paths":
         sys.stdout.write(render.results_paths(results))
-    elif fmt == Format.table or (fmt == Format.auto and out.is_terminal):
+    elif fmt == "table" or (fmt == "auto" and out.is_terminal):
         if results:
             out.print(render.results_table(results))
     else:
         sys.stdout.write(render.results_plain(results))
     sys.stdout.flush()
+    if html is not None:
+        thumbs = [lib.thumbnail(r) for r in results]
+        meta = f"{len(results)} results · {render.cutoff_note(ranking) or 'no cutoff applied'}"
+        html.write_text(render.contact_sheet(results, thumbs, title, meta), encoding="utf-8")
+    note = render.cutoff_note(ranking)
+    if ranking.cut and note and err.is_terminal:
+        err.print(f"[dim]{escape(note)}[/]")
     if not results:
-        raise typer.Exit(1)
+        raise _fail(render.nothing_found(ranking), 1)
 
 
 @app.command()

@@ -171,7 +171,7 @@ def _fit(img: Image.Image, pre: Preprocess) -> np.ndarray:
     return np.array(img, dtype=np.uint8)  # a writable copy: torch.from_numpy warns on read-only arrays
 
 
-def _to_rgb(img: Image.Image) -> Image.Image:
+def to_rgb(img: Image.Image) -> Image.Image:
     if img.mode == "RGB":
         return img
     if img.mode in ("RGBA", "LA", "PA") or (img.mode == "P" and "transparency" in img.info):
@@ -227,6 +227,8 @@ def decode(path: str, pre: Preprocess, max_pixels: int = DEFAULT_MAX_PIXELS) -> 
 
 def _decode_open(img: Image.Image, pre: Preprocess, max_pixels: int) -> Decoded:
     fmt = (img.format or "").upper()
+    if fmt == "MPO":  # phones' multi-picture JPEGs: a JPEG to every user, and draft() works on them
+        fmt = "JPEG"
     width, height = img.size  # from the header, before draft() shrinks the decode
     if width * height > max_pixels:
         raise SkipFile("too many pixels", f"{width}x{height} is over the {max_pixels // 1_000_000} MP limit")
@@ -250,4 +252,4 @@ def _decode_open(img: Image.Image, pre: Preprocess, max_pixels: int) -> Decoded:
             orientation = 1
     if orientation in (5, 6, 7, 8):
         width, height = height, width
-    return Decoded(_fit(_to_rgb(img), pre), width, height, fmt.lower() or "unknown", taken_at, gps)
+    return Decoded(_fit(to_rgb(img), pre), width, height, fmt.lower() or "unknown", taken_at, gps)

@@ -10,16 +10,19 @@
 from __future__ import annotations
 
 import contextlib
+import datetime as dt
 import json
 import os
 import socket
 from collections.abc import Callable, Iterable
 from dataclasses import dataclass
 from pathlib import Path
+from typing import Any
 
 import numpy as np
 
 from clipsearch import config, indexer, models, scan
+from clipsearch import query as query_mod
 from clipsearch import search as search_mod
 from clipsearch.embedder import Embedder, ModelIdentity
 from clipsearch.errors import IndexLockedError, IndexMissingError, ModelMismatchError, UsageError
@@ -29,6 +32,19 @@ from clipsearch.vectors import VectorIndex, remove_orphan_temps
 
 LOCK_NAME = "index.lock"
 LOCK_OWNER = "index.lock.owner"
+
+
+_FORMAT_ALIASES = {"jpg": "jpeg", "jpe": "jpeg", "tif": "tiff", "heic": "heif", "jp2": "jpeg2000",
+                   "ppm": "ppm", "pgm": "ppm", "pbm": "ppm"}
+
+
+@dataclass
+class QueryResult:
+    """What a query found, the query as parsed, and how the relevance cutoff treated it."""
+
+    terms: list[query_mod.Term]
+    results: list[search_mod.SearchResult]
+    ranking: search_mod.Ranking
 
 
 @dataclass(frozen=True)
@@ -182,40 +198,88 @@ class Library:
             store.close()
             raise
 
-    def search(self, text: str | None = None, *, image: str | os.PathLike[str] | None = None, top: int = 20,
-               within: Iterable[str | os.PathLike[str]] = ()) -> list[search_mod.SearchResult]:
-        """Photos nearest to a text and/or an example image, best first."""
-        if not (text and text.strip()) and image is None:
-            raise UsageError("give a text query or --image PATH")
+    def search(self, text: str | None = None, *, image: str | os.PathLike[str] | None = None,
+               top: int = 20, within: Iterable[str | os.PathLike[str]] = (), **options: Any
+               ) -> list[search_mod.SearchResult]:
+        """Photos nearest to a text and/or an example image, best first (see `query` for options)."""
+        return self.query(text, images=() if image is None else (image,), top=top, within=within,
+                          **options).results
+
+    def query(self, text: str | None = None, *, images: Iterable[str | os.PathLike[str]] = (),
+              add: Iterable[str] = (), sub: Iterable[str] = (), top: int = 20,
+              within: Iterable[str | os.PathLike[str]] = (), after: dt.datetime | None = None,
+              before: dt.datetime | None = None, formats: Iterable[str] = (), min_width: int = 0,
+              min_score: float | None = None, z: float = search_mod.DEFAULT_Z, sort: str = "score",
+              similar_to: str | os.PathLike[str] | None = None) -> QueryResult:
+        """Search with everything the CLI offers: query arithmetic, filters, the relevance cutoff.
+
+        `text` may combine parts: "beach + sunset - people", "2:dog + cat", or image paths.
+        `similar_to` names an indexed photo whose stored vector is the query (no re-embedding).
+        """
+        from clipsearch.scan import IMAGE_EXTENSIONS
+
         if top < 1:
             raise UsageError("--top must be at least 1")
+        if sort not in ("score", "date"):
+            raise UsageError("--sort is score or date")
+        terms = [] if similar_to is not None else query_mod.parse(
+            text, IMAGE_EXTENSIONS, tuple(os.fspath(i) for i in images), tuple(add), tuple(sub))
+        kinds = (f.lower().lstrip(".") for f in formats)
+        filters = search_mod.Filters(
+            within=tuple(os.path.abspath(os.path.expanduser(os.fspath(w))) for w in within),
+            after=after, before=before, formats=frozenset(_FORMAT_ALIASES.get(k, k) for k in kinds),
+            min_width=min_width)
         store, index = self._open_for_search()
         try:
-            query = self._query_vector(store, text, image)
-            return search_mod.rank(store, index, query, top, tuple(os.fspath(w) for w in within))
+            exclude: frozenset[int] = frozenset()
+            if similar_to is not None:
+                path = os.path.abspath(os.path.expanduser(os.fspath(similar_to)))
+                image_id = store.id_for_path(path)
+                if image_id is None:
+                    raise UsageError(f"{scan.display_path(path)} is not in the index; index it first, or use "
+                                     "`clipsearch query --image` for a photo from elsewhere")
+                vector, exclude = store.vectors_for([image_id])[0], frozenset({image_id})
+                terms = [query_mod.Term("indexed", path, 1.0)]
+            else:
+                vector = self._query_vector(store, terms)
+            ranking = search_mod.rank(store, index, vector, top, filters, min_score, z, exclude)
+            if sort == "date":
+                ranking.results = search_mod.sort_by_date(ranking.results)
+            return QueryResult(terms, ranking.results, ranking)
         finally:
             store.close()
 
-    def _query_vector(self, store: Store, text: str | None, image: str | os.PathLike[str] | None):
-
+    def _query_vector(self, store: Store, terms: list[query_mod.Term]) -> np.ndarray:
         from clipsearch import images
 
         emb = self.embedder()
         recorded = store.model_identity()
         assert recorded is not None
         check_same_model(recorded, emb.identity)
-        parts = []
-        if text and text.strip():
-            parts.append(emb.embed_texts([text.strip()])[0])
-        if image is not None:
-            path = os.path.abspath(os.path.expanduser(os.fspath(image)))
-            try:
-                decoded = images.decode(path, emb.preprocess)
-            except images.SkipFile as skip:
-                raise UsageError(f"cannot use {scan.display_path(path)} as a query image: {skip}") from None
-            parts.append(emb.embed_images(decoded.pixels[None])[0])
-        vec = np.sum(parts, axis=0)
-        return vec / (np.linalg.norm(vec) or 1.0)
+        texts = [t for t in terms if t.kind == "text"]
+        vecs: dict[int, np.ndarray] = {}
+        if texts:
+            for t, v in zip(texts, emb.embed_texts([t.value for t in texts]), strict=True):
+                vecs[id(t)] = v
+        for t in terms:
+            if t.kind == "image":
+                try:
+                    decoded = images.decode(t.value, emb.preprocess)
+                except images.SkipFile as skip:
+                    raise UsageError(f"cannot use {scan.display_path(t.value)} as a query image: {skip}") from None
+                vecs[id(t)] = emb.embed_images(decoded.pixels[None])[0]
+        total = np.sum([t.weight * vecs[id(t)] for t in terms], axis=0)
+        norm = float(np.linalg.norm(total))
+        if norm < 1e-6:
+            raise UsageError("the query's parts cancel out; nothing is left to search for")
+        return (total / norm).astype(np.float32)
+
+    def thumbnail(self, result: search_mod.SearchResult) -> Path | None:
+        """A cached 256 px JPEG preview of a result (made on first use), or None when unreadable."""
+        from clipsearch import thumbnails
+
+        mtime_ns = int(result.modified.timestamp() * 1e9)
+        return thumbnails.thumbnail(self.path / "thumbs", result.id, result.path, mtime_ns)
 
     # --- status ---------------------------------------------------------------------------------
 

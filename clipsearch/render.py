@@ -18,7 +18,7 @@ from clipsearch.indexer import IndexSummary
 from clipsearch.library import Status
 from clipsearch.models import CatalogEntry
 from clipsearch.scan import display_path
-from clipsearch.search import SearchResult
+from clipsearch.search import Ranking, SearchResult
 
 SCHEMA_VERSION = 1
 
@@ -64,8 +64,9 @@ def results_paths(results: Sequence[SearchResult], null: bool = False) -> str:
     return "".join(f"{display_path(r.path)}\n" for r in results)
 
 
-def results_json(results: Sequence[SearchResult], query: Mapping[str, object]) -> str:
-    payload = {"schema_version": SCHEMA_VERSION, "query": query,
+def results_json(results: Sequence[SearchResult], query: Mapping[str, object],
+                 cutoff: Mapping[str, object] | None = None) -> str:
+    payload = {"schema_version": SCHEMA_VERSION, "query": query, "cutoff": cutoff,
                "results": [{**r.as_dict(), "path": display_path(r.path)} for r in results]}
     return json.dumps(payload, indent=2, ensure_ascii=False) + "\n"
 
@@ -73,6 +74,23 @@ def results_json(results: Sequence[SearchResult], query: Mapping[str, object]) -
 def results_jsonl(results: Sequence[SearchResult]) -> str:
     return "".join(json.dumps({**r.as_dict(), "path": display_path(r.path)}, ensure_ascii=False) + "\n"
                    for r in results)
+
+
+def cutoff_note(ranking: Ranking) -> str:
+    if ranking.cutoff is None:
+        return ""
+    how = "your --min-score" if ranking.method == "min-score" else "the relevance cutoff"
+    if not ranking.cut:
+        return f"{how}: score ≥ {ranking.cutoff:.3f}"
+    return (f"{ranking.cut} more below {how} (score < {ranking.cutoff:.3f}); "
+            "--min-score -1 shows them")
+
+
+def nothing_found(ranking: Ranking) -> str:
+    if ranking.cutoff is not None and ranking.cut:
+        return (f"nothing passed the relevance cutoff (score ≥ {ranking.cutoff:.3f}); "
+                "--min-score -1 shows the closest photos anyway")
+    return "no photos match"
 
 
 def index_summary(s: IndexSummary) -> str:
@@ -119,3 +137,40 @@ def models_table(entries: Sequence[CatalogEntry], cached: dict[str, bool], defau
         table.add_row(name, f"{e.size_mb} MB", e.speed, f"{e.imagenet_zero_shot:.1f}%",
                       "cached" if cached.get(e.name) else "-")
     return table
+
+
+_HTML = """<!doctype html>
+<html lang="en"><head><meta charset="utf-8"><title>clipsearch: {title}</title>
+<style>
+body {{ font: 14px system-ui, sans-serif; margin: 1.5em; background: #fafafa; color: #222; }}
+h1 {{ font-size: 1.2em; }} .meta {{ color: #666; margin-bottom: 1em; }}
+.grid {{ display: grid; grid-template-columns: repeat(auto-fill, minmax(220px, 1fr)); gap: 14px; }}
+figure {{ margin: 0; background: #fff; border: 1px solid #ddd; border-radius: 6px; padding: 8px; }}
+img {{ width: 100%; height: 200px; object-fit: contain; background: #eee; }}
+figcaption {{ font-size: 12px; word-break: break-all; }} .score {{ font-weight: 600; }}
+</style></head><body>
+<h1>{title}</h1><div class="meta">{meta}</div>
+<div class="grid">
+{figures}
+</div></body></html>
+"""
+
+
+def contact_sheet(results: Sequence[SearchResult], thumbs: Sequence[Path | None], title: str, meta: str) -> str:
+    """A self-contained HTML page (thumbnails inlined) that opens in any browser, no server."""
+    import base64
+    import html
+
+    figures = []
+    for r, thumb in zip(results, thumbs, strict=True):
+        if thumb is not None:
+            data = base64.b64encode(thumb.read_bytes()).decode("ascii")
+            img = f'<img src="data:image/jpeg;base64,{data}" alt="">'
+        else:
+            img = '<div class="missing">no preview</div>'
+        link = "file://" + quote(os.fsencode(r.path))
+        figures.append(
+            f'<figure><a href="{html.escape(link)}">{img}</a><figcaption><span class="score">#{r.rank} '
+            f'{r.score:.3f}</span> · {html.escape(r.date[:10])}<br>{html.escape(display_path(r.path))}'
+            "</figcaption></figure>")
+    return _HTML.format(title=html.escape(title), meta=html.escape(meta), figures="\n".join(figures))

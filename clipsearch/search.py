@@ -1,15 +1,30 @@
-"""Ranking indexed images against a query vector, and shaping the hits into typed results."""
+"""Ranking indexed images against a query vector: filters, the adaptive relevance cutoff, typed results.
+
+The cutoff (docs/search.md): a query's scores against a sample of the whole index form its own
+"unrelated photo" distribution. A result counts as relevant when its score stands out of that
+distribution by Z robust standard deviations (median + Z * 1.4826 * MAD). Different queries and
+models have very different score ranges (a good CLIP match is 0.3 for one query and 0.22 for
+another), so a fixed threshold cannot work; a query's own distribution can.
+"""
 
 from __future__ import annotations
 
+import dataclasses
 import datetime as dt
 import os
-from dataclasses import dataclass
+from collections.abc import Callable
+from dataclasses import dataclass, field
+from statistics import NormalDist
 
 import numpy as np
 
 from clipsearch.store import ImageRow, Store
 from clipsearch.vectors import VectorIndex
+
+DEFAULT_Z = 3.0
+# Below this many photos the backdrop is too small (and too likely to be all one subject) to say
+# what "unrelated" scores: no cutoff, the top N are shown.
+MIN_FOR_CUTOFF = 200
 
 
 @dataclass(frozen=True)
@@ -28,6 +43,11 @@ class SearchResult:
     format: str | None
 
     @property
+    def when(self) -> dt.datetime:
+        """Capture time when known, else modification time, as an aware datetime."""
+        return _parse_taken(self.taken_at) or self.modified
+
+    @property
     def date(self) -> str:
         """The capture time when the camera recorded one, else the file's modification time."""
         return self.taken_at or self.modified.isoformat(timespec="seconds")
@@ -38,28 +58,119 @@ class SearchResult:
                 "taken_at": self.taken_at, "width": self.width, "height": self.height, "format": self.format}
 
 
-def _in_scope(path: str, roots: tuple[str, ...]) -> bool:
-    return not roots or any(path == r or path.startswith(r.rstrip(os.sep) + os.sep) for r in roots)
+@dataclass(frozen=True)
+class Filters:
+    """What a result must be, besides relevant. Dates compare with the capture time, else mtime."""
+
+    within: tuple[str, ...] = ()
+    after: dt.datetime | None = None
+    before: dt.datetime | None = None
+    formats: frozenset[str] = frozenset()
+    min_width: int = 0
+
+    def accepts(self, row: ImageRow) -> bool:
+        if self.within and not any(row.path == r or row.path.startswith(r.rstrip(os.sep) + os.sep)
+                                   for r in self.within):
+            return False
+        if self.formats and (row.format or "") not in self.formats:
+            return False
+        if self.min_width and (row.width or 0) < self.min_width:
+            return False
+        if self.after or self.before:
+            when = row_date(row)
+            if self.after and when < self.after:
+                return False
+            if self.before and when >= self.before:
+                return False
+        return True
 
 
-def rank(store: Store, index: VectorIndex, query: np.ndarray, top: int,
-         within: tuple[str, ...] = (), exclude_ids: frozenset[int] = frozenset()) -> list[SearchResult]:
-    """The `top` nearest images to `query` (a normalised vector), limited to folders `within`."""
+@dataclass
+class Ranking:
+    """Results plus how the cutoff treated this query: what a user needs to trust an empty answer."""
+
+    results: list[SearchResult]
+    cutoff: float | None
+    method: str
+    cut: int = 0  # results that filters allowed but the cutoff removed (among those looked at)
+    stats: dict[str, float] = field(default_factory=dict)
+
+    def as_dict(self) -> dict[str, object]:
+        return {"method": self.method, "score": None if self.cutoff is None else round(self.cutoff, 6),
+                "cut": self.cut, **{k: round(v, 6) for k, v in self.stats.items()}}
+
+
+def _parse_taken(taken_at: str | None) -> dt.datetime | None:
+    if not taken_at:
+        return None
+    try:
+        when = dt.datetime.fromisoformat(taken_at)
+    except ValueError:
+        return None
+    return when if when.tzinfo else when.astimezone()  # no offset recorded: camera local time, read as ours
+
+
+def row_date(row: ImageRow) -> dt.datetime:
+    return _parse_taken(row.taken_at) or dt.datetime.fromtimestamp(row.mtime_ns / 1e9, tz=dt.timezone.utc)
+
+
+def adaptive_cutoff(query: np.ndarray, sample: np.ndarray, z: float,
+                    library_size: int | None = None) -> tuple[float | None, dict[str, float]]:
+    """median + Z * robust sigma of the query's scores against a sample of the index.
+
+    Z is at least `z`, and high enough that a library of `library_size` wholly unrelated photos
+    would let through half a photo on average (a Gaussian tail of 0.5 / N): a fixed Z = 3 passes
+    0.13 % of unrelated photos, which is 130 junk results at 100k photos.
+    """
+    n = library_size or len(sample)
+    if len(sample) < MIN_FOR_CUTOFF or n < MIN_FOR_CUTOFF:
+        return None, {}
+    z_eff = max(z, NormalDist().inv_cdf(1 - 0.5 / n))
+    scores = sample @ query
+    median = float(np.median(scores))
+    sigma = 1.4826 * float(np.median(np.abs(scores - median))) or float(scores.std()) or 1e-6
+    return median + z_eff * sigma, {"median": median, "sigma": sigma, "z": z_eff}
+
+
+def rank(store: Store, index: VectorIndex, query: np.ndarray, top: int, filters: Filters = Filters(),
+         min_score: float | None = None, z: float = DEFAULT_Z,
+         exclude_ids: frozenset[int] = frozenset()) -> Ranking:
+    """The `top` most relevant images for `query` (a normalised vector) that pass `filters`."""
     if top <= 0 or index.size == 0:
-        return []
-    roots = tuple(os.path.abspath(r) for r in within)
+        return Ranking([], None, "none")
+    cutoff: float | None
+    stats: dict[str, float]
+    if min_score is not None:
+        cutoff, method, stats = min_score, "min-score", {}
+    else:
+        cutoff, stats = adaptive_cutoff(query, index.sample(), z, index.size)
+        method = "robust-z" if cutoff is not None else f"none (under {MIN_FOR_CUTOFF} photos)"
+    kept, cut = _collect(store, index, query, top, filters.accepts, cutoff, exclude_ids)
+    results = [_result(n + 1, s, row) for n, (s, row) in enumerate(kept)]
+    return Ranking(results, cutoff, method, cut, stats)
+
+
+def _collect(store: Store, index: VectorIndex, query: np.ndarray, top: int, accepts: Callable[[ImageRow], bool],
+             cutoff: float | None, exclude_ids: frozenset[int]) -> tuple[list[tuple[float, ImageRow]], int]:
     k = top + len(exclude_ids)
     while True:
-        # A scope or exclusions can filter hits away: widen the search until enough survive.
-        fetch = min(index.size, k if not roots else max(k * 8, 256))
+        # Filters remove hits after the vector search: widen it until enough survive, the scores
+        # fall under the cutoff, or the whole index has been seen.
+        fetch = min(index.size, k)
         scores, ids = index.search(query.reshape(1, -1), fetch)
         hits = [(float(s), int(i)) for s, i in zip(scores[0], ids[0], strict=True) if i >= 0 and i not in exclude_ids]
         rows = store.images(i for _, i in hits)
-        kept = [(s, rows[i]) for s, i in hits if i in rows and _in_scope(rows[i].path, roots)]
-        if len(kept) >= top or fetch >= index.size:
-            break
-        k = fetch * 4
-    return [_result(n + 1, s, row) for n, (s, row) in enumerate(kept[:top])]
+        allowed = [(s, rows[i]) for s, i in hits if i in rows and accepts(rows[i])]
+        kept = [(s, r) for s, r in allowed if cutoff is None or s >= cutoff]
+        exhausted = fetch >= index.size or (cutoff is not None and bool(hits) and hits[-1][0] < cutoff)
+        if len(kept) >= top or exhausted:
+            return kept[:top], max(0, min(top, len(allowed)) - len(kept))
+        k = max(fetch * 4, 256)
+
+
+def sort_by_date(results: list[SearchResult], newest_first: bool = True) -> list[SearchResult]:
+    ordered = sorted(results, key=lambda r: r.when, reverse=newest_first)
+    return [dataclasses.replace(r, rank=n + 1) for n, r in enumerate(ordered)]
 
 
 def _result(rank_: int, score: float, row: ImageRow) -> SearchResult:

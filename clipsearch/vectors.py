@@ -87,6 +87,18 @@ class VectorIndex:
         remove_orphan_temps(folder)
         return target
 
+    def sample(self, max_rows: int = 4096) -> np.ndarray:
+        """Up to `max_rows` stored vectors, evenly spaced: the backdrop the relevance cutoff measures against."""
+        import faiss
+
+        inner = faiss.downcast_index(self.index.index)
+        n, d = int(inner.ntotal), int(inner.d)
+        if n == 0:
+            return np.zeros((0, d), dtype=np.float32)
+        # A zero-copy view of the flat index's storage.
+        flat = faiss.rev_swig_ptr(inner.get_xb(), n * d).reshape(n, d)  # type: ignore[attr-defined]
+        return np.ascontiguousarray(flat[:: max(1, n // max_rows)][:max_rows])
+
     def search(self, queries: np.ndarray, k: int) -> tuple[np.ndarray, np.ndarray]:
         """(scores, ids), each (len(queries), k'); missing slots have id -1 and are cut."""
         k = min(k, self.size)

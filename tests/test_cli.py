@@ -75,7 +75,8 @@ def test_index_then_query_in_every_format(photo_dir: Path) -> None:
     assert paths.stdout.splitlines()[0] == str(photo_dir / "all" / "blue-star-0.png")
 
     as_json = json.loads(runner.invoke(app, ["query", "a photo of a blue star", "-n", "2", "--json"]).stdout)
-    assert as_json["schema_version"] == 1 and as_json["query"]["text"] == "a photo of a blue star"
+    assert as_json["schema_version"] == 1
+    assert as_json["query"]["terms"] == [{"kind": "text", "value": "a photo of a blue star", "weight": 1.0}]
     assert [r["rank"] for r in as_json["results"]] == [1, 2]
 
     lines = runner.invoke(app, ["query", "a photo of a blue star", "-n", "4", "-f", "jsonl"]).stdout.splitlines()
@@ -119,7 +120,7 @@ def test_exit_codes(photo_dir: Path, tmp_path: Path) -> None:
 
     runner.invoke(app, ["index", str(photo_dir), "-q"])
     empty = runner.invoke(app, ["query", "   "])
-    assert empty.exit_code == 2 and "give a text query" in empty.stderr
+    assert empty.exit_code == 2 and "the query is empty" in empty.stderr
 
     no_path = runner.invoke(app, ["index", str(tmp_path / "does-not-exist")])
     assert no_path.exit_code == 2 and "no such file or folder" in no_path.stderr

@@ -1,0 +1,102 @@
+"""Parsing a query into weighted parts: `"beach + sunset - people"`, `"2:dog + cat"`, images, --add/--sub.
+
+Each part is embedded on its own, multiplied by its weight, summed, and the sum re-normalised
+(rclip's query arithmetic, which users of the peers know). Operators are a `+` or `-` standing alone
+between spaces, so hyphenated words ("t-shirt", "black-and-white") stay text.
+"""
+
+from __future__ import annotations
+
+import datetime as dt
+import os
+import re
+from dataclasses import dataclass
+
+from clipsearch.errors import UsageError
+
+_WEIGHT = re.compile(r"^\s*([+-]?(?:\d+(?:\.\d*)?|\.\d+))\s*:\s*(.*)$")
+_SPLIT = re.compile(r"(?:^|\s)([+-])(?=\s)")
+
+
+@dataclass(frozen=True)
+class Term:
+    """One part of a query: a text or an image path, with a signed weight."""
+
+    kind: str  # "text" or "image"
+    value: str
+    weight: float = 1.0
+
+    def as_dict(self) -> dict[str, object]:
+        return {"kind": self.kind, "value": self.value, "weight": self.weight}
+
+
+def _term(raw: str, sign: float, image_exts: frozenset[str]) -> Term:
+    text = raw.strip()
+    weight = 1.0
+    m = _WEIGHT.match(text)
+    if m:
+        try:
+            weight = float(m.group(1))
+        except ValueError:
+            raise UsageError(f"malformed weight in query part {raw.strip()!r}") from None
+        text = m.group(2).strip()
+        if not text:
+            raise UsageError(f"query part {raw.strip()!r} has a weight but nothing to weigh")
+    if not text:
+        raise UsageError("empty part in the query (check for a stray + or -)")
+    path = os.path.expanduser(text)
+    if os.path.splitext(path)[1].lower() in image_exts and os.path.isfile(path):
+        return Term("image", os.path.abspath(path), sign * weight)
+    return Term("text", text, sign * weight)
+
+
+def parse(text: str | None, image_exts: frozenset[str], images: tuple[str, ...] = (),
+          add: tuple[str, ...] = (), sub: tuple[str, ...] = ()) -> list[Term]:
+    """All the parts of a query, in order; a usage error when there is nothing usable."""
+    terms: list[Term] = []
+    if text is not None and text.strip():
+        pieces = _SPLIT.split(" " + text.strip() + " ")
+        # pieces: [first, op, part, op, part, ...]; a leading operator leaves an empty first piece.
+        first, rest = pieces[0], pieces[1:]
+        if first.strip():
+            terms.append(_term(first, 1.0, image_exts))
+        elif not rest:
+            raise UsageError("the query is empty")
+        for op, part in zip(rest[0::2], rest[1::2], strict=True):
+            terms.append(_term(part, -1.0 if op == "-" else 1.0, image_exts))
+    elif text is not None and not images:
+        raise UsageError("the query is empty")
+    for img in images:
+        path = os.path.abspath(os.path.expanduser(img))
+        if not os.path.isfile(path):
+            raise UsageError(f"query image not found: {img}")
+        terms.append(Term("image", path, 1.0))
+    terms += [_term(a, 1.0, image_exts) for a in add]
+    terms += [_term(s, -1.0, image_exts) for s in sub]
+    if not terms:
+        raise UsageError("give a text query or --image PATH")
+    if all(t.weight <= 0 for t in terms):
+        raise UsageError("the query only subtracts; add something to look for")
+    return terms
+
+
+def parse_date(text: str, end: bool = False) -> dt.datetime:
+    """`2023`, `2023-06`, `2023-06-14` or a full ISO time; `end` gives the instant after the period."""
+    t = text.strip()
+    try:
+        if re.fullmatch(r"\d{4}", t):
+            start = dt.datetime(int(t), 1, 1)
+            nxt = dt.datetime(int(t) + 1, 1, 1)
+        elif re.fullmatch(r"\d{4}-\d{2}", t):
+            y, m = int(t[:4]), int(t[5:])
+            start = dt.datetime(y, m, 1)
+            nxt = dt.datetime(y + (m == 12), m % 12 + 1, 1)
+        elif re.fullmatch(r"\d{4}-\d{2}-\d{2}", t):
+            start = dt.datetime.fromisoformat(t)
+            nxt = start + dt.timedelta(days=1)
+        else:
+            start = nxt = dt.datetime.fromisoformat(t)
+    except ValueError:
+        raise UsageError(f"cannot read {text!r} as a date: use YYYY, YYYY-MM, YYYY-MM-DD or an ISO time") from None
+    when = nxt if end else start
+    return when if when.tzinfo else when.astimezone()

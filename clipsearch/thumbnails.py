@@ -1,0 +1,39 @@
+"""Small JPEG previews of indexed photos, cached in the index folder (never beside the photos)."""
+
+from __future__ import annotations
+
+import contextlib
+import os
+from pathlib import Path
+
+from PIL import Image, ImageOps
+
+from clipsearch import images
+
+SIZE = 256
+
+
+def thumbnail(cache_dir: Path, image_id: int, path: str, mtime_ns: int) -> Path | None:
+    """The cached preview of `path` (EXIF orientation applied), made when missing; None if unreadable."""
+    target = cache_dir / f"{image_id}-{mtime_ns}.jpg"
+    if target.exists():
+        return target
+    cache_dir.mkdir(parents=True, exist_ok=True)
+    try:
+        with Image.open(path) as img:
+            if (img.format or "").upper() in ("JPEG", "MPO"):
+                img.draft("RGB", (SIZE, SIZE))
+            img.load()
+            shown = ImageOps.exif_transpose(img) or img
+            rgb = images.to_rgb(shown)
+            rgb.thumbnail((SIZE, SIZE), Image.Resampling.LANCZOS)
+            tmp = target.with_suffix(f".{os.getpid()}.tmp")
+            rgb.save(tmp, "JPEG", quality=82)
+            os.replace(tmp, target)
+    except (OSError, ValueError, SyntaxError, Image.DecompressionBombError):
+        return None
+    for old in cache_dir.glob(f"{image_id}-*.jpg"):  # previews of earlier versions of the file
+        if old != target:
+            with contextlib.suppress(OSError):
+                old.unlink()
+    return target

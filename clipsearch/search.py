@@ -143,7 +143,7 @@ def rank(store: Store, index: VectorIndex, query: np.ndarray, top: int, filters:
     if min_score is not None:
         cutoff, method, stats = min_score, "min-score", {}
     else:
-        cutoff, stats = adaptive_cutoff(query, index.sample(), z, index.size)
+        cutoff, stats = adaptive_cutoff(query, index.sample(store), z, index.size)
         method = "robust-z" if cutoff is not None else f"none (under {MIN_FOR_CUTOFF} photos)"
     kept, cut = _collect(store, index, query, top, filters.accepts, cutoff, exclude_ids)
     results = [_result(n + 1, s, row) for n, (s, row) in enumerate(kept)]

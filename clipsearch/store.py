@@ -244,13 +244,34 @@ class Store:
 
     def all_vectors(self) -> tuple[np.ndarray, np.ndarray]:
         """(ids int64, matrix float32 (n, dim)) in id order, straight from the blobs."""
+        _, ids, mat = self.snapshot_vectors()
+        return ids, mat
+
+    def snapshot_vectors(self) -> tuple[int, np.ndarray, np.ndarray]:
+        """(generation, ids, matrix) read in one transaction, so the three always agree.
+
+        Filled row by row into one preallocated matrix: at 1M photos the blobs alone are 2 GB.
+        """
         dim = int(self.meta("embed_dim") or 0)
-        rows = self.db.execute("SELECT image_id, vector FROM vectors ORDER BY image_id").fetchall()
-        ids = np.fromiter((r[0] for r in rows), dtype=np.int64, count=len(rows))
-        if not rows:
-            return ids, np.zeros((0, dim), dtype=np.float32)
-        mat = np.frombuffer(b"".join(r[1] for r in rows), dtype="<f4").reshape(len(rows), -1)
-        return ids, mat.astype(np.float32, copy=False)
+        with self.db.atomic():  # a read snapshot: a concurrent indexer's commits are not half-seen
+            generation = self.generation()
+            n = int(self.db.execute("SELECT count(*) FROM vectors").fetchone()[0])
+            ids = np.empty(n, dtype=np.int64)
+            mat = np.empty((n, dim), dtype=np.float32)
+            cursor = self.db.execute("SELECT image_id, vector FROM vectors ORDER BY image_id")
+            for i, (image_id, blob) in enumerate(cursor):
+                ids[i] = image_id
+                mat[i] = np.frombuffer(blob, dtype="<f4")
+        return generation, ids, mat
+
+    def sample_vectors(self, max_rows: int) -> np.ndarray:
+        """About `max_rows` vectors spread evenly over the ids (the backdrop of the relevance cutoff)."""
+        stride = max(1, self.count() // max_rows)
+        blobs = [b for (b,) in self.db.execute(
+            "SELECT vector FROM vectors WHERE image_id % ? = 0 LIMIT ?", [stride, max_rows])]
+        if not blobs:
+            return np.zeros((0, int(self.meta("embed_dim") or 0)), dtype=np.float32)
+        return np.frombuffer(b"".join(blobs), dtype="<f4").reshape(len(blobs), -1).astype(np.float32)
 
     def vectors_for(self, ids: list[int]) -> np.ndarray:
         out = []

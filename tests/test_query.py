@@ -199,3 +199,26 @@ def test_html_contact_sheet(indexed: Library, tmp_path: Path) -> None:
     assert len(re.findall(r'<img src="data:image/jpeg;base64,', page)) == 5
     assert "green-ring-0.png" in page
     assert len(list((indexed.path / "thumbs").glob("*.jpg"))) == 5
+
+
+def test_large_libraries_switch_to_ivf_with_high_recall(tiny_embedder: Embedder) -> None:
+    lib = Library()
+    store, centres = _clustered_store(lib, tiny_embedder)
+    try:
+        flat = VectorIndex.build(store)
+        ivf = VectorIndex.build(store, flat_limit=1000)  # as if 2,000 photos were "large"
+        assert (flat.kind, ivf.kind) == ("flat", "ivf-sq8")
+        ivf.save(lib.path)
+        reloaded = VectorIndex.load(lib.path, store)
+        assert reloaded.kind == "ivf-sq8" and reloaded.size == 2000
+        rng = np.random.default_rng(3)
+        queries = centres[rng.integers(0, 40, size=50)] + rng.normal(scale=0.05, size=(50, 64)).astype(np.float32)
+        queries /= np.linalg.norm(queries, axis=1, keepdims=True)
+        _, exact = flat.search(queries, 10)
+        _, approx = reloaded.search(queries, 10)
+        recall = np.mean([len(set(a) & set(e)) / 10 for a, e in zip(approx, exact, strict=True)])
+        assert recall >= 0.95, recall
+        found = search.rank(store, reloaded, centres[5], top=100)
+        assert {Path(r.path).parent.name for r in found.results} == {"c05"} and len(found.results) == 50
+    finally:
+        store.close()

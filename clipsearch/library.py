@@ -252,17 +252,25 @@ class Library:
     def _query_vector(self, store: Store, terms: list[query_mod.Term]) -> np.ndarray:
         from clipsearch import images
 
-        emb = self.embedder()
         recorded = store.model_identity()
         assert recorded is not None
-        check_same_model(recorded, emb.identity)
-        texts = [t for t in terms if t.kind == "text"]
-        vecs: dict[int, np.ndarray] = {}
-        if texts:
-            for t, v in zip(texts, emb.embed_texts([t.value for t in texts]), strict=True):
-                vecs[id(t)] = v
+        texts = sorted({t.value for t in terms if t.kind == "text"})
+        # Texts embedded before by the index's model come from SQLite: a repeated text query loads
+        # no model at all, which is most of a cold query's time.
+        known = store.cached_text_vectors(recorded.weights_sha256, texts)
+        missing = [t for t in texts if t not in known]
+        needs_model = bool(missing) or any(t.kind == "image" for t in terms)
+        emb = self.embedder() if needs_model else None
+        if emb is not None:
+            check_same_model(recorded, emb.identity)
+        if missing and emb is not None:
+            fresh = dict(zip(missing, emb.embed_texts(missing), strict=True))
+            store.cache_text_vectors(recorded.weights_sha256, fresh)
+            known.update(fresh)
+        vecs: dict[int, np.ndarray] = {id(t): known[t.value] for t in terms if t.kind == "text"}
         for t in terms:
             if t.kind == "image":
+                assert emb is not None
                 try:
                     decoded = images.decode(t.value, emb.preprocess)
                 except images.SkipFile as skip:

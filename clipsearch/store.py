@@ -59,6 +59,21 @@ def m001_initial(db: sqlite_utils.Database) -> None:
         )""")
 
 
+@migrations()
+def m002_query_cache(db: sqlite_utils.Database) -> None:
+    db.execute("""
+        CREATE TABLE query_cache (
+            weights_sha256 TEXT NOT NULL,   -- the model that embedded the text
+            text TEXT NOT NULL,
+            vector BLOB NOT NULL,           -- little-endian float32, L2-normalised
+            used_at TEXT NOT NULL,
+            PRIMARY KEY (weights_sha256, text)
+        )""")
+
+
+QUERY_CACHE_SIZE = 5000
+
+
 @dataclass(frozen=True)
 class KnownFile:
     id: int
@@ -304,6 +319,28 @@ class Store:
     def skipped_counts(self) -> dict[str, int]:
         return {r: int(n) for r, n in self.db.execute(
             "SELECT reason, count(*) FROM skipped GROUP BY reason ORDER BY count(*) DESC")}
+
+    def cached_text_vectors(self, weights_sha256: str, texts: list[str]) -> dict[str, np.ndarray]:
+        """Embeddings of query texts seen before with this model: a repeated query needs no model."""
+        out = {}
+        for text in texts:
+            row = self.db.execute("SELECT vector FROM query_cache WHERE weights_sha256 = ? AND text = ?",
+                                  [weights_sha256, text]).fetchone()
+            if row:
+                out[text] = np.frombuffer(row[0], dtype="<f4").astype(np.float32)
+        return out
+
+    def cache_text_vectors(self, weights_sha256: str, vectors: dict[str, np.ndarray]) -> None:
+        """Remember query embeddings (the oldest beyond QUERY_CACHE_SIZE are forgotten)."""
+        try:
+            with self.db.atomic():
+                for text, vec in vectors.items():
+                    self.db.execute("INSERT OR REPLACE INTO query_cache VALUES (?, ?, ?, ?)",
+                                    [weights_sha256, text, encode_vector(vec), now()])
+                self.db.execute("DELETE FROM query_cache WHERE rowid NOT IN (SELECT rowid FROM query_cache "
+                                "ORDER BY used_at DESC LIMIT ?)", [QUERY_CACHE_SIZE])
+        except sqlite3.OperationalError:
+            pass  # a read-only or busy index still answers; the cache is only a shortcut
 
     def record_run(self, started_at: str, summary_json: str) -> None:
         with self.db.atomic():

@@ -52,3 +52,16 @@ def test_light_commands_do_not_import_torch(cmd: list[str], tmp_path: Path) -> N
     env = {**os.environ, "CLIPSEARCH_HOME": str(tmp_path)}
     result = subprocess.run([sys.executable, "-c", code, *cmd], capture_output=True, text=True, env=env)
     assert result.returncode == 0, result.stderr
+
+
+def test_a_repeated_text_query_loads_no_model(photo_dir: Path, isolated: Path) -> None:
+    assert run("index", str(photo_dir), "-q", env_home=isolated).returncode == 0
+    first = run("query", "a photo of a white square", "-n", "3", "-f", "paths", env_home=isolated)
+    code = ("import sys; from clipsearch.cli import main\n"
+            "sys.argv = ['clipsearch', 'query', 'a photo of a white square', '-n', '3', '-f', 'paths']\n"
+            "try:\n    main()\nexcept SystemExit as e:\n    assert not e.code, e.code\n"
+            "assert 'torch' not in sys.modules and 'open_clip' not in sys.modules, 'the model was loaded'")
+    env = {**os.environ, "CLIPSEARCH_HOME": str(isolated)}
+    again = subprocess.run([sys.executable, "-c", code], capture_output=True, text=True, env=env, timeout=120)
+    assert again.returncode == 0, again.stderr
+    assert again.stdout == first.stdout and first.stdout.splitlines()[0].endswith("white-square-0.png")

@@ -1,0 +1,144 @@
+"""Query latency and recall at 10k, 100k and 1M indexed photos (synthetic clustered vectors).
+
+    python bench/bench_query.py [--quick] [--sizes 10000,100000,1000000]
+
+Vectors are inserted straight into a real index (SQLite + FAISS, as `clipsearch index` leaves it),
+drawn around 2,000 cluster centres like photos of recurring subjects; uniformly random vectors would
+be an unrealistically hard case for approximate search. The model is ViT-B-32 with random weights.
+
+Baselines measured in the same run: exact search by numpy over the whole matrix (for warm search and
+recall), and a bare `python -c pass` (for cold start).
+"""
+
+from __future__ import annotations
+
+import argparse
+import os
+import resource
+import statistics
+import subprocess
+import sys
+import time
+from pathlib import Path
+
+import numpy as np
+
+sys.path.insert(0, str(Path(__file__).parent))
+import common
+
+
+def build_index(folder: Path, n: int, model_dir: Path) -> None:
+    from clipsearch import models
+    from clipsearch.embedder import ModelIdentity
+    from clipsearch.store import Store
+    from clipsearch.vectors import VectorIndex
+
+    if (folder / "done").exists():
+        return
+    rng = np.random.default_rng(n)
+    centres = rng.normal(size=(2000, 512)).astype(np.float32)
+    centres /= np.linalg.norm(centres, axis=1, keepdims=True)
+    spec = models.parse(f"local-dir:{model_dir}")
+    weights = models.resolve_weights(spec)
+    store = Store.open(folder, create=True)
+    store.bind_model(ModelIdentity(spec.name, 512, models.sha256_of(weights)))
+    for start in range(0, n, 20_000):
+        m = min(20_000, n - start)
+        vecs = centres[rng.integers(0, len(centres), size=m)] + rng.normal(scale=0.035, size=(m, 512)).astype(
+            np.float32)
+        vecs /= np.linalg.norm(vecs, axis=1, keepdims=True)
+        rows = [{"path": f"/photos/{(start + i) // 1000:04d}/{start + i:07d}.jpg", "size": 2_000_000,
+                 "mtime_ns": 1_600_000_000_000_000_000 + start + i, "fingerprint": str(start + i), "width": 4000,
+                 "height": 3000, "format": "jpeg", "taken_at": None, "lat": None, "lon": None} for i in range(m)]
+        store.write_batch(rows, vecs)
+    VectorIndex.load(folder, store)  # builds and saves the FAISS file, as an indexing run does
+    store.close()
+    (folder / "done").write_text("")
+
+
+def warm(folder: Path, queries: np.ndarray) -> dict[str, float]:
+    from clipsearch import search
+    from clipsearch.store import Store
+    from clipsearch.vectors import VectorIndex
+
+    store = Store.open(folder)
+    index = VectorIndex.load(folder, store)
+    ids_all, mat = store.all_vectors()
+    times, exact_times, recalls = [], [], []
+    search.rank(store, index, queries[0], top=10, min_score=-1)
+    for q in queries:
+        t = time.perf_counter()
+        got = search.rank(store, index, q, top=10, min_score=-1)
+        times.append(time.perf_counter() - t)
+        t = time.perf_counter()
+        scores = mat @ q
+        top = np.argpartition(-scores, 10)[:10]
+        exact_times.append(time.perf_counter() - t)
+        truth = set(ids_all[top].tolist())
+        recalls.append(len(truth & {r.id for r in got.results}) / 10)
+    kind = index.kind
+    store.close()
+    return {"kind": kind, "search_ms_p50": statistics.median(times) * 1000,
+            "exact_numpy_ms_p50": statistics.median(exact_times) * 1000, "recall_at_10": float(np.mean(recalls)),
+            "faiss_mb": sum(p.stat().st_size for p in folder.glob("vectors.*.faiss")) / 1e6}
+
+
+def cold(folder: Path, repeats: int) -> dict[str, float]:
+    cmd = [sys.executable, "-m", "clipsearch", "query", "a dog on the beach", "--format", "paths",
+           "--index", str(folder), "--min-score", "-1", "-n", "20"]
+    walls, rss = [], []
+    for _ in range(repeats):
+        before = resource.getrusage(resource.RUSAGE_CHILDREN).ru_maxrss
+        t = time.perf_counter()
+        proc = subprocess.run(cmd, capture_output=True, text=True)
+        walls.append(time.perf_counter() - t)
+        if proc.returncode != 0:
+            raise RuntimeError(proc.stderr[-2000:])
+        rss.append(max(before, resource.getrusage(resource.RUSAGE_CHILDREN).ru_maxrss) / 1024)
+    bare = []
+    for _ in range(repeats):
+        t = time.perf_counter()
+        subprocess.run([sys.executable, "-c", "pass"], check=True)
+        bare.append(time.perf_counter() - t)
+    return {"cold_s_p50": statistics.median(walls), "python_start_s": statistics.median(bare),
+            "cold_peak_rss_mb": max(rss)}
+
+
+def main() -> None:
+    ap = argparse.ArgumentParser(description=__doc__.splitlines()[0])
+    ap.add_argument("--quick", action="store_true", help="10k only, few repeats: checks the script runs")
+    ap.add_argument("--sizes", default="10000,100000,1000000")
+    args = ap.parse_args()
+    sizes = [10_000] if args.quick else [int(s) for s in args.sizes.split(",")]
+    model_dir = common.random_model("ViT-B-32")
+    rng = np.random.default_rng(1)
+    rows = []
+    for n in sizes:
+        folder = common.CACHE / "query-index" / str(n)
+        t = time.perf_counter()
+        build_index(folder, n, model_dir)
+        build_s = time.perf_counter() - t
+        from clipsearch.store import Store
+
+        store = Store.open(folder)
+        _, mat = store.all_vectors()
+        store.close()
+        picks = mat[rng.integers(0, len(mat), size=20 if args.quick else 200)]
+        queries = picks + rng.normal(scale=0.03, size=picks.shape).astype(np.float32)
+        queries /= np.linalg.norm(queries, axis=1, keepdims=True)
+        w = warm(folder, queries)
+        c = cold(folder, 3 if args.quick else 5)
+        disk = sum(p.stat().st_size for p in folder.iterdir() if p.is_file())
+        row = {"photos": n, **w, **c, "index_bytes_per_photo": disk / n, "prepare_s": build_s,
+               "warm_ratio_to_exact": w["search_ms_p50"] / w["exact_numpy_ms_p50"],
+               "cold_ratio_to_python_start": c["cold_s_p50"] / c["python_start_s"]}
+        rows.append(row)
+        print(f"{n:>8} photos  {w['kind']:8} warm {w['search_ms_p50']:6.2f} ms (exact numpy "
+              f"{w['exact_numpy_ms_p50']:6.2f} ms)  recall@10 {w['recall_at_10']:.3f}  cold {c['cold_s_p50']:.2f} s "
+              f"(bare python {c['python_start_s']:.2f} s, peak {c['cold_peak_rss_mb']:.0f} MB)  "
+              f"{disk / n:.0f} B/photo on disk", flush=True)
+    print(f"results: {common.save('query' + ('-quick' if args.quick else ''), {'rows': rows, 'cpu_count': os.cpu_count()})}")
+
+
+if __name__ == "__main__":
+    main()

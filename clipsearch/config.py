@@ -9,6 +9,7 @@ DEFAULT_MODEL = "ViT-B-32-256:datacomp_s34b_b86k"
 ENV_HOME = "CLIPSEARCH_HOME"
 ENV_MODEL = "CLIPSEARCH_MODEL"
 ENV_DEVICE = "CLIPSEARCH_DEVICE"
+ENV_TEXT_MODEL = "CLIPSEARCH_TEXT_MODEL"
 
 
 def data_home() -> Path:
@@ -35,3 +36,8 @@ def model_name(explicit: str | None = None) -> str | None:
 
 def device_name(explicit: str | None = None) -> str | None:
     return explicit or os.environ.get(ENV_DEVICE) or None
+
+
+def text_model_enabled() -> bool:
+    """Whether indexing exports the torch-free text encoder for queries ($CLIPSEARCH_TEXT_MODEL=off: no)."""
+    return os.environ.get(ENV_TEXT_MODEL, "on").strip().lower() not in ("0", "off", "no", "false")

@@ -21,7 +21,7 @@ from typing import Any
 
 import numpy as np
 
-from clipsearch import config, indexer, models, scan
+from clipsearch import config, indexer, models, scan, text_model
 from clipsearch import query as query_mod
 from clipsearch import search as search_mod
 from clipsearch.embedder import Embedder, ModelIdentity
@@ -175,11 +175,24 @@ class Library:
             summary = indexer.run(store, get_embedder, roots, found, problems, max_pixels, progress)
             if store.model_identity() is None and self._embedder is not None:
                 store.bind_model(self._embedder.identity)
+            if rebuild:
+                text_model.remove(self.path)
+            emb = self._embedder
+            if (emb is not None and config.text_model_enabled()
+                    and not text_model.available(self.path, emb.identity.weights_sha256)):
+                self._export_text_model(emb)
             VectorIndex.load(self.path, store)  # refresh the FAISS cache now, not on the next query
             store.record_run(started, json.dumps(summary.as_dict()))
             return summary
         finally:
             store.close()
+
+    def _export_text_model(self, emb: Embedder) -> None:
+        """Give queries a torch-free text encoder (text_model.py); optional, so failures only cost speed."""
+        try:
+            text_model.export(emb, self.path)
+        except Exception:  # noqa: BLE001 - an exporter or runtime gap must never fail an indexing run
+            text_model.remove(self.path)
 
     # --- searching ------------------------------------------------------------------------------
 
@@ -259,12 +272,15 @@ class Library:
         # no model at all, which is most of a cold query's time.
         known = store.cached_text_vectors(recorded.weights_sha256, texts)
         missing = [t for t in texts if t not in known]
-        needs_model = bool(missing) or any(t.kind == "image" for t in terms)
-        emb = self.embedder() if needs_model else None
+        has_images = any(t.kind == "image" for t in terms)
+        # New texts go through the exported text tower when there is one: no torch, no open_clip.
+        onnx_ok = bool(missing) and not has_images and text_model.available(self.path, recorded.weights_sha256)
+        emb = self.embedder() if has_images or (missing and not onnx_ok) else None
         if emb is not None:
             check_same_model(recorded, emb.identity)
-        if missing and emb is not None:
-            fresh = dict(zip(missing, emb.embed_texts(missing), strict=True))
+        if missing:
+            encoder = emb if emb is not None else text_model.OnnxTextEncoder(self.path / text_model.FOLDER)
+            fresh = dict(zip(missing, encoder.embed_texts(missing), strict=True))
             store.cache_text_vectors(recorded.weights_sha256, fresh)
             known.update(fresh)
         vecs: dict[int, np.ndarray] = {id(t): known[t.value] for t in terms if t.kind == "text"}

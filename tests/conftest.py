@@ -23,6 +23,8 @@ def isolated(tmp_path: Path, monkeypatch: pytest.MonkeyPatch) -> Path:
     monkeypatch.setenv("HF_HUB_CACHE", str(tmp_path / "hf-home" / "hub"))
     monkeypatch.delenv("CLIPSEARCH_DEVICE", raising=False)
     monkeypatch.setenv("NO_COLOR", "1")
+    # Exporting the ONNX text tower adds ~5 s to every index; the tests that are about it turn it on.
+    monkeypatch.setenv("CLIPSEARCH_TEXT_MODEL", "off")
     return home
 
 
@@ -50,3 +52,8 @@ def photo_dir(tmp_path: Path) -> Path:
     rng_items = shapes.write_heldout(folder / "all", per_class=1, seed=99)
     assert len(rng_items) == 48
     return folder
+
+
+@pytest.fixture
+def text_model_on(monkeypatch: pytest.MonkeyPatch) -> None:
+    monkeypatch.setenv("CLIPSEARCH_TEXT_MODEL", "on")

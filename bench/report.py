@@ -1,0 +1,127 @@
+"""Write docs/benchmarks.md from the JSON results in bench/results/ (run by bench/run_all)."""
+
+from __future__ import annotations
+
+import json
+import sys
+from pathlib import Path
+
+ROOT = Path(__file__).resolve().parents[1]
+RESULTS = ROOT / "bench" / "results"
+DOC = ROOT / "docs" / "benchmarks.md"
+
+INTRO = """# Benchmarks
+
+Every figure below is a ratio against a baseline measured **in the same run on the same machine**:
+these machines are shared and noisy, so absolute times drift from run to run while ratios hold.
+Reproduce everything with `bench/run_all` (about 15 minutes on 2 cores; `bench/run_all --quick` only
+checks that the scripts run). Nothing is downloaded: photos are scikit-image's real photographs scaled
+to camera and phone sizes, models are open_clip architectures with random weights (speed does not
+depend on weight values), and the query benchmark uses synthetic clustered vectors.
+
+On a CUDA machine the same scripts run unchanged (`clipsearch` picks the GPU and fp16); the limit in
+the indexing table then reflects decode cores only, since the model no longer shares the CPU.
+"""
+
+
+def _load(name: str) -> dict | None:
+    path = RESULTS / f"{name}.json"
+    return json.loads(path.read_text()) if path.exists() else None
+
+
+def _machine(m: dict) -> str:
+    flags = ", ".join(f for f in ("amx_bf16", "avx512_bf16") if m.get(f)) or "no bf16 units"
+    return (f"{m['date']}, {m['cores']} cores, {m['cpu']} ({flags}); Python {m['python']}, torch {m['torch']}, "
+            f"Pillow {m['pillow']}, clipsearch {m['clipsearch']}")
+
+
+def index_section(data: dict) -> str:
+    lines = ["## Indexing throughput", "", f"Machine: {_machine(data['machine'])}.", "",
+             "`clipsearch index` end to end (decode in threads, batched model, SQLite commits), in images per",
+             "second once the model is loaded. **Limit** = cores ÷ (decode CPU-seconds per image + model",
+             "CPU-seconds per image), each measured alone on one thread in the same run. **rclip-style** is",
+             "the closest peer's pipeline reproduced faithfully: a thread pool hashing each file and decoding",
+             "it at full size with Pillow, bicubic resize and centre crop, the same architecture in fp32 at",
+             "batch 8.", "",
+             "| model | photos | decode ms | model ms | limit img/s | clipsearch img/s | **÷ limit** "
+             "| rclip-style img/s | **× rclip-style** |",
+             "|---|---|---|---|---|---|---|---|---|"]
+    for r in data["rows"]:
+        lines.append(f"| {r['model']} ({r['precision']}) | {r['images']} × {r['set']} | {r['decode_ms']:.1f} | "
+                     f"{r['model_ms']:.1f} | {r['limit_img_s']:.1f} | {r['clipsearch_img_s']:.1f} | "
+                     f"**{r['ratio_to_limit']:.2f}** | {r['rclip_style_img_s']:.1f} | "
+                     f"**{r['ratio_to_rclip_style']:.1f}×** |")
+    lines += ["", "Goals: ≥ 0.9 of the limit, ≥ 4× the rclip-style pipeline.", ""]
+    return "\n".join(lines)
+
+
+DESIGN = """### What made it fast (measured while designing, 2 cores, ViT-B-32 random weights)
+
+- **JPEG draft decoding** (`Image.draft`, DCT-domain downscale to just above the model's input):
+  the decode column above is with it; a full decode of a 12 MP JPEG costs about 4× more.
+- **Threads, not processes**, for decoding: with 120 camera photos a process pool (forkserver) ran at
+  0.68× the thread pool's rate (27.5 vs 40.5 img/s), paying worker start-up and pixel transfer.
+- **Passive OpenMP waiting.** With OpenMP's default active wait, the model's idle threads spin between
+  operations and starve the decode threads. Images per second (pipeline, model preloaded):
+
+  | photos | model threads | active wait | passive wait | passive ÷ active |
+  |---|---|---|---|---|
+  | 120 × 12 MP | 2 | 34.0 | 42.9 | 1.26 |
+  | 120 × 12 MP | 1 | 30.5 | 39.9 | 1.31 |
+  | 300 × phone | 2 | 69.4 | 77.1 | 1.11 |
+  | 300 × phone | 1 | 48.3 | 55.1 | 1.14 |
+
+  So clipsearch sets `OMP_WAIT_POLICY=PASSIVE` (unless the user set it) and lets the model use every
+  core; an earlier design that searched for the best thread split at run time was removed.
+"""
+
+
+def reindex_section(data: dict) -> str:
+    r = data["rows"][0]
+    return "\n".join([
+        "## Re-indexing an unchanged library", "", f"Machine: {_machine(data['machine'])}.", "",
+        f"{r['photos']:,} small pictures in 100 folders, tiny test model, through the CLI (process start",
+        "included). Unchanged files are recognised from size and modification time, without reading them.", "",
+        "| photos | first index s | unchanged re-index s | **÷ first** |", "|---|---|---|---|",
+        f"| {r['photos']:,} | {r['first_index_s']:.1f} | {r['reindex_unchanged_s']:.2f} | "
+        f"**{r['ratio_to_first']:.3f}** |", ""])
+
+
+def query_section(data: dict) -> str:
+    lines = ["## Query latency", "", f"Machine: {_machine(data['machine'])}.", "",
+             "Synthetic clustered 512-d vectors (2,000 centres) inserted into a real index. **Warm** is",
+             "`search.rank` in a running process (FAISS search plus reading the hits' rows from SQLite),",
+             "against exact search by numpy over the whole matrix in the same run; recall@10 is against",
+             "that exact search. **Cold** is a new `clipsearch query \"…\" --format paths` process for a",
+             "text it has not seen (torch and open_clip are imported and the model loaded), against a bare",
+             "`python -c pass` start; **cold, seen text** is the same for a text asked before, answered",
+             "from SQLite's query cache without loading the model. Peak RSS is the largest of the cold runs.", "",
+             "| photos | index | warm ms p50 | exact numpy ms | recall@10 | cold s | ÷ python start "
+             "| cold, seen text s | cold peak RSS MB | bytes/photo on disk |",
+             "|---|---|---|---|---|---|---|---|---|---|"]
+    for r in data["rows"]:
+        lines.append(f"| {r['photos']:,} | {r['kind']} | {r['search_ms_p50']:.2f} | {r['exact_numpy_ms_p50']:.2f} | "
+                     f"{r['recall_at_10']:.3f} | {r['cold_s_p50']:.2f} | {r['cold_ratio_to_python_start']:.0f}× | "
+                     f"{r['cold_cached_text_s_p50']:.2f} | {r['cold_peak_rss_mb']:.0f} | "
+                     f"{r['index_bytes_per_photo']:.0f} |")
+    lines += ["", "Goals: warm ≤ 5 ms p50 at 1M with recall@10 ≥ 0.98; cold ≤ 1 s at 100k (not met for new",
+              "texts: the cold path still imports torch, see issue 10).", ""]
+    return "\n".join(lines)
+
+
+def main() -> None:
+    parts = [INTRO]
+    for name, render in (("index", index_section), ("reindex", reindex_section), ("query", query_section)):
+        data = _load(name)
+        if data is None:
+            print(f"no bench/results/{name}.json: run bench/bench_{name}.py", file=sys.stderr)
+            continue
+        parts.append(render(data))
+        if name == "index":
+            parts.append(DESIGN)
+    DOC.write_text("\n".join(parts))
+    print(f"wrote {DOC}")
+
+
+if __name__ == "__main__":
+    main()

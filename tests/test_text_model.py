@@ -1,0 +1,72 @@
+"""The torch-free query path: the BPE tokenizer and the exported ONNX text tower match open_clip."""
+
+from __future__ import annotations
+
+import os
+import subprocess
+import sys
+from pathlib import Path
+
+import numpy as np
+import open_clip
+import pytest
+
+from clipsearch import Library, text_model
+from clipsearch.embedder import Embedder
+from clipsearch.tokenizer import Tokenizer
+
+TEXTS = [
+    "a photo of a dog", "", "   spaces   everywhere   ", "Café crème brûlée", "naïve façade — “curly quotes”",
+    "🐶🐱🎉 emoji dog!!", "HTML &amp; entities &lt;b&gt;bold&lt;/b&gt;", "日本語のテキストと漢字",
+    "Ελληνικά και русский",
+    "it's we'll I'd they've", "12345 numbers 3.14159 and 1st 2nd", "UPPER lower MiXeD", "tabs\tand\nnewlines",
+    "x" * 300, " ".join(["word"] * 120), "<start_of_text> literal special tokens <end_of_text>", "a-b_c/d\\e",
+]
+
+
+@pytest.mark.parametrize("context_length", [77, 24])
+def test_token_ids_identical_to_open_clip(context_length: int) -> None:
+    reference = open_clip.tokenizer.SimpleTokenizer(context_length=context_length)
+    ours = Tokenizer(Path(open_clip.tokenizer.default_bpe()), context_length)
+    np.testing.assert_array_equal(ours(TEXTS), reference(TEXTS).numpy())
+
+
+@pytest.mark.usefixtures("text_model_on")
+def test_indexing_exports_a_verified_text_model(photo_dir: Path, tiny_embedder: Embedder) -> None:
+    lib = Library()
+    lib.index([photo_dir])
+    assert text_model.available(lib.path, tiny_embedder.identity.weights_sha256)
+    encoder = text_model.OnnxTextEncoder(lib.path / text_model.FOLDER)
+    prompts = ["a photo of a red circle", "three small purple crosses", "ring", "Café 🐶 " * 10]
+    got = encoder.embed_texts(prompts)
+    want = tiny_embedder.embed_texts(prompts)  # the bf16 (or fp32) torch path used for indexing
+    assert float(np.min(np.sum(got * want, axis=1))) > 0.995
+    assert not text_model.available(lib.path, "another-model-sha")
+
+
+@pytest.mark.usefixtures("text_model_on")
+def test_a_new_text_query_needs_no_torch(photo_dir: Path, isolated: Path) -> None:
+    Library().index([photo_dir])
+    code = ("import sys; from clipsearch.cli import main\n"
+            "sys.argv = ['clipsearch', 'query', 'a photo of a purple ring', '-n', '1', '-f', 'paths']\n"
+            "try:\n    main()\nexcept SystemExit as e:\n    assert not e.code, e.code\n"
+            "assert 'torch' not in sys.modules and 'open_clip' not in sys.modules, 'the model was loaded'")
+    env = {**os.environ, "CLIPSEARCH_HOME": str(isolated)}
+    result = subprocess.run([sys.executable, "-c", code], capture_output=True, text=True, env=env, timeout=120)
+    assert result.returncode == 0, result.stderr
+    assert result.stdout.strip() == str(photo_dir / "all" / "purple-ring-0.png")
+
+
+def test_switching_it_off_keeps_the_torch_path(photo_dir: Path) -> None:
+    lib = Library()
+    lib.index([photo_dir])  # conftest turns the export off
+    assert not (lib.path / text_model.FOLDER).exists()
+    assert Path(lib.search("a photo of a purple ring", top=1)[0].path).name == "purple-ring-0.png"
+
+
+@pytest.mark.usefixtures("text_model_on")
+def test_an_image_query_still_uses_the_model(photo_dir: Path) -> None:
+    lib = Library()
+    lib.index([photo_dir])
+    hits = lib.search(image=photo_dir / "all" / "white-star-0.png", top=1)
+    assert Path(hits[0].path).name == "white-star-0.png"

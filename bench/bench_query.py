@@ -14,7 +14,6 @@ from __future__ import annotations
 
 import argparse
 import os
-import resource
 import statistics
 import subprocess
 import sys
@@ -34,6 +33,7 @@ def build_index(folder: Path, n: int, model_dir: Path) -> None:
     from clipsearch.vectors import VectorIndex
 
     if (folder / "done").exists():
+        _export_text_model(folder, model_dir)
         return
     rng = np.random.default_rng(n)
     centres = rng.normal(size=(2000, 512)).astype(np.float32)
@@ -53,7 +53,18 @@ def build_index(folder: Path, n: int, model_dir: Path) -> None:
         store.write_batch(rows, vecs)
     VectorIndex.load(folder, store)  # builds and saves the FAISS file, as an indexing run does
     store.close()
+    _export_text_model(folder, model_dir)
     (folder / "done").write_text("")
+
+
+def _export_text_model(folder: Path, model_dir: Path) -> None:
+    """What an indexing run leaves for queries: the torch-free text encoder."""
+    from clipsearch import models, text_model
+    from clipsearch.embedder import Embedder
+
+    emb = Embedder(models.parse(f"local-dir:{model_dir}"))
+    if not text_model.available(folder, emb.identity.weights_sha256):
+        assert text_model.export(emb, folder), "text model export failed"
 
 
 def warm(folder: Path, queries: np.ndarray) -> dict[str, float]:
@@ -83,22 +94,26 @@ def warm(folder: Path, queries: np.ndarray) -> dict[str, float]:
             "faiss_mb": sum(p.stat().st_size for p in folder.glob("vectors.*.faiss")) / 1e6}
 
 
-def _query_process(folder: Path, text: str) -> float:
+def _query_process(folder: Path, text: str) -> tuple[float, float]:
+    """(wall seconds, peak RSS MB) of one `clipsearch query` process."""
     cmd = [sys.executable, "-m", "clipsearch", "query", text, "--format", "paths", "--index", str(folder),
            "--min-score", "-1", "-n", "20"]
+    timed = ["/usr/bin/time", "-f", "%M"] if Path("/usr/bin/time").exists() else []
     t = time.perf_counter()
-    proc = subprocess.run(cmd, capture_output=True, text=True)
+    proc = subprocess.run(timed + cmd, capture_output=True, text=True)
     wall = time.perf_counter() - t
     if proc.returncode != 0:
         raise RuntimeError(proc.stderr[-2000:])
-    return wall
+    peak = float(proc.stderr.strip().splitlines()[-1]) / 1024 if timed else float("nan")
+    return wall, peak
 
 
 def cold(folder: Path, repeats: int) -> dict[str, float]:
     stamp = time.time_ns()
-    walls = [_query_process(folder, f"a dog on the beach, take {stamp}-{i}") for i in range(repeats)]
-    rss = resource.getrusage(resource.RUSAGE_CHILDREN).ru_maxrss / 1024
-    cached = [_query_process(folder, f"a dog on the beach, take {stamp}-0") for _ in range(repeats)]
+    new = [_query_process(folder, f"a dog on the beach, take {stamp}-{i}") for i in range(repeats)]
+    seen = [_query_process(folder, f"a dog on the beach, take {stamp}-0") for _ in range(repeats)]
+    walls, cached = [w for w, _ in new], [w for w, _ in seen]
+    rss = max(p for _, p in new + seen)
     bare = []
     for _ in range(repeats):
         t = time.perf_counter()

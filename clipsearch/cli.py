@@ -23,6 +23,7 @@ from clipsearch.errors import ClipsearchError
 
 if TYPE_CHECKING:
     from clipsearch.library import Library, QueryResult
+    from clipsearch.search import SearchResult
 
 out = Console(highlight=False, soft_wrap=True)
 err = Console(stderr=True, highlight=False, soft_wrap=True)
@@ -195,6 +196,8 @@ FormatOpt = Annotated[Format, typer.Option(
     "--format", "-f", help="auto: a table on a terminal, 'score<TAB>path' lines in a pipe.")]
 AsJsonQueryOpt = Annotated[bool, typer.Option("--json", help="Shortcut for --format json.")]
 NullOpt = Annotated[bool, typer.Option("--null", "-0", help="Exact paths separated by NUL, for `xargs -0`.")]
+PreviewOpt = Annotated[bool, typer.Option(
+    "--preview", help="Show each result's picture in the terminal (kitty/iTerm2 images, else coloured blocks).")]
 HtmlOpt = Annotated[Path | None, typer.Option(
     "--html", help="Also write a contact sheet of the results (thumbnails, scores, paths) to this HTML file.",
     show_default=False)]
@@ -224,6 +227,7 @@ def query(
     as_json: AsJsonQueryOpt = False,
     null: NullOpt = False,
     html: HtmlOpt = None,
+    preview: PreviewOpt = False,
     index_path: IndexOpt = None,
     model: ModelOpt = None,
     device: DeviceOpt = None,
@@ -233,7 +237,7 @@ def query(
     lib = _library(index_path, model, device, precision)
     found = lib.query(text, images=image or (), add=add or (), sub=sub or (), top=top,
                       **_filters(within, after, before, types, min_width), sort=sort, min_score=min_score)
-    _show(lib, found, "json" if as_json else fmt.value, null, html, text or "similar photos")
+    _show(lib, found, "json" if as_json else fmt.value, null, html, text or "similar photos", preview)
 
 
 @app.command()
@@ -252,13 +256,33 @@ def similar(
     as_json: AsJsonQueryOpt = False,
     null: NullOpt = False,
     html: HtmlOpt = None,
+    preview: PreviewOpt = False,
     index_path: IndexOpt = None,
 ) -> None:
     """Photos most like an indexed photo, from its stored vector (no model needed)."""
     lib = _library(index_path)
     found = lib.query(similar_to=photo, top=top, **_filters(within, after, before, types, min_width), sort=sort,
                       min_score=min_score)
-    _show(lib, found, "json" if as_json else fmt.value, null, html, f"like {photo.name}")
+    _show(lib, found, "json" if as_json else fmt.value, null, html, f"like {photo.name}", preview)
+
+
+def _previews(lib: Library, results: list[SearchResult]) -> None:
+    """Each result as a line of text and its picture; only ever drawn on a terminal."""
+    from clipsearch import render, terminal_images
+
+    kind = terminal_images.protocol()
+    cols = max(16, min(32, out.width // 3))
+    for r in results:
+        out.print(f"[bold]{r.rank}[/]  {r.score:.3f}  {escape(render.short_path(r.path))}  [dim]{r.date[:10]}[/]")
+        thumb = lib.thumbnail(r)
+        if thumb is None:
+            out.print("[dim](no preview)[/]")
+        elif kind == "blocks" and not out.no_color:
+            out.print(terminal_images.blocks(thumb, cols), end="")
+        elif kind in ("kitty", "iterm"):
+            draw = terminal_images.kitty if kind == "kitty" else terminal_images.iterm
+            out.file.write(draw(thumb, cols))
+            out.file.flush()
 
 
 def _filters(within: list[Path] | None, after: str | None, before: str | None, types: str | None,
@@ -270,7 +294,8 @@ def _filters(within: list[Path] | None, after: str | None, before: str | None, t
             "formats": [t for t in (types or "").split(",") if t.strip()], "min_width": min_width}
 
 
-def _show(lib: Library, found: QueryResult, fmt: str, null: bool, html: Path | None, title: str) -> None:
+def _show(lib: Library, found: QueryResult, fmt: str, null: bool, html: Path | None, title: str,
+          preview: bool = False) -> None:
     from clipsearch import render
 
     results, ranking = found.results, found.ranking
@@ -283,6 +308,8 @@ def _show(lib: Library, found: QueryResult, fmt: str, null: bool, html: Path | N
         sys.stdout.write(render.results_jsonl(results))
     elif fmt == "paths":
         sys.stdout.write(render.results_paths(results))
+    elif preview and out.is_terminal:
+        _previews(lib, results)
     elif fmt == "table" or (fmt == "auto" and out.is_terminal):
         if results:
             out.print(render.results_table(results))

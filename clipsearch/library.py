@@ -57,6 +57,7 @@ class Status:
     last_run_at: str | None
     last_run: dict[str, object] | None
     vector_cache: str
+    text_model: bool = False  # queries can embed text without torch (text_model.py)
 
     def as_dict(self) -> dict[str, object]:
         return {
@@ -66,6 +67,7 @@ class Status:
                 "weights_sha256": self.model.weights_sha256},
             "images": self.images, "skipped": self.skipped, "bytes_on_disk": self.bytes_on_disk,
             "last_run_at": self.last_run_at, "last_run": self.last_run, "vector_cache": self.vector_cache,
+            "text_model": self.text_model,
         }
 
 
@@ -120,9 +122,13 @@ class Library:
               max_pixels: int = DEFAULT_MAX_PIXELS, wait: bool = False,
               progress: indexer.Progress | None = None) -> indexer.IndexSummary:
         """Add new and changed photos under `paths`, drop deleted ones, keep moved ones' vectors."""
-        roots = [os.path.abspath(os.path.expanduser(os.fspath(p))) for p in paths]
+        given = [os.fspath(p) for p in paths]
+        roots = [os.path.abspath(os.path.expanduser(p)) for p in given]
         if not roots:
             raise UsageError("name at least one folder or photo to index")
+        for root, name in zip(roots, given, strict=True):
+            if not os.path.lexists(root):  # before anything is created: a typo leaves no empty index
+                raise UsageError(f"no such file or folder: {name}")
         import filelock
 
         self.path.mkdir(parents=True, exist_ok=True)
@@ -189,6 +195,8 @@ class Library:
 
     def _export_text_model(self, emb: Embedder) -> None:
         """Give queries a torch-free text encoder (text_model.py); optional, so failures only cost speed."""
+        if self._notify is not None:
+            self._notify("preparing the text encoder that makes queries fast (once per index)")
         try:
             text_model.export(emb, self.path)
         except Exception:  # noqa: BLE001 - an exporter or runtime gap must never fail an indexing run
@@ -310,14 +318,16 @@ class Library:
     def status(self) -> Status:
         store = Store.open(self.path)
         try:
-            size = sum(p.stat().st_size for p in self.path.iterdir() if p.is_file())
+            size = sum(p.stat().st_size for p in self.path.rglob("*") if p.is_file())
             last = store.last_run()
             faiss_files = list(self.path.glob("vectors.*.faiss"))
             current = self.path / f"vectors.{store.generation()}.faiss"
             cache = "current" if current.exists() else ("stale, rebuilt on next use" if faiss_files else
                                                         "missing, rebuilt on next use")
-            return Status(self.path, store.model_identity(), store.count(), store.skipped_counts(), size,
-                          last[0] if last else None, json.loads(last[1]) if last and last[1] else None, cache)
+            model = store.model_identity()
+            fast = model is not None and text_model.available(self.path, model.weights_sha256)
+            return Status(self.path, model, store.count(), store.skipped_counts(), size,
+                          last[0] if last else None, json.loads(last[1]) if last and last[1] else None, cache, fast)
         finally:
             store.close()
 

@@ -111,6 +111,7 @@ def skipped_lines(rows: Sequence[tuple[str, str, str]]) -> str:
 
 def status_text(st: Status) -> str:
     model = st.model.describe() if st.model else "none yet"
+    text = "ready (text queries load no model)" if st.text_model else "none (text queries load the model)"
     lines = [
         f"index:        {st.path}",
         f"model:        {model}",
@@ -119,6 +120,7 @@ def status_text(st: Status) -> str:
         + (f" ({', '.join(f'{r}: {n}' for r, n in st.skipped.items())})" if st.skipped else ""),
         f"size on disk: {human_bytes(st.bytes_on_disk)}",
         f"vector cache: {st.vector_cache}",
+        f"text model:   {text}",
         f"last run:     {st.last_run_at or 'never'}",
     ]
     return "\n".join(lines) + "\n"

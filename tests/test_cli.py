@@ -139,3 +139,8 @@ def test_error_is_one_line_on_stderr(tmp_path: Path) -> None:
     assert result.exit_code == 3
     assert result.stdout == ""
     assert result.stderr.startswith("error: ") and len(result.stderr.strip().splitlines()) == 1
+
+
+def test_a_mistyped_folder_creates_no_index(tmp_path: Path) -> None:
+    result = runner.invoke(app, ["index", str(tmp_path / "typo"), "--index", str(tmp_path / "idx")])
+    assert result.exit_code == 2 and not (tmp_path / "idx").exists()

@@ -266,6 +266,59 @@ def similar(
     _show(lib, found, "json" if as_json else fmt.value, null, html, f"like {photo.name}", preview)
 
 
+@app.command()
+@handles_errors
+def duplicates(
+    paths: Annotated[list[Path] | None, typer.Argument(
+        help="Only photos under these folders [default: the whole index].", show_default=False)] = None,
+    similar: Annotated[bool, typer.Option(
+        "--similar", help="Also group photos of the same scene or burst (a third, looser tier).")] = False,
+    threshold: Annotated[float, typer.Option(
+        "--threshold", help="Minimum CLIP cosine for the near tier (confirmed by a difference hash).")] = 0.95,
+    similar_threshold: Annotated[float, typer.Option(
+        "--similar-threshold", help="Minimum CLIP cosine for the similar tier.")] = 0.90,
+    window: Annotated[float, typer.Option(
+        "--window", help="Similar photos must be taken within this many seconds (when both have a capture "
+        "time).")] = 120.0,
+    fmt: Annotated[str, typer.Option("--format", "-f", help="table or json.")] = "table",
+    as_json: AsJsonQueryOpt = False,
+    to_remove: Annotated[bool, typer.Option(
+        "--paths-to-remove", help="Print only the photos that are not the one to keep, one per line.")] = False,
+    null: Annotated[bool, typer.Option("--null", "-0", help="With --paths-to-remove: NUL-separated.")] = False,
+    html: Annotated[Path | None, typer.Option(
+        "--html", help="Also write a contact sheet of every group to this HTML file.", show_default=False)] = None,
+    index_path: IndexOpt = None,
+) -> None:
+    """Groups of copies: exact, near (resized, re-encoded, edited) and, with --similar, bursts. Deletes nothing.
+
+    Exits 1 when there are no duplicates.
+    """
+    from clipsearch import render
+
+    if fmt not in ("table", "json"):
+        raise _fail("--format is table or json", 2)
+    lib = _library(index_path)
+    groups = lib.duplicates(paths or (), near_cosine=threshold, similar=similar, similar_cosine=similar_threshold,
+                            similar_window_s=window)
+    if to_remove or null:
+        sep = "\0" if null else "\n"
+        sys.stdout.write("".join(f"{m.path if null else render.display_path(m.path)}{sep}"
+                                 for g in groups for m in g.remove))
+    elif as_json or fmt == "json":
+        sys.stdout.write(json.dumps({"schema_version": render.SCHEMA_VERSION,
+                                     "groups": [g.as_dict() for g in groups]}, indent=2, ensure_ascii=False) + "\n")
+    elif groups:
+        out.print(render.duplicates_table(groups))
+    if html is not None:
+        thumbs = {m.id: lib.thumbnail_of(m.id, m.path, m.mtime_ns) for g in groups for m in g.members}
+        html.write_text(render.duplicates_html(groups, thumbs), encoding="utf-8")
+    if groups:
+        err.print(render.duplicates_summary(groups), end="", markup=False)
+    else:
+        err.print("no duplicates found", markup=False)
+        raise typer.Exit(1)
+
+
 def _previews(lib: Library, results: list[SearchResult]) -> None:
     """Each result as a line of text and its picture; only ever drawn on a terminal."""
     from clipsearch import render, terminal_images
@@ -324,7 +377,8 @@ def _show(lib: Library, found: QueryResult, fmt: str, null: bool, html: Path | N
     if ranking.cut and note and err.is_terminal:
         err.print(f"[dim]{escape(note)}[/]")
     if not results:
-        raise _fail(render.nothing_found(ranking), 1)
+        err.print(render.nothing_found(ranking), markup=False)
+        raise typer.Exit(1)
 
 
 @app.command()

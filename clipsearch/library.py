@@ -17,9 +17,12 @@ import socket
 from collections.abc import Callable, Iterable
 from dataclasses import dataclass
 from pathlib import Path
-from typing import Any
+from typing import TYPE_CHECKING, Any
 
 import numpy as np
+
+if TYPE_CHECKING:
+    from clipsearch import duplicates
 
 from clipsearch import config, indexer, models, scan, text_model
 from clipsearch import query as query_mod
@@ -204,14 +207,14 @@ class Library:
 
     # --- searching ------------------------------------------------------------------------------
 
-    def _open_for_search(self) -> tuple[Store, VectorIndex]:
+    def _open_for_search(self, check_model: bool = True) -> tuple[Store, VectorIndex]:
         store = Store.open(self.path)
         try:
             recorded = store.model_identity()
             if recorded is None:
                 raise IndexMissingError(f"the index at {self.path} has no photos yet; add some with "
                                         "`clipsearch index FOLDER`")
-            if self._model_name and models.parse(self._model_name).name != recorded.name:
+            if check_model and self._model_name and models.parse(self._model_name).name != recorded.name:
                 raise ModelMismatchError(f"this index was built with {recorded.name}, not "
                                          f"{models.parse(self._model_name).name}; omit --model to use it")
             return store, VectorIndex.load(self.path, store)
@@ -306,12 +309,33 @@ class Library:
             raise UsageError("the query's parts cancel out; nothing is left to search for")
         return (total / norm).astype(np.float32)
 
-    def thumbnail(self, result: search_mod.SearchResult) -> Path | None:
-        """A cached 256 px JPEG preview of a result (made on first use), or None when unreadable."""
+    def duplicates(self, paths: Iterable[str | os.PathLike[str]] = (), *,
+                   near_cosine: float | None = None, similar: bool = False,
+                   similar_cosine: float | None = None, similar_window_s: float | None = None
+                   ) -> list[duplicates.Group]:
+        """Groups of copies among indexed photos (duplicates.py): exact, near and, if asked, similar."""
+        from clipsearch import duplicates
+
+        store, index = self._open_for_search(check_model=False)
+        try:
+            roots = tuple(os.path.abspath(os.path.expanduser(os.fspath(p))) for p in paths)
+            return duplicates.find(
+                store, index, roots,
+                near_cosine=duplicates.NEAR_COSINE if near_cosine is None else near_cosine, similar=similar,
+                similar_cosine=duplicates.SIMILAR_COSINE if similar_cosine is None else similar_cosine,
+                similar_window_s=duplicates.SIMILAR_WINDOW_S if similar_window_s is None else similar_window_s)
+        finally:
+            store.close()
+
+    def thumbnail_of(self, image_id: int, path: str, mtime_ns: int) -> Path | None:
+        """A cached preview of an indexed photo (thumbnails.py)."""
         from clipsearch import thumbnails
 
-        mtime_ns = int(result.modified.timestamp() * 1e9)
-        return thumbnails.thumbnail(self.path / "thumbs", result.id, result.path, mtime_ns)
+        return thumbnails.thumbnail(self.path / "thumbs", image_id, path, mtime_ns)
+
+    def thumbnail(self, result: search_mod.SearchResult) -> Path | None:
+        """A cached 256 px JPEG preview of a result (made on first use), or None when unreadable."""
+        return self.thumbnail_of(result.id, result.path, int(result.modified.timestamp() * 1e9))
 
     # --- status ---------------------------------------------------------------------------------
 

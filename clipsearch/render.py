@@ -9,6 +9,7 @@ import json
 import os
 from collections.abc import Mapping, Sequence
 from pathlib import Path
+from typing import TYPE_CHECKING
 from urllib.parse import quote
 
 from rich.table import Table
@@ -19,6 +20,9 @@ from clipsearch.library import Status
 from clipsearch.models import CatalogEntry
 from clipsearch.scan import display_path
 from clipsearch.search import Ranking, SearchResult
+
+if TYPE_CHECKING:
+    from clipsearch.duplicates import Group
 
 SCHEMA_VERSION = 1
 
@@ -150,11 +154,11 @@ h1 {{ font-size: 1.2em; }} .meta {{ color: #666; margin-bottom: 1em; }}
 figure {{ margin: 0; background: #fff; border: 1px solid #ddd; border-radius: 6px; padding: 8px; }}
 img {{ width: 100%; height: 200px; object-fit: contain; background: #eee; }}
 figcaption {{ font-size: 12px; word-break: break-all; }} .score {{ font-weight: 600; }}
+figure.keep {{ border: 3px solid #2a7a2a; }} h2 {{ font-size: 1em; margin-top: 1.5em; }}
 </style></head><body>
 <h1>{title}</h1><div class="meta">{meta}</div>
-<div class="grid">
-{figures}
-</div></body></html>
+{body}
+</body></html>
 """
 
 
@@ -175,4 +179,51 @@ def contact_sheet(results: Sequence[SearchResult], thumbs: Sequence[Path | None]
             f'<figure><a href="{html.escape(link)}">{img}</a><figcaption><span class="score">#{r.rank} '
             f'{r.score:.3f}</span> · {html.escape(r.date[:10])}<br>{html.escape(display_path(r.path))}'
             "</figcaption></figure>")
-    return _HTML.format(title=html.escape(title), meta=html.escape(meta), figures="\n".join(figures))
+    body = '<div class="grid">\n' + "\n".join(figures) + "\n</div>"
+    return _HTML.format(title=html.escape(title), meta=html.escape(meta), body=body)
+
+
+def duplicates_table(groups: Sequence[Group]) -> Table:
+    table = Table(show_edge=False, pad_edge=False, header_style="bold")
+    for name in ("group", "tier", "keep", "path", "pixels", "date", "size", "cosine"):
+        right = name in ("group", "pixels", "size", "cosine")
+        table.add_column(name, justify="right" if right else "left", no_wrap=name != "path", overflow="fold",
+                         ratio=1 if name == "path" else None)
+    for n, g in enumerate(groups, start=1):
+        for i, m in enumerate(sorted(g.members, key=lambda m: m.id != g.keep.id)):
+            table.add_row(str(n) if i == 0 else "", g.tier if i == 0 else "", "keep" if m.id == g.keep.id else "",
+                          Text(short_path(m.path), style="bold" if m.id == g.keep.id else ""),
+                          f"{m.width}×{m.height}", (m.taken_at or "")[:10], human_bytes(m.size),
+                          f"{g.scores.get(m.id, 1.0):.3f}", end_section=i == len(g.members) - 1)
+    return table
+
+
+def duplicates_summary(groups: Sequence[Group]) -> str:
+    from collections import Counter
+
+    tiers = Counter(g.tier for g in groups)
+    extra = sum(len(g.remove) for g in groups)
+    freed = sum(m.size for g in groups for m in g.remove)
+    parts = ", ".join(f"{n} {tier}" for tier, n in tiers.items())
+    return (f"{len(groups)} groups ({parts}): {extra} photos could go, {human_bytes(freed)}. "
+            "Nothing was deleted.\n")
+
+
+def duplicates_html(groups: Sequence[Group], thumbs: dict[int, Path | None]) -> str:
+    """One section per group, the photo to keep first and marked."""
+    import base64
+    import html
+
+    sections = []
+    for n, g in enumerate(groups, start=1):
+        figures = []
+        for m in sorted(g.members, key=lambda m: m.id != g.keep.id):
+            thumb = thumbs.get(m.id)
+            img = (f'<img src="data:image/jpeg;base64,{base64.b64encode(thumb.read_bytes()).decode()}" alt="">'
+                   if thumb is not None else '<div class="missing">no preview</div>')
+            mark = "keep" if m.id == g.keep.id else "copy"
+            figures.append(f'<figure class="{mark}">{img}<figcaption><b>{mark}</b> · {m.width}×{m.height} · '
+                           f'{human_bytes(m.size)}<br>{html.escape(display_path(m.path))}</figcaption></figure>')
+        sections.append(f"<h2>Group {n}: {g.tier}</h2><div class=\"grid\">{''.join(figures)}</div>")
+    return _HTML.format(title="clipsearch: duplicates", meta=html.escape(duplicates_summary(groups).strip()),
+                        body="\n".join(sections))

@@ -8,6 +8,7 @@ from __future__ import annotations
 
 import functools
 import json
+import os
 import sys
 from collections.abc import Callable
 from enum import Enum
@@ -72,8 +73,34 @@ def handles_errors(fn: F) -> F:
             raise _fail(str(exc), exc.exit_code) from None
         except KeyboardInterrupt:
             raise _fail("interrupted; what was committed is kept, rerun to continue", 130) from None
+        except (typer.Exit, typer.Abort, SystemExit):
+            raise
+        except Exception as exc:  # noqa: BLE001 - the last line of defence: never a raw traceback
+            log = _write_crash_log(exc)
+            where = f"; details in {log}" if log else ""
+            raise _fail(f"internal error ({type(exc).__name__}: {str(exc)[:200]}){where}. Please report it.",
+                        INTERNAL_ERROR) from None
 
     return wrapper  # type: ignore[return-value]
+
+
+INTERNAL_ERROR = 70  # EX_SOFTWARE from sysexits.h: a bug in clipsearch, not in the user's request
+
+
+def _write_crash_log(exc: BaseException) -> Path | None:
+    """The traceback goes to a file, so the terminal gets one line and a bug report gets everything."""
+    import datetime as dt
+    import traceback
+
+    try:
+        folder = config.data_home() / "logs"
+        folder.mkdir(parents=True, exist_ok=True)
+        path = folder / f"crash-{dt.datetime.now().strftime('%Y%m%d-%H%M%S')}-{os.getpid()}.log"
+        path.write_text(f"clipsearch {__version__}\nargv: {sys.argv!r}\n\n"
+                        + "".join(traceback.format_exception(exc)), encoding="utf-8")
+        return path
+    except OSError:
+        return None
 
 
 def _version(value: bool) -> None:

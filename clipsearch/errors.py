@@ -32,6 +32,10 @@ class IndexLockedError(IndexUnavailableError):
     """Another clipsearch process holds the index's write lock."""
 
 
+class StorageError(IndexUnavailableError):
+    """The index could not be written (disk full, read-only, I/O error); what was there is intact."""
+
+
 class IndexSchemaError(IndexUnavailableError):
     """The index was written by a newer clipsearch; it is left untouched."""
 

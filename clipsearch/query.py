@@ -47,7 +47,10 @@ def _term(raw: str, sign: float, image_exts: frozenset[str]) -> Term:
     path = os.path.expanduser(text)
     if os.path.splitext(path)[1].lower() in image_exts and os.path.isfile(path):
         return Term("image", os.path.abspath(path), sign * weight)
-    return Term("text", text, sign * weight)
+    # Bytes that were not UTF-8 on the command line arrive as lone surrogates; they become U+FFFD
+    # so the tokenizer and SQLite see valid text.
+    clean = text.encode("utf-8", "surrogatepass").decode("utf-8", "replace")
+    return Term("text", clean, sign * weight)
 
 
 def parse(text: str | None, image_exts: frozenset[str], images: tuple[str, ...] = (),

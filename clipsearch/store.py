@@ -19,8 +19,9 @@ import numpy as np
 import sqlite_utils
 from sqlite_utils.migrations import Migrations
 
+from clipsearch import failpoints
 from clipsearch.embedder import ModelIdentity
-from clipsearch.errors import IndexMissingError, IndexSchemaError, ModelMismatchError
+from clipsearch.errors import IndexMissingError, IndexSchemaError, ModelMismatchError, StorageError
 
 DB_NAME = "clipsearch.db"
 migrations = Migrations("clipsearch")
@@ -214,6 +215,16 @@ class Store:
                     skips: Iterable[tuple[str, int, int, str, str]] = (),
                     delete_ids: Iterable[int] = (), moves: Iterable[tuple[int, str, int, int]] = ()) -> list[int]:
         """One transaction: upsert images with their vectors, record skips, delete, move. Returns ids."""
+        try:
+            return self._write_batch(rows, vectors, skips, delete_ids, moves)
+        except sqlite3.OperationalError as exc:
+            # The transaction was rolled back: the index holds exactly what it held before.
+            raise StorageError(f"could not write the index at {self.path.parent} ({exc}); nothing from this "
+                               "batch was saved, what was indexed before is intact") from exc
+
+    def _write_batch(self, rows: list[dict[str, Any]], vectors: np.ndarray | None,
+                     skips: Iterable[tuple[str, int, int, str, str]], delete_ids: Iterable[int],
+                     moves: Iterable[tuple[int, str, int, int]]) -> list[int]:
         ids: list[int] = []
         stamp = now()
         with self.db.atomic():
@@ -247,6 +258,7 @@ class Store:
             for image_id in delete_ids:
                 self.db.execute("DELETE FROM images WHERE id = ?", [image_id])
             self._bump_generation()
+            failpoints.hit("commit")  # everything written, nothing committed yet
         return ids
 
     def forget_skips(self, paths: Iterable[str]) -> None:

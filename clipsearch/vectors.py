@@ -14,6 +14,7 @@ from typing import Any
 
 import numpy as np
 
+from clipsearch import failpoints
 from clipsearch.store import Store
 
 PREFIX = "vectors."
@@ -96,6 +97,7 @@ class VectorIndex:
         tmp = folder / f".{target.name}.{os.getpid()}.tmp"
         try:
             faiss.write_index(self.index, str(tmp))
+            failpoints.hit("faiss-write")  # the new file half-made: not yet synced or in place
             with open(tmp, "rb+") as f:
                 os.fsync(f.fileno())
             os.replace(tmp, target)

@@ -248,6 +248,8 @@ def query(
     before: BeforeOpt = None,
     types: TypeOpt = None,
     min_width: MinWidthOpt = 0,
+    tag: Annotated[list[str] | None, typer.Option(
+        "--tag", help="Only photos with this tag (repeatable: all of them).", show_default=False)] = None,
     sort: SortOpt = "score",
     min_score: MinScoreOpt = None,
     fmt: FormatOpt = Format.auto,
@@ -263,7 +265,8 @@ def query(
     """Find photos matching a text, example photos, or a mix. Exits 1 when nothing is relevant."""
     lib = _library(index_path, model, device, precision)
     found = lib.query(text, images=image or (), add=add or (), sub=sub or (), top=top,
-                      **_filters(within, after, before, types, min_width), sort=sort, min_score=min_score)
+                      **_filters(within, after, before, types, min_width), sort=sort, min_score=min_score,
+                      tags=tag or ())
     _show(lib, found, "json" if as_json else fmt.value, null, html, text or "similar photos", preview)
 
 
@@ -291,6 +294,100 @@ def similar(
     found = lib.query(similar_to=photo, top=top, **_filters(within, after, before, types, min_width), sort=sort,
                       min_score=min_score)
     _show(lib, found, "json" if as_json else fmt.value, null, html, f"like {photo.name}", preview)
+
+
+@app.command("tag")
+@handles_errors
+def tag_command(
+    paths: Annotated[list[Path] | None, typer.Argument(
+        help="Folders or photos to tag (indexed first) [default: the whole index].", show_default=False)] = None,
+    labels_file: Annotated[Path | None, typer.Option(
+        "--labels", help="Label file: one per line, 'label: variant; variant' for extra phrasings.",
+        show_default=False)] = None,
+    label: Annotated[list[str] | None, typer.Option(
+        "--label", help="A label (repeatable); replaces the built-in vocabulary.", show_default=False)] = None,
+    template_set: Annotated[str, typer.Option(
+        "--templates", help="Prompt templates to average: photo (short, default), imagenet (the CLIP paper's 80), "
+        "none.")] = "photo",
+    top: Annotated[int, typer.Option("--top", help="At most this many tags per photo.")] = 5,
+    threshold: Annotated[float | None, typer.Option(
+        "--threshold", help="A fixed cosine for every label instead of per-label calibration (docs/tagging.md).",
+        show_default=False)] = None,
+    write_xmp: Annotated[bool, typer.Option(
+        "--write-xmp", help="Also write the tags to XMP sidecars (photo.jpg.xmp) for photo managers.")] = False,
+    clear_xmp: Annotated[bool, typer.Option(
+        "--clear-xmp", help="Remove clipsearch's tags from XMP sidecars (other keywords stay).")] = False,
+    dry_run: Annotated[bool, typer.Option(
+        "--dry-run", help="Compute and report; write neither tags nor sidecars (new photos are still indexed).")
+    ] = False,
+    as_json: JsonOpt = False,
+    index_path: IndexOpt = None,
+    model: ModelOpt = None,
+) -> None:
+    """Tag photos zero-shot from label texts; a photo gets every label that clearly fits, or none."""
+    from clipsearch import tagging
+
+    if labels_file is not None:
+        try:
+            text = labels_file.read_text(encoding="utf-8-sig")
+        except UnicodeDecodeError:
+            raise _fail(f"{labels_file} is not UTF-8 text", 2) from None
+        except OSError as exc:
+            raise _fail(f"cannot read {labels_file}: {exc.strerror}", 2) from None
+        chosen = tagging.parse_labels(text)
+    elif label:
+        chosen = tagging.parse_labels("\n".join(label))
+    else:
+        chosen = None
+    lib = _library(index_path, model)
+    progress = _RichProgress(as_json)
+    with progress.progress:
+        summary = lib.tag(paths or (), labels=chosen, template_set=template_set, top=top, threshold=threshold,
+                          write_xmp=write_xmp, clear_xmp=clear_xmp, dry_run=dry_run, progress=progress)
+    if as_json:
+        out.print_json(json.dumps(summary.as_dict()))
+        return
+    top_counts = ", ".join(f"{k} {v}" for k, v in list(summary.counts.items())[:12])
+    verb = "would tag" if dry_run else "tagged"
+    err.print(f"{verb} {summary.tagged} of {summary.photos} photos with {len(summary.counts)} of {summary.labels} "
+              f"labels ({summary.method} thresholds){': ' + top_counts if top_counts else ''}", markup=False)
+    if write_xmp or clear_xmp:
+        err.print(f"{'would change' if dry_run else 'changed'} {summary.sidecars_changed} XMP sidecars",
+                  markup=False)
+        for problem in summary.sidecar_errors or []:
+            err.print(f"[yellow]skipped sidecar:[/] {escape(problem)}")
+
+
+@app.command("tags")
+@handles_errors
+def tags_command(
+    export: Annotated[str | None, typer.Option(
+        "--export", help="Print every tag as csv or json (path, label, score, source).", show_default=False)] = None,
+    as_json: JsonOpt = False,
+    index_path: IndexOpt = None,
+) -> None:
+    """Tags in the index with how many photos carry each."""
+    import csv
+
+    lib = _library(index_path)
+    if export is not None:
+        rows = lib.all_tags()
+        if export == "json":
+            sys.stdout.write(json.dumps([{"path": p, "label": lab, "score": round(s, 6), "source": src}
+                                         for p, lab, s, src in rows], ensure_ascii=False, indent=1) + "\n")
+        elif export == "csv":
+            writer = csv.writer(sys.stdout)
+            writer.writerow(["path", "label", "score", "source"])
+            writer.writerows((p, lab, f"{s:.6f}", src) for p, lab, s, src in rows)
+        else:
+            raise _fail("--export is csv or json", 2)
+        return
+    counts = lib.tag_counts()
+    if as_json:
+        out.print_json(json.dumps([{"label": lab, "source": src, "photos": n} for lab, src, n in counts]))
+        return
+    for lab, src, n in counts:
+        out.print(f"{n:>7}  {lab}  [dim]{src}[/]")
 
 
 @app.command()

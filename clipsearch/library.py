@@ -10,6 +10,7 @@
 from __future__ import annotations
 
 import contextlib
+import dataclasses
 import datetime as dt
 import json
 import os
@@ -24,13 +25,13 @@ import numpy as np
 if TYPE_CHECKING:
     from clipsearch import duplicates
 
-from clipsearch import config, indexer, models, scan, text_model
+from clipsearch import config, indexer, models, scan, tagging, text_model
 from clipsearch import query as query_mod
 from clipsearch import search as search_mod
 from clipsearch.embedder import Embedder, ModelIdentity
 from clipsearch.errors import IndexLockedError, IndexMissingError, ModelMismatchError, UsageError
 from clipsearch.images import DEFAULT_MAX_PIXELS
-from clipsearch.store import Store, check_same_model, now
+from clipsearch.store import Store, check_same_model, now, os_path
 from clipsearch.vectors import VectorIndex, remove_orphan_temps
 
 LOCK_NAME = "index.lock"
@@ -39,6 +40,27 @@ LOCK_OWNER = "index.lock.owner"
 
 _FORMAT_ALIASES = {"jpg": "jpeg", "jpe": "jpeg", "tif": "tiff", "heic": "heif", "jp2": "jpeg2000",
                    "ppm": "ppm", "pgm": "ppm", "pbm": "ppm"}
+
+
+@dataclass
+class TagSummary:
+    """What a tagging run did."""
+
+    photos: int
+    tagged: int
+    counts: dict[str, int]
+    label_set: str
+    labels: int
+    method: str
+    sidecars_changed: int = 0
+    sidecars: list[str] | None = None
+    sidecar_errors: list[str] | None = None
+
+    def as_dict(self) -> dict[str, object]:
+        return {"photos": self.photos, "tagged": self.tagged, "untagged": self.photos - self.tagged,
+                "counts": self.counts, "label_set": self.label_set, "labels": self.labels,
+                "threshold_method": self.method, "sidecars_changed": self.sidecars_changed,
+                "sidecar_errors": self.sidecar_errors or []}
 
 
 @dataclass
@@ -234,7 +256,7 @@ class Library:
               within: Iterable[str | os.PathLike[str]] = (), after: dt.datetime | None = None,
               before: dt.datetime | None = None, formats: Iterable[str] = (), min_width: int = 0,
               min_score: float | None = None, z: float = search_mod.DEFAULT_Z, sort: str = "score",
-              similar_to: str | os.PathLike[str] | None = None) -> QueryResult:
+              similar_to: str | os.PathLike[str] | None = None, tags: Iterable[str] = ()) -> QueryResult:
         """Search with everything the CLI offers: query arithmetic, filters, the relevance cutoff.
 
         `text` may combine parts: "beach + sunset - people", "2:dog + cat", or image paths.
@@ -255,6 +277,9 @@ class Library:
             min_width=min_width)
         store, index = self._open_for_search()
         try:
+            wanted_tags = [t for t in tags if t.strip()]
+            if wanted_tags:
+                filters = dataclasses.replace(filters, ids=frozenset(store.ids_with_tags(wanted_tags)))
             exclude: frozenset[int] = frozenset()
             if similar_to is not None:
                 path = os.path.abspath(os.path.expanduser(os.fspath(similar_to)))
@@ -326,6 +351,92 @@ class Library:
                 similar_window_s=duplicates.SIMILAR_WINDOW_S if similar_window_s is None else similar_window_s)
         finally:
             store.close()
+
+    def tag(self, paths: Iterable[str | os.PathLike[str]] = (), *, labels: list[tagging.Label] | None = None,
+            template_set: str = "photo", top: int = 5, threshold: float | None = None,
+            z: float = search_mod.DEFAULT_Z, write_xmp: bool = False, clear_xmp: bool = False,
+            dry_run: bool = False, progress: indexer.Progress | None = None) -> TagSummary:
+        """Zero-shot tags for indexed photos under `paths` (indexing them first), stored in SQLite.
+
+        With `write_xmp` the tags also go to XMP sidecars; `clear_xmp` removes clipsearch's tags from
+        them instead. `dry_run` computes and reports without writing tags or sidecars.
+        """
+        given = [os.fspath(p) for p in paths]
+        if given:  # indexing only fills the index (never the photos), so a dry run does it too
+            self.index(given, progress=progress)
+        labels = labels if labels is not None else tagging.default_labels()
+        tpl = tagging.templates(template_set)
+        names = [lab.name for lab in labels]
+        store = Store.open(self.path)
+        try:
+            recorded = store.model_identity()
+            if recorded is None:
+                raise IndexMissingError(f"the index at {self.path} has no photos yet; add some with "
+                                        "`clipsearch index FOLDER`")
+            set_id = tagging.label_set_id(labels, tpl)
+            label_mat = store.label_vectors(recorded.weights_sha256, set_id, names)
+            if label_mat is None:
+                label_mat = tagging.label_vectors(labels, tpl, self._text_encoder(recorded).embed_texts)
+                store.save_label_vectors(recorded.weights_sha256, set_id, names, label_mat)
+            ids, mat = store.all_vectors()
+            cut = tagging.thresholds(mat, label_mat, z, threshold)
+            roots = tuple(os.path.abspath(os.path.expanduser(p)) for p in given)
+            rows = store.images(ids.tolist())
+            in_scope = [n for n, i in enumerate(ids.tolist())
+                        if not roots or search_mod.Filters(within=roots).accepts(rows[i])]
+            assigned = tagging.assign(mat[in_scope], label_mat, cut, top)
+            scope_ids = [int(ids[n]) for n in in_scope]
+            tags = [[(names[k], score) for k, score in found] for found in assigned]
+            if not dry_run:
+                store.replace_tags(scope_ids, "zero-shot", set_id, tags)
+            counts: dict[str, int] = {}
+            for found in tags:
+                for name, _ in found:
+                    counts[name] = counts.get(name, 0) + 1
+            summary = TagSummary(len(scope_ids), sum(1 for t in tags if t), dict(sorted(
+                counts.items(), key=lambda kv: -kv[1])), set_id, len(labels), cut.method)
+            if write_xmp or clear_xmp:
+                from clipsearch import xmp
+
+                changed, failed = [], []
+                for image_id, found in zip(scope_ids, tags, strict=True):
+                    try:
+                        path, did = xmp.update(rows[image_id].path, [] if clear_xmp else [n for n, _ in found],
+                                               dry_run=dry_run)
+                    except (ValueError, OSError) as exc:  # a broken or read-only sidecar costs only itself
+                        failed.append(f"{rows[image_id].path}: {exc}")
+                        continue
+                    if did:
+                        changed.append(str(path))
+                summary.sidecars_changed, summary.sidecars, summary.sidecar_errors = len(changed), changed, failed
+            return summary
+        finally:
+            store.close()
+
+    def tag_counts(self) -> list[tuple[str, str, int]]:
+        store = Store.open(self.path)
+        try:
+            return store.tag_counts()
+        finally:
+            store.close()
+
+    def all_tags(self) -> list[tuple[str, str, float, str]]:
+        """(path, label, score, source) for every tag, for export."""
+        store = Store.open(self.path)
+        try:
+            return [(os_path(p, raw), lab, float(sc), src) for p, raw, lab, sc, src in store.db.execute(
+                "SELECT images.path, images.path_raw, label, score, source FROM tags JOIN images "
+                "ON images.id = tags.image_id ORDER BY images.path, score DESC")]
+        finally:
+            store.close()
+
+    def _text_encoder(self, recorded: ModelIdentity) -> Any:
+        """The exported text tower when there is one (no torch), else the model itself."""
+        if text_model.available(self.path, recorded.weights_sha256):
+            return text_model.OnnxTextEncoder(self.path / text_model.FOLDER)
+        emb = self.embedder()
+        check_same_model(recorded, emb.identity)
+        return emb
 
     def thumbnail_of(self, image_id: int, path: str, mtime_ns: int) -> Path | None:
         """A cached preview of an indexed photo (thumbnails.py)."""

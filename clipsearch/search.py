@@ -67,8 +67,11 @@ class Filters:
     before: dt.datetime | None = None
     formats: frozenset[str] = frozenset()
     min_width: int = 0
+    ids: frozenset[int] | None = None  # only these photos (e.g. those with a tag)
 
     def accepts(self, row: ImageRow) -> bool:
+        if self.ids is not None and row.id not in self.ids:
+            return False
         if self.within and not any(row.path == r or row.path.startswith(r.rstrip(os.sep) + os.sep)
                                    for r in self.within):
             return False

@@ -72,6 +72,26 @@ def m002_query_cache(db: sqlite_utils.Database) -> None:
         )""")
 
 
+@migrations()
+def m003_tags(db: sqlite_utils.Database) -> None:
+    db.execute("""
+        CREATE TABLE tags (
+            image_id INTEGER NOT NULL REFERENCES images(id) ON DELETE CASCADE,
+            label TEXT NOT NULL,
+            score REAL NOT NULL,            -- cosine between the photo and the label's embedding
+            source TEXT NOT NULL,           -- zero-shot, few-shot or manual
+            label_set TEXT NOT NULL,        -- which label set and templates produced it
+            PRIMARY KEY (image_id, label, source)
+        )""")
+    db.execute("CREATE INDEX tags_label ON tags (label)")
+    db.execute("""
+        CREATE TABLE label_vectors (
+            weights_sha256 TEXT NOT NULL, label_set TEXT NOT NULL, label TEXT NOT NULL,
+            vector BLOB NOT NULL,
+            PRIMARY KEY (weights_sha256, label_set, label)
+        )""")
+
+
 QUERY_CACHE_SIZE = 5000
 
 
@@ -353,6 +373,55 @@ class Store:
                                 "ORDER BY used_at DESC LIMIT ?)", [QUERY_CACHE_SIZE])
         except sqlite3.OperationalError:
             pass  # a read-only or busy index still answers; the cache is only a shortcut
+
+    def label_vectors(self, weights_sha256: str, label_set: str, labels: list[str]) -> np.ndarray | None:
+        """The cached embeddings of a label set for this model, or None when any is missing."""
+        rows = dict(self.db.execute("SELECT label, vector FROM label_vectors WHERE weights_sha256 = ? AND "
+                                    "label_set = ?", [weights_sha256, label_set]).fetchall())
+        if any(lab not in rows for lab in labels):
+            return None
+        return np.stack([np.frombuffer(rows[lab], dtype="<f4") for lab in labels]).astype(np.float32)
+
+    def save_label_vectors(self, weights_sha256: str, label_set: str, labels: list[str], mat: np.ndarray) -> None:
+        with self.db.atomic():
+            for lab, vec in zip(labels, mat, strict=True):
+                self.db.execute("INSERT OR REPLACE INTO label_vectors VALUES (?, ?, ?, ?)",
+                                [weights_sha256, label_set, lab, encode_vector(vec)])
+
+    def replace_tags(self, image_ids: list[int], source: str, label_set: str,
+                     tags: list[list[tuple[str, float]]]) -> None:
+        """Re-tagging is idempotent: a source's old tags on these photos are replaced, in one transaction."""
+        with self.db.atomic():
+            for image_id, image_tags in zip(image_ids, tags, strict=True):
+                self.db.execute("DELETE FROM tags WHERE image_id = ? AND source = ?", [image_id, source])
+                for label, score in image_tags:
+                    self.db.execute("INSERT INTO tags VALUES (?, ?, ?, ?, ?)",
+                                    [image_id, label, score, source, label_set])
+            # No generation bump: tags change no vector, so the FAISS file stays valid.
+
+    def tag_counts(self) -> list[tuple[str, str, int]]:
+        return [(lab, src, int(n)) for lab, src, n in self.db.execute(
+            "SELECT label, source, count(*) FROM tags GROUP BY label, source ORDER BY count(*) DESC, label")]
+
+    def tags_of(self, image_ids: list[int]) -> dict[int, list[tuple[str, float, str]]]:
+        out: dict[int, list[tuple[str, float, str]]] = {i: [] for i in image_ids}
+        for chunk_start in range(0, len(image_ids), 500):
+            chunk = image_ids[chunk_start:chunk_start + 500]
+            marks = ",".join("?" * len(chunk))
+            for image_id, label, score, source in self.db.execute(
+                    f"SELECT image_id, label, score, source FROM tags WHERE image_id IN ({marks}) "
+                    "ORDER BY score DESC", chunk):
+                out[image_id].append((label, float(score), source))
+        return out
+
+    def ids_with_tags(self, labels: list[str]) -> set[int]:
+        """Photos carrying every one of `labels` (case-insensitive)."""
+        ids: set[int] | None = None
+        for label in labels:
+            found = {int(r[0]) for r in self.db.execute(
+                "SELECT image_id FROM tags WHERE lower(label) = lower(?)", [label])}
+            ids = found if ids is None else ids & found
+        return ids or set()
 
     def record_run(self, started_at: str, summary_json: str) -> None:
         with self.db.atomic():

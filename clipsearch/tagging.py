@@ -1,0 +1,126 @@
+"""Zero-shot tagging: label texts become classifiers, calibrated per label so "none of these" is possible.
+
+Each label's text embedding is the normalised mean over prompt templates (the CLIP paper's prompt
+ensembling) and its variants. Scores of every photo against every label are one matrix product.
+A photo gets a label when its score stands out of that label's own distribution over the library
+(median + Z robust deviations, Z raised with library size as in search.py): a label that fits no
+photo tags nothing, and a photo that fits no label gets no tag, unlike an argmax over a closed set.
+"""
+
+from __future__ import annotations
+
+import hashlib
+from collections.abc import Callable
+from dataclasses import dataclass
+from importlib import resources
+
+import numpy as np
+
+from clipsearch.errors import UsageError
+from clipsearch.search import DEFAULT_Z, MIN_FOR_CUTOFF, adaptive_cutoff
+
+PHOTO_TEMPLATES = (
+    "a photo of {}.", "a photo of a {}.", "a picture of {}.", "a close-up photo of {}.", "a photo showing {}.",
+    "a snapshot of {}.", "an image of {}.", "{}",
+)
+
+
+@dataclass(frozen=True)
+class Label:
+    name: str
+    variants: tuple[str, ...] = ()
+
+
+def parse_labels(text: str) -> list[Label]:
+    """One label a line; `label: variant; variant` adds phrasings; `#` starts a comment."""
+    labels: list[Label] = []
+    seen: set[str] = set()
+    for raw in text.splitlines():
+        line = raw.split("#", 1)[0].strip()
+        if not line:
+            continue
+        name, _, rest = line.partition(":")
+        name = " ".join(name.split())
+        if not name:
+            raise UsageError(f"label line without a label: {raw.strip()!r}")
+        if name.lower() in seen:
+            continue
+        seen.add(name.lower())
+        labels.append(Label(name, tuple(v.strip() for v in rest.split(";") if v.strip())))
+    if not labels:
+        raise UsageError("the label set is empty")
+    return labels
+
+
+def default_labels() -> list[Label]:
+    return parse_labels(resources.files("clipsearch").joinpath("data/labels.txt").read_text(encoding="utf-8"))
+
+
+def templates(name: str) -> tuple[str, ...]:
+    if name == "photo":
+        return PHOTO_TEMPLATES
+    if name == "none":
+        return ("{}",)
+    if name == "imagenet":
+        from open_clip.zero_shot_metadata import OPENAI_IMAGENET_TEMPLATES
+
+        return tuple(t("{}") for t in OPENAI_IMAGENET_TEMPLATES)
+    raise UsageError(f"unknown template set {name!r}: photo, imagenet or none")
+
+
+def prompts_for(label: Label, template_set: tuple[str, ...]) -> list[str]:
+    return [t.format(label.name) for t in template_set] + list(label.variants)
+
+
+def label_set_id(labels: list[Label], template_set: tuple[str, ...]) -> str:
+    text = "\n".join(f"{lab.name}:{';'.join(lab.variants)}" for lab in labels) + "\n--\n" + "\n".join(template_set)
+    return hashlib.sha256(text.encode("utf-8")).hexdigest()[:16]
+
+
+def label_vectors(labels: list[Label], template_set: tuple[str, ...],
+                  embed_texts: Callable[[list[str]], np.ndarray]) -> np.ndarray:
+    """(labels, dim): each label the normalised mean of its normalised prompt embeddings."""
+    prompts = [prompts_for(lab, template_set) for lab in labels]
+    flat = [p for group in prompts for p in group]
+    vecs = np.concatenate([embed_texts(flat[i:i + 256]) for i in range(0, len(flat), 256)])
+    out, at = [], 0
+    for group in prompts:
+        mean = vecs[at:at + len(group)].mean(axis=0)
+        out.append(mean / np.linalg.norm(mean))
+        at += len(group)
+    return np.stack(out).astype(np.float32)
+
+
+@dataclass
+class Thresholds:
+    values: np.ndarray  # per label
+    method: str
+
+
+def thresholds(mat: np.ndarray, labels_mat: np.ndarray, z: float = DEFAULT_Z,
+               fixed: float | None = None) -> Thresholds:
+    """Per-label cutoffs: `fixed` for all, or each label's robust background over the library."""
+    if fixed is not None:
+        return Thresholds(np.full(len(labels_mat), fixed, dtype=np.float32), "fixed")
+    if len(mat) < MIN_FOR_CUTOFF:
+        raise UsageError(f"automatic thresholds need at least {MIN_FOR_CUTOFF} indexed photos to learn what "
+                         f"'unrelated' scores; this index has {len(mat)}. Pass --threshold COSINE instead")
+    sample = mat[:: max(1, len(mat) // 4096)][:4096]
+    values = []
+    for vec in labels_mat:
+        cutoff, _ = adaptive_cutoff(vec, sample, z, library_size=len(mat))
+        values.append(np.inf if cutoff is None else cutoff)
+    return Thresholds(np.asarray(values, dtype=np.float32), "robust-z")
+
+
+def assign(mat: np.ndarray, labels_mat: np.ndarray, cut: Thresholds, top: int) -> list[list[tuple[int, float]]]:
+    """For each photo, up to `top` (label index, score) pairs that clear their label's threshold."""
+    out: list[list[tuple[int, float]]] = []
+    for start in range(0, len(mat), 8192):
+        scores = mat[start:start + 8192] @ labels_mat.T
+        margin = scores - cut.values[None, :]
+        for row_scores, row_margin in zip(scores, margin, strict=True):
+            passing = np.flatnonzero(row_margin >= 0)
+            best = passing[np.argsort(-row_margin[passing])][:top]
+            out.append([(int(i), float(row_scores[i])) for i in best])
+    return out

@@ -358,6 +358,39 @@ def tag_command(
             err.print(f"[yellow]skipped sidecar:[/] {escape(problem)}")
 
 
+@app.command()
+@handles_errors
+def learn(
+    name: Annotated[str, typer.Argument(help="The personal tag to learn, e.g. \"our dog Rex\".")],
+    examples: Annotated[list[Path], typer.Option(
+        "--examples", "-e", help="Example photos or folders of them (repeatable).", show_default=False)],
+    negatives: Annotated[list[Path] | None, typer.Option(
+        "--negatives", help="Photos that are NOT it (repeatable) [default: a sample of the index].",
+        show_default=False)] = None,
+    no_text: Annotated[bool, typer.Option(
+        "--no-text", help="Do not use NAME as a text prior (for names CLIP cannot know, like 'Rex').")] = False,
+    index_path: IndexOpt = None,
+    model: ModelOpt = None,
+) -> None:
+    """Learn a personal tag from a few example photos; `clipsearch tag` applies it from then on."""
+    lib = _library(index_path, model)
+    probe = lib.learn(name, examples, negatives=negatives or (), use_text=not no_text)
+    err.print(f"learnt {probe.name!r} from {probe.examples} example(s); run `clipsearch tag` to apply it",
+              markup=False)
+
+
+@app.command()
+@handles_errors
+def forget(
+    name: Annotated[str, typer.Argument(help="The personal tag to forget.")],
+    index_path: IndexOpt = None,
+) -> None:
+    """Forget a personal tag and remove it from every photo."""
+    if not _library(index_path).forget(name):
+        raise _fail(f"no personal tag named {name!r}", 2)
+    err.print(f"forgot {name!r}", markup=False)
+
+
 @app.command("tags")
 @handles_errors
 def tags_command(

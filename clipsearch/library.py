@@ -387,8 +387,22 @@ class Library:
             assigned = tagging.assign(mat[in_scope], label_mat, cut, top)
             scope_ids = [int(ids[n]) for n in in_scope]
             tags = [[(names[k], score) for k, score in found] for found in assigned]
+            probes = store.probes(recorded.weights_sha256)
+            if probes:
+                sub = mat[in_scope]
+                learned: list[list[tuple[str, float]]] = [[] for _ in scope_ids]
+                for name, weights, bias, examples in probes:
+                    probe = tagging.Probe(name, weights, bias, examples)
+                    for row, p in enumerate(probe.probability(sub)):
+                        if p >= 0.5:
+                            learned[row].append((name, float(p)))
+                for row, extra in enumerate(learned):
+                    tags[row] = tags[row] + extra
+                if not dry_run:
+                    store.replace_tags(scope_ids, "few-shot", "personal", learned)
             if not dry_run:
-                store.replace_tags(scope_ids, "zero-shot", set_id, tags)
+                store.replace_tags(scope_ids, "zero-shot", set_id,
+                                   [[t for t in found if not any(t[0] == p[0] for p in probes)] for found in tags])
             counts: dict[str, int] = {}
             for found in tags:
                 for name, _ in found:
@@ -412,6 +426,77 @@ class Library:
             return summary
         finally:
             store.close()
+
+    def learn(self, name: str, examples: Iterable[str | os.PathLike[str]], *,
+              negatives: Iterable[str | os.PathLike[str]] = (), use_text: bool = True) -> tagging.Probe:
+        """Learn a personal tag from example photos (indexed or not); `tag` applies it from then on.
+
+        Negatives default to up to 2,000 other indexed photos, taken as "mostly not this".
+        """
+        name = " ".join(name.split())
+        if not name:
+            raise UsageError("a personal tag needs a name")
+        store = Store.open(self.path)
+        try:
+            recorded = store.model_identity()
+            if recorded is None:
+                raise IndexMissingError(f"the index at {self.path} has no photos yet; add some with "
+                                        "`clipsearch index FOLDER`")
+            pos_ids, pos = self._vectors_of(store, recorded, examples)
+            negatives = list(negatives)
+            if negatives:
+                _, neg = self._vectors_of(store, recorded, negatives)
+            else:
+                ids, mat = store.all_vectors()
+                keep = np.flatnonzero(~np.isin(ids, list(pos_ids)))
+                pick = np.random.default_rng(0).permutation(keep)[:2000]
+                neg = mat[np.sort(pick)]
+            prior = self._text_encoder(recorded).embed_texts([f"a photo of {name}"])[0] if use_text else None
+            probe = tagging.learn_probe(name, pos, neg, prior)
+            store.save_probe(recorded.weights_sha256, name, probe.weights, probe.bias, probe.examples)
+            return probe
+        finally:
+            store.close()
+
+    def forget(self, name: str) -> bool:
+        store = Store.open(self.path)
+        try:
+            return store.forget_probe(name) > 0
+        finally:
+            store.close()
+
+    def _vectors_of(self, store: Store, recorded: ModelIdentity,
+                    paths: Iterable[str | os.PathLike[str]]) -> tuple[set[int], np.ndarray]:
+        """Vectors of photos or folders of photos: stored ones when indexed, else embedded now."""
+        from clipsearch import images
+
+        files: list[str] = []
+        for given in paths:
+            path = os.path.abspath(os.path.expanduser(os.fspath(given)))
+            if os.path.isdir(path):
+                files += [f.path for f in scan.walk([path])]
+            elif os.path.isfile(path):
+                files.append(path)
+            else:
+                raise UsageError(f"no such file or folder: {given}")
+        ids: set[int] = set()
+        vecs: list[np.ndarray] = []
+        for path in files:
+            image_id = store.id_for_path(path)
+            if image_id is not None:
+                ids.add(image_id)
+                vecs.append(store.vectors_for([image_id])[0])
+                continue
+            emb = self.embedder()
+            check_same_model(recorded, emb.identity)
+            try:
+                decoded = images.decode(path, emb.preprocess)
+            except images.SkipFile as skip:
+                raise UsageError(f"cannot use {scan.display_path(path)} as an example: {skip}") from None
+            vecs.append(emb.embed_images(decoded.pixels[None])[0])
+        if not vecs:
+            raise UsageError("no example photos found")
+        return ids, np.stack(vecs)
 
     def tag_counts(self) -> list[tuple[str, str, int]]:
         store = Store.open(self.path)

@@ -92,6 +92,20 @@ def m003_tags(db: sqlite_utils.Database) -> None:
         )""")
 
 
+@migrations()
+def m004_personal_tags(db: sqlite_utils.Database) -> None:
+    db.execute("""
+        CREATE TABLE personal_tags (
+            name TEXT NOT NULL,
+            weights_sha256 TEXT NOT NULL,   -- a probe only means something for the model it was learnt on
+            vector BLOB NOT NULL,           -- little-endian float32 weights of the linear probe
+            bias REAL NOT NULL,
+            examples INTEGER NOT NULL,
+            created_at TEXT NOT NULL,
+            PRIMARY KEY (name, weights_sha256)
+        )""")
+
+
 QUERY_CACHE_SIZE = 5000
 
 
@@ -398,6 +412,22 @@ class Store:
                     self.db.execute("INSERT INTO tags VALUES (?, ?, ?, ?, ?)",
                                     [image_id, label, score, source, label_set])
             # No generation bump: tags change no vector, so the FAISS file stays valid.
+
+    def save_probe(self, weights_sha256: str, name: str, weights: np.ndarray, bias: float, examples: int) -> None:
+        with self.db.atomic():
+            self.db.execute("INSERT OR REPLACE INTO personal_tags VALUES (?, ?, ?, ?, ?, ?)",
+                            [name, weights_sha256, encode_vector(weights), bias, examples, now()])
+
+    def probes(self, weights_sha256: str) -> list[tuple[str, np.ndarray, float, int]]:
+        return [(n, np.frombuffer(v, dtype="<f4").astype(np.float32), float(b), int(e)) for n, v, b, e in
+                self.db.execute("SELECT name, vector, bias, examples FROM personal_tags WHERE weights_sha256 = ? "
+                                "ORDER BY name", [weights_sha256])]
+
+    def forget_probe(self, name: str) -> int:
+        with self.db.atomic():
+            n = self.db.execute("DELETE FROM personal_tags WHERE name = ?", [name]).rowcount
+            self.db.execute("DELETE FROM tags WHERE label = ? AND source = 'few-shot'", [name])
+        return int(n)
 
     def tag_counts(self) -> list[tuple[str, str, int]]:
         return [(lab, src, int(n)) for lab, src, n in self.db.execute(

@@ -136,3 +136,31 @@ def test_plain_xmp_name_is_used_when_it_exists(tmp_path: Path) -> None:
     (tmp_path / "b.jpg.xmp").write_text("<not xml")
     with pytest.raises(ValueError, match="not valid XML"):
         xmp.update(str(broken), ["x"])
+
+
+def _f1(predicted: set[str], truth: set[str]) -> float:
+    return 2 * len(predicted & truth) / (len(predicted) + len(truth)) if predicted or truth else 1.0
+
+
+def test_few_shot_beats_zero_shot_on_a_concept(library_240: list, tmp_path: Path) -> None:
+    folder = library_240[0][0].parent
+    lib = Library()
+    lib.index([folder])
+    truth = {str(p) for p, _, s in library_240 if s == "circle"}
+    zero = lib.tag(labels=tagging.parse_labels("circle: a photo of a circle; a circle"))
+    zero_tagged = {p for p, t in _tags_by_path(lib).items() if "circle" in t}
+    examples = [str(p) for p, c, s in library_240 if s == "circle" and c in ("red", "blue", "yellow", "white")][::5]
+    assert len(examples) == 4
+    learned = runner.invoke(app, ["learn", "circle", *[arg for e in examples for arg in ("-e", e)]])
+    assert learned.exit_code == 0 and "from 4 example" in learned.stderr
+    lib.tag(labels=tagging.parse_labels(COLOUR_LABELS))
+    tags = _tags_by_path(lib)
+    few_tagged = {p for p, t in tags.items() if "circle" in t}
+    assert _f1(few_tagged, truth) >= 0.8 > _f1(zero_tagged, truth), (_f1(few_tagged, truth), zero.counts)
+    store = Store.open(lib.path)
+    sources = {src for _, src, _ in store.tag_counts()}
+    store.close()
+    assert sources == {"zero-shot", "few-shot"}
+    assert runner.invoke(app, ["forget", "circle"]).exit_code == 0
+    assert not any("circle" in t for t in _tags_by_path(lib).values())
+    assert runner.invoke(app, ["forget", "circle"]).exit_code == 2

@@ -4,6 +4,8 @@ The public API is small: `Library` (index, search, status), the result types it 
 errors it raises. Everything else is an implementation module and may change.
 """
 
+from typing import TYPE_CHECKING, Any
+
 from clipsearch.errors import (
     ClipsearchError,
     IndexLockedError,
@@ -14,11 +16,25 @@ from clipsearch.errors import (
     ModelNotAvailableError,
     UsageError,
 )
-from clipsearch.indexer import IndexSummary
-from clipsearch.library import Library, Status
-from clipsearch.search import SearchResult
+
+if TYPE_CHECKING:
+    from clipsearch.indexer import IndexSummary
+    from clipsearch.library import Library, Status
+    from clipsearch.search import SearchResult
 
 __version__ = "0.1.0"
+
+_LAZY = {"IndexSummary": "clipsearch.indexer", "Library": "clipsearch.library", "Status": "clipsearch.library",
+         "SearchResult": "clipsearch.search"}
+
+
+def __getattr__(name: str) -> Any:
+    """Public classes are imported on first use, so `import clipsearch` (and the CLI) start fast."""
+    if name in _LAZY:
+        import importlib
+
+        return getattr(importlib.import_module(_LAZY[name]), name)
+    raise AttributeError(f"module 'clipsearch' has no attribute {name!r}")
 
 __all__ = [
     "ClipsearchError",

@@ -10,6 +10,7 @@ ENV_HOME = "CLIPSEARCH_HOME"
 ENV_MODEL = "CLIPSEARCH_MODEL"
 ENV_DEVICE = "CLIPSEARCH_DEVICE"
 ENV_TEXT_MODEL = "CLIPSEARCH_TEXT_MODEL"
+DEFAULT_MAX_PIXELS = 200_000_000  # 200 MP: past every camera, short of decompression bombs
 
 
 def data_home() -> Path:

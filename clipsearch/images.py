@@ -19,7 +19,11 @@ from typing import Any
 import numpy as np
 from PIL import Image, ImageOps, UnidentifiedImageError
 
+from clipsearch.config import DEFAULT_MAX_PIXELS
 from clipsearch.embedder import Preprocess
+from clipsearch.formats import HEIF_EXTENSIONS, PILLOW_EXTENSIONS, RAW_EXTENSIONS
+
+__all__ = ["DEFAULT_MAX_PIXELS", "PILLOW_EXTENSIONS"]
 
 # Pillow warns about corrupt EXIF, odd palettes and large images on stderr; a skipped file's reason
 # or our own pixel limit says what matters, so the warnings would only be noise in the user's terminal.
@@ -27,16 +31,7 @@ from clipsearch.embedder import Preprocess
 warnings.filterwarnings("ignore", category=UserWarning, module=r"PIL\.")
 warnings.filterwarnings("ignore", category=Image.DecompressionBombWarning)
 
-DEFAULT_MAX_PIXELS = 200_000_000  # 200 MP: past every camera, short of decompression bombs
 
-# Extensions Pillow reads natively. HEIC and RAW need the optional extras (see formats_needing_extras).
-PILLOW_EXTENSIONS = frozenset({
-    ".jpg", ".jpeg", ".jpe", ".jfif", ".png", ".webp", ".tif", ".tiff", ".gif", ".bmp", ".avif",
-    ".jp2", ".j2k", ".jpf", ".jpx", ".pbm", ".pgm", ".ppm", ".pnm",
-})
-HEIF_EXTENSIONS = frozenset({".heic", ".heif", ".hif"})
-RAW_EXTENSIONS = frozenset({".dng", ".cr2", ".cr3", ".nef", ".nrw", ".arw", ".orf", ".rw2", ".raf", ".pef",
-                            ".srw", ".x3f", ".3fr", ".iiq", ".rwl", ".erf", ".kdc", ".mrw"})
 
 _RESAMPLE = {"bicubic": Image.Resampling.BICUBIC, "bilinear": Image.Resampling.BILINEAR,
              "nearest": Image.Resampling.NEAREST, "lanczos": Image.Resampling.LANCZOS}

@@ -23,14 +23,14 @@ from typing import TYPE_CHECKING, Any
 import numpy as np
 
 if TYPE_CHECKING:
-    from clipsearch import duplicates
+    from clipsearch import duplicates, indexer
 
-from clipsearch import config, indexer, models, scan, tagging, text_model
+from clipsearch import config, models, scan, tagging, text_model
 from clipsearch import query as query_mod
 from clipsearch import search as search_mod
+from clipsearch.config import DEFAULT_MAX_PIXELS
 from clipsearch.embedder import Embedder, ModelIdentity
 from clipsearch.errors import IndexLockedError, IndexMissingError, ModelMismatchError, UsageError
-from clipsearch.images import DEFAULT_MAX_PIXELS
 from clipsearch.store import Store, check_same_model, now, os_path
 from clipsearch.vectors import VectorIndex, remove_orphan_temps
 
@@ -203,6 +203,8 @@ class Library:
                 store.bind_model(emb.identity)
                 return emb
 
+            from clipsearch import indexer  # decoding and the pipeline: not needed by queries
+
             summary = indexer.run(store, get_embedder, roots, found, problems, max_pixels, progress)
             if store.model_identity() is None and self._embedder is not None:
                 store.bind_model(self._embedder.identity)
@@ -211,19 +213,19 @@ class Library:
             emb = self._embedder
             if (emb is not None and config.text_model_enabled()
                     and not text_model.available(self.path, emb.identity.weights_sha256)):
-                self._export_text_model(emb)
+                self._export_text_model(emb, store.sample_vectors(20_000))
             VectorIndex.load(self.path, store)  # refresh the FAISS cache now, not on the next query
             store.record_run(started, json.dumps(summary.as_dict()))
             return summary
         finally:
             store.close()
 
-    def _export_text_model(self, emb: Embedder) -> None:
+    def _export_text_model(self, emb: Embedder, backdrop: np.ndarray) -> None:
         """Give queries a torch-free text encoder (text_model.py); optional, so failures only cost speed."""
         if self._notify is not None:
             self._notify("preparing the text encoder that makes queries fast (once per index)")
         try:
-            text_model.export(emb, self.path)
+            text_model.export(emb, self.path, backdrop)
         except Exception:  # noqa: BLE001 - an exporter or runtime gap must never fail an indexing run
             text_model.remove(self.path)
 

@@ -13,9 +13,9 @@ from collections.abc import Iterator, Sequence
 from dataclasses import dataclass, field
 
 from clipsearch.errors import UsageError
-from clipsearch.images import HEIF_EXTENSIONS, PILLOW_EXTENSIONS, RAW_EXTENSIONS
+from clipsearch.formats import IMAGE_EXTENSIONS, RAW_EXTENSIONS
 
-IMAGE_EXTENSIONS = PILLOW_EXTENSIONS | HEIF_EXTENSIONS | RAW_EXTENSIONS
+__all__ = ["IMAGE_EXTENSIONS", "FoundFile", "ScanProblems", "display_path", "walk"]
 # A RAW beside a same-named JPEG is represented by the JPEG (camera RAW+JPEG mode).
 _RAW_COMPANIONS = (".jpg", ".jpeg", ".JPG", ".JPEG")
 

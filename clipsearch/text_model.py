@@ -42,14 +42,15 @@ def available(index_dir: Path, weights_sha256: str) -> bool:
 class OnnxTextEncoder:
     """Texts -> normalised float32 vectors with ONNX Runtime; no torch anywhere."""
 
-    def __init__(self, folder: Path) -> None:
+    def __init__(self, folder: Path, file: str | None = None) -> None:
         import onnxruntime as ort
 
         meta = json.loads((folder / "meta.json").read_text())
         self.tokenizer = Tokenizer(folder / VOCAB_NAME, int(meta["context_length"]))
         options = ort.SessionOptions()
         options.log_severity_level = 3
-        self.session = ort.InferenceSession(str(folder / "model.onnx"), options, providers=["CPUExecutionProvider"])
+        model = folder / (file or meta.get("file", "model.onnx"))
+        self.session = ort.InferenceSession(str(model), options, providers=["CPUExecutionProvider"])
 
     def embed_texts(self, texts: list[str]) -> np.ndarray:
         tokens = self.tokenizer(texts)
@@ -59,8 +60,12 @@ class OnnxTextEncoder:
         return out / np.linalg.norm(out, axis=1, keepdims=True)
 
 
-def export(embedder: Any, index_dir: Path) -> bool:
-    """Export and verify the text tower of a loaded Embedder; False when the model is not eligible."""
+def export(embedder: Any, index_dir: Path, backdrop: np.ndarray | None = None) -> bool:
+    """Export and verify the text tower of a loaded Embedder; False when the model is not eligible.
+
+    `backdrop` (some of the index's vectors) lets the int8 variant be judged by what users see:
+    whether the same photos come back for the check prompts.
+    """
     import copy
 
     import open_clip
@@ -97,12 +102,41 @@ def export(embedder: Any, index_dir: Path) -> bool:
         meta["verified_min_cosine"] = float(np.min(np.sum(ref.numpy() * got, axis=1)))
         if meta["verified_min_cosine"] < MIN_COSINE:
             return False
+        meta.update(_choose_int8(tmp, got, backdrop))
         (tmp / "meta.json").write_text(json.dumps(meta))
+        (tmp / ("model.onnx" if meta["file"] != "model.onnx" else "model.int8.onnx")).unlink(missing_ok=True)
         remove(index_dir)
         os.replace(tmp, index_dir / FOLDER)
         return True
     finally:
         shutil.rmtree(tmp, ignore_errors=True)
+
+
+INT8_MIN_COSINE = 0.995
+INT8_MIN_OVERLAP = 0.9
+
+
+def _choose_int8(folder: Path, fp32: np.ndarray, backdrop: np.ndarray | None) -> dict[str, Any]:
+    """Quantise the weights to int8 (4x smaller, ~5x faster to load) if rankings stay the same.
+
+    Kept only when every check prompt stays within cosine 0.995 of fp32 and, measured on the index's
+    own vectors, the top 10 photos of each prompt overlap by 90 % on average.
+    """
+    from onnxruntime.quantization import QuantType, quantize_dynamic
+
+    quantize_dynamic(str(folder / "model.onnx"), str(folder / "model.int8.onnx"), weight_type=QuantType.QInt8)
+    int8 = OnnxTextEncoder(folder, "model.int8.onnx").embed_texts(CHECK_PROMPTS)
+    result: dict[str, Any] = {"int8_min_cosine": float(np.min(np.sum(fp32 * int8, axis=1)))}
+    ok = result["int8_min_cosine"] >= INT8_MIN_COSINE
+    if backdrop is not None and len(backdrop) >= 20:
+        k = 10
+        top_a = np.argsort(-(backdrop @ fp32.T), axis=0)[:k].T
+        top_b = np.argsort(-(backdrop @ int8.T), axis=0)[:k].T
+        result["int8_overlap_at_10"] = float(np.mean([len(set(a) & set(b)) / k for a, b in zip(top_a, top_b,
+                                                                                               strict=True)]))
+        ok = ok and result["int8_overlap_at_10"] >= INT8_MIN_OVERLAP
+    result["file"] = "model.int8.onnx" if ok else "model.onnx"
+    return result
 
 
 def remove(index_dir: Path) -> None:

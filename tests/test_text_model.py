@@ -2,6 +2,7 @@
 
 from __future__ import annotations
 
+import json
 import os
 import subprocess
 import sys
@@ -42,6 +43,10 @@ def test_indexing_exports_a_verified_text_model(photo_dir: Path, tiny_embedder: 
     want = tiny_embedder.embed_texts(prompts)  # the bf16 (or fp32) torch path used for indexing
     assert float(np.min(np.sum(got * want, axis=1))) > 0.995
     assert not text_model.available(lib.path, "another-model-sha")
+    meta = json.loads((lib.path / text_model.FOLDER / "meta.json").read_text())
+    # int8 is kept only when it ranks like fp32; either way exactly one model file is left.
+    assert meta["verified_min_cosine"] >= 0.999 and "int8_min_cosine" in meta and "int8_overlap_at_10" in meta
+    assert [p.name for p in (lib.path / text_model.FOLDER).glob("*.onnx")] == [meta["file"]]
 
 
 @pytest.mark.usefixtures("text_model_on")

@@ -1,0 +1,14 @@
+"""The file extensions clipsearch indexes, kept apart from images.py so that walking folders and
+parsing queries do not import Pillow."""
+
+from __future__ import annotations
+
+# Extensions Pillow reads natively. HEIC and RAW need the optional extras.
+PILLOW_EXTENSIONS = frozenset({
+    ".jpg", ".jpeg", ".jpe", ".jfif", ".png", ".webp", ".tif", ".tiff", ".gif", ".bmp", ".avif",
+    ".jp2", ".j2k", ".jpf", ".jpx", ".pbm", ".pgm", ".ppm", ".pnm",
+})
+HEIF_EXTENSIONS = frozenset({".heic", ".heif", ".hif"})
+RAW_EXTENSIONS = frozenset({".dng", ".cr2", ".cr3", ".nef", ".nrw", ".arw", ".orf", ".rw2", ".raf", ".pef",
+                            ".srw", ".x3f", ".3fr", ".iiq", ".rwl", ".erf", ".kdc", ".mrw"})
+IMAGE_EXTENSIONS = PILLOW_EXTENSIONS | HEIF_EXTENSIONS | RAW_EXTENSIONS

@@ -9,6 +9,7 @@ from __future__ import annotations
 import json
 import os
 import platform
+import sys
 from collections.abc import Callable
 from dataclasses import dataclass
 from pathlib import Path
@@ -22,12 +23,24 @@ from clipsearch.errors import ModelError, UsageError
 if TYPE_CHECKING:
     import torch
 
-# Decoding threads and the model share the CPU while indexing. With OpenMP's default "active" wait,
-# the model's idle threads spin between operations and starve the decoders: measured on 2 cores,
-# passive waiting made indexing 25% faster on 12 MP photos and 10% on phone photos, with the model
-# using every core (docs/benchmarks.md). It must be set before torch loads OpenMP; a user's own
-# setting wins.
-os.environ.setdefault("OMP_WAIT_POLICY", "PASSIVE")
+
+def _load_torch() -> None:
+    """Import torch with OpenMP's passive wait, then leave the environment as it was.
+
+    Decoding threads and the model share the CPU while indexing. With OpenMP's default "active"
+    wait the model's idle threads spin between operations and starve the decoders: measured on 2
+    cores, passive waiting made indexing 25% faster on 12 MP photos and 10% on phone photos
+    (docs/benchmarks.md). OpenMP reads the setting when torch loads it; removing it afterwards keeps
+    FAISS (its own OpenMP, loaded later on the query path) on active waiting, which a single search
+    wants: passive wake-ups cost milliseconds there. A user's own setting wins.
+    """
+    if "torch" in sys.modules or "OMP_WAIT_POLICY" in os.environ:
+        return
+    os.environ["OMP_WAIT_POLICY"] = "PASSIVE"
+    try:
+        import torch  # noqa: F401
+    finally:
+        del os.environ["OMP_WAIT_POLICY"]
 
 DEVICES = ("auto", "cpu", "cuda", "mps")
 PRECISIONS = ("auto", "fp32", "bf16", "fp16")
@@ -107,6 +120,7 @@ class Embedder:
 
     def __init__(self, spec: models.ModelSpec, device: str | None = None, precision: str | None = None,
                  download: bool = True, notify: Callable[[str], None] | None = None) -> None:
+        _load_torch()
         import torch
 
         self.spec = spec

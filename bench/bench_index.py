@@ -61,10 +61,11 @@ def model_cpu_per_image(model_dir: Path, n: int) -> tuple[float, str]:
 def clipsearch_index(folder: Path, model_dir: Path) -> dict[str, float]:
     with tempfile.TemporaryDirectory() as tmp:
         wall, proc = common.run_cli(["index", str(folder), "--index", tmp, "--model", f"local-dir:{model_dir}",
-                                     "--json"])
+                                     "--json"], peak_rss=True)
     summary = json.loads(proc.stdout)
     return {"wall_s": wall, "images_per_second": summary["images_per_second"],
-            "model_load_s": summary["model_load_seconds"], "embedded": summary["embedded"]}
+            "model_load_s": summary["model_load_seconds"], "embedded": summary["embedded"],
+            "peak_rss_mb": common.peak_rss_mb(proc)}
 
 
 def rclip_style(paths: list[Path], model_dir: Path) -> float:
@@ -130,7 +131,8 @@ def main() -> None:
             row = {"model": arch, "set": label, "images": count, "precision": precision,
                    "decode_ms": decode_s * 1000, "model_ms": model_s * 1000, "limit_img_s": limit,
                    "clipsearch_img_s": ours["images_per_second"], "clipsearch_wall_s": ours["wall_s"],
-                   "model_load_s": ours["model_load_s"], "rclip_style_img_s": base,
+                   "model_load_s": ours["model_load_s"], "peak_rss_mb": ours["peak_rss_mb"],
+                   "rclip_style_img_s": base,
                    "ratio_to_limit": ours["images_per_second"] / limit,
                    "ratio_to_rclip_style": ours["images_per_second"] / base}
             rows.append(row)

@@ -13,6 +13,7 @@ recall), and a bare `python -c pass` (for cold start).
 from __future__ import annotations
 
 import argparse
+import json
 import os
 import statistics
 import subprocess
@@ -119,8 +120,19 @@ def cold(folder: Path, repeats: int) -> dict[str, float]:
         t = time.perf_counter()
         subprocess.run([sys.executable, "-c", "pass"], check=True)
         bare.append(time.perf_counter() - t)
+    stages = json.loads(subprocess.run(
+        [sys.executable, str(Path(__file__).parent / "cold_breakdown.py"), str(folder), f"a red bus {stamp}"],
+        capture_output=True, text=True, check=True).stdout)
+    # The path without the exported text tower (torch and open_clip imported, model loaded), once.
+    hidden = folder / "text-model.hidden"
+    (folder / "text-model").rename(hidden)
+    try:
+        open_clip_path, _ = _query_process(folder, f"a red bus, open_clip path {stamp}")
+    finally:
+        hidden.rename(folder / "text-model")
     return {"cold_s_p50": statistics.median(walls), "cold_cached_text_s_p50": statistics.median(cached),
-            "python_start_s": statistics.median(bare), "cold_peak_rss_mb": rss}
+            "python_start_s": statistics.median(bare), "cold_peak_rss_mb": rss,
+            "cold_stages_s": stages, "cold_open_clip_path_s": open_clip_path}
 
 
 def main() -> None:

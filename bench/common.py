@@ -126,13 +126,23 @@ def cpu_seconds() -> float:
     return t.user + t.system + t.children_user + t.children_system
 
 
-def run_cli(args: list[str], env: dict[str, str] | None = None) -> tuple[float, subprocess.CompletedProcess[str]]:
+def run_cli(args: list[str], env: dict[str, str] | None = None,
+            peak_rss: bool = False) -> tuple[float, subprocess.CompletedProcess[str]]:
+    """Run `clipsearch ARGS` in a new process; with `peak_rss`, under /usr/bin/time (see peak_rss_mb)."""
+    timed = ["/usr/bin/time", "-f", "peak-rss-kb %M"] if peak_rss and Path("/usr/bin/time").exists() else []
     start = time.perf_counter()
-    proc = subprocess.run([sys.executable, "-m", "clipsearch", *args], capture_output=True, text=True,
+    proc = subprocess.run([*timed, sys.executable, "-m", "clipsearch", *args], capture_output=True, text=True,
                           env={**os.environ, **(env or {})}, check=False)
     if proc.returncode not in (0, 1):
         raise RuntimeError(f"clipsearch {' '.join(args)} failed: {proc.stderr[-2000:]}")
     return time.perf_counter() - start, proc
+
+
+def peak_rss_mb(proc: subprocess.CompletedProcess[str]) -> float:
+    for line in reversed(proc.stderr.splitlines()):
+        if line.startswith("peak-rss-kb "):
+            return int(line.split()[1]) / 1024
+    return float("nan")
 
 
 def save(name: str, payload: dict[str, Any]) -> Path:

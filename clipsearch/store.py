@@ -406,11 +406,12 @@ class Store:
                      tags: list[list[tuple[str, float]]]) -> None:
         """Re-tagging is idempotent: a source's old tags on these photos are replaced, in one transaction."""
         with self.db.atomic():
-            for image_id, image_tags in zip(image_ids, tags, strict=True):
-                self.db.execute("DELETE FROM tags WHERE image_id = ? AND source = ?", [image_id, source])
-                for label, score in image_tags:
-                    self.db.execute("INSERT INTO tags VALUES (?, ?, ?, ?, ?)",
-                                    [image_id, label, score, source, label_set])
+            self.db.conn.executemany("DELETE FROM tags WHERE image_id = ? AND source = ?",
+                                     [(i, source) for i in image_ids])
+            self.db.conn.executemany("INSERT INTO tags VALUES (?, ?, ?, ?, ?)",
+                                     [(image_id, label, score, source, label_set)
+                                      for image_id, image_tags in zip(image_ids, tags, strict=True)
+                                      for label, score in image_tags])
             # No generation bump: tags change no vector, so the FAISS file stays valid.
 
     def save_probe(self, weights_sha256: str, name: str, weights: np.ndarray, bias: float, examples: int) -> None:

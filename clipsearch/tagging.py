@@ -119,10 +119,14 @@ def assign(mat: np.ndarray, labels_mat: np.ndarray, cut: Thresholds, top: int) -
     for start in range(0, len(mat), 8192):
         scores = mat[start:start + 8192] @ labels_mat.T
         margin = scores - cut.values[None, :]
-        for row_scores, row_margin in zip(scores, margin, strict=True):
+        passing_rows = np.flatnonzero((margin >= 0).any(axis=1))
+        chunk: list[list[tuple[int, float]]] = [[] for _ in range(len(scores))]
+        for r in passing_rows.tolist():  # most photos pass few labels: only those rows are sorted
+            row_margin = margin[r]
             passing = np.flatnonzero(row_margin >= 0)
             best = passing[np.argsort(-row_margin[passing])][:top]
-            out.append([(int(i), float(row_scores[i])) for i in best])
+            chunk[r] = [(int(i), float(scores[r, i])) for i in best]
+        out.extend(chunk)
     return out
 
 

@@ -231,13 +231,18 @@ class Library:
 
     # --- searching ------------------------------------------------------------------------------
 
+    def _require_model(self, store: Store) -> ModelIdentity:
+        """The index's model; an index that never embedded a photo has none, and nothing to search."""
+        recorded = store.model_identity()
+        if recorded is None:
+            raise IndexMissingError(f"the index at {self.path} has no photos yet; add some with "
+                                    "`clipsearch index FOLDER`")
+        return recorded
+
     def _open_for_search(self, check_model: bool = True) -> tuple[Store, VectorIndex]:
         store = Store.open(self.path)
         try:
-            recorded = store.model_identity()
-            if recorded is None:
-                raise IndexMissingError(f"the index at {self.path} has no photos yet; add some with "
-                                        "`clipsearch index FOLDER`")
+            recorded = self._require_model(store)
             if check_model and self._model_name and models.parse(self._model_name).name != recorded.name:
                 raise ModelMismatchError(f"this index was built with {recorded.name}, not "
                                          f"{models.parse(self._model_name).name}; omit --model to use it")
@@ -371,10 +376,7 @@ class Library:
         names = [lab.name for lab in labels]
         store = Store.open(self.path)
         try:
-            recorded = store.model_identity()
-            if recorded is None:
-                raise IndexMissingError(f"the index at {self.path} has no photos yet; add some with "
-                                        "`clipsearch index FOLDER`")
+            recorded = self._require_model(store)
             set_id = tagging.label_set_id(labels, tpl)
             label_mat = store.label_vectors(recorded.weights_sha256, set_id, names)
             if label_mat is None:
@@ -441,10 +443,7 @@ class Library:
             raise UsageError("a personal tag needs a name")
         store = Store.open(self.path)
         try:
-            recorded = store.model_identity()
-            if recorded is None:
-                raise IndexMissingError(f"the index at {self.path} has no photos yet; add some with "
-                                        "`clipsearch index FOLDER`")
+            recorded = self._require_model(store)
             pos_ids, pos = self._vectors_of(store, recorded, examples)
             negatives = list(negatives)
             if negatives:

@@ -11,6 +11,7 @@ from __future__ import annotations
 
 import contextlib
 import json
+import logging
 import os
 import shutil
 import warnings
@@ -124,7 +125,11 @@ def _choose_int8(folder: Path, fp32: np.ndarray, backdrop: np.ndarray | None) ->
     """
     from onnxruntime.quantization import QuantType, quantize_dynamic
 
-    quantize_dynamic(str(folder / "model.onnx"), str(folder / "model.int8.onnx"), weight_type=QuantType.QInt8)
+    logging.disable(logging.WARNING)  # the quantiser logs advice to the root logger: noise in a terminal
+    try:
+        quantize_dynamic(str(folder / "model.onnx"), str(folder / "model.int8.onnx"), weight_type=QuantType.QInt8)
+    finally:
+        logging.disable(logging.NOTSET)
     int8 = OnnxTextEncoder(folder, "model.int8.onnx").embed_texts(CHECK_PROMPTS)
     result: dict[str, Any] = {"int8_min_cosine": float(np.min(np.sum(fp32 * int8, axis=1)))}
     ok = result["int8_min_cosine"] >= INT8_MIN_COSINE

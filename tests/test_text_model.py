@@ -75,3 +75,14 @@ def test_an_image_query_still_uses_the_model(photo_dir: Path) -> None:
     lib.index([photo_dir])
     hits = lib.search(image=photo_dir / "all" / "white-star-0.png", top=1)
     assert Path(hits[0].path).name == "white-star-0.png"
+
+
+@pytest.mark.usefixtures("text_model_on")
+def test_the_export_prints_nothing(photo_dir: Path, isolated: Path) -> None:
+    env = {**os.environ, "CLIPSEARCH_HOME": str(isolated)}
+    result = subprocess.run([sys.executable, "-m", "clipsearch", "index", str(photo_dir)], capture_output=True,
+                            text=True, env=env, timeout=300)
+    assert result.returncode == 0
+    lines = result.stderr.strip().splitlines()
+    assert lines[0].startswith("preparing the text encoder") and lines[1].startswith("Indexed in"), lines
+    assert len(lines) == 2 and result.stdout == ""

@@ -176,19 +176,29 @@ def _encode_text_short(model: Any, tokens: torch.Tensor) -> torch.Tensor:
     but costs most of the work (prompts are 10-13 tokens of 77).
     """
     import open_clip
-    import torch
-    from open_clip.transformer import text_global_pool
 
     if (not isinstance(model, open_clip.model.CLIP) or getattr(model, "text_pool_type", "") != "argmax"
             or getattr(model, "attn_mask", None) is None):
         return model.encode_text(tokens)
     length = int(tokens.argmax(dim=1).max().item()) + 1
-    t = tokens[:, :length]
+    return encode_cut_tokens(model, tokens[:, :length])
+
+
+def encode_cut_tokens(model: Any, tokens: torch.Tensor) -> torch.Tensor:
+    """open_clip's CLIP.encode_text for tokens already cut after the end token.
+
+    The length comes from the input's shape, not from the tokens' values, so the ONNX export of this
+    function (text_model.py) accepts any length up to the context length.
+    """
+    import torch
+    from open_clip.transformer import text_global_pool
+
+    length = tokens.shape[1]
     cast = model.transformer.get_cast_dtype()
-    x = model.token_embedding(t).to(cast) + model.positional_embedding[:length].to(cast)
+    x = model.token_embedding(tokens).to(cast) + model.positional_embedding[:length].to(cast)
     x = model.transformer(x, attn_mask=model.attn_mask[:length, :length])
     x = model.ln_final(x)
-    x = text_global_pool(x, t, model.text_pool_type, eos_token_id=getattr(model, "text_eos_id", None))
+    x = text_global_pool(x, tokens, model.text_pool_type, eos_token_id=getattr(model, "text_eos_id", None))
     if isinstance(model.text_projection, torch.nn.Linear):
         return model.text_projection(x)
     return x @ model.text_projection

@@ -150,13 +150,10 @@ def remove(index_dir: Path) -> None:
 
 
 def _text_tower(model: Any) -> Any:
-    """open_clip's encode_text for tokens already cut after the end token, in a traceable form.
-
-    The sequence length comes from the input's shape (not from the tokens' values), so the exported
-    graph accepts any length up to the context length.
-    """
+    """The text tower as a module for torch.onnx.export (embedder.encode_cut_tokens, traced)."""
     import torch
-    from open_clip.transformer import text_global_pool
+
+    from clipsearch.embedder import encode_cut_tokens
 
     class TextTower(torch.nn.Module):
         def __init__(self) -> None:
@@ -164,14 +161,6 @@ def _text_tower(model: Any) -> Any:
             self.model = model
 
         def forward(self, tokens: torch.Tensor) -> torch.Tensor:
-            m = self.model
-            length = tokens.shape[1]
-            x = m.token_embedding(tokens) + m.positional_embedding[:length]
-            x = m.transformer(x, attn_mask=m.attn_mask[:length, :length])
-            x = m.ln_final(x)
-            x = text_global_pool(x, tokens, m.text_pool_type, eos_token_id=getattr(m, "text_eos_id", None))
-            if isinstance(m.text_projection, torch.nn.Linear):
-                return m.text_projection(x)
-            return x @ m.text_projection
+            return encode_cut_tokens(self.model, tokens)
 
     return TextTower().eval()

@@ -47,7 +47,7 @@ class OnnxTextEncoder:
         import onnxruntime as ort
 
         meta = json.loads((folder / "meta.json").read_text())
-        self.tokenizer = Tokenizer(folder / VOCAB_NAME, int(meta["context_length"]))
+        self.tokenizer = Tokenizer(folder / VOCAB_NAME, int(meta["context_length"]), cache_tables=True)
         options = ort.SessionOptions()
         options.log_severity_level = 3
         model = folder / (file or meta.get("file", "model.onnx"))

@@ -86,3 +86,30 @@ def test_the_export_prints_nothing(photo_dir: Path, isolated: Path) -> None:
     lines = result.stderr.strip().splitlines()
     assert lines[0].startswith("preparing the text encoder") and lines[1].startswith("Indexed in"), lines
     assert len(lines) == 2 and result.stdout == ""
+
+
+def test_ascii_fast_path_matches_ftfy() -> None:
+    """Queries of printable ASCII skip ftfy; the ids must be the same as open_clip's anyway."""
+    import random
+    import string
+
+    rng = random.Random(0)
+    alphabet = string.ascii_letters + string.digits + " .,;:!?'\"()-_/<>[]{}*+=#%$@^~`|\\"
+    texts = ["".join(rng.choice(alphabet) for _ in range(rng.randint(1, 60))) for _ in range(300)]
+    reference = open_clip.tokenizer.SimpleTokenizer(context_length=77)
+    ours = Tokenizer(Path(open_clip.tokenizer.default_bpe()), 77)
+    np.testing.assert_array_equal(ours(texts), reference(texts).numpy())
+
+
+def test_cached_bpe_tables_give_the_same_ids(tmp_path: Path) -> None:
+    import shutil
+
+    vocab = tmp_path / "bpe_simple_vocab_16e6.txt.gz"
+    shutil.copyfile(open_clip.tokenizer.default_bpe(), vocab)
+    first = Tokenizer(vocab, 77, cache_tables=True)
+    assert list(tmp_path.glob("bpe_tables.py*.marshal"))
+    second = Tokenizer(vocab, 77, cache_tables=True)  # from the cache
+    np.testing.assert_array_equal(first(TEXTS), second(TEXTS))
+    np.testing.assert_array_equal(second(TEXTS), open_clip.tokenizer.SimpleTokenizer(context_length=77)(TEXTS).numpy())
+    next(tmp_path.glob("bpe_tables.py*.marshal")).write_bytes(b"garbage")
+    np.testing.assert_array_equal(Tokenizer(vocab, 77, cache_tables=True)(TEXTS), first(TEXTS))  # rebuilt

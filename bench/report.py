@@ -44,13 +44,14 @@ def index_section(data: dict) -> str:
              "it at full size with Pillow, bicubic resize and centre crop, the same architecture in fp32 at",
              "batch 8.", "",
              "| model | photos | decode ms | model ms | limit img/s | clipsearch img/s | **÷ limit** "
-             "| rclip-style img/s | **× rclip-style** |",
-             "|---|---|---|---|---|---|---|---|---|"]
+             "| rclip-style img/s | **× rclip-style** | index peak RSS MB |",
+             "|---|---|---|---|---|---|---|---|---|---|"]
     for r in data["rows"]:
+        rss = f"{r['peak_rss_mb']:.0f}" if "peak_rss_mb" in r else "-"
         lines.append(f"| {r['model']} ({r['precision']}) | {r['images']} × {r['set']} | {r['decode_ms']:.1f} | "
                      f"{r['model_ms']:.1f} | {r['limit_img_s']:.1f} | {r['clipsearch_img_s']:.1f} | "
                      f"**{r['ratio_to_limit']:.2f}** | {r['rclip_style_img_s']:.1f} | "
-                     f"**{r['ratio_to_rclip_style']:.1f}×** |")
+                     f"**{r['ratio_to_rclip_style']:.1f}×** | {rss} |")
     lines += ["", "Goals: ≥ 0.9 of the limit, ≥ 4× the rclip-style pipeline.", ""]
     return "\n".join(lines)
 

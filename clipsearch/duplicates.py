@@ -16,7 +16,6 @@ Nothing is ever deleted.
 from __future__ import annotations
 
 import datetime as dt
-import os
 from collections import defaultdict
 from collections.abc import Iterable
 from dataclasses import dataclass, field
@@ -25,6 +24,7 @@ import numpy as np
 import xxhash
 from PIL import Image
 
+from clipsearch import scan
 from clipsearch.search import row_date
 from clipsearch.store import ImageRow, Store
 from clipsearch.vectors import VectorIndex
@@ -109,17 +109,13 @@ def dhash(path: str) -> int | None:
     return int("".join("1" if b else "0" for b in bits), 2)
 
 
-def _in_scope(path: str, roots: tuple[str, ...]) -> bool:
-    return not roots or any(path == r or path.startswith(r.rstrip(os.sep) + os.sep) for r in roots)
-
-
 def find(store: Store, index: VectorIndex, roots: tuple[str, ...] = (), near_cosine: float = NEAR_COSINE,
          near_dhash_bits: int = NEAR_DHASH_BITS, similar: bool = False, similar_cosine: float = SIMILAR_COSINE,
          similar_window_s: float = SIMILAR_WINDOW_S) -> list[Group]:
     """All duplicate groups among indexed photos under `roots` (everything when empty)."""
     ids, mat = store.all_vectors()
     rows = store.images(ids.tolist())
-    scope = [i for i in ids.tolist() if i in rows and _in_scope(rows[i].path, roots)]
+    scope = [i for i in ids.tolist() if i in rows and (not roots or scan.under(rows[i].path, roots))]
     if len(scope) < 2:
         return []
     groups = _exact(store, rows, scope)

@@ -77,10 +77,6 @@ def fingerprint(path: str, size: int) -> str:
     return h.hexdigest()
 
 
-def _in_scope(path: str, roots: list[str]) -> bool:
-    return any(path == r or path.startswith(r.rstrip(os.sep) + os.sep) for r in roots)
-
-
 @dataclass
 class _Plan:
     todo: list[tuple[scan.FoundFile, bool]]  # (file, is_change)
@@ -91,7 +87,7 @@ class _Plan:
 
 def plan(store: Store, roots: list[str], found: list[scan.FoundFile], summary: IndexSummary) -> _Plan:
     """Decide what each found file needs, from size and mtime alone (no decoding, no hashing)."""
-    known = {p: k for p, k in store.known_files().items() if _in_scope(p, roots)}
+    known = {p: k for p, k in store.known_files().items() if scan.under(p, roots)}
     skipped_before = store.skipped_unchanged()
     found_paths = {f.path for f in found}
     missing: dict[str, KnownFile] = {p: k for p, k in known.items() if p not in found_paths}

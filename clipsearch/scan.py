@@ -122,6 +122,11 @@ def _walk_dir(top: str, exclude: tuple[str, ...], follow: bool, include_hidden: 
         stack.extend(reversed(subdirs))
 
 
+def under(path: str, roots: Sequence[str]) -> bool:
+    """True when `path` is one of `roots` or inside one of them (absolute paths)."""
+    return any(path == r or path.startswith(r.rstrip(os.sep) + os.sep) for r in roots)
+
+
 def display_path(path: str) -> str:
     """A path safe to print on one line: undecodable bytes as \\xNN, control characters escaped."""
     text = os.fsencode(path).decode("utf-8", "backslashreplace")

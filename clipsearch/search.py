@@ -11,13 +11,13 @@ from __future__ import annotations
 
 import dataclasses
 import datetime as dt
-import os
 from collections.abc import Callable
 from dataclasses import dataclass, field
 from statistics import NormalDist
 
 import numpy as np
 
+from clipsearch import scan
 from clipsearch.store import ImageRow, Store
 from clipsearch.vectors import VectorIndex
 
@@ -72,8 +72,7 @@ class Filters:
     def accepts(self, row: ImageRow) -> bool:
         if self.ids is not None and row.id not in self.ids:
             return False
-        if self.within and not any(row.path == r or row.path.startswith(r.rstrip(os.sep) + os.sep)
-                                   for r in self.within):
+        if self.within and not scan.under(row.path, self.within):
             return False
         if self.formats and (row.format or "") not in self.formats:
             return False

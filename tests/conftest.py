@@ -2,6 +2,9 @@
 
 from __future__ import annotations
 
+import os
+import subprocess
+import sys
 from pathlib import Path
 
 import pytest
@@ -57,3 +60,15 @@ def photo_dir(tmp_path: Path) -> Path:
 @pytest.fixture
 def text_model_on(monkeypatch: pytest.MonkeyPatch) -> None:
     monkeypatch.setenv("CLIPSEARCH_TEXT_MODEL", "on")
+
+
+def run_cli_without_model(args: list[str], home: Path) -> subprocess.CompletedProcess[str]:
+    """`clipsearch ARGS` in a fresh process that must exit 0 without importing torch or open_clip."""
+    code = ("import sys; from clipsearch.cli import main; sys.argv = ['clipsearch', *sys.argv[1:]]\n"
+            "try:\n    main()\nexcept SystemExit as e:\n    assert not e.code, e.code\n"
+            "assert 'torch' not in sys.modules and 'open_clip' not in sys.modules, 'the model was loaded'")
+    env = {**os.environ, "CLIPSEARCH_HOME": str(home)}
+    result = subprocess.run([sys.executable, "-c", code, *args], capture_output=True, text=True, env=env,
+                            timeout=120)
+    assert result.returncode == 0, result.stderr
+    return result

@@ -9,6 +9,7 @@ import sys
 from pathlib import Path
 
 import pytest
+from conftest import run_cli_without_model
 
 EXE = shutil.which("clipsearch") or str(Path(sys.executable).parent / "clipsearch")
 
@@ -46,22 +47,11 @@ def test_python_dash_m_and_exit_code_for_a_missing_index(tmp_path: Path) -> None
 
 @pytest.mark.parametrize("cmd", [["--help"], ["models", "list"]])
 def test_light_commands_do_not_import_torch(cmd: list[str], tmp_path: Path) -> None:
-    code = ("import sys; from clipsearch.cli import main; sys.argv = ['clipsearch', *sys.argv[1:]]\n"
-            "try:\n    main()\nexcept SystemExit:\n    pass\n"
-            "assert 'torch' not in sys.modules, 'torch was imported'")
-    env = {**os.environ, "CLIPSEARCH_HOME": str(tmp_path)}
-    result = subprocess.run([sys.executable, "-c", code, *cmd], capture_output=True, text=True, env=env)
-    assert result.returncode == 0, result.stderr
+    run_cli_without_model(cmd, tmp_path)
 
 
 def test_a_repeated_text_query_loads_no_model(photo_dir: Path, isolated: Path) -> None:
     assert run("index", str(photo_dir), "-q", env_home=isolated).returncode == 0
     first = run("query", "a photo of a white square", "-n", "3", "-f", "paths", env_home=isolated)
-    code = ("import sys; from clipsearch.cli import main\n"
-            "sys.argv = ['clipsearch', 'query', 'a photo of a white square', '-n', '3', '-f', 'paths']\n"
-            "try:\n    main()\nexcept SystemExit as e:\n    assert not e.code, e.code\n"
-            "assert 'torch' not in sys.modules and 'open_clip' not in sys.modules, 'the model was loaded'")
-    env = {**os.environ, "CLIPSEARCH_HOME": str(isolated)}
-    again = subprocess.run([sys.executable, "-c", code], capture_output=True, text=True, env=env, timeout=120)
-    assert again.returncode == 0, again.stderr
+    again = run_cli_without_model(["query", "a photo of a white square", "-n", "3", "-f", "paths"], isolated)
     assert again.stdout == first.stdout and first.stdout.splitlines()[0].endswith("white-square-0.png")

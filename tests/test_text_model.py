@@ -11,6 +11,7 @@ from pathlib import Path
 import numpy as np
 import open_clip
 import pytest
+from conftest import run_cli_without_model
 
 from clipsearch import Library, text_model
 from clipsearch.embedder import Embedder
@@ -52,13 +53,7 @@ def test_indexing_exports_a_verified_text_model(photo_dir: Path, tiny_embedder: 
 @pytest.mark.usefixtures("text_model_on")
 def test_a_new_text_query_needs_no_torch(photo_dir: Path, isolated: Path) -> None:
     Library().index([photo_dir])
-    code = ("import sys; from clipsearch.cli import main\n"
-            "sys.argv = ['clipsearch', 'query', 'a photo of a purple ring', '-n', '1', '-f', 'paths']\n"
-            "try:\n    main()\nexcept SystemExit as e:\n    assert not e.code, e.code\n"
-            "assert 'torch' not in sys.modules and 'open_clip' not in sys.modules, 'the model was loaded'")
-    env = {**os.environ, "CLIPSEARCH_HOME": str(isolated)}
-    result = subprocess.run([sys.executable, "-c", code], capture_output=True, text=True, env=env, timeout=120)
-    assert result.returncode == 0, result.stderr
+    result = run_cli_without_model(["query", "a photo of a purple ring", "-n", "1", "-f", "paths"], isolated)
     assert result.stdout.strip() == str(photo_dir / "all" / "purple-ring-0.png")
 
 

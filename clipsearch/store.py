@@ -2,11 +2,12 @@
 
 Vectors are stored here too (little-endian float32 blobs), so the FAISS file is only a cache that
 can always be rebuilt. Every write happens in a transaction; WAL lets queries read while an indexer
-writes. The schema is a list of numbered sqlite-utils migrations; docs/storage.md documents it.
+writes. The schema lives in schema.py; docs/storage.md documents it.
 """
 
 from __future__ import annotations
 
+import contextlib
 import datetime as dt
 import os
 import sqlite3
@@ -16,94 +17,12 @@ from pathlib import Path
 from typing import Any
 
 import numpy as np
-import sqlite_utils
-from sqlite_utils.migrations import Migrations
 
-from clipsearch import failpoints
+from clipsearch import failpoints, schema
 from clipsearch.embedder import ModelIdentity
-from clipsearch.errors import IndexMissingError, IndexSchemaError, ModelMismatchError, StorageError
+from clipsearch.errors import IndexMissingError, ModelMismatchError, StorageError
 
 DB_NAME = "clipsearch.db"
-migrations = Migrations("clipsearch")
-
-
-@migrations()
-def m001_initial(db: sqlite_utils.Database) -> None:
-    db.execute("CREATE TABLE meta (key TEXT PRIMARY KEY, value TEXT NOT NULL)")
-    db.execute("""
-        CREATE TABLE images (
-            id INTEGER PRIMARY KEY,
-            path TEXT NOT NULL UNIQUE,      -- printable path; undecodable bytes as \\xNN
-            path_raw BLOB,                  -- the exact OS bytes, only when path cannot hold them
-            size INTEGER NOT NULL,
-            mtime_ns INTEGER NOT NULL,
-            fingerprint TEXT NOT NULL,      -- xxh64 of size + first and last 64 KiB: finds moved files
-            width INTEGER, height INTEGER, format TEXT,
-            taken_at TEXT,                  -- EXIF DateTimeOriginal, ISO 8601 (with offset if known)
-            lat REAL, lon REAL,
-            indexed_at TEXT NOT NULL
-        )""")
-    db.execute("CREATE INDEX images_fingerprint ON images (fingerprint)")
-    db.execute("""
-        CREATE TABLE vectors (
-            image_id INTEGER PRIMARY KEY REFERENCES images(id) ON DELETE CASCADE,
-            vector BLOB NOT NULL            -- little-endian float32, L2-normalised
-        )""")
-    db.execute("""
-        CREATE TABLE skipped (
-            path TEXT PRIMARY KEY, path_raw BLOB, size INTEGER, mtime_ns INTEGER,
-            reason TEXT NOT NULL, detail TEXT, seen_at TEXT NOT NULL
-        )""")
-    db.execute("""
-        CREATE TABLE runs (
-            id INTEGER PRIMARY KEY, started_at TEXT NOT NULL, finished_at TEXT, summary TEXT
-        )""")
-
-
-@migrations()
-def m002_query_cache(db: sqlite_utils.Database) -> None:
-    db.execute("""
-        CREATE TABLE query_cache (
-            weights_sha256 TEXT NOT NULL,   -- the model that embedded the text
-            text TEXT NOT NULL,
-            vector BLOB NOT NULL,           -- little-endian float32, L2-normalised
-            used_at TEXT NOT NULL,
-            PRIMARY KEY (weights_sha256, text)
-        )""")
-
-
-@migrations()
-def m003_tags(db: sqlite_utils.Database) -> None:
-    db.execute("""
-        CREATE TABLE tags (
-            image_id INTEGER NOT NULL REFERENCES images(id) ON DELETE CASCADE,
-            label TEXT NOT NULL,
-            score REAL NOT NULL,            -- cosine between the photo and the label's embedding
-            source TEXT NOT NULL,           -- zero-shot, few-shot or manual
-            label_set TEXT NOT NULL,        -- which label set and templates produced it
-            PRIMARY KEY (image_id, label, source)
-        )""")
-    db.execute("CREATE INDEX tags_label ON tags (label)")
-    db.execute("""
-        CREATE TABLE label_vectors (
-            weights_sha256 TEXT NOT NULL, label_set TEXT NOT NULL, label TEXT NOT NULL,
-            vector BLOB NOT NULL,
-            PRIMARY KEY (weights_sha256, label_set, label)
-        )""")
-
-
-@migrations()
-def m004_personal_tags(db: sqlite_utils.Database) -> None:
-    db.execute("""
-        CREATE TABLE personal_tags (
-            name TEXT NOT NULL,
-            weights_sha256 TEXT NOT NULL,   -- a probe only means something for the model it was learnt on
-            vector BLOB NOT NULL,           -- little-endian float32 weights of the linear probe
-            bias REAL NOT NULL,
-            examples INTEGER NOT NULL,
-            created_at TEXT NOT NULL,
-            PRIMARY KEY (name, weights_sha256)
-        )""")
 
 
 QUERY_CACHE_SIZE = 5000
@@ -151,9 +70,10 @@ def os_path(text: str, raw: bytes | None) -> str:
 class Store:
     """The index database. Open with `Store.open(folder)`; close when done."""
 
-    def __init__(self, db: sqlite_utils.Database, path: Path) -> None:
+    def __init__(self, db: sqlite3.Connection, path: Path) -> None:
         self.db = db
         self.path = path
+        self._savepoints = 0
 
     @classmethod
     def open(cls, folder: Path, create: bool = False) -> Store:
@@ -162,31 +82,45 @@ class Store:
             raise IndexMissingError(f"no index at {folder}; build one with `clipsearch index FOLDER`")
         folder.mkdir(parents=True, exist_ok=True)
         conn = sqlite3.connect(str(path), timeout=30, isolation_level=None, check_same_thread=False)
-        db = sqlite_utils.Database(conn)
-        store = cls(db, path)
+        store = cls(conn, path)
         try:
-            store._prepare(create)
+            conn.execute("PRAGMA foreign_keys = ON")
+            conn.execute("PRAGMA busy_timeout = 30000")
+            schema.ensure(conn, folder)
+            # NORMAL is durable across application crashes in WAL mode (only power loss can cost the
+            # last commits), and it keeps batched commits cheap.
+            conn.execute("PRAGMA synchronous = NORMAL")
         except BaseException:
             conn.close()
             raise
         return store
 
-    def _prepare(self, create: bool) -> None:
-        self.db.execute("PRAGMA foreign_keys = ON")
-        self.db.execute("PRAGMA busy_timeout = 30000")
-        known = {m.name for m in migrations._migrations}
-        applied = {m.name for m in migrations.applied(self.db)}
-        if applied - known:
-            raise IndexSchemaError(
-                f"the index at {self.path.parent} was written by a newer clipsearch "
-                f"(schema steps {', '.join(sorted(applied - known))}); upgrade clipsearch. Nothing was changed.")
-        if migrations.pending(self.db):
-            # A new index is created, an older one upgraded in place; each step is a transaction.
-            self.db.execute("PRAGMA journal_mode = WAL")
-            migrations.apply(self.db)
-        # NORMAL is durable across application crashes in WAL mode (only power loss can cost the
-        # last commits), and it keeps batched commits cheap.
-        self.db.execute("PRAGMA synchronous = NORMAL")
+    @contextlib.contextmanager
+    def atomic(self) -> Iterator[None]:
+        """A transaction; nested blocks are savepoints, so an inner failure undoes only its own part."""
+        if self.db.in_transaction:
+            self._savepoints += 1
+            name = f"clipsearch_{self._savepoints}"
+            self.db.execute(f"SAVEPOINT {name}")
+            try:
+                yield
+            except BaseException:
+                if self.db.in_transaction:  # an error may already have ended the whole transaction
+                    self.db.execute(f"ROLLBACK TO SAVEPOINT {name}")
+                    self.db.execute(f"RELEASE SAVEPOINT {name}")
+                raise
+            else:
+                self.db.execute(f"RELEASE SAVEPOINT {name}")
+            return
+        self.db.execute("BEGIN")
+        try:
+            yield
+        except BaseException:
+            if self.db.in_transaction:
+                self.db.execute("ROLLBACK")
+            raise
+        else:
+            self.db.execute("COMMIT")
 
     def close(self) -> None:
         self.db.close()
@@ -211,7 +145,7 @@ class Store:
         """Record the model on a new index, or refuse one that differs from the recorded model."""
         current = self.model_identity()
         if current is None:
-            with self.db.atomic():
+            with self.atomic():
                 self.set_meta("model_name", identity.name)
                 self.set_meta("embed_dim", str(identity.embed_dim))
                 self.set_meta("weights_sha256", identity.weights_sha256)
@@ -221,7 +155,7 @@ class Store:
 
     def reset(self) -> None:
         """Forget every image, vector, skip and the model: for `index --rebuild` with a new model."""
-        with self.db.atomic():
+        with self.atomic():
             self.db.execute("DELETE FROM vectors")
             self.db.execute("DELETE FROM images")
             self.db.execute("DELETE FROM skipped")
@@ -261,7 +195,7 @@ class Store:
                      moves: Iterable[tuple[int, str, int, int]]) -> list[int]:
         ids: list[int] = []
         stamp = now()
-        with self.db.atomic():
+        with self.atomic():
             for i, row in enumerate(rows):
                 text, raw = path_columns(row["path"])
                 values = {**row, "path": text, "path_raw": raw, "indexed_at": stamp}
@@ -296,7 +230,7 @@ class Store:
         return ids
 
     def forget_skips(self, paths: Iterable[str]) -> None:
-        with self.db.atomic():
+        with self.atomic():
             for path in paths:
                 self.db.execute("DELETE FROM skipped WHERE path = ?", [path_columns(path)[0]])
 
@@ -314,7 +248,7 @@ class Store:
         Filled row by row into one preallocated matrix: at 1M photos the blobs alone are 2 GB.
         """
         dim = int(self.meta("embed_dim") or 0)
-        with self.db.atomic():  # a read snapshot: a concurrent indexer's commits are not half-seen
+        with self.atomic():  # a read snapshot: a concurrent indexer's commits are not half-seen
             generation = self.generation()
             n = int(self.db.execute("SELECT count(*) FROM vectors").fetchone()[0])
             ids = np.empty(n, dtype=np.int64)
@@ -379,7 +313,7 @@ class Store:
     def cache_text_vectors(self, weights_sha256: str, vectors: dict[str, np.ndarray]) -> None:
         """Remember query embeddings (the oldest beyond QUERY_CACHE_SIZE are forgotten)."""
         try:
-            with self.db.atomic():
+            with self.atomic():
                 for text, vec in vectors.items():
                     self.db.execute("INSERT OR REPLACE INTO query_cache VALUES (?, ?, ?, ?)",
                                     [weights_sha256, text, encode_vector(vec), now()])
@@ -397,7 +331,7 @@ class Store:
         return np.stack([np.frombuffer(rows[lab], dtype="<f4") for lab in labels]).astype(np.float32)
 
     def save_label_vectors(self, weights_sha256: str, label_set: str, labels: list[str], mat: np.ndarray) -> None:
-        with self.db.atomic():
+        with self.atomic():
             for lab, vec in zip(labels, mat, strict=True):
                 self.db.execute("INSERT OR REPLACE INTO label_vectors VALUES (?, ?, ?, ?)",
                                 [weights_sha256, label_set, lab, encode_vector(vec)])
@@ -405,17 +339,17 @@ class Store:
     def replace_tags(self, image_ids: list[int], source: str, label_set: str,
                      tags: list[list[tuple[str, float]]]) -> None:
         """Re-tagging is idempotent: a source's old tags on these photos are replaced, in one transaction."""
-        with self.db.atomic():
-            self.db.conn.executemany("DELETE FROM tags WHERE image_id = ? AND source = ?",
+        with self.atomic():
+            self.db.executemany("DELETE FROM tags WHERE image_id = ? AND source = ?",
                                      [(i, source) for i in image_ids])
-            self.db.conn.executemany("INSERT INTO tags VALUES (?, ?, ?, ?, ?)",
+            self.db.executemany("INSERT INTO tags VALUES (?, ?, ?, ?, ?)",
                                      [(image_id, label, score, source, label_set)
                                       for image_id, image_tags in zip(image_ids, tags, strict=True)
                                       for label, score in image_tags])
             # No generation bump: tags change no vector, so the FAISS file stays valid.
 
     def save_probe(self, weights_sha256: str, name: str, weights: np.ndarray, bias: float, examples: int) -> None:
-        with self.db.atomic():
+        with self.atomic():
             self.db.execute("INSERT OR REPLACE INTO personal_tags VALUES (?, ?, ?, ?, ?, ?)",
                             [name, weights_sha256, encode_vector(weights), bias, examples, now()])
 
@@ -425,7 +359,7 @@ class Store:
                                 "ORDER BY name", [weights_sha256])]
 
     def forget_probe(self, name: str) -> int:
-        with self.db.atomic():
+        with self.atomic():
             n = self.db.execute("DELETE FROM personal_tags WHERE name = ?", [name]).rowcount
             self.db.execute("DELETE FROM tags WHERE label = ? AND source = 'few-shot'", [name])
         return int(n)
@@ -455,7 +389,7 @@ class Store:
         return ids or set()
 
     def record_run(self, started_at: str, summary_json: str) -> None:
-        with self.db.atomic():
+        with self.atomic():
             self.db.execute("INSERT INTO runs (started_at, finished_at, summary) VALUES (?, ?, ?)",
                             [started_at, now(), summary_json])
 

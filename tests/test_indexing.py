@@ -160,8 +160,8 @@ def test_index_from_a_newer_clipsearch_is_refused_untouched(photo_dir: Path) -> 
     lib = _lib()
     lib.index([photo_dir])
     store = Store.open(lib.path)
-    store.db["_sqlite_migrations"].insert({"migration_set": "clipsearch", "name": "m999_future",
-                                           "applied_at": "2030-01-01"})
+    store.db.execute("INSERT INTO _sqlite_migrations (migration_set, name, applied_at) "
+                     "VALUES ('clipsearch', 'm999_future', '2030-01-01')")
     store.close()
     before = (lib.path / "clipsearch.db").read_bytes()
     with pytest.raises(IndexSchemaError, match="newer clipsearch"):

@@ -1,0 +1,128 @@
+"""The index database's schema: numbered steps, each applied once, in order, in a transaction.
+
+The steps are sqlite-utils migrations (their `_sqlite_migrations` table records what ran), but
+sqlite-utils is only imported when a step is pending: importing it costs a cold query 40 ms, and
+half a second where pandas is installed (it imports pandas when it can).
+"""
+
+from __future__ import annotations
+
+import sqlite3
+from collections.abc import Callable
+from pathlib import Path
+from typing import Any, cast
+
+from clipsearch.errors import IndexSchemaError
+
+MIGRATION_SET = "clipsearch"
+
+
+def m001_initial(db: sqlite3.Connection) -> None:
+    db.execute("CREATE TABLE meta (key TEXT PRIMARY KEY, value TEXT NOT NULL)")
+    db.execute("""
+        CREATE TABLE images (
+            id INTEGER PRIMARY KEY,
+            path TEXT NOT NULL UNIQUE,      -- printable path; undecodable bytes as \\xNN
+            path_raw BLOB,                  -- the exact OS bytes, only when path cannot hold them
+            size INTEGER NOT NULL,
+            mtime_ns INTEGER NOT NULL,
+            fingerprint TEXT NOT NULL,      -- xxh64 of size + first and last 64 KiB: finds moved files
+            width INTEGER, height INTEGER, format TEXT,
+            taken_at TEXT,                  -- EXIF DateTimeOriginal, ISO 8601 (with offset if known)
+            lat REAL, lon REAL,
+            indexed_at TEXT NOT NULL
+        )""")
+    db.execute("CREATE INDEX images_fingerprint ON images (fingerprint)")
+    db.execute("""
+        CREATE TABLE vectors (
+            image_id INTEGER PRIMARY KEY REFERENCES images(id) ON DELETE CASCADE,
+            vector BLOB NOT NULL            -- little-endian float32, L2-normalised
+        )""")
+    db.execute("""
+        CREATE TABLE skipped (
+            path TEXT PRIMARY KEY, path_raw BLOB, size INTEGER, mtime_ns INTEGER,
+            reason TEXT NOT NULL, detail TEXT, seen_at TEXT NOT NULL
+        )""")
+    db.execute("""
+        CREATE TABLE runs (
+            id INTEGER PRIMARY KEY, started_at TEXT NOT NULL, finished_at TEXT, summary TEXT
+        )""")
+
+
+def m002_query_cache(db: sqlite3.Connection) -> None:
+    db.execute("""
+        CREATE TABLE query_cache (
+            weights_sha256 TEXT NOT NULL,   -- the model that embedded the text
+            text TEXT NOT NULL,
+            vector BLOB NOT NULL,           -- little-endian float32, L2-normalised
+            used_at TEXT NOT NULL,
+            PRIMARY KEY (weights_sha256, text)
+        )""")
+
+
+def m003_tags(db: sqlite3.Connection) -> None:
+    db.execute("""
+        CREATE TABLE tags (
+            image_id INTEGER NOT NULL REFERENCES images(id) ON DELETE CASCADE,
+            label TEXT NOT NULL,
+            score REAL NOT NULL,            -- cosine between the photo and the label's embedding
+            source TEXT NOT NULL,           -- zero-shot, few-shot or manual
+            label_set TEXT NOT NULL,        -- which label set and templates produced it
+            PRIMARY KEY (image_id, label, source)
+        )""")
+    db.execute("CREATE INDEX tags_label ON tags (label)")
+    db.execute("""
+        CREATE TABLE label_vectors (
+            weights_sha256 TEXT NOT NULL, label_set TEXT NOT NULL, label TEXT NOT NULL,
+            vector BLOB NOT NULL,
+            PRIMARY KEY (weights_sha256, label_set, label)
+        )""")
+
+
+def m004_personal_tags(db: sqlite3.Connection) -> None:
+    db.execute("""
+        CREATE TABLE personal_tags (
+            name TEXT NOT NULL,
+            weights_sha256 TEXT NOT NULL,   -- a probe only means something for the model it was learnt on
+            vector BLOB NOT NULL,           -- little-endian float32 weights of the linear probe
+            bias REAL NOT NULL,
+            examples INTEGER NOT NULL,
+            created_at TEXT NOT NULL,
+            PRIMARY KEY (name, weights_sha256)
+        )""")
+
+
+STEPS: list[Callable[[sqlite3.Connection], None]] = [m001_initial, m002_query_cache, m003_tags, m004_personal_tags]
+
+
+def applied(conn: sqlite3.Connection) -> list[str]:
+    """Names of the steps this database has had, oldest first."""
+    try:
+        rows = conn.execute("SELECT name FROM _sqlite_migrations WHERE migration_set = ? ORDER BY rowid",
+                            [MIGRATION_SET]).fetchall()
+    except sqlite3.OperationalError as exc:
+        if "no such table" in str(exc):
+            return []
+        raise
+    return [r[0] for r in rows]
+
+
+def ensure(conn: sqlite3.Connection, folder: Path) -> None:
+    """Refuse a newer schema untouched; bring an older (or new, empty) one up to date."""
+    done = set(applied(conn))
+    known = {step.__name__ for step in STEPS}
+    if done - known:
+        raise IndexSchemaError(
+            f"the index at {folder} was written by a newer clipsearch "
+            f"(schema steps {', '.join(sorted(done - known))}); upgrade clipsearch. Nothing was changed.")
+    if known <= done:
+        return
+    import sqlite_utils
+    from sqlite_utils.migrations import Migrations
+
+    migrations = Migrations(MIGRATION_SET)
+    for step in STEPS:
+        # A sqlite_utils.Database is what the steps receive; they only call its sqlite3-style execute().
+        migrations()(cast(Any, step))
+    conn.execute("PRAGMA journal_mode = WAL")
+    migrations.apply(sqlite_utils.Database(conn))

@@ -261,12 +261,19 @@ class Store:
 
     def sample_vectors(self, max_rows: int) -> np.ndarray:
         """About `max_rows` vectors spread evenly over the ids (the backdrop of the relevance cutoff)."""
-        stride = max(1, self.count() // max_rows)
-        blobs = [b for (b,) in self.db.execute(
-            "SELECT vector FROM vectors WHERE image_id % ? = 0 LIMIT ?", [stride, max_rows])]
-        if not blobs:
-            return np.zeros((0, int(self.meta("embed_dim") or 0)), dtype=np.float32)
-        return np.frombuffer(b"".join(blobs), dtype="<f4").reshape(len(blobs), -1).astype(np.float32)
+        # Seeks by id: a filter such as `image_id % k = 0` would read every vector in the table.
+        first = self.db.execute("SELECT min(image_id) FROM vectors").fetchone()[0]
+        last = self.db.execute("SELECT max(image_id) FROM vectors").fetchone()[0]
+        dim = int(self.meta("embed_dim") or 0)
+        if first is None:
+            return np.zeros((0, dim), dtype=np.float32)
+        targets = sorted({int(x) for x in np.linspace(first, last, max_rows)})
+        blobs: dict[int, bytes] = {}
+        for target in targets:
+            row = self.db.execute("SELECT image_id, vector FROM vectors WHERE image_id >= ? ORDER BY image_id "
+                                  "LIMIT 1", [target]).fetchone()
+            blobs[row[0]] = row[1]
+        return np.frombuffer(b"".join(blobs.values()), dtype="<f4").reshape(len(blobs), -1).astype(np.float32)
 
     def vectors_for(self, ids: list[int]) -> np.ndarray:
         out = []

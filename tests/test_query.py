@@ -222,3 +222,23 @@ def test_large_libraries_switch_to_ivf_with_high_recall(tiny_embedder: Embedder)
         assert {Path(r.path).parent.name for r in found.results} == {"c05"} and len(found.results) == 50
     finally:
         store.close()
+
+
+def test_ivf_keeps_its_cutoff_sample_beside_it_and_survives_losing_it(tiny_embedder: Embedder) -> None:
+    lib = Library()
+    store, _ = _clustered_store(lib, tiny_embedder)
+    try:
+        VectorIndex.build(store, flat_limit=1000).save(lib.path)
+        backdrops = list(lib.path.glob("vectors.*.backdrop.npy"))
+        assert len(backdrops) == 1
+        from_file = VectorIndex.load(lib.path, store).sample(store)
+        assert from_file.shape == (2000, 64)  # under 4096 photos the sample is all of them
+        backdrops[0].write_bytes(b"damaged")  # a bad sample file is rebuilt from SQLite, never trusted
+        from_sqlite = VectorIndex.load(lib.path, store).sample(store)
+        assert from_sqlite.shape == from_file.shape
+        # Both are evenly spread samples of the same library: their score distributions agree.
+        q = from_file[0]
+        assert abs(float(np.median(from_file @ q)) - float(np.median(from_sqlite @ q))) < 0.05
+        assert np.load(backdrops[0]).shape == from_file.shape  # and the file was repaired
+    finally:
+        store.close()

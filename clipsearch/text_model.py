@@ -50,6 +50,11 @@ class OnnxTextEncoder:
         self.tokenizer = Tokenizer(folder / VOCAB_NAME, int(meta["context_length"]), cache_tables=True)
         options = ort.SessionOptions()
         options.log_severity_level = 3
+        if file is None and meta.get("preoptimized"):
+            # Optimised once at export (see _preoptimize): loading then skips the graph rewrite and the
+            # weight pre-packing, 0.25 s -> 0.06 s of a cold query, for 5 ms more on one encode.
+            options.graph_optimization_level = ort.GraphOptimizationLevel.ORT_DISABLE_ALL
+            options.add_session_config_entry("session.disable_prepacking", "1")
         model = folder / (file or meta.get("file", "model.onnx"))
         self.session = ort.InferenceSession(str(model), options, providers=["CPUExecutionProvider"])
 
@@ -104,8 +109,9 @@ def export(embedder: Any, index_dir: Path, backdrop: np.ndarray | None = None) -
         if meta["verified_min_cosine"] < MIN_COSINE:
             return False
         meta.update(_choose_int8(tmp, got, backdrop))
-        (tmp / "meta.json").write_text(json.dumps(meta))
         (tmp / ("model.onnx" if meta["file"] != "model.onnx" else "model.int8.onnx")).unlink(missing_ok=True)
+        meta.update(_preoptimize(tmp, meta["file"]))
+        (tmp / "meta.json").write_text(json.dumps(meta))
         remove(index_dir)
         os.replace(tmp, index_dir / FOLDER)
         return True
@@ -142,6 +148,35 @@ def _choose_int8(folder: Path, fp32: np.ndarray, backdrop: np.ndarray | None) ->
         ok = ok and result["int8_overlap_at_10"] >= INT8_MIN_OVERLAP
     result["file"] = "model.int8.onnx" if ok else "model.onnx"
     return result
+
+
+def _preoptimize(folder: Path, file: str) -> dict[str, Any]:
+    """Save the chosen model with ONNX Runtime's graph optimisations applied, if it answers the same.
+
+    EXTENDED, not ALL: the ALL level adds layout rewrites for this very CPU, and an index folder may
+    move to another machine. Kept only when every check prompt stays within cosine 0.9999.
+    """
+    import onnxruntime as ort
+
+    target = folder / file.replace(".onnx", ".opt.onnx")
+    options = ort.SessionOptions()
+    options.log_severity_level = 3
+    options.graph_optimization_level = ort.GraphOptimizationLevel.ORT_ENABLE_EXTENDED
+    options.optimized_model_filepath = str(target)
+    ort.InferenceSession(str(folder / file), options, providers=["CPUExecutionProvider"])
+    before = OnnxTextEncoder(folder, file).embed_texts(CHECK_PROMPTS)
+    meta_path = folder / "meta.json"
+    meta = json.loads(meta_path.read_text())
+    meta_path.write_text(json.dumps({**meta, "file": target.name, "preoptimized": True}))
+    try:
+        after = OnnxTextEncoder(folder).embed_texts(CHECK_PROMPTS)
+    finally:
+        meta_path.write_text(json.dumps(meta))
+    if float(np.min(np.sum(before * after, axis=1))) < 0.9999:
+        target.unlink(missing_ok=True)
+        return {}
+    (folder / file).unlink()
+    return {"file": target.name, "preoptimized": True}
 
 
 def remove(index_dir: Path) -> None:

@@ -48,6 +48,8 @@ def test_indexing_exports_a_verified_text_model(photo_dir: Path, tiny_embedder: 
     # int8 is kept only when it ranks like fp32; either way exactly one model file is left.
     assert meta["verified_min_cosine"] >= 0.999 and "int8_min_cosine" in meta and "int8_overlap_at_10" in meta
     assert [p.name for p in (lib.path / text_model.FOLDER).glob("*.onnx")] == [meta["file"]]
+    # Saved with ONNX Runtime's optimisations applied, so a cold query's session skips that work.
+    assert meta["preoptimized"] is True and meta["file"].endswith(".opt.onnx")
 
 
 @pytest.mark.usefixtures("text_model_on")

@@ -14,7 +14,6 @@ import dataclasses
 import datetime as dt
 import json
 import os
-import socket
 from collections.abc import Callable, Iterable
 from dataclasses import dataclass
 from pathlib import Path
@@ -23,9 +22,9 @@ from typing import TYPE_CHECKING, Any
 import numpy as np
 
 if TYPE_CHECKING:
-    from clipsearch import duplicates, indexer
+    from clipsearch import duplicates, indexer, tagging
 
-from clipsearch import config, models, scan, tagging, text_model
+from clipsearch import config, models, scan, text_model
 from clipsearch import query as query_mod
 from clipsearch import search as search_mod
 from clipsearch.config import DEFAULT_MAX_PIXELS
@@ -154,6 +153,8 @@ class Library:
         for root, name in zip(roots, given, strict=True):
             if not os.path.lexists(root):  # before anything is created: a typo leaves no empty index
                 raise UsageError(f"no such file or folder: {name}")
+        import socket
+
         import filelock
 
         self.path.mkdir(parents=True, exist_ok=True)
@@ -239,13 +240,21 @@ class Library:
                                     "`clipsearch index FOLDER`")
         return recorded
 
-    def _open_for_search(self, check_model: bool = True) -> tuple[Store, VectorIndex]:
+    def _open_store(self, check_model: bool = True) -> Store:
         store = Store.open(self.path)
         try:
             recorded = self._require_model(store)
             if check_model and self._model_name and models.parse(self._model_name).name != recorded.name:
                 raise ModelMismatchError(f"this index was built with {recorded.name}, not "
                                          f"{models.parse(self._model_name).name}; omit --model to use it")
+            return store
+        except BaseException:
+            store.close()
+            raise
+
+    def _open_for_search(self, check_model: bool = True) -> tuple[Store, VectorIndex]:
+        store = self._open_store(check_model)
+        try:
             return store, VectorIndex.load(self.path, store)
         except BaseException:
             store.close()
@@ -282,8 +291,11 @@ class Library:
             within=tuple(os.path.abspath(os.path.expanduser(os.fspath(w))) for w in within),
             after=after, before=before, formats=frozenset(_FORMAT_ALIASES.get(k, k) for k in kinds),
             min_width=min_width)
-        store, index = self._open_for_search()
+        store = self._open_store()
         try:
+            # The text encoder loads on a thread while FAISS loads here: they overlap on two cores.
+            text_vectors = self._text_vectors(store, terms) if similar_to is None else None
+            index = VectorIndex.load(self.path, store)
             wanted_tags = [t for t in tags if t.strip()]
             if wanted_tags:
                 filters = dataclasses.replace(filters, ids=frozenset(store.ids_with_tags(wanted_tags)))
@@ -297,7 +309,8 @@ class Library:
                 vector, exclude = store.vectors_for([image_id])[0], frozenset({image_id})
                 terms = [query_mod.Term("indexed", path, 1.0)]
             else:
-                vector = self._query_vector(store, terms)
+                assert text_vectors is not None
+                vector = self._query_vector(self._require_model(store), terms, text_vectors())
             ranking = search_mod.rank(store, index, vector, top, filters, min_score, z, exclude)
             if sort == "date":
                 ranking.results = search_mod.sort_by_date(ranking.results)
@@ -305,9 +318,8 @@ class Library:
         finally:
             store.close()
 
-    def _query_vector(self, store: Store, terms: list[query_mod.Term]) -> np.ndarray:
-        from clipsearch import images
-
+    def _text_vectors(self, store: Store, terms: list[query_mod.Term]) -> Callable[[], dict[str, np.ndarray]]:
+        """The query's texts as vectors, when called; loading whatever encodes them starts now."""
         recorded = store.model_identity()
         assert recorded is not None
         texts = sorted({t.value for t in terms if t.kind == "text"})
@@ -315,20 +327,35 @@ class Library:
         # no model at all, which is most of a cold query's time.
         known = store.cached_text_vectors(recorded.weights_sha256, texts)
         missing = [t for t in texts if t not in known]
+        if not missing:
+            return lambda: known
         has_images = any(t.kind == "image" for t in terms)
         # New texts go through the exported text tower when there is one: no torch, no open_clip.
-        onnx_ok = bool(missing) and not has_images and text_model.available(self.path, recorded.weights_sha256)
-        emb = self.embedder() if has_images or (missing and not onnx_ok) else None
+        if not has_images and text_model.available(self.path, recorded.weights_sha256):
+            get_encoder: Callable[[], Any] = text_model.load_in_background(self.path / text_model.FOLDER)
+        else:
+            def get_encoder() -> Any:
+                emb = self.embedder()
+                check_same_model(recorded, emb.identity)
+                return emb
+
+        def encode() -> dict[str, np.ndarray]:
+            fresh = dict(zip(missing, get_encoder().embed_texts(missing), strict=True))
+            store.cache_text_vectors(recorded.weights_sha256, fresh)
+            return {**known, **fresh}
+
+        return encode
+
+    def _query_vector(self, recorded: ModelIdentity, terms: list[query_mod.Term],
+                      known: dict[str, np.ndarray]) -> np.ndarray:
+        emb = self.embedder() if any(t.kind == "image" for t in terms) else None
         if emb is not None:
             check_same_model(recorded, emb.identity)
-        if missing:
-            encoder = emb if emb is not None else text_model.OnnxTextEncoder(self.path / text_model.FOLDER)
-            fresh = dict(zip(missing, encoder.embed_texts(missing), strict=True))
-            store.cache_text_vectors(recorded.weights_sha256, fresh)
-            known.update(fresh)
         vecs: dict[int, np.ndarray] = {id(t): known[t.value] for t in terms if t.kind == "text"}
         for t in terms:
             if t.kind == "image":
+                from clipsearch import images
+
                 assert emb is not None
                 try:
                     decoded = images.decode(t.value, emb.preprocess)
@@ -368,6 +395,8 @@ class Library:
         With `write_xmp` the tags also go to XMP sidecars; `clear_xmp` removes clipsearch's tags from
         them instead. `dry_run` computes and reports without writing tags or sidecars.
         """
+        from clipsearch import tagging
+
         given = [os.fspath(p) for p in paths]
         if given:  # indexing only fills the index (never the photos), so a dry run does it too
             self.index(given, progress=progress)
@@ -438,6 +467,8 @@ class Library:
 
         Negatives default to up to 2,000 other indexed photos, taken as "mostly not this".
         """
+        from clipsearch import tagging
+
         name = " ".join(name.split())
         if not name:
             raise UsageError("a personal tag needs a name")

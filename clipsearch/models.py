@@ -5,7 +5,6 @@ Nothing here imports torch or open_clip at module level: `models list` and the q
 
 from __future__ import annotations
 
-import hashlib
 import json
 import os
 from collections.abc import Callable
@@ -223,6 +222,8 @@ def sha256_of(path: Path) -> str:
         cache = {}
     if key in cache:
         return str(cache[key])
+    import hashlib  # loading OpenSSL costs a cold query ~10 ms; only hashing needs it
+
     h = hashlib.sha256()
     with path.open("rb") as f:
         for chunk in iter(lambda: f.read(1 << 20), b""):

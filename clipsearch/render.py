@@ -1,6 +1,7 @@
 """Turning library results into text for people (rich tables) and for pipes (JSON, paths).
 
-Functions here build strings and rich renderables; printing them is cli.py's job.
+Functions here build strings and rich renderables; printing them is the cli package's job. Rich is
+imported by the functions that build tables, so output for pipes does not pay for it.
 """
 
 from __future__ import annotations
@@ -12,17 +13,16 @@ from pathlib import Path
 from typing import TYPE_CHECKING
 from urllib.parse import quote
 
-from rich.table import Table
-from rich.text import Text
-
-from clipsearch.indexer import IndexSummary
-from clipsearch.library import Status
-from clipsearch.models import CatalogEntry
 from clipsearch.scan import display_path
-from clipsearch.search import Ranking, SearchResult
 
 if TYPE_CHECKING:
+    from rich.table import Table
+
     from clipsearch.duplicates import Group
+    from clipsearch.indexer import IndexSummary
+    from clipsearch.library import Status
+    from clipsearch.models import CatalogEntry
+    from clipsearch.search import Ranking, SearchResult
 
 SCHEMA_VERSION = 1
 
@@ -36,6 +36,9 @@ def human_bytes(n: float) -> str:
 
 
 def results_table(results: Sequence[SearchResult]) -> Table:
+    from rich.table import Table
+    from rich.text import Text
+
     table = Table(show_edge=False, pad_edge=False, header_style="bold", expand=False)
     table.add_column("#", justify="right", style="dim", no_wrap=True)
     table.add_column("score", justify="right", no_wrap=True)
@@ -132,6 +135,9 @@ def status_text(st: Status) -> str:
 
 def models_table(entries: Sequence[CatalogEntry], cached: dict[str, bool], default: str) -> Table:
     """Fits 80 columns; each model's note is in `models list --json`."""
+    from rich.table import Table
+    from rich.text import Text
+
     table = Table(show_edge=False, pad_edge=False, header_style="bold")
     table.add_column("model", no_wrap=True)
     table.add_column("size", justify="right", no_wrap=True)
@@ -184,6 +190,9 @@ def contact_sheet(results: Sequence[SearchResult], thumbs: Sequence[Path | None]
 
 
 def duplicates_table(groups: Sequence[Group]) -> Table:
+    from rich.table import Table
+    from rich.text import Text
+
     table = Table(show_edge=False, pad_edge=False, header_style="bold")
     for name in ("group", "tier", "keep", "path", "pixels", "date", "size", "cosine"):
         right = name in ("group", "pixels", "size", "cosine")

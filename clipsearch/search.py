@@ -13,7 +13,6 @@ import dataclasses
 import datetime as dt
 from collections.abc import Callable
 from dataclasses import dataclass, field
-from statistics import NormalDist
 
 import numpy as np
 
@@ -127,6 +126,8 @@ def adaptive_cutoff(query: np.ndarray, sample: np.ndarray, z: float,
     n = library_size or len(sample)
     if len(sample) < MIN_FOR_CUTOFF or n < MIN_FOR_CUTOFF:
         return None, {}
+    from statistics import NormalDist  # imports fractions, decimal, random: only when a cutoff is used
+
     z_eff = max(z, NormalDist().inv_cdf(1 - 0.5 / n))
     scores = sample @ query
     median = float(np.median(scores))

@@ -1,6 +1,6 @@
 """Inline previews for `query --preview`: the kitty and iTerm2 image protocols, half blocks elsewhere.
 
-Builds what to print; cli.py prints it. Imported only when --preview is asked for.
+Builds what to print; the cli package prints it. Imported only when --preview is asked for.
 """
 
 from __future__ import annotations

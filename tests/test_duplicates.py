@@ -9,8 +9,8 @@ from pathlib import Path
 
 import numpy as np
 import shapes
+from click.testing import CliRunner
 from PIL import Image
-from typer.testing import CliRunner
 
 from clipsearch import Library
 from clipsearch.cli import app

@@ -10,8 +10,8 @@ from pathlib import Path
 
 import numpy as np
 import pytest
+from click.testing import CliRunner
 from PIL import Image
-from typer.testing import CliRunner
 
 from clipsearch import Library, query, search
 from clipsearch.cli import app
@@ -240,5 +240,20 @@ def test_ivf_keeps_its_cutoff_sample_beside_it_and_survives_losing_it(tiny_embed
         q = from_file[0]
         assert abs(float(np.median(from_file @ q)) - float(np.median(from_sqlite @ q))) < 0.05
         assert np.load(backdrops[0]).shape == from_file.shape  # and the file was repaired
+    finally:
+        store.close()
+
+
+@pytest.mark.parametrize("keep", [0.3, 0.99])
+def test_a_truncated_ivf_file_is_rebuilt_not_mapped(tiny_embedder: Embedder, keep: float) -> None:
+    lib = Library()
+    store, centres = _clustered_store(lib, tiny_embedder)
+    try:
+        path = VectorIndex.build(store, flat_limit=1000).save(lib.path)
+        path.write_bytes(path.read_bytes()[: int(path.stat().st_size * keep)])
+        index = VectorIndex.load(lib.path, store)  # memory-mapped when whole; a damaged file is rebuilt
+        assert index.size == 2000
+        found = search.rank(store, index, centres[7], top=100)
+        assert {Path(r.path).parent.name for r in found.results} == {"c07"}
     finally:
         store.close()

@@ -8,7 +8,7 @@ from pathlib import Path
 
 import pytest
 import shapes
-from typer.testing import CliRunner
+from click.testing import CliRunner
 
 from clipsearch import Library, tagging, xmp
 from clipsearch.cli import app
@@ -75,7 +75,7 @@ def test_retagging_is_idempotent_and_query_filters_by_tag(library_240: list) -> 
     assert hits and all(Path(h.path).name.startswith("green-") for h in hits)
     listed = runner.invoke(app, ["tags", "--json"])
     assert {row["label"] for row in json.loads(listed.stdout)} == set(first.counts)
-    exported = runner.invoke(app, ["tags", "--export", "csv"]).stdout.splitlines()
+    exported = runner.invoke(app, ["tags", "export", "--format", "csv"]).stdout.splitlines()
     assert exported[0] == "path,label,score,source" and len(exported) == 1 + sum(first.counts.values())
 
 
@@ -151,7 +151,7 @@ def test_few_shot_beats_zero_shot_on_a_concept(library_240: list, tmp_path: Path
     zero_tagged = {p for p, t in _tags_by_path(lib).items() if "circle" in t}
     examples = [str(p) for p, c, s in library_240 if s == "circle" and c in ("red", "blue", "yellow", "white")][::5]
     assert len(examples) == 4
-    learned = runner.invoke(app, ["learn", "circle", *[arg for e in examples for arg in ("-e", e)]])
+    learned = runner.invoke(app, ["tag", "learn", "circle", *[arg for e in examples for arg in ("-e", e)]])
     assert learned.exit_code == 0 and "from 4 example" in learned.stderr
     lib.tag(labels=tagging.parse_labels(COLOUR_LABELS))
     tags = _tags_by_path(lib)
@@ -161,6 +161,6 @@ def test_few_shot_beats_zero_shot_on_a_concept(library_240: list, tmp_path: Path
     sources = {src for _, src, _ in store.tag_counts()}
     store.close()
     assert sources == {"zero-shot", "few-shot"}
-    assert runner.invoke(app, ["forget", "circle"]).exit_code == 0
+    assert runner.invoke(app, ["tag", "forget", "circle"]).exit_code == 0
     assert not any("circle" in t for t in _tags_by_path(lib).values())
-    assert runner.invoke(app, ["forget", "circle"]).exit_code == 2
+    assert runner.invoke(app, ["tag", "forget", "circle"]).exit_code == 2

@@ -6,8 +6,8 @@ import base64
 import re
 from pathlib import Path
 
+from click.testing import CliRunner
 from PIL import Image
-from typer.testing import CliRunner
 
 from clipsearch import Library, terminal_images
 from clipsearch.cli import app

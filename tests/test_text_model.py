@@ -104,9 +104,14 @@ def test_cached_bpe_tables_give_the_same_ids(tmp_path: Path) -> None:
     vocab = tmp_path / "bpe_simple_vocab_16e6.txt.gz"
     shutil.copyfile(open_clip.tokenizer.default_bpe(), vocab)
     first = Tokenizer(vocab, 77, cache_tables=True)
-    assert list(tmp_path.glob("bpe_tables.py*.marshal"))
-    second = Tokenizer(vocab, 77, cache_tables=True)  # from the cache
+    tables = tmp_path / "bpe_tables.sqlite"
+    assert tables.exists()
+    second = Tokenizer(vocab, 77, cache_tables=True)  # looked up in the file, entry by entry
     np.testing.assert_array_equal(first(TEXTS), second(TEXTS))
     np.testing.assert_array_equal(second(TEXTS), open_clip.tokenizer.SimpleTokenizer(context_length=77)(TEXTS).numpy())
-    next(tmp_path.glob("bpe_tables.py*.marshal")).write_bytes(b"garbage")
+    tables.write_bytes(b"garbage")
     np.testing.assert_array_equal(Tokenizer(vocab, 77, cache_tables=True)(TEXTS), first(TEXTS))  # rebuilt
+    assert tables.read_bytes().startswith(b"SQLite format 3")
+    tables.unlink()
+    tables.mkdir()  # a file that can be neither read nor replaced: the tables are built in memory
+    np.testing.assert_array_equal(Tokenizer(vocab, 77, cache_tables=True)(TEXTS), first(TEXTS))

@@ -10,8 +10,8 @@ from pathlib import Path
 
 import pytest
 import shapes
+from click.testing import CliRunner
 from PIL import Image
-from typer.testing import CliRunner
 
 from clipsearch import Library, images
 from clipsearch.cli import app

@@ -11,7 +11,7 @@ from pathlib import Path
 import numpy as np
 import pytest
 import shapes
-from typer.testing import CliRunner
+from click.testing import CliRunner
 
 from clipsearch import Library
 from clipsearch.cli import app

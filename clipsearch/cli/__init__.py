@@ -1,0 +1,51 @@
+"""The `clipsearch` command: parse arguments, call the library, render. The only package that prints.
+
+Exit codes (docs/cli.md): 0 success, 1 nothing found, 2 usage error, 3 index missing/locked/damaged,
+4 model unavailable or mismatched, 70 internal error, 130 interrupted.
+
+Built on click rather than Typer: Typer 0.29 imports pydantic and validates every parameter
+through it, 0.15 s of each start, a third of a cold query's budget (measured, docs/benchmarks.md).
+"""
+
+from __future__ import annotations
+
+import sys
+
+import click
+
+from clipsearch import __version__
+from clipsearch.cli.common import err
+from clipsearch.cli.library_commands import duplicates, index, status
+from clipsearch.cli.model_commands import models
+from clipsearch.cli.search_commands import query, similar
+from clipsearch.cli.tag_commands import tag, tags
+
+
+class _InOrder(click.Group):
+    """Commands listed in the order people use them, not alphabetically."""
+
+    def list_commands(self, ctx: click.Context) -> list[str]:
+        return list(self.commands)
+
+
+@click.group(cls=_InOrder, no_args_is_help=True, context_settings={"help_option_names": ["-h", "--help"]})
+@click.version_option(__version__, "--version", prog_name="clipsearch", message="%(prog)s %(version)s",
+                      help="Show the version and exit.")
+def app() -> None:
+    """Search your photos by what is in them, with CLIP, on your own machine."""
+
+
+for command in (index, query, similar, tag, tags, duplicates, status, models):
+    app.add_command(command)
+
+
+def main() -> None:
+    """Console-script entry point."""
+    try:
+        app.main(prog_name="clipsearch")
+    except KeyboardInterrupt:
+        err.print("[bold red]error:[/] interrupted")
+        sys.exit(130)
+
+
+__all__ = ["app", "main"]

@@ -1,0 +1,168 @@
+"""What every command shares: the consoles, error handling, common options, the progress bar.
+
+Rich is imported only when something is drawn with it: a query printing paths to a pipe never
+loads it (33 ms of a cold start).
+"""
+
+from __future__ import annotations
+
+import functools
+import os
+import sys
+from collections.abc import Callable
+from pathlib import Path
+from typing import TYPE_CHECKING, Any, TypeVar
+
+import click
+
+from clipsearch import __version__, config
+from clipsearch.errors import ClipsearchError
+
+if TYPE_CHECKING:
+    from rich.console import Console
+
+    from clipsearch.library import Library
+
+F = TypeVar("F", bound=Callable[..., Any])
+
+INTERNAL_ERROR = 70  # EX_SOFTWARE from sysexits.h: a bug in clipsearch, not in the user's request
+
+
+class _LazyConsole:
+    """A rich Console made on first use."""
+
+    def __init__(self, stderr: bool) -> None:
+        self._stderr = stderr
+        self._console: Console | None = None
+
+    def get(self) -> Console:
+        if self._console is None:
+            from rich.console import Console
+
+            self._console = Console(stderr=self._stderr, highlight=False, soft_wrap=True)
+        return self._console
+
+    def __getattr__(self, name: str) -> Any:
+        return getattr(self.get(), name)
+
+
+_STDOUT, _STDERR = _LazyConsole(stderr=False), _LazyConsole(stderr=True)
+out: Console = _STDOUT  # type: ignore[assignment]
+err: Console = _STDERR  # type: ignore[assignment]
+
+
+def escape(text: str) -> str:
+    from rich.markup import escape as rich_escape
+
+    return rich_escape(text)
+
+
+def fail(message: str, code: int) -> click.exceptions.Exit:
+    err.print(f"[bold red]error:[/] {escape(message)}")
+    return click.exceptions.Exit(code)
+
+
+def handles_errors(fn: F) -> F:
+    """Library errors become one red line on stderr and their documented exit code."""
+
+    @functools.wraps(fn)
+    def wrapper(*args: Any, **kwargs: Any) -> Any:
+        try:
+            return fn(*args, **kwargs)
+        except ClipsearchError as exc:
+            raise fail(str(exc), exc.exit_code) from None
+        except KeyboardInterrupt:
+            raise fail("interrupted; what was committed is kept, rerun to continue", 130) from None
+        except (click.exceptions.Exit, click.exceptions.Abort, click.ClickException, SystemExit):
+            raise
+        except Exception as exc:  # noqa: BLE001 - the last line of defence: never a raw traceback
+            log = _write_crash_log(exc)
+            where = f"; details in {log}" if log else ""
+            raise fail(f"internal error ({type(exc).__name__}: {str(exc)[:200]}){where}. Please report it.",
+                       INTERNAL_ERROR) from None
+
+    return wrapper  # type: ignore[return-value]
+
+
+def _write_crash_log(exc: BaseException) -> Path | None:
+    """The traceback goes to a file, so the terminal gets one line and a bug report gets everything."""
+    import datetime as dt
+    import traceback
+
+    try:
+        folder = config.data_home() / "logs"
+        folder.mkdir(parents=True, exist_ok=True)
+        path = folder / f"crash-{dt.datetime.now().strftime('%Y%m%d-%H%M%S')}-{os.getpid()}.log"
+        path.write_text(f"clipsearch {__version__}\nargv: {sys.argv!r}\n\n"
+                        + "".join(traceback.format_exception(exc)), encoding="utf-8")
+        return path
+    except OSError:
+        return None
+
+
+PATH = click.Path(path_type=Path)
+
+
+def _option(*names: str, **kwargs: Any) -> Callable[[F], F]:
+    return click.option(*names, show_default=kwargs.pop("show_default", False), **kwargs)
+
+
+index_option = _option("--index", "index_path", type=PATH,
+                       help="Index folder [default: $CLIPSEARCH_HOME/index or the platform data dir].")
+model_option = _option("--model", "-m", "model",
+                       help="Model as ARCH:PRETRAINED, local-dir:/path or CONFIG.json:CHECKPOINT [default: "
+                       "$CLIPSEARCH_MODEL, else the index's model, else ViT-B-32-256:datacomp_s34b_b86k].")
+device_option = _option("--device", help="auto, cpu, cuda or mps [default: auto: CUDA, then MPS, then CPU].")
+precision_option = _option("--precision", help="auto, fp32, bf16 or fp16 [default: fp16 on GPU; bf16 on CPUs "
+                           "with bf16 units, else fp32].")
+json_option = _option("--json", "as_json", is_flag=True, help="Print JSON instead of text.")
+
+
+def library(index: Path | None, model: str | None = None, device: str | None = None,
+            precision: str | None = None) -> Library:
+    from clipsearch.library import Library
+
+    return Library(index, model=model, device=device, precision=precision, notify=note)
+
+
+def note(message: str) -> None:
+    err.print(f"[dim]{escape(message)}…[/]")
+
+
+def print_json(payload: object) -> None:
+    """JSON, indented; coloured on a terminal."""
+    import json
+
+    text = json.dumps(payload, ensure_ascii=False, indent=2)
+    if sys.stdout.isatty():
+        out.print_json(text)
+    else:
+        sys.stdout.write(text + "\n")
+
+
+class RichProgress:
+    """Long work's progress, drawn on stderr; invisible when stderr is not a terminal."""
+
+    def __init__(self, quiet: bool, verb: str = "indexing") -> None:
+        from rich.progress import (
+            BarColumn,
+            MofNCompleteColumn,
+            Progress,
+            TextColumn,
+            TimeElapsedColumn,
+            TimeRemainingColumn,
+        )
+
+        self.progress = Progress(
+            TextColumn(f"[bold]{verb}"), BarColumn(), MofNCompleteColumn(),
+            TextColumn("{task.fields[skipped]} skipped"), TimeElapsedColumn(), TextColumn("eta"),
+            TimeRemainingColumn(), console=_STDERR.get(), transient=True,
+            disable=quiet or not _STDERR.get().is_terminal)
+        self.task = self.progress.add_task(verb, total=None, skipped=0)
+
+    def found(self, total: int) -> None:
+        self.progress.update(self.task, total=total)
+
+    def advance(self, done: int, skipped: int) -> None:
+        self.progress.update(self.task, completed=done, skipped=skipped)
+

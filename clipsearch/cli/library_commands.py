@@ -1,0 +1,134 @@
+"""`index`, `status` and `duplicates`: building the index and looking after it."""
+
+from __future__ import annotations
+
+import sys
+from pathlib import Path
+
+import click
+
+from clipsearch.cli.common import (
+    PATH,
+    RichProgress,
+    device_option,
+    err,
+    handles_errors,
+    index_option,
+    json_option,
+    library,
+    model_option,
+    out,
+    precision_option,
+    print_json,
+)
+
+
+@click.command()
+@click.argument("paths", type=PATH, nargs=-1, required=True)
+@click.option("--exclude", "-x", multiple=True, help="Skip files or folders matching this glob (repeatable).")
+@click.option("--follow-symlinks", is_flag=True, help="Follow symbolic links (each folder is visited once).")
+@click.option("--include-hidden", is_flag=True, help="Also index hidden files and folders.")
+@click.option("--rebuild", is_flag=True, help="Forget all vectors and re-embed everything (to switch models).")
+@click.option("--wait", is_flag=True, help="Wait for another running index to finish instead of exiting with code 3.")
+@click.option("--max-megapixels", type=int, default=200, show_default=True,
+              help="Skip images with more pixels than this (decompression-bomb guard).")
+@click.option("--show-skipped", is_flag=True, help="List every skipped file with its reason.")
+@click.option("--quiet", "-q", is_flag=True, help="No progress bar and no summary.")
+@json_option
+@index_option
+@model_option
+@device_option
+@precision_option
+@handles_errors
+def index(paths: tuple[Path, ...], exclude: tuple[str, ...], follow_symlinks: bool, include_hidden: bool,
+          rebuild: bool, wait: bool, max_megapixels: int, show_skipped: bool, quiet: bool, as_json: bool,
+          index_path: Path | None, model: str | None, device: str | None, precision: str | None) -> None:
+    """Add new and changed photos under PATHS to the index; forget deleted ones."""
+    from clipsearch import render
+
+    lib = library(index_path, model, device, precision)
+    progress = RichProgress(quiet or as_json)
+    with progress.progress:
+        summary = lib.index(paths, exclude=exclude, follow_symlinks=follow_symlinks, include_hidden=include_hidden,
+                            rebuild=rebuild, wait=wait, max_pixels=max_megapixels * 1_000_000, progress=progress)
+    if as_json:
+        print_json(summary.as_dict())
+        return
+    if show_skipped and summary.skipped_files:
+        out.print(render.skipped_lines(summary.skipped_files), end="", markup=False)
+    if not quiet:
+        err.print(render.index_summary(summary), end="", markup=False)
+
+
+@click.command()
+@click.option("--show-skipped", is_flag=True, help="List every skipped file with its reason.")
+@json_option
+@index_option
+@handles_errors
+def status(show_skipped: bool, as_json: bool, index_path: Path | None) -> None:
+    """Where the index is, its model, how many photos, what was skipped, the last run."""
+    from clipsearch import render
+
+    lib = library(index_path)
+    st = lib.status()
+    if as_json:
+        payload = st.as_dict()
+        if show_skipped:
+            payload["skipped_files"] = [{"path": p, "reason": r, "detail": d} for p, r, d in lib.skipped()]
+        print_json(payload)
+        return
+    out.print(render.status_text(st), end="", markup=False)
+    if show_skipped:
+        out.print(render.skipped_lines(lib.skipped()), end="", markup=False)
+
+
+@click.command()
+@click.argument("paths", type=PATH, nargs=-1)
+@click.option("--similar", is_flag=True, help="Also group photos of the same scene or burst (a third, looser tier).")
+@click.option("--threshold", type=float, default=0.95, show_default=True,
+              help="Minimum CLIP cosine for the near tier (confirmed by a difference hash).")
+@click.option("--similar-threshold", type=float, default=0.90, show_default=True,
+              help="Minimum CLIP cosine for the similar tier.")
+@click.option("--window", type=float, default=120.0, show_default=True,
+              help="Similar photos must be taken within this many seconds (when both have a capture time).")
+@click.option("--format", "-f", "fmt", type=click.Choice(["table", "json"]), default="table", show_default=True,
+              help="table or json.")
+@click.option("--json", "as_json", is_flag=True, help="Shortcut for --format json.")
+@click.option("--paths-to-remove", "to_remove", is_flag=True,
+              help="Print only the photos that are not the one to keep, one per line.")
+@click.option("--null", "-0", "null", is_flag=True, help="With --paths-to-remove: NUL-separated.")
+@click.option("--html", type=PATH, help="Also write a contact sheet of every group to this HTML file.")
+@index_option
+@handles_errors
+def duplicates(paths: tuple[Path, ...], similar: bool, threshold: float, similar_threshold: float, window: float,
+               fmt: str, as_json: bool, to_remove: bool, null: bool, html: Path | None,
+               index_path: Path | None) -> None:
+    """Groups of copies: exact, near (resized, re-encoded, edited) and, with --similar, bursts. Deletes nothing.
+
+    PATHS limits it to photos under these folders [default: the whole index]. Exits 1 when there are
+    no duplicates.
+    """
+    import json
+
+    from clipsearch import render
+
+    lib = library(index_path)
+    groups = lib.duplicates(paths, near_cosine=threshold, similar=similar, similar_cosine=similar_threshold,
+                            similar_window_s=window)
+    if to_remove or null:
+        sep = "\0" if null else "\n"
+        sys.stdout.write("".join(f"{m.path if null else render.display_path(m.path)}{sep}"
+                                 for g in groups for m in g.remove))
+    elif as_json or fmt == "json":
+        sys.stdout.write(json.dumps({"schema_version": render.SCHEMA_VERSION,
+                                     "groups": [g.as_dict() for g in groups]}, indent=2, ensure_ascii=False) + "\n")
+    elif groups:
+        out.print(render.duplicates_table(groups))
+    if html is not None:
+        thumbs = {m.id: lib.thumbnail_of(m.id, m.path, m.mtime_ns) for g in groups for m in g.members}
+        html.write_text(render.duplicates_html(groups, thumbs), encoding="utf-8")
+    if groups:
+        err.print(render.duplicates_summary(groups), end="", markup=False)
+    else:
+        err.print("no duplicates found", markup=False)
+        raise click.exceptions.Exit(1)

@@ -1,0 +1,163 @@
+"""`query` and `similar`: parse, search, render in the format asked for."""
+
+from __future__ import annotations
+
+import sys
+from collections.abc import Callable
+from pathlib import Path
+from typing import TYPE_CHECKING, Any, TypeVar
+
+import click
+
+from clipsearch.cli.common import (
+    PATH,
+    device_option,
+    err,
+    escape,
+    handles_errors,
+    index_option,
+    library,
+    model_option,
+    out,
+    precision_option,
+)
+
+if TYPE_CHECKING:
+    from clipsearch.library import Library, QueryResult
+    from clipsearch.search import SearchResult
+
+F = TypeVar("F", bound=Callable[..., Any])
+FORMATS = ("auto", "table", "json", "jsonl", "paths")
+
+
+def _result_options(fn: F) -> F:
+    """Filters and output options that `query` and `similar` share (applied bottom-up)."""
+    options = [
+        click.option("--top", "-n", type=int, default=20, show_default=True, help="How many results at most."),
+        click.option("--in", "within", type=PATH, multiple=True, help="Only photos under this folder (repeatable)."),
+        click.option("--after", help="Taken on or after this date (YYYY, YYYY-MM, YYYY-MM-DD or ISO time; EXIF "
+                     "capture time, else file time)."),
+        click.option("--before", help="Taken before this date (same forms; --before 2020 means before "
+                     "2020-01-01)."),
+        click.option("--type", "types", help="Only these formats, comma-separated: jpg,png,heic,…"),
+        click.option("--min-width", type=int, default=0, help="Only photos at least this many pixels wide."),
+        click.option("--sort", type=click.Choice(["score", "date"]), default="score", show_default=True,
+                     help="score (best first) or date (newest first)."),
+        click.option("--min-score", type=float, help="Fixed cosine cutoff instead of the adaptive one "
+                     "(docs/search.md); -1 keeps everything."),
+        click.option("--format", "-f", "fmt", type=click.Choice(FORMATS), default="auto", show_default=True,
+                     help="auto: a table on a terminal, 'score<TAB>path' lines in a pipe."),
+        click.option("--json", "as_json", is_flag=True, help="Shortcut for --format json."),
+        click.option("--null", "-0", "null", is_flag=True, help="Exact paths separated by NUL, for `xargs -0`."),
+        click.option("--html", type=PATH, help="Also write a contact sheet of the results (thumbnails, scores, "
+                     "paths) to this HTML file."),
+        click.option("--preview", is_flag=True, help="Show each result's picture in the terminal (kitty/iTerm2 "
+                     "images, else coloured blocks)."),
+    ]
+    for option in reversed(options):
+        fn = option(fn)
+    return fn
+
+
+@click.command()
+@click.argument("text", required=False)
+@click.option("--image", "-i", type=PATH, multiple=True, help="Find photos like this one (repeatable).")
+@click.option("--add", multiple=True, help="Add this text to the query (repeatable).")
+@click.option("--sub", multiple=True, help="Subtract this text from the query (repeatable).")
+@_result_options
+@click.option("--tag", multiple=True, help="Only photos with this tag (repeatable: all of them).")
+@index_option
+@model_option
+@device_option
+@precision_option
+@handles_errors
+def query(text: str | None, image: tuple[Path, ...], add: tuple[str, ...], sub: tuple[str, ...], top: int,
+          within: tuple[Path, ...], after: str | None, before: str | None, types: str | None, min_width: int,
+          sort: str, min_score: float | None, fmt: str, as_json: bool, null: bool, html: Path | None, preview: bool,
+          tag: tuple[str, ...], index_path: Path | None, model: str | None, device: str | None,
+          precision: str | None) -> None:
+    """Find photos matching a text, example photos, or a mix. Exits 1 when nothing is relevant.
+
+    TEXT: words, an example photo's path, or parts like "beach + sunset - people" and "2:dog + cat".
+    """
+    lib = library(index_path, model, device, precision)
+    found = lib.query(text, images=image, add=add, sub=sub, top=top,
+                      **_filters(within, after, before, types, min_width), sort=sort, min_score=min_score, tags=tag)
+    _show(lib, found, "json" if as_json else fmt, null, html, text or "similar photos", preview)
+
+
+@click.command()
+@click.argument("photo", type=PATH)
+@_result_options
+@index_option
+@handles_errors
+def similar(photo: Path, top: int, within: tuple[Path, ...], after: str | None, before: str | None,
+            types: str | None, min_width: int, sort: str, min_score: float | None, fmt: str, as_json: bool,
+            null: bool, html: Path | None, preview: bool, index_path: Path | None) -> None:
+    """Photos most like PHOTO, an indexed photo, from its stored vector (no model needed)."""
+    lib = library(index_path)
+    found = lib.query(similar_to=photo, top=top, **_filters(within, after, before, types, min_width), sort=sort,
+                      min_score=min_score)
+    _show(lib, found, "json" if as_json else fmt, null, html, f"like {photo.name}", preview)
+
+
+def _filters(within: tuple[Path, ...], after: str | None, before: str | None, types: str | None,
+             min_width: int) -> dict[str, Any]:
+    from clipsearch.query import parse_date
+
+    return {"within": within, "after": parse_date(after) if after else None,
+            "before": parse_date(before) if before else None,
+            "formats": [t for t in (types or "").split(",") if t.strip()], "min_width": min_width}
+
+
+def _show(lib: Library, found: QueryResult, fmt: str, null: bool, html: Path | None, title: str,
+          preview: bool = False) -> None:
+    from clipsearch import render
+
+    results, ranking = found.results, found.ranking
+    if null:
+        sys.stdout.write(render.results_paths(results, null=True))
+    elif fmt == "json":
+        sys.stdout.write(render.results_json(results, {"terms": [t.as_dict() for t in found.terms]},
+                                             ranking.as_dict()))
+    elif fmt == "jsonl":
+        sys.stdout.write(render.results_jsonl(results))
+    elif fmt == "paths":
+        sys.stdout.write(render.results_paths(results))
+    elif preview and out.is_terminal:
+        _previews(lib, results)
+    elif fmt == "table" or (fmt == "auto" and sys.stdout.isatty() and out.is_terminal):
+        if results:
+            out.print(render.results_table(results))
+    else:
+        sys.stdout.write(render.results_plain(results))
+    sys.stdout.flush()
+    if html is not None:
+        thumbs = [lib.thumbnail(r) for r in results]
+        meta = f"{len(results)} results · {render.cutoff_note(ranking) or 'no cutoff applied'}"
+        html.write_text(render.contact_sheet(results, thumbs, title, meta), encoding="utf-8")
+    note = render.cutoff_note(ranking)
+    if ranking.cut and note and sys.stderr.isatty():
+        err.print(f"[dim]{escape(note)}[/]")
+    if not results:
+        sys.stderr.write(render.nothing_found(ranking) + "\n")
+        raise click.exceptions.Exit(1)
+
+
+def _previews(lib: Library, results: list[SearchResult]) -> None:
+    """Each result as a line of text and its picture; only ever drawn on a terminal."""
+    from clipsearch import render, terminal_images
+
+    kind = terminal_images.protocol()
+    cols = max(16, min(32, out.width // 3))
+    for r in results:
+        out.print(f"[bold]{r.rank}[/]  {r.score:.3f}  {escape(render.short_path(r.path))}  [dim]{r.date[:10]}[/]")
+        thumb = lib.thumbnail(r)
+        if thumb is None:
+            out.print("[dim](no preview)[/]")
+        elif kind == "blocks" and not out.no_color:
+            out.print(terminal_images.blocks(thumb, cols), end="")
+        elif kind in ("kitty", "iterm"):
+            draw = terminal_images.kitty if kind == "kitty" else terminal_images.iterm
+            out.file.write(draw(thumb, cols))
+            out.file.flush()

@@ -1,12 +1,13 @@
 """Few-shot personal tags on the tiny model's data: F1 with 1, 2, 4 and 8 examples, with and without
 the text prior, against zero-shot on the same concept. Negatives are a sample of the library, as in
-`clipsearch learn` (unlabelled photos taken as "mostly not this").
+`clipsearch tag learn` (unlabelled photos taken as "mostly not this").
 
-    python bench/bench_fewshot.py
+    python bench/bench_fewshot.py [--quick]
 """
 
 from __future__ import annotations
 
+import argparse
 import sys
 from pathlib import Path
 
@@ -20,11 +21,12 @@ import shapes
 from clipsearch import images, models, tagging
 from clipsearch.embedder import Embedder
 
-TINY = Path(__file__).parents[1] / "tests" / "fixtures" / "tiny-clip"
-
 
 def main() -> None:
-    emb = Embedder(models.parse(f"local-dir:{TINY}"))
+    ap = argparse.ArgumentParser(description=__doc__.splitlines()[0])
+    ap.add_argument("--quick", action="store_true", help="one draw per setting instead of ten: checks it runs")
+    args = ap.parse_args()
+    emb = Embedder(models.parse(f"local-dir:{common.TINY}"))
     library = shapes.write_heldout(common.CACHE / "fewshot" / "library", per_class=10, seed=101)
     heldout = shapes.write_heldout(common.CACHE / "fewshot" / "heldout", per_class=5, seed=77)
 
@@ -44,7 +46,7 @@ def main() -> None:
         row = {"concept": concept, "zero_shot_f1": _f1(zero_pred, truth)}
         for k in (1, 2, 4, 8):
             with_text, without = [], []
-            for _ in range(10):
+            for _ in range(1 if args.quick else 10):
                 pos = rng.choice(np.flatnonzero(is_lib), k, replace=False)
                 neg = np.setdiff1d(np.arange(len(library)), pos)  # unlabelled library, positives included
                 for prior_vec, out in ((prior, with_text), (None, without)):
@@ -53,7 +55,7 @@ def main() -> None:
             row[f"k{k}_text"], row[f"k{k}_no_text"] = float(np.mean(with_text)), float(np.mean(without))
         rows.append(row)
         print(concept, " ".join(f"{k}: {v:.2f}" for k, v in row.items() if k != "concept"), flush=True)
-    print(f"results: {common.save('fewshot', {'rows': rows})}")
+    print(f"results: {common.save('fewshot' + ('-quick' if args.quick else ''), {'rows': rows})}")
 
 
 def _f1(pred: np.ndarray, truth: np.ndarray) -> float:

@@ -36,9 +36,9 @@ def make_library(folder: Path, n: int) -> None:
 
 def main() -> None:
     ap = argparse.ArgumentParser(description=__doc__.splitlines()[0])
-    ap.add_argument("--quick", action="store_true", help="300 pictures, no text-model export: checks it runs")
+    ap.add_argument("--quick", action="store_true", help="100 pictures, no text-model export: checks it runs")
     args = ap.parse_args()
-    n = 300 if args.quick else 10_000
+    n = 100 if args.quick else 10_000
     folder = common.CACHE / "reindex" / str(n)
     make_library(folder, n)
     with tempfile.TemporaryDirectory() as tmp:

@@ -34,11 +34,11 @@ def labels(n: int) -> list[tagging.Label]:
 
 def main() -> None:
     ap = argparse.ArgumentParser(description=__doc__.splitlines()[0])
-    ap.add_argument("--quick", action="store_true", help="10k photos, 100 labels")
+    ap.add_argument("--quick", action="store_true", help="2,000 photos, 50 labels, the tiny model")
     args = ap.parse_args()
-    n, k = (10_000, 100) if args.quick else (100_000, 1000)
-    folder = common.CACHE / "query-index" / str(n)
-    bench_query.build_index(folder, n, common.random_model("ViT-B-32"))
+    n, k = (2_000, 50) if args.quick else (100_000, 1000)
+    folder = bench_query.index_folder(n, args.quick)
+    bench_query.build_index(folder, n, common.TINY if args.quick else common.random_model("ViT-B-32"))
     lib = Library(folder)
     chosen = labels(k)
     store = Store.open(folder)

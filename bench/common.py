@@ -24,6 +24,9 @@ ROOT = Path(__file__).resolve().parent
 CACHE = ROOT / ".cache"  # generated photos and models; ignored by git
 RESULTS = ROOT / "results"
 
+# The project's tiny trained CLIP: `--quick` runs use it, so a smoke run loads no large model.
+TINY = ROOT.parent / "tests" / "fixtures" / "tiny-clip"
+
 CAMERA = (4000, 3000)  # 12 MP
 PHONE = (1600, 1200)
 
@@ -99,6 +102,10 @@ def random_model(arch: str) -> Path:
            else model.visual.image_size}
     (folder / "open_clip_config.json").write_text(json.dumps({"model_cfg": cfg, "preprocess_cfg": pre}))
     return folder
+
+
+def embed_dim(model_dir: Path) -> int:
+    return int(json.loads((model_dir / "open_clip_config.json").read_text())["model_cfg"]["embed_dim"])
 
 
 def machine() -> dict[str, Any]:

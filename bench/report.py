@@ -14,10 +14,13 @@ INTRO = """# Benchmarks
 
 Every figure below is a ratio against a baseline measured **in the same run on the same machine**:
 these machines are shared and noisy, so absolute times drift from run to run while ratios hold.
-Reproduce everything with `bench/run_all` (about 15 minutes on 2 cores; `bench/run_all --quick` only
-checks that the scripts run). Nothing is downloaded: photos are scikit-image's real photographs scaled
-to camera and phone sizes, models are open_clip architectures with random weights (speed does not
-depend on weight values), and the query benchmark uses synthetic clustered vectors.
+Reproduce everything with `bench/run_all` (about 15 minutes on 2 cores). `bench/run_all --quick`
+runs every script at small sizes with the tiny test model in under a minute, only to check that they
+run; CI runs it on every change, and its results never reach this page.
+
+Nothing is downloaded: photos are scikit-image's real photographs scaled to camera and phone sizes,
+models are open_clip architectures with random weights (speed does not depend on weight values),
+and the query benchmark uses synthetic clustered vectors.
 
 On a CUDA machine the same scripts run unchanged (`clipsearch` picks the GPU and fp16); the limit in
 the indexing table then reflects decode cores only, since the model no longer shares the CPU.

@@ -92,7 +92,18 @@ def m004_personal_tags(db: sqlite3.Connection) -> None:
         )""")
 
 
-STEPS: list[Callable[[sqlite3.Connection], None]] = [m001_initial, m002_query_cache, m003_tags, m004_personal_tags]
+def m005_image_count(db: sqlite3.Connection) -> None:
+    # `SELECT count(*) FROM images` reads the whole table: 0.2 s at 1M photos, on every query that
+    # checks its FAISS file. Triggers keep the count in the same transactions as the rows.
+    db.execute("INSERT OR REPLACE INTO meta(key, value) VALUES ('image_count', (SELECT count(*) FROM images))")
+    db.execute("""CREATE TRIGGER images_counted_in AFTER INSERT ON images BEGIN
+        UPDATE meta SET value = CAST(value AS INTEGER) + 1 WHERE key = 'image_count'; END""")
+    db.execute("""CREATE TRIGGER images_counted_out AFTER DELETE ON images BEGIN
+        UPDATE meta SET value = CAST(value AS INTEGER) - 1 WHERE key = 'image_count'; END""")
+
+
+STEPS: list[Callable[[sqlite3.Connection], None]] = [m001_initial, m002_query_cache, m003_tags, m004_personal_tags,
+                                                     m005_image_count]
 
 
 def applied(conn: sqlite3.Connection) -> list[str]:

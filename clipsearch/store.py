@@ -235,7 +235,8 @@ class Store:
                 self.db.execute("DELETE FROM skipped WHERE path = ?", [path_columns(path)[0]])
 
     def count(self) -> int:
-        return int(self.db.execute("SELECT count(*) FROM images").fetchone()[0])
+        """Indexed photos, from the counter the schema's triggers keep (counting rows reads them all)."""
+        return int(self.meta("image_count") or 0)
 
     def all_vectors(self) -> tuple[np.ndarray, np.ndarray]:
         """(ids int64, matrix float32 (n, dim)) in id order, straight from the blobs."""

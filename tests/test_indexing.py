@@ -181,3 +181,19 @@ def test_odd_names_index_and_come_back_exactly(tmp_path: Path, heldout: list) ->
     assert summary.new == 4 and not summary.skipped
     hits = lib.search("a photo of a pink star", top=4)
     assert sorted(h.path for h in hits) == sorted(str(folder / n) for n in names)
+
+
+def test_photo_count_survives_rebuild_and_upgrade_from_an_index_without_the_counter(photo_dir: Path) -> None:
+    lib = _lib()
+    lib.index([photo_dir])
+    n = lib.status().images
+    assert n > 0
+    store = Store.open(lib.path)  # as an index written before the counter existed
+    store.db.execute("DROP TRIGGER images_counted_in")
+    store.db.execute("DROP TRIGGER images_counted_out")
+    store.db.execute("DELETE FROM meta WHERE key = 'image_count'")
+    store.db.execute("DELETE FROM _sqlite_migrations WHERE name = 'm005_image_count'")
+    store.close()
+    assert lib.status().images == n  # the step runs again on open and counts the rows once
+    lib.index([photo_dir], rebuild=True)
+    assert lib.status().images == n

@@ -53,6 +53,20 @@ PrecisionOpt = Annotated[str | None, typer.Option(
     "--precision", help="auto, fp32, bf16 or fp16 [default: fp16 on GPU; bf16 on CPUs with bf16 units, "
     "else fp32].", show_default=False)]
 JsonOpt = Annotated[bool, typer.Option("--json", help="Print JSON instead of text.")]
+RayOpt = Annotated[bool, typer.Option(
+    "--ray", help="Decode and embed on Ray (pip install 'clipsearch[ray]'): the cluster at --ray-address, else "
+    "$RAY_ADDRESS, else a local Ray runtime. docs/scale-out.md.")]
+RayAddressOpt = Annotated[str | None, typer.Option(
+    "--ray-address", help="Ray cluster to use (implies --ray): auto, HOST:PORT or ray://HOST:10001.",
+    show_default=False)]
+RayWorkersOpt = Annotated[int | None, typer.Option(
+    "--ray-workers", help="Exactly this many Ray workers, each with the model loaded [default: as many as fit].",
+    show_default=False)]
+RayCpusOpt = Annotated[float | None, typer.Option(
+    "--ray-cpus", help="CPUs per Ray worker, its decoding threads [default: 4, fewer on smaller nodes].",
+    show_default=False)]
+RayGpusOpt = Annotated[float, typer.Option(
+    "--ray-gpus", help="GPUs per Ray worker (1: one each; 0.5: two workers share one).")]
 
 F = TypeVar("F", bound=Callable[..., Any])
 
@@ -176,16 +190,26 @@ def index(
     model: ModelOpt = None,
     device: DeviceOpt = None,
     precision: PrecisionOpt = None,
+    ray: RayOpt = False,
+    ray_address: RayAddressOpt = None,
+    ray_workers: RayWorkersOpt = None,
+    ray_cpus: RayCpusOpt = None,
+    ray_gpus: RayGpusOpt = 0.0,
 ) -> None:
     """Add new and changed photos under PATHS to the index; forget deleted ones."""
     from clipsearch import render
 
     lib = _library(index_path, model, device, precision)
     progress = _RichProgress(quiet or as_json)
+    on_ray = None
+    if ray or ray_address:
+        from clipsearch.ray_executor import RayOptions
+
+        on_ray = RayOptions(ray_address, ray_workers, ray_cpus, ray_gpus)
     with progress.progress:
         summary = lib.index(paths, exclude=exclude or (), follow_symlinks=follow_symlinks,
                             include_hidden=include_hidden, rebuild=rebuild, wait=wait,
-                            max_pixels=max_megapixels * 1_000_000, progress=progress)
+                            max_pixels=max_megapixels * 1_000_000, progress=progress, ray=on_ray)
     if as_json:
         out.print_json(json.dumps(summary.as_dict()))
         return

@@ -15,7 +15,7 @@ import datetime as dt
 import json
 import os
 import socket
-from collections.abc import Callable, Iterable
+from collections.abc import Callable, Iterable, Iterator
 from dataclasses import dataclass
 from pathlib import Path
 from typing import TYPE_CHECKING, Any
@@ -24,6 +24,7 @@ import numpy as np
 
 if TYPE_CHECKING:
     from clipsearch import duplicates, indexer
+    from clipsearch.ray_executor import RayOptions
 
 from clipsearch import config, models, scan, tagging, text_model
 from clipsearch import query as query_mod
@@ -145,8 +146,12 @@ class Library:
     def index(self, paths: Iterable[str | os.PathLike[str]], *, exclude: Iterable[str] = (),
               follow_symlinks: bool = False, include_hidden: bool = False, rebuild: bool = False,
               max_pixels: int = DEFAULT_MAX_PIXELS, wait: bool = False,
-              progress: indexer.Progress | None = None) -> indexer.IndexSummary:
-        """Add new and changed photos under `paths`, drop deleted ones, keep moved ones' vectors."""
+              progress: indexer.Progress | None = None, ray: RayOptions | None = None) -> indexer.IndexSummary:
+        """Add new and changed photos under `paths`, drop deleted ones, keep moved ones' vectors.
+
+        With `ray`, decoding and embedding run on a Ray cluster (ray_executor.py); the scan, the plan
+        and every commit stay here, so the index ends up the same either way.
+        """
         given = [os.fspath(p) for p in paths]
         roots = [os.path.abspath(os.path.expanduser(p)) for p in given]
         if not roots:
@@ -154,6 +159,18 @@ class Library:
         for root, name in zip(roots, given, strict=True):
             if not os.path.lexists(root):  # before anything is created: a typo leaves no empty index
                 raise UsageError(f"no such file or folder: {name}")
+        executor = None
+        if ray is not None:
+            from clipsearch.ray_executor import RayExecutor
+
+            executor = RayExecutor(ray, self._device, self._precision)
+        with self._write_lock(wait):
+            return self._index_locked(roots, tuple(exclude), follow_symlinks, include_hidden, rebuild,
+                                      max_pixels, progress, executor)
+
+    @contextlib.contextmanager
+    def _write_lock(self, wait: bool) -> Iterator[None]:
+        """The index's single-writer lock, with a note of who holds it for the error others get."""
         import filelock
 
         self.path.mkdir(parents=True, exist_ok=True)
@@ -166,8 +183,7 @@ class Library:
         try:
             (self.path / LOCK_OWNER).write_text(json.dumps(
                 {"pid": os.getpid(), "host": socket.gethostname(), "since": now()}))
-            return self._index_locked(roots, tuple(exclude), follow_symlinks, include_hidden, rebuild,
-                                      max_pixels, progress)
+            yield
         finally:
             with contextlib.suppress(OSError):
                 (self.path / LOCK_OWNER).unlink()
@@ -181,7 +197,8 @@ class Library:
             return "another clipsearch process"
 
     def _index_locked(self, roots: list[str], exclude: tuple[str, ...], follow: bool, hidden: bool,
-                      rebuild: bool, max_pixels: int, progress: indexer.Progress | None) -> indexer.IndexSummary:
+                      rebuild: bool, max_pixels: int, progress: indexer.Progress | None,
+                      executor: indexer.Executor | None) -> indexer.IndexSummary:
         started = now()
         remove_orphan_temps(self.path)
         store = Store.open(self.path, create=True)
@@ -205,7 +222,8 @@ class Library:
 
             from clipsearch import indexer  # decoding and the pipeline: not needed by queries
 
-            summary = indexer.run(store, get_embedder, roots, found, problems, max_pixels, progress)
+            summary = indexer.run(store, get_embedder, roots, found, problems, max_pixels, progress,
+                                  executor=executor)
             if store.model_identity() is None and self._embedder is not None:
                 store.bind_model(self._embedder.identity)
             if rebuild:

@@ -219,6 +219,65 @@ def index(
         err.print(render.index_summary(summary), end="", markup=False)
 
 
+@app.command()
+@handles_errors
+def embed(
+    paths: Annotated[list[Path], typer.Argument(help="Folders or photos to take a shard of.", show_default=False)],
+    shard: Annotated[str, typer.Option(
+        "--shard", help="Which part, as i/N: files whose path relative to PATHS hashes to i of N (0-based).",
+        show_default=False)],
+    out_dir: Annotated[Path, typer.Option("--out", "-o", help="Shard folder to write (new or empty).",
+                                          show_default=False)],
+    exclude: Annotated[list[str] | None, typer.Option(
+        "--exclude", "-x", help="Skip files or folders matching this glob (repeatable).")] = None,
+    follow_symlinks: Annotated[bool, typer.Option("--follow-symlinks", help="Follow symbolic links.")] = False,
+    include_hidden: Annotated[bool, typer.Option("--include-hidden", help="Also hidden files and folders.")] = False,
+    max_megapixels: Annotated[int, typer.Option(
+        "--max-megapixels", help="Skip images with more pixels than this (decompression-bomb guard).")] = 200,
+    quiet: Annotated[bool, typer.Option("--quiet", "-q", help="No progress bar and no summary.")] = False,
+    as_json: JsonOpt = False,
+    model: Annotated[str | None, typer.Option(
+        "--model", "-m", help="Model [default: $CLIPSEARCH_MODEL, else ViT-B-32-256:datacomp_s34b_b86k].",
+        show_default=False)] = None,
+    device: DeviceOpt = None,
+    precision: PrecisionOpt = None,
+) -> None:
+    """Embed one shard of PATHS into a folder, on any machine; `clipsearch merge` adds it to an index."""
+    from clipsearch import shards
+
+    progress = _RichProgress(quiet or as_json)
+    with progress.progress:
+        summary = shards.embed([str(p) for p in paths], shards.parse_shard(shard), out_dir, model=model, device=device,
+                               precision=precision, exclude=tuple(exclude or ()), follow_symlinks=follow_symlinks,
+                               include_hidden=include_hidden, max_pixels=max_megapixels * 1_000_000,
+                               progress=progress, notify=_note)
+    if as_json:
+        out.print_json(json.dumps(summary.as_dict()))
+    elif not quiet:
+        err.print(summary.line(), markup=False)
+
+
+@app.command()
+@handles_errors
+def merge(
+    shard_dirs: Annotated[list[Path], typer.Argument(help="Shard folders written by `clipsearch embed`.",
+                                                     show_default=False)],
+    remap: Annotated[list[str] | None, typer.Option(
+        "--remap", help="OLD=NEW: index shard paths under OLD as under NEW (the tree is mounted elsewhere here; "
+        "repeatable).", show_default=False)] = None,
+    wait: Annotated[bool, typer.Option(
+        "--wait", help="Wait for another running index to finish instead of exiting with code 3.")] = False,
+    as_json: JsonOpt = False,
+    index_path: IndexOpt = None,
+) -> None:
+    """Add shards to the index: one model only, the newest copy of a path wins, nothing is deleted."""
+    summary = _library(index_path).merge(shard_dirs, remap=remap or (), wait=wait)
+    if as_json:
+        out.print_json(json.dumps(summary.as_dict()))
+    else:
+        err.print(summary.line(), markup=False)
+
+
 class Format(str, Enum):
     auto = "auto"
     table = "table"

@@ -23,7 +23,7 @@ from typing import TYPE_CHECKING, Any
 import numpy as np
 
 if TYPE_CHECKING:
-    from clipsearch import duplicates, indexer
+    from clipsearch import duplicates, indexer, shards
     from clipsearch.ray_executor import RayOptions
 
 from clipsearch import config, models, scan, tagging, text_model
@@ -31,7 +31,13 @@ from clipsearch import query as query_mod
 from clipsearch import search as search_mod
 from clipsearch.config import DEFAULT_MAX_PIXELS
 from clipsearch.embedder import Embedder, ModelIdentity
-from clipsearch.errors import IndexLockedError, IndexMissingError, ModelMismatchError, UsageError
+from clipsearch.errors import (
+    ClipsearchError,
+    IndexLockedError,
+    IndexMissingError,
+    ModelMismatchError,
+    UsageError,
+)
 from clipsearch.store import Store, check_same_model, now, os_path
 from clipsearch.vectors import VectorIndex, remove_orphan_temps
 
@@ -237,6 +243,49 @@ class Library:
             return summary
         finally:
             store.close()
+
+    def merge(self, shard_folders: Iterable[str | os.PathLike[str]], *, remap: Iterable[str] = (),
+              wait: bool = False) -> shards.MergeSummary:
+        """Fold shards written by `clipsearch embed` into this index (shards.py: model check, dedup, order).
+
+        `remap` entries are "OLD=NEW": shard paths under OLD are indexed under NEW, for a filesystem
+        mounted elsewhere here than on the machines that embedded it.
+        """
+        from clipsearch import shards
+
+        opened = [shards.Shard.open(f) for f in shard_folders]
+        if not opened:
+            raise UsageError("name at least one shard folder to merge")
+        pairs = shards.parse_remap(list(remap))
+        shards.check_models(opened)  # before anything is created: a refused merge leaves no trace
+        with self._write_lock(wait):
+            started = now()
+            remove_orphan_temps(self.path)
+            store = Store.open(self.path, create=True)
+            try:
+                summary = shards.merge(store, opened, pairs)
+                VectorIndex.load(self.path, store)
+                self._export_text_model_if_cached(store)
+                store.record_run(started, json.dumps({"merge": summary.as_dict()}))
+                return summary
+            finally:
+                store.close()
+
+    def _export_text_model_if_cached(self, store: Store) -> None:
+        """After a merge: the torch-free text encoder, when the model's weights are on this machine.
+
+        Merging needs no model, so one that is not here is not fetched; queries then use the torch path.
+        """
+        recorded = store.model_identity()
+        if recorded is None or not config.text_model_enabled() or text_model.available(
+                self.path, recorded.weights_sha256):
+            return
+        try:
+            emb = Embedder(models.parse(recorded.name), self._device, self._precision, download=False)
+            check_same_model(recorded, emb.identity)
+        except ClipsearchError:
+            return
+        self._export_text_model(emb, store.sample_vectors(20_000))
 
     def _export_text_model(self, emb: Embedder, backdrop: np.ndarray) -> None:
         """Give queries a torch-free text encoder (text_model.py); optional, so failures only cost speed."""

@@ -18,12 +18,11 @@ import numpy as np
 import pytest
 import shapes
 from conftest import TINY_MODEL
+from same_index import assert_same_index
 
 from clipsearch import Library, scan
 from clipsearch.embedder import Embedder
 from clipsearch.errors import ClusterError, ModelMismatchError, UsageError
-from clipsearch.store import Store
-from clipsearch.vectors import VectorIndex
 
 ray = pytest.importorskip("ray")
 
@@ -58,25 +57,6 @@ def reference(photos: Path, tmp_path_factory: pytest.TempPathFactory) -> Path:
         summary = Library(index=home / "index").index([photos])
     assert (summary.new, sum(summary.skipped.values())) == (N_PHOTOS, 1)
     return home / "index"
-
-
-def assert_same_index(got: Path, want: Path) -> None:
-    """Same id for every path, vectors equal within float tolerance, same skips, a current FAISS file."""
-    a, b = Store.open(got), Store.open(want)
-    try:
-        ids_a = dict(a.db.execute("SELECT path, id FROM images").fetchall())
-        ids_b = dict(b.db.execute("SELECT path, id FROM images").fetchall())
-        assert ids_a == ids_b
-        order = sorted(ids_a)
-        np.testing.assert_allclose(a.vectors_for([ids_a[p] for p in order]),
-                                   b.vectors_for([ids_b[p] for p in order]), atol=1e-5)
-        assert list(a.iter_skipped()) == list(b.iter_skipped())
-        assert a.model_identity() == b.model_identity()
-        assert VectorIndex.load(got, a, save=False).size == len(ids_a)
-    finally:
-        a.close()
-        b.close()
-    assert Library(index=got).status().vector_cache == "current"
 
 
 def _cli(args: list[str], **env: str) -> subprocess.Popen[bytes]:

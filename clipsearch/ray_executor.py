@@ -19,6 +19,7 @@ from __future__ import annotations
 import json
 import logging
 import os
+import re
 import socket
 from collections.abc import Generator, Iterator
 from dataclasses import dataclass
@@ -200,6 +201,15 @@ def _cause(exc: BaseException) -> ClipsearchError | None:
     return None
 
 
+def _gist(exc: BaseException) -> str:
+    """Ray's error messages run to tracebacks: their first line, and the last one, which names the cause."""
+    lines = [line.strip() for line in re.sub(r"\x1b\[[0-9;]*m", "", str(exc)).splitlines() if line.strip()]
+    if not lines:
+        return "no details"
+    first, last = lines[0][:200], lines[-1][:200]
+    return first if first == last else f"{first} … {last}"
+
+
 class RayExecutor:
     """`indexer.Executor` on Ray: starts (or joins) Ray when there is work, and stops what it started."""
 
@@ -233,8 +243,8 @@ class RayExecutor:
                     raise cause from None
                 if isinstance(exc, ClipsearchError) or not type(exc).__module__.startswith("ray."):
                     raise
-                raise ClusterError(f"the Ray run failed ({type(exc).__name__}: {str(exc).splitlines()[0][:300]}); "
-                                   "what was committed is kept, rerun to continue") from exc
+                raise ClusterError(f"the Ray run failed ({type(exc).__name__}: {_gist(exc)}); what was committed "
+                                   "is kept, rerun to continue") from exc
         finally:
             if started:
                 ray.shutdown()

@@ -264,17 +264,22 @@ class RayExecutor:
         return True
 
     def _sizes(self, ray: Any) -> tuple[float, float, int]:
-        """(CPUs per actor, GPUs per actor, most actors): what the options ask, capped to what the cluster has."""
+        """(CPUs per actor, GPUs per actor, most actors): what the options ask, capped to what the cluster has.
+
+        With --ray-workers the count is taken as given: an autoscaling cluster may not have the nodes yet.
+        """
         nodes = [n.get("Resources", {}) for n in ray.nodes() if n.get("Alive")]
         biggest = max((float(r.get("CPU", 0)) for r in nodes), default=1.0)
         cpus = self.options.cpus_per_worker or min(float(DEFAULT_CPUS_PER_WORKER), max(1.0, biggest))
         gpus = self.options.gpus_per_worker
+        if self.options.workers:
+            return cpus, gpus, self.options.workers
         total = ray.cluster_resources()
-        if gpus > 0 and float(total.get("GPU", 0)) < gpus:
-            raise UsageError(f"--ray-gpus {gpus:g} asked for, but the Ray cluster has {total.get('GPU', 0):g} GPUs")
         fit = int(float(total.get("CPU", 0)) // cpus)
         if gpus > 0:
             fit = min(fit, int(float(total.get("GPU", 0)) // gpus))
         if fit < 1:
-            raise UsageError(f"no node of the Ray cluster has {cpus:g} CPUs for a worker; pass a smaller --ray-cpus")
-        return cpus, gpus, self.options.workers or fit
+            raise UsageError(f"the Ray cluster has room for no worker of {cpus:g} CPUs and {gpus:g} GPUs "
+                             f"(it has {total.get('CPU', 0):g} CPUs, {total.get('GPU', 0):g} GPUs); pass smaller "
+                             "--ray-cpus/--ray-gpus, or --ray-workers for a cluster that is still scaling up")
+        return cpus, gpus, fit

@@ -155,3 +155,22 @@ def test_the_core_install_never_imports_ray(photo_dir: Path, isolated: Path) -> 
                             env={**os.environ, "CLIPSEARCH_HOME": str(isolated)})
     assert result.returncode == 0, result.stderr
     assert result.stdout.strip().endswith("purple-ring-0.png")
+
+
+def test_worker_sizes_follow_the_options_and_the_cluster() -> None:
+    from types import SimpleNamespace
+
+    cluster = SimpleNamespace(
+        nodes=lambda: [{"Alive": True, "Resources": {"CPU": 16.0, "GPU": 2.0}},
+                       {"Alive": True, "Resources": {"CPU": 2.0}}, {"Alive": False, "Resources": {"CPU": 64.0}}],
+        cluster_resources=lambda: {"CPU": 18.0, "GPU": 2.0})
+
+    def sizes(**options: float) -> tuple[float, float, int]:
+        return ray_executor.RayExecutor(RayOptions(**options))._sizes(cluster)
+
+    assert sizes() == (4.0, 0.0, 4)  # 4 CPUs each (the biggest live node has 16), 18 // 4 of them
+    assert sizes(gpus_per_worker=1, cpus_per_worker=8) == (8.0, 1.0, 2)
+    assert sizes(gpus_per_worker=0.5, cpus_per_worker=4) == (4.0, 0.5, 4)
+    with pytest.raises(UsageError, match="room for no worker"):
+        sizes(gpus_per_worker=3)
+    assert sizes(workers=5, gpus_per_worker=3) == (4.0, 3.0, 5)  # taken as given: the cluster may grow

@@ -145,10 +145,33 @@ def tagging_section(data: dict) -> str:
         "Goal: re-tagging ≤ 5 s once the label embeddings are cached.", ""])
 
 
+def ray_section(data: dict) -> str:
+    lines = ["## Indexing on Ray", "", f"Machine: {_machine(data['machine'])}.", "",
+             "`Library.index` with and without `ray=` (`clipsearch index --ray`) on the same phone photos and",
+             "model (`bench/bench_ray.py`), interleaved, each figure the best of two runs (both runs' steady",
+             "rates in brackets: this machine is shared). **Steady img/s** counts results from the",
+             "first burst to the last, once everything runs; **first result s** is from the call to the first",
+             "result: loading the model, and for Ray starting a local runtime and its worker, which loads the",
+             "model too. On one machine Ray has the same cores and can only add cost; this measures that cost.",
+             "docs/scale-out.md says how to run the same script on a cluster with GPUs.", "",
+             "| model | photos | Ray | local steady img/s | Ray steady img/s | **Ray ÷ local** "
+             "| local first result s | Ray first result s | local wall s | Ray wall s |",
+             "|---|---|---|---|---|---|---|---|---|---|"]
+    for r in data["rows"]:
+        runs = {side: ", ".join(f"{x['steady_img_s']:.1f}" for x in r["runs"][side]) for side in ("local", "ray")}
+        lines.append(f"| {r['model']} | {r['images']} × {r['set']} | {r['ray']} | {r['local_steady_img_s']:.1f} "
+                     f"({runs['local']}) | {r['ray_steady_img_s']:.1f} ({runs['ray']}) | "
+                     f"**{r['ratio_ray_to_local']:.2f}** | "
+                     f"{r['local_first_result_s']:.1f} | {r['ray_first_result_s']:.1f} | {r['local_wall_s']:.1f} | "
+                     f"{r['ray_wall_s']:.1f} |")
+    lines.append("")
+    return "\n".join(lines)
+
+
 def main() -> None:
     parts = [INTRO]
     for name, render in (("index", index_section), ("reindex", reindex_section), ("query", query_section),
-                         ("tagging", tagging_section)):
+                         ("tagging", tagging_section), ("ray", ray_section)):
         data = _load(name)
         if data is None:
             print(f"no bench/results/{name}.json: run bench/bench_{name}.py", file=sys.stderr)

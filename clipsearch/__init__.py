@@ -8,6 +8,7 @@ from typing import TYPE_CHECKING, Any
 
 from clipsearch.errors import (
     ClipsearchError,
+    ClusterError,
     IndexLockedError,
     IndexMissingError,
     IndexSchemaError,
@@ -38,6 +39,7 @@ def __getattr__(name: str) -> Any:
 
 __all__ = [
     "ClipsearchError",
+    "ClusterError",
     "IndexLockedError",
     "IndexMissingError",
     "IndexSchemaError",

@@ -52,3 +52,9 @@ class ModelNotAvailableError(ModelError):
 
 class ModelMismatchError(ModelError):
     """The index was built with another model; mixing embeddings would give silent garbage."""
+
+
+class ClusterError(ClipsearchError):
+    """The Ray cluster could not be reached, or it lost work it could not redo; what was committed is kept."""
+
+    exit_code = 5

@@ -3,14 +3,19 @@
 Decoding runs in a thread pool (Pillow releases the GIL while it decodes and resizes) and overlaps
 with model inference on the calling thread, so both cores stay busy. Results are committed to SQLite
 in batches: a kill at any instant loses at most the batch in flight, and the next run resumes.
+
+One code path, two executors: the plan and the commits always run here; decoding and embedding run
+either in this process (`LocalExecutor`) or on Ray workers (`ray_executor.py`), which run the very
+same `embed_files` on their share of the files and stream the results back in order.
 """
 
 from __future__ import annotations
 
+import contextlib
 import os
 import time
 from collections import Counter
-from collections.abc import Callable, Iterator
+from collections.abc import Callable, Generator, Iterator
 from concurrent.futures import Future, ThreadPoolExecutor
 from dataclasses import dataclass, field
 from typing import Protocol
@@ -151,6 +156,29 @@ def _row(f: scan.FoundFile, out: images.Decoded, fp: str) -> dict[str, object]:
             "lat": out.gps[0] if out.gps else None, "lon": out.gps[1] if out.gps else None}
 
 
+@dataclass
+class Result:
+    """What indexing one file produced: its images-table row and vector, or why it was skipped."""
+
+    file: scan.FoundFile
+    row: dict[str, object] | None = None
+    vector: np.ndarray | None = None
+    skip: tuple[str, str] | None = None  # (reason, detail)
+
+
+class Executor(Protocol):
+    """Turns the files to index into their results, in the order given (ids follow that order).
+
+    Two implementations share everything but where the work runs: `LocalExecutor` (threads here) and
+    `ray_executor.RayExecutor` (Ray actors, each running `embed_files` on its share).
+    """
+
+    embed_seconds: float
+
+    def results(self, files: list[scan.FoundFile], embedder: Embedder,
+                max_pixels: int) -> Generator[Result, None, None]: ...
+
+
 def _ordered(pool: ThreadPoolExecutor, fn: Callable[[scan.FoundFile], _Decoded], items: list[scan.FoundFile],
              window: int) -> Iterator[_Decoded]:
     """pool.map with a bounded look-ahead, so a 100k-file run never holds 100k decoded images."""
@@ -168,9 +196,71 @@ def _ordered(pool: ThreadPoolExecutor, fn: Callable[[scan.FoundFile], _Decoded],
         yield result
 
 
+def embed_files(files: list[scan.FoundFile], embedder: Embedder, max_pixels: int, workers: int | None = None,
+                timing: list[float] | None = None) -> Iterator[Result]:
+    """Decode in a thread pool and embed in batches of BATCH; one Result per file, in order.
+
+    Decoding runs ahead of the model (bounded look-ahead) so both overlap. `timing`, when given,
+    collects the seconds spent in the model.
+    """
+    pre = embedder.preprocess
+    n_workers = workers or max(1, min(8, os.cpu_count() or 1))
+    waiting: list[Result] = []  # in file order; embedded ones get their vector when their batch runs
+    pixels: list[np.ndarray] = []
+    to_fill: list[Result] = []
+
+    def embed_waiting() -> Iterator[Result]:
+        nonlocal waiting, pixels, to_fill
+        if pixels:
+            t = time.perf_counter()
+            vecs = embedder.embed_images(np.stack(pixels))
+            if timing is not None:
+                timing.append(time.perf_counter() - t)
+            for r, v in zip(to_fill, vecs, strict=True):
+                r.vector = v
+        yield from waiting
+        waiting, pixels, to_fill = [], [], []
+
+    with ThreadPoolExecutor(n_workers, thread_name_prefix="clipsearch-decode") as pool:
+        decoded = _ordered(pool, lambda f: _decode_one(f, pre, max_pixels), files,
+                           window=max(4 * BATCH, 8 * n_workers))
+        for f, out, fp in decoded:
+            if isinstance(out, images.SkipFile):
+                waiting.append(Result(f, skip=(out.reason, out.detail)))
+                continue
+            result = Result(f, row=_row(f, out, fp))
+            waiting.append(result)
+            to_fill.append(result)
+            pixels.append(out.pixels)
+            if len(pixels) >= BATCH:
+                yield from embed_waiting()
+        yield from embed_waiting()
+
+
+@dataclass
+class LocalExecutor:
+    """Decoding threads and the model, in this process."""
+
+    workers: int | None = None
+    embed_seconds: float = 0.0
+
+    def results(self, files: list[scan.FoundFile], embedder: Embedder,
+                max_pixels: int) -> Generator[Result, None, None]:
+        timing: list[float] = []
+        try:
+            yield from embed_files(files, embedder, max_pixels, self.workers, timing)
+        finally:
+            self.embed_seconds += sum(timing)
+
+
 def run(store: Store, get_embedder: Callable[[], Embedder], roots: list[str], found: list[scan.FoundFile],
         scan_problems: scan.ScanProblems, max_pixels: int, progress: Progress | None = None,
-        workers: int | None = None) -> IndexSummary:
+        workers: int | None = None, executor: Executor | None = None) -> IndexSummary:
+    """Plan, then commit the executor's results in order, COMMIT_EVERY files per transaction.
+
+    Whatever runs the model (threads here, or Ray workers), the results are committed here, the same
+    way: a kill at any instant loses at most the uncommitted batch, and the next run resumes.
+    """
     start = time.perf_counter()
     summary = IndexSummary()
     p = plan(store, roots, found, summary)
@@ -185,27 +275,11 @@ def run(store: Store, get_embedder: Callable[[], Embedder], roots: list[str], fo
     rows: list[dict[str, object]] = []
     vecs: list[np.ndarray] = []
     skips: list[tuple[str, int, int, str, str]] = []
-    batch_pixels: list[np.ndarray] = []
-    batch_rows: list[dict[str, object]] = []
-    embedder: Embedder | None = None
-
-    def embed_pending() -> None:
-        nonlocal batch_pixels, batch_rows
-        if not batch_pixels:
-            return
-        assert embedder is not None
-        t = time.perf_counter()
-        vecs.append(embedder.embed_images(np.stack(batch_pixels)))
-        summary.embed_seconds += time.perf_counter() - t
-        rows.extend(batch_rows)
-        summary.embedded += len(batch_rows)
-        batch_pixels, batch_rows = [], []
 
     def commit(final: bool = False) -> None:
         nonlocal rows, vecs, skips
-        embed_pending()
         if rows or skips or (final and (p.removed_ids or p.moves)):
-            store.write_batch(rows, np.concatenate(vecs) if vecs else None, skips,
+            store.write_batch(rows, np.stack(vecs) if vecs else None, skips,
                               delete_ids=p.removed_ids if final else (), moves=p.moves if final else ())
         rows, vecs, skips = [], [], []
 
@@ -213,30 +287,30 @@ def run(store: Store, get_embedder: Callable[[], Embedder], roots: list[str], fo
         t_load = time.perf_counter()
         embedder = get_embedder()
         summary.model_load_seconds = time.perf_counter() - t_load
-        pre = embedder.preprocess
-        n_workers = workers or max(1, min(8, os.cpu_count() or 1))
+        ex = executor if executor is not None else LocalExecutor(workers)
         changed = {f.path for f, is_change in p.todo if is_change}
-        with ThreadPoolExecutor(n_workers, thread_name_prefix="clipsearch-decode") as pool:
-            results = _ordered(pool, lambda f: _decode_one(f, pre, max_pixels), [f for f, _ in p.todo],
-                               window=max(4 * BATCH, 8 * n_workers))
-            for done, (f, out, fp) in enumerate(results, start=1):
-                if isinstance(out, images.SkipFile):
-                    skips.append((f.path, f.size, f.mtime_ns, out.reason, out.detail))
-                    summary.skipped[out.reason] += 1
-                    summary.skipped_files.append((f.path, out.reason, out.detail))
+        # closing(): an error while committing stops the executor's workers (and a Ray runtime) now.
+        with contextlib.closing(ex.results([f for f, _ in p.todo], embedder, max_pixels)) as results:
+            for done, r in enumerate(results, start=1):
+                f = r.file
+                if r.skip is not None:
+                    skips.append((f.path, f.size, f.mtime_ns, *r.skip))
+                    summary.skipped[r.skip[0]] += 1
+                    summary.skipped_files.append((f.path, *r.skip))
                 else:
+                    assert r.row is not None and r.vector is not None
                     if f.path in changed:
                         summary.changed += 1
                     else:
                         summary.new += 1
-                    batch_pixels.append(out.pixels)
-                    batch_rows.append(_row(f, out, fp))
-                    if len(batch_pixels) >= BATCH:
-                        embed_pending()
-                if len(rows) + len(batch_rows) + len(skips) >= COMMIT_EVERY:
+                    rows.append(r.row)
+                    vecs.append(r.vector)
+                    summary.embedded += 1
+                if len(rows) + len(skips) >= COMMIT_EVERY:
                     commit()
                 if progress:
                     progress.advance(done, sum(summary.skipped.values()))
+        summary.embed_seconds = ex.embed_seconds
     commit(final=True)
     summary.removed = len(p.removed_ids)
     summary.total = store.count()

@@ -14,7 +14,7 @@ import dataclasses
 import datetime as dt
 import json
 import os
-from collections.abc import Callable, Iterable
+from collections.abc import Callable, Iterable, Iterator
 from dataclasses import dataclass
 from pathlib import Path
 from typing import TYPE_CHECKING, Any
@@ -22,14 +22,21 @@ from typing import TYPE_CHECKING, Any
 import numpy as np
 
 if TYPE_CHECKING:
-    from clipsearch import duplicates, indexer, tagging
+    from clipsearch import duplicates, indexer, shards, tagging
+    from clipsearch.ray_executor import RayOptions
 
 from clipsearch import config, models, scan, text_model
 from clipsearch import query as query_mod
 from clipsearch import search as search_mod
 from clipsearch.config import DEFAULT_MAX_PIXELS
 from clipsearch.embedder import Embedder, ModelIdentity
-from clipsearch.errors import IndexLockedError, IndexMissingError, ModelMismatchError, UsageError
+from clipsearch.errors import (
+    ClipsearchError,
+    IndexLockedError,
+    IndexMissingError,
+    ModelMismatchError,
+    UsageError,
+)
 from clipsearch.store import Store, check_same_model, now, os_path
 from clipsearch.vectors import VectorIndex, remove_orphan_temps
 
@@ -144,8 +151,12 @@ class Library:
     def index(self, paths: Iterable[str | os.PathLike[str]], *, exclude: Iterable[str] = (),
               follow_symlinks: bool = False, include_hidden: bool = False, rebuild: bool = False,
               max_pixels: int = DEFAULT_MAX_PIXELS, wait: bool = False,
-              progress: indexer.Progress | None = None) -> indexer.IndexSummary:
-        """Add new and changed photos under `paths`, drop deleted ones, keep moved ones' vectors."""
+              progress: indexer.Progress | None = None, ray: RayOptions | None = None) -> indexer.IndexSummary:
+        """Add new and changed photos under `paths`, drop deleted ones, keep moved ones' vectors.
+
+        With `ray`, decoding and embedding run on a Ray cluster (ray_executor.py); the scan, the plan
+        and every commit stay here, so the index ends up the same either way.
+        """
         given = [os.fspath(p) for p in paths]
         roots = [os.path.abspath(os.path.expanduser(p)) for p in given]
         if not roots:
@@ -153,6 +164,18 @@ class Library:
         for root, name in zip(roots, given, strict=True):
             if not os.path.lexists(root):  # before anything is created: a typo leaves no empty index
                 raise UsageError(f"no such file or folder: {name}")
+        executor = None
+        if ray is not None:
+            from clipsearch.ray_executor import RayExecutor
+
+            executor = RayExecutor(ray, self._device, self._precision)
+        with self._write_lock(wait):
+            return self._index_locked(roots, tuple(exclude), follow_symlinks, include_hidden, rebuild,
+                                      max_pixels, progress, executor)
+
+    @contextlib.contextmanager
+    def _write_lock(self, wait: bool) -> Iterator[None]:
+        """The index's single-writer lock, with a note of who holds it for the error others get."""
         import socket
 
         import filelock
@@ -167,8 +190,7 @@ class Library:
         try:
             (self.path / LOCK_OWNER).write_text(json.dumps(
                 {"pid": os.getpid(), "host": socket.gethostname(), "since": now()}))
-            return self._index_locked(roots, tuple(exclude), follow_symlinks, include_hidden, rebuild,
-                                      max_pixels, progress)
+            yield
         finally:
             with contextlib.suppress(OSError):
                 (self.path / LOCK_OWNER).unlink()
@@ -182,7 +204,8 @@ class Library:
             return "another clipsearch process"
 
     def _index_locked(self, roots: list[str], exclude: tuple[str, ...], follow: bool, hidden: bool,
-                      rebuild: bool, max_pixels: int, progress: indexer.Progress | None) -> indexer.IndexSummary:
+                      rebuild: bool, max_pixels: int, progress: indexer.Progress | None,
+                      executor: indexer.Executor | None) -> indexer.IndexSummary:
         started = now()
         remove_orphan_temps(self.path)
         store = Store.open(self.path, create=True)
@@ -206,7 +229,8 @@ class Library:
 
             from clipsearch import indexer  # decoding and the pipeline: not needed by queries
 
-            summary = indexer.run(store, get_embedder, roots, found, problems, max_pixels, progress)
+            summary = indexer.run(store, get_embedder, roots, found, problems, max_pixels, progress,
+                                  executor=executor)
             if store.model_identity() is None and self._embedder is not None:
                 store.bind_model(self._embedder.identity)
             if rebuild:
@@ -220,6 +244,49 @@ class Library:
             return summary
         finally:
             store.close()
+
+    def merge(self, shard_folders: Iterable[str | os.PathLike[str]], *, remap: Iterable[str] = (),
+              wait: bool = False) -> shards.MergeSummary:
+        """Fold shards written by `clipsearch embed` into this index (shards.py: model check, dedup, order).
+
+        `remap` entries are "OLD=NEW": shard paths under OLD are indexed under NEW, for a filesystem
+        mounted elsewhere here than on the machines that embedded it.
+        """
+        from clipsearch import shards
+
+        opened = [shards.Shard.open(f) for f in shard_folders]
+        if not opened:
+            raise UsageError("name at least one shard folder to merge")
+        pairs = shards.parse_remap(list(remap))
+        shards.check_models(opened)  # before anything is created: a refused merge leaves no trace
+        with self._write_lock(wait):
+            started = now()
+            remove_orphan_temps(self.path)
+            store = Store.open(self.path, create=True)
+            try:
+                summary = shards.merge(store, opened, pairs)
+                VectorIndex.load(self.path, store)
+                self._export_text_model_if_cached(store)
+                store.record_run(started, json.dumps({"merge": summary.as_dict()}))
+                return summary
+            finally:
+                store.close()
+
+    def _export_text_model_if_cached(self, store: Store) -> None:
+        """After a merge: the torch-free text encoder, when the model's weights are on this machine.
+
+        Merging needs no model, so one that is not here is not fetched; queries then use the torch path.
+        """
+        recorded = store.model_identity()
+        if recorded is None or not config.text_model_enabled() or text_model.available(
+                self.path, recorded.weights_sha256):
+            return
+        try:
+            emb = Embedder(models.parse(recorded.name), self._device, self._precision, download=False)
+            check_same_model(recorded, emb.identity)
+        except ClipsearchError:
+            return
+        self._export_text_model(emb, store.sample_vectors(20_000))
 
     def _export_text_model(self, emb: Embedder, backdrop: np.ndarray) -> None:
         """Give queries a torch-free text encoder (text_model.py); optional, so failures only cost speed."""

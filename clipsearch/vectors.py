@@ -25,6 +25,7 @@ SUFFIX = ".faiss"
 # 0.986 in 528 MB, loading in 0.17 s (docs/benchmarks.md has this machine's figures).
 FLAT_LIMIT = 50_000
 NPROBE = 16
+ADD_CHUNK = 65_536  # vectors read from SQLite and added at a time: 128 MB of float32 at 512 dimensions
 
 
 BACKDROP_SUFFIX = ".backdrop.npy"
@@ -61,26 +62,34 @@ class VectorIndex:
         return "flat" if _ivf(self.index) is None else "ivf-sq8"
 
     @classmethod
-    def build(cls, store: Store, flat_limit: int = FLAT_LIMIT) -> VectorIndex:
+    def build(cls, store: Store, flat_limit: int = FLAT_LIMIT, chunk: int = ADD_CHUNK) -> VectorIndex:
+        """Build from SQLite without a second copy of the vectors in memory (docs/storage.md, "At scale").
+
+        IVF is trained on a sample and filled `chunk` vectors at a time, so the peak is the index
+        itself (dim + 8 bytes a photo in IVF-SQ8) plus the sample and one chunk; the flat index, below
+        `flat_limit`, holds its floats anyway. All reads are one SQLite snapshot, so the generation
+        the file is named after is the one the vectors come from.
+        """
         import faiss
 
-        generation, ids, mat = store.snapshot_vectors()
-        dim = mat.shape[1] if mat.size else int(store.meta("embed_dim") or 1)
-        index: Any
-        if len(ids) < flat_limit:
-            index = faiss.IndexIDMap2(faiss.IndexFlatIP(dim))
-        else:
-            nlist = int(4 * np.sqrt(len(ids)))
-            index = faiss.IndexIVFScalarQuantizer(faiss.IndexFlatIP(dim), dim, nlist, faiss.ScalarQuantizer.QT_8bit,
-                                                  faiss.METRIC_INNER_PRODUCT)
-            # 64 points per list train the centroids well; a fixed seed keeps rebuilds identical.
-            rows = np.random.default_rng(0).choice(len(ids), size=min(len(ids), 64 * nlist), replace=False)
-            index.train(np.ascontiguousarray(mat[np.sort(rows)]))
-            index.nprobe = NPROBE
-        if len(ids):
-            index.add_with_ids(np.ascontiguousarray(mat, dtype=np.float32), ids)
-        backdrop = None if len(ids) < flat_limit else np.ascontiguousarray(mat[:: max(1, len(ids) // BACKDROP_ROWS)]
-                                                                           [:BACKDROP_ROWS])
+        with store.atomic():
+            generation = store.generation()
+            ids = store.vector_ids()
+            dim = int(store.meta("embed_dim") or 1)
+            index: Any
+            if len(ids) < flat_limit:
+                index = faiss.IndexIDMap2(faiss.IndexFlatIP(dim))
+            else:
+                nlist = int(4 * np.sqrt(len(ids)))
+                index = faiss.IndexIVFScalarQuantizer(faiss.IndexFlatIP(dim), dim, nlist,
+                                                      faiss.ScalarQuantizer.QT_8bit, faiss.METRIC_INNER_PRODUCT)
+                # 64 points per list train the centroids well; a fixed seed keeps rebuilds identical.
+                rows = np.random.default_rng(0).choice(len(ids), size=min(len(ids), 64 * nlist), replace=False)
+                index.train(store.vectors_of_ids(ids[np.sort(rows)]))
+                index.nprobe = NPROBE
+            for chunk_ids, mat in store.iter_vectors(chunk):
+                index.add_with_ids(np.ascontiguousarray(mat, dtype=np.float32), chunk_ids)
+            backdrop = None if len(ids) < flat_limit else store.sample_vectors(BACKDROP_ROWS)
         return cls(index, generation, backdrop)
 
     @classmethod

@@ -1,7 +1,7 @@
 """The `clipsearch` command: parse arguments, call the library, render. The only package that prints.
 
 Exit codes (docs/cli.md): 0 success, 1 nothing found, 2 usage error, 3 index missing/locked/damaged,
-4 model unavailable or mismatched, 70 internal error, 130 interrupted.
+4 model unavailable or mismatched, 5 Ray cluster failure, 70 internal error, 130 interrupted.
 
 Built on click rather than Typer: Typer 0.29 imports pydantic and validates every parameter
 through it, 0.15 s of each start, a third of a cold query's budget (measured, docs/benchmarks.md).
@@ -18,6 +18,7 @@ from clipsearch.cli.common import err
 from clipsearch.cli.library_commands import duplicates, index, status
 from clipsearch.cli.model_commands import models
 from clipsearch.cli.search_commands import query, similar
+from clipsearch.cli.shard_commands import embed, merge
 from clipsearch.cli.tag_commands import tag, tags
 
 
@@ -35,7 +36,7 @@ def app() -> None:
     """Search your photos by what is in them, with CLIP, on your own machine."""
 
 
-for command in (index, query, similar, tag, tags, duplicates, status, models):
+for command in (index, query, similar, tag, tags, duplicates, status, embed, merge, models):
     app.add_command(command)
 
 

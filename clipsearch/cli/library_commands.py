@@ -39,18 +39,34 @@ from clipsearch.cli.common import (
 @model_option
 @device_option
 @precision_option
+@click.option("--ray", is_flag=True, help="Decode and embed on Ray (pip install 'clipsearch[ray]'): the cluster at "
+              "--ray-address, else $RAY_ADDRESS, else a local Ray runtime. docs/scale-out.md.")
+@click.option("--ray-address", help="Ray cluster to use (implies --ray): auto, HOST:PORT or ray://HOST:10001.")
+@click.option("--ray-workers", type=int,
+              help="Exactly this many Ray workers, each with the model loaded [default: as many as fit].")
+@click.option("--ray-cpus", type=float,
+              help="CPUs per Ray worker, its decoding threads [default: 4, fewer on smaller nodes].")
+@click.option("--ray-gpus", type=float, default=0.0, help="GPUs per Ray worker (1: one each; 0.5: two workers share "
+              "one).")
 @handles_errors
 def index(paths: tuple[Path, ...], exclude: tuple[str, ...], follow_symlinks: bool, include_hidden: bool,
           rebuild: bool, wait: bool, max_megapixels: int, show_skipped: bool, quiet: bool, as_json: bool,
-          index_path: Path | None, model: str | None, device: str | None, precision: str | None) -> None:
+          index_path: Path | None, model: str | None, device: str | None, precision: str | None, ray: bool,
+          ray_address: str | None, ray_workers: int | None, ray_cpus: float | None, ray_gpus: float) -> None:
     """Add new and changed photos under PATHS to the index; forget deleted ones."""
     from clipsearch import render
 
     lib = library(index_path, model, device, precision)
     progress = RichProgress(quiet or as_json)
+    on_ray = None
+    if ray or ray_address:
+        from clipsearch.ray_executor import RayOptions
+
+        on_ray = RayOptions(ray_address, ray_workers, ray_cpus, ray_gpus)
     with progress.progress:
         summary = lib.index(paths, exclude=exclude, follow_symlinks=follow_symlinks, include_hidden=include_hidden,
-                            rebuild=rebuild, wait=wait, max_pixels=max_megapixels * 1_000_000, progress=progress)
+                            rebuild=rebuild, wait=wait, max_pixels=max_megapixels * 1_000_000, progress=progress,
+                            ray=on_ray)
     if as_json:
         print_json(summary.as_dict())
         return

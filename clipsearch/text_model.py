@@ -23,6 +23,7 @@ import numpy as np
 from clipsearch.tokenizer import VOCAB_NAME, Tokenizer
 
 FOLDER = "text-model"
+TABLE_NAME = "token_embedding.npy"
 MIN_COSINE = 0.999
 CHECK_PROMPTS = [
     "a photo of a dog", "a red circle", "my cute cat sleeping on the sofa", "sunset over the sea, long exposure",
@@ -59,12 +60,19 @@ class OnnxTextEncoder:
             options.graph_optimization_level = ort.GraphOptimizationLevel.ORT_DISABLE_ALL
             options.add_session_config_entry("session.disable_prepacking", "1")
         model = folder / (file or meta.get("file", "model.onnx"))
+        # The token table lives outside the graph, memory-mapped: a query reads the rows of its own
+        # tokens, not 25 million weights (see export). Older exports have it inside the graph.
+        self.table = (np.load(folder / TABLE_NAME, mmap_mode="r") if meta.get("inputs") == "embedded" else None)
         self.session = ort.InferenceSession(str(model), options, providers=["CPUExecutionProvider"])
 
     def embed_texts(self, texts: list[str]) -> np.ndarray:
         tokens = self.tokenizer(texts)
         length = int(tokens.argmax(axis=1).max()) + 1  # the end token has the highest id
-        (out,) = self.session.run(None, {"tokens": tokens[:, :length]})
+        tokens = tokens[:, :length]
+        feeds = {"tokens": tokens}
+        if self.table is not None:
+            feeds["embedded"] = np.asarray(self.table[tokens], dtype=np.float32)
+        (out,) = self.session.run(None, feeds)
         out = np.asarray(out, dtype=np.float32)
         return out / np.linalg.norm(out, axis=1, keepdims=True)
 
@@ -127,13 +135,19 @@ def export(embedder: Any, index_dir: Path, backdrop: np.ndarray | None = None) -
             warnings.simplefilter("ignore")  # the exporter's notes would land in the user's terminal
             batch, length = torch.export.Dim("batch", max=4096), torch.export.Dim("length", min=2,
                                                                                    max=int(tok.context_length))
-            torch.onnx.export(_text_tower(fp32), (sample,), str(tmp / "model.onnx"), input_names=["tokens"],
-                              output_names=["features"], dynamic_shapes=({0: batch, 1: length},),
+            embedded = fp32.token_embedding(sample)
+            torch.onnx.export(_text_tower(fp32), (embedded, sample), str(tmp / "model.onnx"),
+                              input_names=["embedded", "tokens"], output_names=["features"],
+                              dynamic_shapes=({0: batch, 1: length}, {0: batch, 1: length}),
                               dynamo=True, external_data=False, verbose=False)
             ref = torch.nn.functional.normalize(_encode_text_short(fp32, tok(CHECK_PROMPTS)).float(), dim=-1)
+        # The token table (49,408 x width: 25 M weights for ViT-B-32, 40 % of the tower) is kept out
+        # of the graph as float16, memory-mapped at query time: loading the session is that much
+        # lighter, and no query dequantises a whole table to read a dozen rows of it.
+        np.save(tmp / TABLE_NAME, fp32.token_embedding.weight.detach().numpy().astype(np.float16))
         shutil.copyfile(Path(open_clip.tokenizer.default_bpe()), tmp / VOCAB_NAME)
         meta: dict[str, Any] = {"weights_sha256": embedder.identity.weights_sha256, "model": embedder.identity.name,
-                                "context_length": int(tok.context_length)}
+                                "context_length": int(tok.context_length), "inputs": "embedded"}
         (tmp / "meta.json").write_text(json.dumps(meta))
         got = OnnxTextEncoder(tmp).embed_texts(CHECK_PROMPTS)
         meta["verified_min_cosine"] = float(np.min(np.sum(ref.numpy() * got, axis=1)))
@@ -218,17 +232,29 @@ def remove(index_dir: Path) -> None:
 
 
 def _text_tower(model: Any) -> Any:
-    """The text tower as a module for torch.onnx.export (embedder.encode_cut_tokens, traced)."""
-    import torch
+    """The text tower after the token lookup, as a module for torch.onnx.export.
 
-    from clipsearch.embedder import encode_cut_tokens
+    Inputs: the tokens' embeddings (looked up outside the graph) and the tokens themselves (the
+    end token's position picks the output). Otherwise embedder.encode_cut_tokens, traced.
+    """
+    import torch
+    from open_clip.transformer import text_global_pool
 
     class TextTower(torch.nn.Module):
         def __init__(self) -> None:
             super().__init__()
             self.model = model
 
-        def forward(self, tokens: torch.Tensor) -> torch.Tensor:
-            return encode_cut_tokens(self.model, tokens)
+        def forward(self, embedded: torch.Tensor, tokens: torch.Tensor) -> torch.Tensor:
+            m = self.model
+            length = tokens.shape[1]
+            cast = m.transformer.get_cast_dtype()
+            x = embedded.to(cast) + m.positional_embedding[:length].to(cast)
+            x = m.transformer(x, attn_mask=m.attn_mask[:length, :length])
+            x = m.ln_final(x)
+            x = text_global_pool(x, tokens, m.text_pool_type, eos_token_id=getattr(m, "text_eos_id", None))
+            if isinstance(m.text_projection, torch.nn.Linear):
+                return m.text_projection(x)
+            return x @ m.text_projection
 
     return TextTower().eval()

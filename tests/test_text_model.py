@@ -50,6 +50,8 @@ def test_indexing_exports_a_verified_text_model(photo_dir: Path, tiny_embedder: 
     assert [p.name for p in (lib.path / text_model.FOLDER).glob("*.onnx")] == [meta["file"]]
     # Saved with ONNX Runtime's optimisations applied, so a cold query's session skips that work.
     assert meta["preoptimized"] is True and meta["file"].endswith(".opt.onnx")
+    # The token table is memory-mapped beside the graph, not inside it.
+    assert meta["inputs"] == "embedded" and (lib.path / text_model.FOLDER / text_model.TABLE_NAME).exists()
 
 
 @pytest.mark.usefixtures("text_model_on")

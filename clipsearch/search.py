@@ -11,6 +11,7 @@ from __future__ import annotations
 
 import dataclasses
 import datetime as dt
+import math
 from collections.abc import Callable
 from dataclasses import dataclass, field
 
@@ -115,6 +116,22 @@ def row_date(row: ImageRow) -> dt.datetime:
     return _parse_taken(row.taken_at) or dt.datetime.fromtimestamp(row.mtime_ns / 1e9, tz=dt.timezone.utc)
 
 
+def normal_quantile(p: float) -> float:
+    """The standard normal's inverse CDF, by bisection on math.erfc (to 1e-12).
+
+    statistics.NormalDist does the same but importing statistics (fractions, decimal, random)
+    costs a cold query 10 ms.
+    """
+    lo, hi = -40.0, 40.0
+    for _ in range(100):
+        mid = (lo + hi) / 2
+        if 0.5 * math.erfc(-mid / math.sqrt(2)) < p:
+            lo = mid
+        else:
+            hi = mid
+    return (lo + hi) / 2
+
+
 def adaptive_cutoff(query: np.ndarray, sample: np.ndarray, z: float,
                     library_size: int | None = None) -> tuple[float | None, dict[str, float]]:
     """median + Z * robust sigma of the query's scores against a sample of the index.
@@ -126,9 +143,7 @@ def adaptive_cutoff(query: np.ndarray, sample: np.ndarray, z: float,
     n = library_size or len(sample)
     if len(sample) < MIN_FOR_CUTOFF or n < MIN_FOR_CUTOFF:
         return None, {}
-    from statistics import NormalDist  # imports fractions, decimal, random: only when a cutoff is used
-
-    z_eff = max(z, NormalDist().inv_cdf(1 - 0.5 / n))
+    z_eff = max(z, normal_quantile(1 - 0.5 / n))
     scores = sample @ query
     median = float(np.median(scores))
     sigma = 1.4826 * float(np.median(np.abs(scores - median))) or float(scores.std()) or 1e-6

@@ -257,3 +257,10 @@ def test_a_truncated_ivf_file_is_rebuilt_not_mapped(tiny_embedder: Embedder, kee
         assert {Path(r.path).parent.name for r in found.results} == {"c07"}
     finally:
         store.close()
+
+
+@pytest.mark.parametrize("p", [1e-6, 0.1, 0.5, 0.9, 0.9975, 1 - 0.5 / 1e6])
+def test_normal_quantile_matches_the_standard_library(p: float) -> None:
+    from statistics import NormalDist
+
+    assert search.normal_quantile(p) == pytest.approx(NormalDist().inv_cdf(p), abs=1e-6)

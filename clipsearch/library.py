@@ -120,6 +120,7 @@ class Library:
         self._download = download
         self._notify = notify
         self._embedder: Embedder | None = None
+        self._index: VectorIndex | None = None  # kept between searches while its generation is current
 
     # --- model ----------------------------------------------------------------------------------
 
@@ -322,10 +323,18 @@ class Library:
     def _open_for_search(self, check_model: bool = True) -> tuple[Store, VectorIndex]:
         store = self._open_store(check_model)
         try:
-            return store, VectorIndex.load(self.path, store)
+            return store, self._vector_index(store)
         except BaseException:
             store.close()
             raise
+
+    def _vector_index(self, store: Store) -> VectorIndex:
+        """The FAISS index of SQLite's current generation; a process that searches again reuses it."""
+        cached = self._index
+        if cached is not None and cached.generation == store.generation() and cached.size == store.count():
+            return cached
+        self._index = VectorIndex.load(self.path, store)
+        return self._index
 
     def search(self, text: str | None = None, *, image: str | os.PathLike[str] | None = None,
                top: int = 20, within: Iterable[str | os.PathLike[str]] = (), **options: Any
@@ -362,7 +371,7 @@ class Library:
         try:
             # The text encoder loads on a thread while FAISS loads here: they overlap on two cores.
             text_vectors = self._text_vectors(store, terms) if similar_to is None else None
-            index = VectorIndex.load(self.path, store)
+            index = self._vector_index(store)
             wanted_tags = [t for t in tags if t.strip()]
             if wanted_tags:
                 filters = dataclasses.replace(filters, ids=frozenset(store.ids_with_tags(wanted_tags)))

@@ -168,13 +168,15 @@ class VectorIndex:
                     with contextlib.suppress(OSError):
                         self._save_backdrop(self._folder, self._backdrop)
             return self._backdrop[:max_rows]
-        inner = faiss.downcast_index(self.index.index)
-        n, d = int(inner.ntotal), int(inner.d)
-        if n == 0:
-            return np.zeros((0, d), dtype=np.float32)
-        # A zero-copy view of the flat index's storage.
-        flat = faiss.rev_swig_ptr(inner.get_xb(), n * d).reshape(n, d)  # type: ignore[attr-defined]
-        return np.ascontiguousarray(flat[:: max(1, n // max_rows)][:max_rows])
+        if self._backdrop is None:
+            inner = faiss.downcast_index(self.index.index)
+            n, d = int(inner.ntotal), int(inner.d)
+            if n == 0:
+                return np.zeros((0, d), dtype=np.float32)
+            # A zero-copy view of the flat index's storage; the sample is copied out once per index.
+            flat = faiss.rev_swig_ptr(inner.get_xb(), n * d).reshape(n, d)  # type: ignore[attr-defined]
+            self._backdrop = np.ascontiguousarray(flat[:: max(1, n // BACKDROP_ROWS)][:BACKDROP_ROWS])
+        return self._backdrop[:max_rows]
 
     def search(self, queries: np.ndarray, k: int) -> tuple[np.ndarray, np.ndarray]:
         """(scores, ids), each (len(queries), k'); missing slots have id -1 and are cut."""

@@ -264,3 +264,25 @@ def test_normal_quantile_matches_the_standard_library(p: float) -> None:
     from statistics import NormalDist
 
     assert search.normal_quantile(p) == pytest.approx(NormalDist().inv_cdf(p), abs=1e-6)
+
+
+def test_a_library_reuses_its_faiss_index_until_the_index_changes(indexed: Library, photo_dir: Path,
+                                                                    monkeypatch: pytest.MonkeyPatch) -> None:
+    loads = []
+    real_load = VectorIndex.load.__func__  # type: ignore[attr-defined]
+
+    def counting_load(cls: type[VectorIndex], *args: object, **kwargs: object) -> VectorIndex:
+        loads.append(1)
+        return real_load(cls, *args, **kwargs)  # type: ignore[no-any-return]
+
+    monkeypatch.setattr(VectorIndex, "load", classmethod(counting_load))
+    first = [r.path for r in indexed.search("a photo of a red circle", top=3, min_score=-1)]
+    assert [r.path for r in indexed.search("a photo of a red circle", top=3, min_score=-1)] == first
+    assert len(loads) == 1  # the second search reused the loaded index
+    from PIL import Image
+
+    Image.new("RGB", (64, 64), (250, 10, 10)).save(photo_dir / "new-red.png")
+    indexed.index([photo_dir])  # a new generation: the next search must see it
+    loads.clear()
+    found = {Path(r.path).name for r in indexed.search("a photo of a red circle", top=500, min_score=-1)}
+    assert "new-red.png" in found and len(loads) == 1

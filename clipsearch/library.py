@@ -331,7 +331,7 @@ class Library:
     def _vector_index(self, store: Store) -> VectorIndex:
         """The FAISS index of SQLite's current generation; a process that searches again reuses it."""
         cached = self._index
-        if cached is not None and cached.generation == store.generation() and cached.size == store.count():
+        if cached is not None and cached.still_current(store):
             return cached
         self._index = VectorIndex.load(self.path, store)
         return self._index

@@ -52,6 +52,7 @@ class VectorIndex:
         # cold query 40 ms at 100k photos, the .npy file 2 ms.
         self._backdrop = backdrop
         self._folder = folder
+        self._mapped: tuple[Path, tuple[int, int, int]] | None = None  # the file it maps, as it was then
 
     @property
     def size(self) -> int:
@@ -104,7 +105,9 @@ class VectorIndex:
                     ivf = _ivf(index)
                     if ivf is not None:
                         ivf.nprobe = NPROBE
-                    return cls(index, generation, folder=folder)
+                    loaded = cls(index, generation, folder=folder)
+                    loaded._mapped = (path, _identity(path))
+                    return loaded
             except RuntimeError:
                 pass  # truncated or foreign file: rebuilt below
         built = cls.build(store)
@@ -113,6 +116,19 @@ class VectorIndex:
             with contextlib.suppress(OSError):  # a read-only index folder still answers queries
                 built.save(folder)
         return built
+
+    def still_current(self, store: Store) -> bool:
+        """Whether a process may keep searching this index: SQLite has not moved on, and the file it
+        maps is the one it mapped (a file rewritten in place under a mapping must not be read)."""
+        if self.generation != store.generation() or self.size != store.count():
+            return False
+        if self._mapped is None:
+            return True
+        path, identity = self._mapped
+        try:
+            return _identity(path) == identity
+        except OSError:
+            return False
 
     def save(self, folder: Path) -> Path:
         import faiss
@@ -185,6 +201,11 @@ class VectorIndex:
             return np.zeros((len(queries), 0), np.float32), np.zeros((len(queries), 0), np.int64)
         scores, ids = self.index.search(np.ascontiguousarray(queries, dtype=np.float32), k)
         return scores, ids
+
+
+def _identity(path: Path) -> tuple[int, int, int]:
+    st = path.stat()
+    return st.st_ino, st.st_size, st.st_mtime_ns
 
 
 def _read(path: Path) -> Any:

@@ -1,5 +1,8 @@
 """`Library`: the public facade that wires scan, decode, embed, store and search together.
 
+Searching lives here; indexing and merging in library_indexing.py, tagging in library_tagging.py
+(Library inherits both).
+
     from clipsearch import Library
     lib = Library()                       # the default index, its recorded model
     lib.index(["~/Photos"])
@@ -9,12 +12,11 @@
 
 from __future__ import annotations
 
-import contextlib
 import dataclasses
 import datetime as dt
 import json
 import os
-from collections.abc import Callable, Iterable, Iterator
+from collections.abc import Callable, Iterable
 from dataclasses import dataclass
 from pathlib import Path
 from typing import TYPE_CHECKING, Any
@@ -22,51 +24,24 @@ from typing import TYPE_CHECKING, Any
 import numpy as np
 
 if TYPE_CHECKING:
-    from clipsearch import duplicates, indexer, shards, tagging
-    from clipsearch.ray_executor import RayOptions
+    from clipsearch import duplicates
 
 from clipsearch import config, models, scan, text_model
 from clipsearch import query as query_mod
 from clipsearch import search as search_mod
-from clipsearch.config import DEFAULT_MAX_PIXELS
 from clipsearch.embedder import Embedder, ModelIdentity
 from clipsearch.errors import (
-    ClipsearchError,
-    IndexLockedError,
     IndexMissingError,
     ModelMismatchError,
     UsageError,
 )
-from clipsearch.store import Store, check_same_model, now, os_path
-from clipsearch.vectors import VectorIndex, remove_orphan_temps
-
-LOCK_NAME = "index.lock"
-LOCK_OWNER = "index.lock.owner"
-
+from clipsearch.library_indexing import Indexing
+from clipsearch.library_tagging import Tagging
+from clipsearch.store import Store, check_same_model
+from clipsearch.vectors import VectorIndex
 
 _FORMAT_ALIASES = {"jpg": "jpeg", "jpe": "jpeg", "tif": "tiff", "heic": "heif", "jp2": "jpeg2000",
                    "ppm": "ppm", "pgm": "ppm", "pbm": "ppm"}
-
-
-@dataclass
-class TagSummary:
-    """What a tagging run did."""
-
-    photos: int
-    tagged: int
-    counts: dict[str, int]
-    label_set: str
-    labels: int
-    method: str
-    sidecars_changed: int = 0
-    sidecars: list[str] | None = None
-    sidecar_errors: list[str] | None = None
-
-    def as_dict(self) -> dict[str, object]:
-        return {"photos": self.photos, "tagged": self.tagged, "untagged": self.photos - self.tagged,
-                "counts": self.counts, "label_set": self.label_set, "labels": self.labels,
-                "threshold_method": self.method, "sidecars_changed": self.sidecars_changed,
-                "sidecar_errors": self.sidecar_errors or []}
 
 
 @dataclass
@@ -102,7 +77,7 @@ class Status:
         }
 
 
-class Library:
+class Library(Indexing, Tagging):
     """One index folder and the model that goes with it.
 
     `model` is a name as `clipsearch models list` shows (None: the model the index was built with,
@@ -146,157 +121,6 @@ class Library:
             self._embedder = Embedder(self.model_spec(), self._device, self._precision, self._download,
                                       self._notify)
         return self._embedder
-
-    # --- indexing -------------------------------------------------------------------------------
-
-    def index(self, paths: Iterable[str | os.PathLike[str]], *, exclude: Iterable[str] = (),
-              follow_symlinks: bool = False, include_hidden: bool = False, rebuild: bool = False,
-              max_pixels: int = DEFAULT_MAX_PIXELS, wait: bool = False,
-              progress: indexer.Progress | None = None, ray: RayOptions | None = None) -> indexer.IndexSummary:
-        """Add new and changed photos under `paths`, drop deleted ones, keep moved ones' vectors.
-
-        With `ray`, decoding and embedding run on a Ray cluster (ray_executor.py); the scan, the plan
-        and every commit stay here, so the index ends up the same either way.
-        """
-        given = [os.fspath(p) for p in paths]
-        roots = [os.path.abspath(os.path.expanduser(p)) for p in given]
-        if not roots:
-            raise UsageError("name at least one folder or photo to index")
-        for root, name in zip(roots, given, strict=True):
-            if not os.path.lexists(root):  # before anything is created: a typo leaves no empty index
-                raise UsageError(f"no such file or folder: {name}")
-        executor = None
-        if ray is not None:
-            from clipsearch.ray_executor import RayExecutor
-
-            executor = RayExecutor(ray, self._device, self._precision)
-        with self._write_lock(wait):
-            return self._index_locked(roots, tuple(exclude), follow_symlinks, include_hidden, rebuild,
-                                      max_pixels, progress, executor)
-
-    @contextlib.contextmanager
-    def _write_lock(self, wait: bool) -> Iterator[None]:
-        """The index's single-writer lock, with a note of who holds it for the error others get."""
-        import socket
-
-        import filelock
-
-        self.path.mkdir(parents=True, exist_ok=True)
-        lock = filelock.FileLock(str(self.path / LOCK_NAME), timeout=-1 if wait else 0)
-        try:
-            lock.acquire()
-        except filelock.Timeout:
-            raise IndexLockedError(f"the index at {self.path} is being updated by {self._lock_owner()}; "
-                                   "wait for it, or pass --wait") from None
-        try:
-            (self.path / LOCK_OWNER).write_text(json.dumps(
-                {"pid": os.getpid(), "host": socket.gethostname(), "since": now()}))
-            yield
-        finally:
-            with contextlib.suppress(OSError):
-                (self.path / LOCK_OWNER).unlink()
-            lock.release()
-
-    def _lock_owner(self) -> str:
-        try:
-            info = json.loads((self.path / LOCK_OWNER).read_text())
-            return f"process {info['pid']} on {info['host']} since {info['since']}"
-        except (OSError, ValueError, KeyError):
-            return "another clipsearch process"
-
-    def _index_locked(self, roots: list[str], exclude: tuple[str, ...], follow: bool, hidden: bool,
-                      rebuild: bool, max_pixels: int, progress: indexer.Progress | None,
-                      executor: indexer.Executor | None) -> indexer.IndexSummary:
-        started = now()
-        remove_orphan_temps(self.path)
-        store = Store.open(self.path, create=True)
-        try:
-            recorded = store.model_identity()
-            if recorded is not None and self._model_name and not rebuild:
-                wanted = models.parse(self._model_name).name
-                if wanted != recorded.name:
-                    raise ModelMismatchError(
-                        f"this index was built with {recorded.name}, not {wanted}; pass --rebuild to re-embed "
-                        "every photo with the new model, or use another --index")
-            if rebuild:
-                store.reset()
-            problems = scan.ScanProblems()
-            found = list(scan.walk(roots, exclude, follow, hidden, problems))
-
-            def get_embedder() -> Embedder:
-                emb = self.embedder()
-                store.bind_model(emb.identity)
-                return emb
-
-            from clipsearch import indexer  # decoding and the pipeline: not needed by queries
-
-            summary = indexer.run(store, get_embedder, roots, found, problems, max_pixels, progress,
-                                  executor=executor)
-            if store.model_identity() is None and self._embedder is not None:
-                store.bind_model(self._embedder.identity)
-            if rebuild:
-                text_model.remove(self.path)
-            emb = self._embedder
-            if (emb is not None and config.text_model_enabled()
-                    and not text_model.available(self.path, emb.identity.weights_sha256)):
-                self._export_text_model(emb, store.sample_vectors(20_000))
-            VectorIndex.load(self.path, store)  # refresh the FAISS cache now, not on the next query
-            store.record_run(started, json.dumps(summary.as_dict()))
-            return summary
-        finally:
-            store.close()
-
-    def merge(self, shard_folders: Iterable[str | os.PathLike[str]], *, remap: Iterable[str] = (),
-              wait: bool = False) -> shards.MergeSummary:
-        """Fold shards written by `clipsearch embed` into this index (shards.py: model check, dedup, order).
-
-        `remap` entries are "OLD=NEW": shard paths under OLD are indexed under NEW, for a filesystem
-        mounted elsewhere here than on the machines that embedded it.
-        """
-        from clipsearch import shards
-
-        opened = [shards.Shard.open(f) for f in shard_folders]
-        if not opened:
-            raise UsageError("name at least one shard folder to merge")
-        pairs = shards.parse_remap(list(remap))
-        shards.check_models(opened)  # before anything is created: a refused merge leaves no trace
-        with self._write_lock(wait):
-            started = now()
-            remove_orphan_temps(self.path)
-            store = Store.open(self.path, create=True)
-            try:
-                summary = shards.merge(store, opened, pairs)
-                VectorIndex.load(self.path, store)
-                self._export_text_model_if_cached(store)
-                store.record_run(started, json.dumps({"merge": summary.as_dict()}))
-                return summary
-            finally:
-                store.close()
-
-    def _export_text_model_if_cached(self, store: Store) -> None:
-        """After a merge: the torch-free text encoder, when the model's weights are on this machine.
-
-        Merging needs no model, so one that is not here is not fetched; queries then use the torch path.
-        """
-        recorded = store.model_identity()
-        if recorded is None or not config.text_model_enabled() or text_model.available(
-                self.path, recorded.weights_sha256):
-            return
-        try:
-            emb = Embedder(models.parse(recorded.name), self._device, self._precision, download=False)
-            check_same_model(recorded, emb.identity)
-        except ClipsearchError:
-            return
-        self._export_text_model(emb, store.sample_vectors(20_000))
-
-    def _export_text_model(self, emb: Embedder, backdrop: np.ndarray) -> None:
-        """Give queries a torch-free text encoder (text_model.py); optional, so failures only cost speed."""
-        if self._notify is not None:
-            self._notify("preparing the text encoder that makes queries fast (once per index)")
-        try:
-            text_model.export(emb, self.path, backdrop)
-        except Exception:  # noqa: BLE001 - an exporter or runtime gap must never fail an indexing run
-            text_model.remove(self.path)
 
     # --- searching ------------------------------------------------------------------------------
 
@@ -461,176 +285,6 @@ class Library:
                 similar_window_s=duplicates.SIMILAR_WINDOW_S if similar_window_s is None else similar_window_s)
         finally:
             store.close()
-
-    def tag(self, paths: Iterable[str | os.PathLike[str]] = (), *, labels: list[tagging.Label] | None = None,
-            template_set: str = "photo", top: int = 5, threshold: float | None = None,
-            z: float = search_mod.DEFAULT_Z, write_xmp: bool = False, clear_xmp: bool = False,
-            dry_run: bool = False, progress: indexer.Progress | None = None) -> TagSummary:
-        """Zero-shot tags for indexed photos under `paths` (indexing them first), stored in SQLite.
-
-        With `write_xmp` the tags also go to XMP sidecars; `clear_xmp` removes clipsearch's tags from
-        them instead. `dry_run` computes and reports without writing tags or sidecars.
-        """
-        from clipsearch import tagging
-
-        given = [os.fspath(p) for p in paths]
-        if given:  # indexing only fills the index (never the photos), so a dry run does it too
-            self.index(given, progress=progress)
-        labels = labels if labels is not None else tagging.default_labels()
-        tpl = tagging.templates(template_set)
-        names = [lab.name for lab in labels]
-        store = Store.open(self.path)
-        try:
-            recorded = self._require_model(store)
-            set_id = tagging.label_set_id(labels, tpl)
-            label_mat = store.label_vectors(recorded.weights_sha256, set_id, names)
-            if label_mat is None:
-                label_mat = tagging.label_vectors(labels, tpl, self._text_encoder(recorded).embed_texts)
-                store.save_label_vectors(recorded.weights_sha256, set_id, names, label_mat)
-            ids, mat = store.all_vectors()
-            cut = tagging.thresholds(mat, label_mat, z, threshold)
-            roots = tuple(os.path.abspath(os.path.expanduser(p)) for p in given)
-            # Photo rows are read only when a scope or sidecars need them (100k rows cost ~0.8 s).
-            rows = store.images(ids.tolist()) if roots or write_xmp or clear_xmp else {}
-            in_scope = [n for n, i in enumerate(ids.tolist())
-                        if not roots or search_mod.Filters(within=roots).accepts(rows[i])]
-            assigned = tagging.assign(mat[in_scope], label_mat, cut, top)
-            scope_ids = [int(ids[n]) for n in in_scope]
-            tags = [[(names[k], score) for k, score in found] for found in assigned]
-            probes = store.probes(recorded.weights_sha256)
-            if probes:
-                sub = mat[in_scope]
-                learned: list[list[tuple[str, float]]] = [[] for _ in scope_ids]
-                for name, weights, bias, examples in probes:
-                    probe = tagging.Probe(name, weights, bias, examples)
-                    for row, p in enumerate(probe.probability(sub)):
-                        if p >= 0.5:
-                            learned[row].append((name, float(p)))
-                for row, extra in enumerate(learned):
-                    tags[row] = tags[row] + extra
-                if not dry_run:
-                    store.replace_tags(scope_ids, "few-shot", "personal", learned)
-            if not dry_run:
-                store.replace_tags(scope_ids, "zero-shot", set_id,
-                                   [[t for t in found if not any(t[0] == p[0] for p in probes)] for found in tags])
-            counts: dict[str, int] = {}
-            for found in tags:
-                for name, _ in found:
-                    counts[name] = counts.get(name, 0) + 1
-            summary = TagSummary(len(scope_ids), sum(1 for t in tags if t), dict(sorted(
-                counts.items(), key=lambda kv: -kv[1])), set_id, len(labels), cut.method)
-            if write_xmp or clear_xmp:
-                from clipsearch import xmp
-
-                changed, failed = [], []
-                for image_id, found in zip(scope_ids, tags, strict=True):
-                    try:
-                        path, did = xmp.update(rows[image_id].path, [] if clear_xmp else [n for n, _ in found],
-                                               dry_run=dry_run)
-                    except (ValueError, OSError) as exc:  # a broken or read-only sidecar costs only itself
-                        failed.append(f"{rows[image_id].path}: {exc}")
-                        continue
-                    if did:
-                        changed.append(str(path))
-                summary.sidecars_changed, summary.sidecars, summary.sidecar_errors = len(changed), changed, failed
-            return summary
-        finally:
-            store.close()
-
-    def learn(self, name: str, examples: Iterable[str | os.PathLike[str]], *,
-              negatives: Iterable[str | os.PathLike[str]] = (), use_text: bool = True) -> tagging.Probe:
-        """Learn a personal tag from example photos (indexed or not); `tag` applies it from then on.
-
-        Negatives default to up to 2,000 other indexed photos, taken as "mostly not this".
-        """
-        from clipsearch import tagging
-
-        name = " ".join(name.split())
-        if not name:
-            raise UsageError("a personal tag needs a name")
-        store = Store.open(self.path)
-        try:
-            recorded = self._require_model(store)
-            pos_ids, pos = self._vectors_of(store, recorded, examples)
-            negatives = list(negatives)
-            if negatives:
-                _, neg = self._vectors_of(store, recorded, negatives)
-            else:
-                ids, mat = store.all_vectors()
-                keep = np.flatnonzero(~np.isin(ids, list(pos_ids)))
-                pick = np.random.default_rng(0).permutation(keep)[:2000]
-                neg = mat[np.sort(pick)]
-            prior = self._text_encoder(recorded).embed_texts([f"a photo of {name}"])[0] if use_text else None
-            probe = tagging.learn_probe(name, pos, neg, prior)
-            store.save_probe(recorded.weights_sha256, name, probe.weights, probe.bias, probe.examples)
-            return probe
-        finally:
-            store.close()
-
-    def forget(self, name: str) -> bool:
-        store = Store.open(self.path)
-        try:
-            return store.forget_probe(name) > 0
-        finally:
-            store.close()
-
-    def _vectors_of(self, store: Store, recorded: ModelIdentity,
-                    paths: Iterable[str | os.PathLike[str]]) -> tuple[set[int], np.ndarray]:
-        """Vectors of photos or folders of photos: stored ones when indexed, else embedded now."""
-        from clipsearch import images
-
-        files: list[str] = []
-        for given in paths:
-            path = os.path.abspath(os.path.expanduser(os.fspath(given)))
-            if os.path.isdir(path):
-                files += [f.path for f in scan.walk([path])]
-            elif os.path.isfile(path):
-                files.append(path)
-            else:
-                raise UsageError(f"no such file or folder: {given}")
-        ids: set[int] = set()
-        vecs: list[np.ndarray] = []
-        for path in files:
-            image_id = store.id_for_path(path)
-            if image_id is not None:
-                ids.add(image_id)
-                vecs.append(store.vectors_for([image_id])[0])
-                continue
-            emb = self.embedder()
-            check_same_model(recorded, emb.identity)
-            try:
-                decoded = images.decode(path, emb.preprocess)
-            except images.SkipFile as skip:
-                raise UsageError(f"cannot use {scan.display_path(path)} as an example: {skip}") from None
-            vecs.append(emb.embed_images(decoded.pixels[None])[0])
-        if not vecs:
-            raise UsageError("no example photos found")
-        return ids, np.stack(vecs)
-
-    def tag_counts(self) -> list[tuple[str, str, int]]:
-        store = Store.open(self.path)
-        try:
-            return store.tag_counts()
-        finally:
-            store.close()
-
-    def all_tags(self) -> list[tuple[str, str, float, str]]:
-        """(path, label, score, source) for every tag, for export."""
-        store = Store.open(self.path)
-        try:
-            return [(os_path(p, raw), lab, float(sc), src) for p, raw, lab, sc, src in store.db.execute(
-                "SELECT images.path, images.path_raw, label, score, source FROM tags JOIN images "
-                "ON images.id = tags.image_id ORDER BY images.path, score DESC")]
-        finally:
-            store.close()
-
-    def _text_encoder(self, recorded: ModelIdentity) -> Any:
-        """The exported text tower when there is one (no torch), else the model itself."""
-        if text_model.available(self.path, recorded.weights_sha256):
-            return text_model.OnnxTextEncoder(self.path / text_model.FOLDER)
-        emb = self.embedder()
-        check_same_model(recorded, emb.identity)
-        return emb
 
     def thumbnail_of(self, image_id: int, path: str, mtime_ns: int) -> Path | None:
         """A cached preview of an indexed photo (thumbnails.py)."""

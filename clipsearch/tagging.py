@@ -99,18 +99,60 @@ class Thresholds:
 
 def thresholds(mat: np.ndarray, labels_mat: np.ndarray, z: float = DEFAULT_Z,
                fixed: float | None = None) -> Thresholds:
-    """Per-label cutoffs: `fixed` for all, or each label's robust background over the library."""
+    """Per-label cutoffs: `fixed` for all, or each label's robust background over the library,
+    lowered to the edge of the label's own cluster where the label set shows one (docs/tagging.md)."""
     if fixed is not None:
         return Thresholds(np.full(len(labels_mat), fixed, dtype=np.float32), "fixed")
     if len(mat) < MIN_FOR_CUTOFF:
         raise UsageError(f"automatic thresholds need at least {MIN_FOR_CUTOFF} indexed photos to learn what "
                          f"'unrelated' scores; this index has {len(mat)}. Pass --threshold COSINE instead")
     sample = mat[:: max(1, len(mat) // 4096)][:4096]
-    values = []
-    for vec in labels_mat:
+    scores = sample @ labels_mat.T
+    winners = scores.argmax(axis=1) if len(labels_mat) > 1 else None
+    values, edges = [], 0
+    for j, vec in enumerate(labels_mat):
         cutoff, _ = adaptive_cutoff(vec, sample, z, library_size=len(mat))
-        values.append(np.inf if cutoff is None else cutoff)
-    return Thresholds(np.asarray(values, dtype=np.float32), "robust-z")
+        value = np.inf if cutoff is None else cutoff
+        edge = None if winners is None else cluster_edge(scores[:, j], winners == j)
+        if edge is not None and edge < value:
+            value, edges = edge, edges + 1
+        values.append(value)
+    method = "robust-z" if not edges else f"robust-z, cluster edge for {edges} of {len(labels_mat)} labels"
+    return Thresholds(np.asarray(values, dtype=np.float32), method)
+
+
+EDGE_SIGMAS = 3.0
+EDGE_MAX_SPREAD = 0.35  # of the label's spread over the whole library
+EDGE_MAX_LEAK = 0.03  # of the photos the label does not win
+
+
+def cluster_edge(scores: np.ndarray, wins: np.ndarray) -> float | None:
+    """The lower edge of the photos a label wins, when they form a cluster of their own.
+
+    The photos for which a label scores highest in its set (CLIP's zero-shot classification) are
+    that label's candidates. When they are tight (their robust spread at most 0.35 of the label's
+    spread over the library) and their edge, median - 3 robust sigmas, is reached by at most 3 % of
+    the other photos, the edge separates the label's photos from the rest even where the robust
+    background cannot: a label that fits a large share of the library, over a background made of
+    several groups, puts its photos only 1-2 robust deviations above the median. A label that fits
+    nothing wins photos that neither cluster nor stand apart, so "none of these" is unchanged.
+    """
+    won, rest = scores[wins], scores[~wins]
+    if len(won) < max(5, len(scores) // 200) or len(rest) < 5:
+        return None
+    centre, spread = _robust(scores)
+    won_centre, won_spread = _robust(won)
+    if spread <= 0 or won_spread > EDGE_MAX_SPREAD * spread:
+        return None
+    edge = won_centre - EDGE_SIGMAS * won_spread
+    if float(np.mean(rest >= edge)) > EDGE_MAX_LEAK or edge <= centre:
+        return None
+    return float(edge)
+
+
+def _robust(values: np.ndarray) -> tuple[float, float]:
+    median = float(np.median(values))
+    return median, 1.4826 * float(np.median(np.abs(values - median)))
 
 
 def assign(mat: np.ndarray, labels_mat: np.ndarray, cut: Thresholds, top: int) -> list[list[tuple[int, float]]]:

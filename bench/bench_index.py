@@ -5,7 +5,8 @@
 The limit is computed in the same run: cores / (decode CPU-seconds per image + model CPU-seconds per
 image), each measured alone on one thread. The rclip-style baseline reproduces the peer's pipeline:
 a thread pool of min(16, cores) workers that hash each file (first 1 MB + last 1 KB), decode it at
-full size with Pillow, resize bicubic and centre-crop, then an fp32 model at batch 8.
+full size with Pillow, resize bicubic and centre-crop, then an fp32 model at batch 8. Each pipeline
+runs twice, interleaved, and its better run counts.
 """
 
 from __future__ import annotations
@@ -130,8 +131,15 @@ def main() -> None:
             decode_s = decode_cpu_per_image(paths[: min(40, count)], pre)
             cores = os.cpu_count() or 1
             limit = cores / (decode_s + model_s)
-            ours = clipsearch_index(folder, model_dir, args.quick)
-            base = rclip_style(paths[:n_baseline], model_dir)
+            # Best of two for each pipeline, runs interleaved: on a shared machine one slow run says
+            # more about the neighbours than about the code.
+            tries = 1 if args.quick else 2
+            ours_runs, base_runs = [], []
+            for _ in range(tries):
+                ours_runs.append(clipsearch_index(folder, model_dir, args.quick))
+                base_runs.append(rclip_style(paths[:n_baseline], model_dir))
+            ours = max(ours_runs, key=lambda r: r["images_per_second"])
+            base = max(base_runs)
             row = {"model": arch, "set": label, "images": count, "precision": precision,
                    "decode_ms": decode_s * 1000, "model_ms": model_s * 1000, "limit_img_s": limit,
                    "clipsearch_img_s": ours["images_per_second"], "clipsearch_wall_s": ours["wall_s"],

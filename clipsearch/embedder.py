@@ -190,12 +190,17 @@ def encode_cut_tokens(model: Any, tokens: torch.Tensor) -> torch.Tensor:
     The length comes from the input's shape, not from the tokens' values, so the ONNX export of this
     function (text_model.py) accepts any length up to the context length.
     """
+    return encode_embedded(model, model.token_embedding(tokens), tokens)
+
+
+def encode_embedded(model: Any, embedded: torch.Tensor, tokens: torch.Tensor) -> torch.Tensor:
+    """encode_cut_tokens after the token lookup: the exported text tower (text_model.py) starts here."""
     import torch
     from open_clip.transformer import text_global_pool
 
     length = tokens.shape[1]
     cast = model.transformer.get_cast_dtype()
-    x = model.token_embedding(tokens).to(cast) + model.positional_embedding[:length].to(cast)
+    x = embedded.to(cast) + model.positional_embedding[:length].to(cast)
     x = model.transformer(x, attn_mask=model.attn_mask[:length, :length])
     x = model.ln_final(x)
     x = text_global_pool(x, tokens, model.text_pool_type, eos_token_id=getattr(model, "text_eos_id", None))

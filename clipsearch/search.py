@@ -140,14 +140,25 @@ def adaptive_cutoff(query: np.ndarray, sample: np.ndarray, z: float,
     would let through half a photo on average (a Gaussian tail of 0.5 / N): a fixed Z = 3 passes
     0.13 % of unrelated photos, which is 130 junk results at 100k photos.
     """
-    n = library_size or len(sample)
-    if len(sample) < MIN_FOR_CUTOFF or n < MIN_FOR_CUTOFF:
+    return cutoff_from_scores(sample @ query, z, library_size)
+
+
+def cutoff_from_scores(scores: np.ndarray, z: float,
+                       library_size: int | None = None) -> tuple[float | None, dict[str, float]]:
+    """adaptive_cutoff for scores already computed (tagging scores every label at once)."""
+    n = library_size or len(scores)
+    if len(scores) < MIN_FOR_CUTOFF or n < MIN_FOR_CUTOFF:
         return None, {}
     z_eff = max(z, normal_quantile(1 - 0.5 / n))
-    scores = sample @ query
-    median = float(np.median(scores))
-    sigma = 1.4826 * float(np.median(np.abs(scores - median))) or float(scores.std()) or 1e-6
+    median, sigma = robust_stats(scores)
+    sigma = sigma or float(scores.std()) or 1e-6
     return median + z_eff * sigma, {"median": median, "sigma": sigma, "z": z_eff}
+
+
+def robust_stats(values: np.ndarray) -> tuple[float, float]:
+    """Median and 1.4826 * median absolute deviation: a Gaussian's (mean, sigma), outliers ignored."""
+    median = float(np.median(values))
+    return median, 1.4826 * float(np.median(np.abs(values - median)))
 
 
 def rank(store: Store, index: VectorIndex, query: np.ndarray, top: int, filters: Filters = Filters(),

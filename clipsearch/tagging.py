@@ -17,7 +17,7 @@ from importlib import resources
 import numpy as np
 
 from clipsearch.errors import UsageError
-from clipsearch.search import DEFAULT_Z, MIN_FOR_CUTOFF, adaptive_cutoff
+from clipsearch.search import DEFAULT_Z, MIN_FOR_CUTOFF, cutoff_from_scores, robust_stats
 
 PHOTO_TEMPLATES = (
     "a photo of {}.", "a photo of a {}.", "a picture of {}.", "a close-up photo of {}.", "a photo showing {}.",
@@ -110,8 +110,8 @@ def thresholds(mat: np.ndarray, labels_mat: np.ndarray, z: float = DEFAULT_Z,
     scores = sample @ labels_mat.T
     winners = scores.argmax(axis=1) if len(labels_mat) > 1 else None
     values, edges = [], 0
-    for j, vec in enumerate(labels_mat):
-        cutoff, _ = adaptive_cutoff(vec, sample, z, library_size=len(mat))
+    for j in range(len(labels_mat)):
+        cutoff, _ = cutoff_from_scores(scores[:, j], z, library_size=len(mat))
         value = np.inf if cutoff is None else cutoff
         edge = None if winners is None else cluster_edge(scores[:, j], winners == j)
         if edge is not None and edge < value:
@@ -140,8 +140,8 @@ def cluster_edge(scores: np.ndarray, wins: np.ndarray) -> float | None:
     won, rest = scores[wins], scores[~wins]
     if len(won) < max(5, len(scores) // 200) or len(rest) < 5:
         return None
-    centre, spread = _robust(scores)
-    won_centre, won_spread = _robust(won)
+    centre, spread = robust_stats(scores)
+    won_centre, won_spread = robust_stats(won)
     if spread <= 0 or won_spread > EDGE_MAX_SPREAD * spread:
         return None
     edge = won_centre - EDGE_SIGMAS * won_spread
@@ -149,10 +149,6 @@ def cluster_edge(scores: np.ndarray, wins: np.ndarray) -> float | None:
         return None
     return float(edge)
 
-
-def _robust(values: np.ndarray) -> tuple[float, float]:
-    median = float(np.median(values))
-    return median, 1.4826 * float(np.median(np.abs(values - median)))
 
 
 def assign(mat: np.ndarray, labels_mat: np.ndarray, cut: Thresholds, top: int) -> list[list[tuple[int, float]]]:

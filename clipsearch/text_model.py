@@ -44,7 +44,8 @@ def available(index_dir: Path, weights_sha256: str) -> bool:
 class OnnxTextEncoder:
     """Texts -> normalised float32 vectors with ONNX Runtime; no torch anywhere."""
 
-    def __init__(self, folder: Path, file: str | None = None) -> None:
+    def __init__(self, folder: Path, file: str | None = None, preoptimized: bool | None = None) -> None:
+        """`file` and `preoptimized` default to what meta.json records (export tries others)."""
         import onnxruntime as ort
 
         meta = json.loads((folder / "meta.json").read_text())
@@ -54,7 +55,7 @@ class OnnxTextEncoder:
         # Idle worker threads spin by default, burning the core the rest of a query needs (measured:
         # session + one encode 0.16 s CPU with spinning, 0.08 s without).
         options.add_session_config_entry("session.intra_op.allow_spinning", "0")
-        if file is None and meta.get("preoptimized"):
+        if meta.get("preoptimized") if preoptimized is None else preoptimized:
             # Optimised once at export (see _preoptimize): loading then skips the graph rewrite and the
             # weight pre-packing, 0.25 s -> 0.06 s of a cold query, for 5 ms more on one encode.
             options.graph_optimization_level = ort.GraphOptimizationLevel.ORT_DISABLE_ALL
@@ -211,14 +212,8 @@ def _preoptimize(folder: Path, file: str) -> dict[str, Any]:
     options.graph_optimization_level = ort.GraphOptimizationLevel.ORT_ENABLE_EXTENDED
     options.optimized_model_filepath = str(target)
     ort.InferenceSession(str(folder / file), options, providers=["CPUExecutionProvider"])
-    before = OnnxTextEncoder(folder, file).embed_texts(CHECK_PROMPTS)
-    meta_path = folder / "meta.json"
-    meta = json.loads(meta_path.read_text())
-    meta_path.write_text(json.dumps({**meta, "file": target.name, "preoptimized": True}))
-    try:
-        after = OnnxTextEncoder(folder).embed_texts(CHECK_PROMPTS)
-    finally:
-        meta_path.write_text(json.dumps(meta))
+    before = OnnxTextEncoder(folder, file, preoptimized=False).embed_texts(CHECK_PROMPTS)
+    after = OnnxTextEncoder(folder, target.name, preoptimized=True).embed_texts(CHECK_PROMPTS)
     if float(np.min(np.sum(before * after, axis=1))) < 0.9999:
         target.unlink(missing_ok=True)
         return {}
@@ -235,10 +230,11 @@ def _text_tower(model: Any) -> Any:
     """The text tower after the token lookup, as a module for torch.onnx.export.
 
     Inputs: the tokens' embeddings (looked up outside the graph) and the tokens themselves (the
-    end token's position picks the output). Otherwise embedder.encode_cut_tokens, traced.
+    end token's position picks the output): embedder.encode_embedded, traced.
     """
     import torch
-    from open_clip.transformer import text_global_pool
+
+    from clipsearch.embedder import encode_embedded
 
     class TextTower(torch.nn.Module):
         def __init__(self) -> None:
@@ -246,15 +242,6 @@ def _text_tower(model: Any) -> Any:
             self.model = model
 
         def forward(self, embedded: torch.Tensor, tokens: torch.Tensor) -> torch.Tensor:
-            m = self.model
-            length = tokens.shape[1]
-            cast = m.transformer.get_cast_dtype()
-            x = embedded.to(cast) + m.positional_embedding[:length].to(cast)
-            x = m.transformer(x, attn_mask=m.attn_mask[:length, :length])
-            x = m.ln_final(x)
-            x = text_global_pool(x, tokens, m.text_pool_type, eos_token_id=getattr(m, "text_eos_id", None))
-            if isinstance(m.text_projection, torch.nn.Linear):
-                return m.text_projection(x)
-            return x @ m.text_projection
+            return encode_embedded(self.model, embedded, tokens)
 
     return TextTower().eval()

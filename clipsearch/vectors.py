@@ -9,6 +9,7 @@ from __future__ import annotations
 
 import contextlib
 import os
+from collections.abc import Callable
 from pathlib import Path
 from typing import Any
 
@@ -133,17 +134,12 @@ class VectorIndex:
     def save(self, folder: Path) -> Path:
         import faiss
 
-        target = _file_for(folder, self.generation)
-        tmp = folder / f".{target.name}.{os.getpid()}.tmp"
-        try:
+        def write(tmp: Path) -> None:
             faiss.write_index(self.index, str(tmp))
             failpoints.hit("faiss-write")  # the new file half-made: not yet synced or in place
-            with open(tmp, "rb+") as f:
-                os.fsync(f.fileno())
-            os.replace(tmp, target)
-        finally:
-            with contextlib.suppress(FileNotFoundError):
-                tmp.unlink()
+
+        target = _file_for(folder, self.generation)
+        _replace_atomically(target, write)
         if self._backdrop is not None:
             self._save_backdrop(folder, self._backdrop)
         _fsync_dir(folder)
@@ -156,17 +152,11 @@ class VectorIndex:
         return target
 
     def _save_backdrop(self, folder: Path, backdrop: np.ndarray) -> None:
-        target = _backdrop_for(folder, self.generation)
-        tmp = folder / f".{target.name}.{os.getpid()}.tmp"
-        try:
+        def write(tmp: Path) -> None:
             with open(tmp, "wb") as f:
                 np.save(f, backdrop)
-                f.flush()
-                os.fsync(f.fileno())
-            os.replace(tmp, target)
-        finally:
-            with contextlib.suppress(FileNotFoundError):
-                tmp.unlink()
+
+        _replace_atomically(_backdrop_for(folder, self.generation), write)
 
     def sample(self, store: Store, max_rows: int = 4096) -> np.ndarray:
         """Up to `max_rows` stored vectors, evenly spaced: the backdrop the relevance cutoff measures against."""
@@ -201,6 +191,19 @@ class VectorIndex:
             return np.zeros((len(queries), 0), np.float32), np.zeros((len(queries), 0), np.int64)
         scores, ids = self.index.search(np.ascontiguousarray(queries, dtype=np.float32), k)
         return scores, ids
+
+
+def _replace_atomically(target: Path, write: Callable[[Path], None]) -> None:
+    """`write` a temp file beside `target`, fsync it, rename it over: a crash leaves old or new."""
+    tmp = target.with_name(f".{target.name}.{os.getpid()}.tmp")
+    try:
+        write(tmp)
+        with open(tmp, "rb+") as f:
+            os.fsync(f.fileno())
+        os.replace(tmp, target)
+    finally:
+        with contextlib.suppress(FileNotFoundError):
+            tmp.unlink()
 
 
 def _identity(path: Path) -> tuple[int, int, int]:

@@ -18,7 +18,7 @@ import numpy as np
 import pytest
 import shapes
 from conftest import TINY_MODEL
-from same_index import assert_same_index
+from same_index import assert_same_index, index_locally
 
 from clipsearch import Library, scan
 from clipsearch.embedder import Embedder
@@ -48,15 +48,9 @@ def photos(tmp_path_factory: pytest.TempPathFactory) -> Path:
 @pytest.fixture(scope="module")
 def reference(photos: Path, tmp_path_factory: pytest.TempPathFactory) -> Path:
     """The same photos indexed locally: what every Ray run must reproduce."""
-    home = tmp_path_factory.mktemp("ray-reference")
-    with pytest.MonkeyPatch.context() as mp:
-        mp.setenv("CLIPSEARCH_HOME", str(home))
-        mp.setenv("CLIPSEARCH_MODEL", TINY_MODEL)
-        mp.setenv("HF_HUB_OFFLINE", "1")
-        mp.setenv("CLIPSEARCH_TEXT_MODEL", "off")
-        summary = Library(index=home / "index").index([photos])
+    index, summary = index_locally(photos, tmp_path_factory.mktemp("ray-reference"), TINY_MODEL)
     assert (summary.new, sum(summary.skipped.values())) == (N_PHOTOS, 1)
-    return home / "index"
+    return index
 
 
 def _cli(args: list[str], **env: str) -> subprocess.Popen[bytes]:

@@ -15,7 +15,7 @@ import pytest
 import shapes
 from click.testing import CliRunner
 from conftest import TINY_MODEL
-from same_index import assert_same_index
+from same_index import assert_same_index, index_locally
 
 from clipsearch import Library, scan, shards
 from clipsearch.cli import app
@@ -43,15 +43,9 @@ def photos(tmp_path_factory: pytest.TempPathFactory) -> Path:
 
 @pytest.fixture(scope="module")
 def reference(photos: Path, tmp_path_factory: pytest.TempPathFactory) -> Path:
-    home = tmp_path_factory.mktemp("shard-reference")
-    with pytest.MonkeyPatch.context() as mp:
-        mp.setenv("CLIPSEARCH_HOME", str(home))
-        mp.setenv("CLIPSEARCH_MODEL", TINY_MODEL)
-        mp.setenv("HF_HUB_OFFLINE", "1")
-        mp.setenv("CLIPSEARCH_TEXT_MODEL", "off")
-        summary = Library(index=home / "index").index([photos])
+    index, summary = index_locally(photos, tmp_path_factory.mktemp("shard-reference"), TINY_MODEL)
     assert (summary.new, sum(summary.skipped.values())) == (N_PHOTOS, 1)
-    return home / "index"
+    return index
 
 
 @pytest.fixture(scope="module")

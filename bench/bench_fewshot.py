@@ -18,15 +18,17 @@ sys.path.insert(0, str(Path(__file__).parents[1] / "tests" / "fixtures"))
 import common
 import shapes
 
-from clipsearch import images, models, tagging
-from clipsearch.embedder import Embedder
+from clipsearch.ingest import images
+from clipsearch.model import names
+from clipsearch.model.embedder import Embedder
+from clipsearch.tags import zero_shot
 
 
 def main() -> None:
     ap = argparse.ArgumentParser(description=__doc__.splitlines()[0])
     ap.add_argument("--quick", action="store_true", help="one draw per setting instead of ten: checks it runs")
     args = ap.parse_args()
-    emb = Embedder(models.parse(f"local-dir:{common.TINY}"))
+    emb = Embedder(names.parse(f"local-dir:{common.TINY}"))
     library = shapes.write_heldout(common.CACHE / "fewshot" / "library", per_class=10, seed=101)
     heldout = shapes.write_heldout(common.CACHE / "fewshot" / "heldout", per_class=5, seed=77)
 
@@ -40,8 +42,8 @@ def main() -> None:
         is_lib = np.array([s == concept for _, _, s in library])
         truth = np.array([s == concept for _, _, s in heldout])
         prior = emb.embed_texts([f"a photo of a {concept}"])[0]
-        zero_mat = tagging.label_vectors([tagging.Label(concept)], tagging.PHOTO_TEMPLATES, emb.embed_texts)
-        cut = tagging.thresholds(lib_x, zero_mat)
+        zero_mat = zero_shot.label_vectors([zero_shot.Label(concept)], zero_shot.PHOTO_TEMPLATES, emb.embed_texts)
+        cut = zero_shot.thresholds(lib_x, zero_mat)
         zero_pred = (test_x @ zero_mat[0]) >= cut.values[0]
         row = {"concept": concept, "zero_shot_f1": _f1(zero_pred, truth)}
         for k in (1, 2, 4, 8):
@@ -50,7 +52,7 @@ def main() -> None:
                 pos = rng.choice(np.flatnonzero(is_lib), k, replace=False)
                 neg = np.setdiff1d(np.arange(len(library)), pos)  # unlabelled library, positives included
                 for prior_vec, out in ((prior, with_text), (None, without)):
-                    probe = tagging.learn_probe(concept, lib_x[pos], lib_x[neg], prior_vec)
+                    probe = zero_shot.learn_probe(concept, lib_x[pos], lib_x[neg], prior_vec)
                     out.append(_f1(probe.probability(test_x) >= 0.5, truth))
             row[f"k{k}_text"], row[f"k{k}_no_text"] = float(np.mean(with_text)), float(np.mean(without))
         rows.append(row)

@@ -29,7 +29,7 @@ import common
 
 
 def decode_cpu_per_image(paths: list[Path], pre: object) -> float:
-    from clipsearch import images
+    from clipsearch.ingest import images
 
     for p in paths[:2]:
         images.decode(str(p), pre)  # type: ignore[arg-type]
@@ -42,11 +42,11 @@ def decode_cpu_per_image(paths: list[Path], pre: object) -> float:
 def model_cpu_per_image(model_dir: Path, n: int) -> tuple[float, str]:
     import torch
 
-    from clipsearch import models
-    from clipsearch.embedder import Embedder
+    from clipsearch.model import names
+    from clipsearch.model.embedder import Embedder
 
     torch.set_num_threads(1)
-    emb = Embedder(models.parse(f"local-dir:{model_dir}"), device="cpu")
+    emb = Embedder(names.parse(f"local-dir:{model_dir}"), device="cpu")
     size = emb.preprocess.size
     batch = np.random.default_rng(0).integers(0, 255, size=(32, size, size, 3), dtype=np.uint8)
     emb.embed_images(batch)
@@ -118,12 +118,12 @@ def main() -> None:
     if args.quick:  # one size exercises every code path; a second costs another model-loading process
         del sets["12 MP camera"]
     rows = []
-    from clipsearch import models
-    from clipsearch.embedder import Embedder
+    from clipsearch.model import names
+    from clipsearch.model.embedder import Embedder
 
     for arch in (["tiny"] if args.quick else ["ViT-B-32", "ViT-B-32-256"]):
         model_dir = common.TINY if args.quick else common.random_model(arch)
-        pre = Embedder(models.parse(f"local-dir:{model_dir}"), device="cpu").preprocess
+        pre = Embedder(names.parse(f"local-dir:{model_dir}"), device="cpu").preprocess
         model_s, precision = model_cpu_per_image(model_dir, 32 if args.quick else 320)
         for label, (size, count) in sets.items():
             folder = common.CACHE / "photos" / f"{size[0]}x{size[1]}-{count}"

@@ -32,10 +32,10 @@ def index_folder(n: int, quick: bool) -> Path:
 
 
 def build_index(folder: Path, n: int, model_dir: Path) -> None:
-    from clipsearch import models
-    from clipsearch.embedder import ModelIdentity
-    from clipsearch.store import Store
-    from clipsearch.vectors import VectorIndex
+    from clipsearch.index.store import Store
+    from clipsearch.index.vectors import VectorIndex
+    from clipsearch.model import names
+    from clipsearch.model.embedder import ModelIdentity
 
     if (folder / "done").exists():
         _export_text_model(folder, model_dir)
@@ -44,10 +44,10 @@ def build_index(folder: Path, n: int, model_dir: Path) -> None:
     dim = common.embed_dim(model_dir)
     centres = rng.normal(size=(2000, dim)).astype(np.float32)
     centres /= np.linalg.norm(centres, axis=1, keepdims=True)
-    spec = models.parse(f"local-dir:{model_dir}")
-    weights = models.resolve_weights(spec)
+    spec = names.parse(f"local-dir:{model_dir}")
+    weights = names.resolve_weights(spec)
     store = Store.open(folder, create=True)
-    store.bind_model(ModelIdentity(spec.name, dim, models.sha256_of(weights)))
+    store.bind_model(ModelIdentity(spec.name, dim, names.sha256_of(weights)))
     for start in range(0, n, 20_000):
         m = min(20_000, n - start)
         vecs = centres[rng.integers(0, len(centres), size=m)] + rng.normal(scale=0.035, size=(m, dim)).astype(
@@ -65,32 +65,32 @@ def build_index(folder: Path, n: int, model_dir: Path) -> None:
 
 def _export_text_model(folder: Path, model_dir: Path) -> None:
     """What an indexing run leaves for queries: the torch-free text encoder."""
-    from clipsearch import models, text_model
-    from clipsearch.embedder import Embedder
+    from clipsearch.model import names, text_tower
+    from clipsearch.model.embedder import Embedder
 
-    spec = models.parse(f"local-dir:{model_dir}")
-    if text_model.available(folder, models.sha256_of(models.resolve_weights(spec))):
+    spec = names.parse(f"local-dir:{model_dir}")
+    if text_tower.available(folder, names.sha256_of(names.resolve_weights(spec))):
         return  # already there: no need to load torch and the model
-    assert text_model.export(Embedder(spec), folder), "text model export failed"
+    assert text_tower.export(Embedder(spec), folder), "text model export failed"
 
 
 def warm(folder: Path, queries: np.ndarray) -> dict[str, float]:
-    from clipsearch import search
-    from clipsearch.store import Store
-    from clipsearch.vectors import VectorIndex
+    from clipsearch.index.store import Store
+    from clipsearch.index.vectors import VectorIndex
+    from clipsearch.search import ranking
 
     store = Store.open(folder)
     index = VectorIndex.load(folder, store)
     ids_all, mat = store.all_vectors()
     times, exact_times, recalls = [], [], []
     for q in queries:  # one untimed pass: the lists these queries probe are in memory, as in a running process
-        search.rank(store, index, q, top=10, min_score=-1)
+        ranking.rank(store, index, q, top=10, min_score=-1)
     got_ids = []
     # All clipsearch searches first, then all exact ones: interleaved, the BLAS threads of each big
     # numpy product still spin during the next search and slow it down.
     for q in queries:
         t = time.perf_counter()
-        got = search.rank(store, index, q, top=10, min_score=-1)
+        got = ranking.rank(store, index, q, top=10, min_score=-1)
         times.append(time.perf_counter() - t)
         got_ids.append({r.id for r in got.results})
     for q, found in zip(queries, got_ids, strict=True):
@@ -182,7 +182,7 @@ def main() -> None:
         t = time.perf_counter()
         build_index(folder, n, model_dir)
         build_s = time.perf_counter() - t
-        from clipsearch.store import Store
+        from clipsearch.index.store import Store
 
         store = Store.open(folder)
         _, mat = store.all_vectors()

@@ -30,7 +30,7 @@ sys.path.insert(0, str(Path(__file__).parent))
 import common
 
 from clipsearch import Library
-from clipsearch.ray_executor import RayOptions
+from clipsearch.ingest.ray_executor import RayOptions
 
 
 class Clock:

@@ -20,15 +20,16 @@ sys.path.insert(0, str(Path(__file__).parent))
 import bench_query
 import common
 
-from clipsearch import Library, tagging
-from clipsearch.store import Store
+from clipsearch import Library
+from clipsearch.index.store import Store
+from clipsearch.tags import zero_shot
 
 MODIFIERS = ["", "a small ", "a big ", "an old ", "a colourful "]
 
 
-def labels(n: int) -> list[tagging.Label]:
-    base = tagging.default_labels()
-    out = [tagging.Label(f"{m}{lab.name}".strip()) for m in MODIFIERS for lab in base]
+def labels(n: int) -> list[zero_shot.Label]:
+    base = zero_shot.default_labels()
+    out = [zero_shot.Label(f"{m}{lab.name}".strip()) for m in MODIFIERS for lab in base]
     return out[:n]
 
 

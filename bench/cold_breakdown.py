@@ -24,23 +24,25 @@ def mark(name: str) -> None:
     start = now
 
 
-from clipsearch import cli, render  # noqa: E402 - importing is the first stage measured
+from clipsearch import cli  # noqa: E402 - importing is the first stage measured
+from clipsearch.cli import render  # noqa: E402
 from clipsearch.library import Library  # noqa: E402
 
 mark("imports")
-from clipsearch import query, search, text_model  # noqa: E402
-from clipsearch.vectors import VectorIndex  # noqa: E402
+from clipsearch.index.vectors import VectorIndex  # noqa: E402
+from clipsearch.model import text_tower  # noqa: E402
+from clipsearch.search import query, ranking  # noqa: E402
 
-real_init = text_model.OnnxTextEncoder.__init__
+real_init = text_tower.OnnxTextEncoder.__init__
 
 
-def timed_init(self: text_model.OnnxTextEncoder, *args: object, **kwargs: object) -> None:
+def timed_init(self: text_tower.OnnxTextEncoder, *args: object, **kwargs: object) -> None:
     t = time.perf_counter()
     real_init(self, *args, **kwargs)  # type: ignore[arg-type]
     stages["text encoder load (thread)"] = time.perf_counter() - t
 
 
-text_model.OnnxTextEncoder.__init__ = timed_init  # type: ignore[method-assign]
+text_tower.OnnxTextEncoder.__init__ = timed_init  # type: ignore[method-assign]
 
 lib = Library(sys.argv[1])
 terms = query.parse(sys.argv[2], frozenset(), (), (), ())
@@ -55,7 +57,7 @@ total = time.perf_counter() - t0
 encode = total
 vec = lib._query_vector(store.model_identity(), terms, vectors)  # type: ignore[arg-type]
 mark("wait for text encoder + encode")
-ranking = search.rank(store, index, vec, 20)
+ranking = ranking.rank(store, index, vec, 20)
 mark("search + cutoff + metadata")
 text = render.results_paths(ranking.results)
 mark("render")

@@ -112,7 +112,7 @@ def machine() -> dict[str, Any]:
     import torch
 
     from clipsearch import __version__
-    from clipsearch.embedder import cpu_has_native_bf16
+    from clipsearch.model.embedder import cpu_has_native_bf16
 
     flags = ""
     with contextlib.suppress(OSError):

@@ -19,14 +19,14 @@ from clipsearch.errors import (
 )
 
 if TYPE_CHECKING:
-    from clipsearch.indexer import IndexSummary
+    from clipsearch.ingest.pipeline import IndexSummary
     from clipsearch.library import Library, Status
-    from clipsearch.search import SearchResult
+    from clipsearch.search.ranking import SearchResult
 
 __version__ = "0.1.0"
 
-_LAZY = {"IndexSummary": "clipsearch.indexer", "Library": "clipsearch.library", "Status": "clipsearch.library",
-         "SearchResult": "clipsearch.search"}
+_LAZY = {"IndexSummary": "clipsearch.ingest.pipeline", "Library": "clipsearch.library", "Status": "clipsearch.library",
+         "SearchResult": "clipsearch.search.ranking"}
 
 
 def __getattr__(name: str) -> Any:

@@ -24,21 +24,23 @@ from typing import TYPE_CHECKING, Any
 import numpy as np
 
 if TYPE_CHECKING:
-    from clipsearch import duplicates
+    from clipsearch.search import duplicates
 
-from clipsearch import config, models, scan, text_model
-from clipsearch import query as query_mod
-from clipsearch import search as search_mod
-from clipsearch.embedder import Embedder, ModelIdentity
+from clipsearch import config
 from clipsearch.errors import (
     IndexMissingError,
     ModelMismatchError,
     UsageError,
 )
+from clipsearch.index.store import Store, check_same_model
+from clipsearch.index.vectors import VectorIndex
+from clipsearch.ingest import scan
 from clipsearch.library_indexing import Indexing
 from clipsearch.library_tagging import Tagging
-from clipsearch.store import Store, check_same_model
-from clipsearch.vectors import VectorIndex
+from clipsearch.model import names, text_tower
+from clipsearch.model.embedder import Embedder, ModelIdentity
+from clipsearch.search import query as query_mod
+from clipsearch.search import ranking as search_mod
 
 _FORMAT_ALIASES = {"jpg": "jpeg", "jpe": "jpeg", "tif": "tiff", "heic": "heif", "jp2": "jpeg2000",
                    "ppm": "ppm", "pgm": "ppm", "pbm": "ppm"}
@@ -63,7 +65,7 @@ class Status:
     last_run_at: str | None
     last_run: dict[str, object] | None
     vector_cache: str
-    text_model: bool = False  # queries can embed text without torch (text_model.py)
+    text_model: bool = False  # queries can embed text without torch (text_tower.py)
 
     def as_dict(self) -> dict[str, object]:
         return {
@@ -109,12 +111,12 @@ class Library(Indexing, Tagging):
         finally:
             store.close()
 
-    def model_spec(self) -> models.ModelSpec:
+    def model_spec(self) -> names.ModelSpec:
         """The model this library uses: the one asked for, else the index's, else the default."""
         if self._model_name:
-            return models.parse(self._model_name)
+            return names.parse(self._model_name)
         recorded = self._recorded_model()
-        return models.parse(recorded.name if recorded else config.DEFAULT_MODEL)
+        return names.parse(recorded.name if recorded else config.DEFAULT_MODEL)
 
     def embedder(self) -> Embedder:
         if self._embedder is None:
@@ -136,9 +138,9 @@ class Library(Indexing, Tagging):
         store = Store.open(self.path)
         try:
             recorded = self._require_model(store)
-            if check_model and self._model_name and models.parse(self._model_name).name != recorded.name:
+            if check_model and self._model_name and names.parse(self._model_name).name != recorded.name:
                 raise ModelMismatchError(f"this index was built with {recorded.name}, not "
-                                         f"{models.parse(self._model_name).name}; omit --model to use it")
+                                         f"{names.parse(self._model_name).name}; omit --model to use it")
             return store
         except BaseException:
             store.close()
@@ -178,7 +180,7 @@ class Library(Indexing, Tagging):
         `text` may combine parts: "beach + sunset - people", "2:dog + cat", or image paths.
         `similar_to` names an indexed photo whose stored vector is the query (no re-embedding).
         """
-        from clipsearch.scan import IMAGE_EXTENSIONS
+        from clipsearch.ingest.scan import IMAGE_EXTENSIONS
 
         if top < 1:
             raise UsageError("--top must be at least 1")
@@ -231,8 +233,8 @@ class Library(Indexing, Tagging):
             return lambda: known
         has_images = any(t.kind == "image" for t in terms)
         # New texts go through the exported text tower when there is one: no torch, no open_clip.
-        if not has_images and text_model.available(self.path, recorded.weights_sha256):
-            get_encoder: Callable[[], Any] = text_model.load_in_background(self.path / text_model.FOLDER)
+        if not has_images and text_tower.available(self.path, recorded.weights_sha256):
+            get_encoder: Callable[[], Any] = text_tower.load_in_background(self.path / text_tower.FOLDER)
         else:
             def get_encoder() -> Any:
                 emb = self.embedder()
@@ -254,7 +256,7 @@ class Library(Indexing, Tagging):
         vecs: dict[int, np.ndarray] = {id(t): known[t.value] for t in terms if t.kind == "text"}
         for t in terms:
             if t.kind == "image":
-                from clipsearch import images
+                from clipsearch.ingest import images
 
                 assert emb is not None
                 try:
@@ -273,7 +275,7 @@ class Library(Indexing, Tagging):
                    similar_cosine: float | None = None, similar_window_s: float | None = None
                    ) -> list[duplicates.Group]:
         """Groups of copies among indexed photos (duplicates.py): exact, near and, if asked, similar."""
-        from clipsearch import duplicates
+        from clipsearch.search import duplicates
 
         store, index = self._open_for_search(check_model=False)
         try:
@@ -288,7 +290,7 @@ class Library(Indexing, Tagging):
 
     def thumbnail_of(self, image_id: int, path: str, mtime_ns: int) -> Path | None:
         """A cached preview of an indexed photo (thumbnails.py)."""
-        from clipsearch import thumbnails
+        from clipsearch.ingest import thumbnails
 
         return thumbnails.thumbnail(self.path / "thumbs", image_id, path, mtime_ns)
 
@@ -308,7 +310,7 @@ class Library(Indexing, Tagging):
             cache = "current" if current.exists() else ("stale, rebuilt on next use" if faiss_files else
                                                         "missing, rebuilt on next use")
             model = store.model_identity()
-            fast = model is not None and text_model.available(self.path, model.weights_sha256)
+            fast = model is not None and text_tower.available(self.path, model.weights_sha256)
             return Status(self.path, model, store.count(), store.skipped_counts(), size,
                           last[0] if last else None, json.loads(last[1]) if last and last[1] else None, cache, fast)
         finally:

@@ -14,19 +14,21 @@ from typing import TYPE_CHECKING
 
 import numpy as np
 
-from clipsearch import config, models, scan, text_model
+from clipsearch import config
 from clipsearch.config import DEFAULT_MAX_PIXELS
-from clipsearch.embedder import Embedder
 from clipsearch.errors import ClipsearchError, IndexLockedError, ModelMismatchError, UsageError
-from clipsearch.store import Store, check_same_model, now
-from clipsearch.vectors import VectorIndex, remove_orphan_temps
+from clipsearch.index.store import Store, check_same_model, now
+from clipsearch.index.vectors import VectorIndex, remove_orphan_temps
+from clipsearch.ingest import scan
+from clipsearch.model import names, text_tower
+from clipsearch.model.embedder import Embedder
 
 if TYPE_CHECKING:
     from collections.abc import Callable
     from pathlib import Path
 
-    from clipsearch import indexer, shards
-    from clipsearch.ray_executor import RayOptions
+    from clipsearch.ingest import pipeline, shards
+    from clipsearch.ingest.ray_executor import RayOptions
 
 LOCK_NAME = "index.lock"
 LOCK_OWNER = "index.lock.owner"
@@ -48,7 +50,7 @@ class Indexing:
     def index(self, paths: Iterable[str | os.PathLike[str]], *, exclude: Iterable[str] = (),
               follow_symlinks: bool = False, include_hidden: bool = False, rebuild: bool = False,
               max_pixels: int = DEFAULT_MAX_PIXELS, wait: bool = False,
-              progress: indexer.Progress | None = None, ray: RayOptions | None = None) -> indexer.IndexSummary:
+              progress: pipeline.Progress | None = None, ray: RayOptions | None = None) -> pipeline.IndexSummary:
         """Add new and changed photos under `paths`, drop deleted ones, keep moved ones' vectors.
 
         With `ray`, decoding and embedding run on a Ray cluster (ray_executor.py); the scan, the plan
@@ -63,7 +65,7 @@ class Indexing:
                 raise UsageError(f"no such file or folder: {name}")
         executor = None
         if ray is not None:
-            from clipsearch.ray_executor import RayExecutor
+            from clipsearch.ingest.ray_executor import RayExecutor
 
             executor = RayExecutor(ray, self._device, self._precision)
         with self._write_lock(wait):
@@ -101,15 +103,15 @@ class Indexing:
             return "another clipsearch process"
 
     def _index_locked(self, roots: list[str], exclude: tuple[str, ...], follow: bool, hidden: bool,
-                      rebuild: bool, max_pixels: int, progress: indexer.Progress | None,
-                      executor: indexer.Executor | None) -> indexer.IndexSummary:
+                      rebuild: bool, max_pixels: int, progress: pipeline.Progress | None,
+                      executor: pipeline.Executor | None) -> pipeline.IndexSummary:
         started = now()
         remove_orphan_temps(self.path)
         store = Store.open(self.path, create=True)
         try:
             recorded = store.model_identity()
             if recorded is not None and self._model_name and not rebuild:
-                wanted = models.parse(self._model_name).name
+                wanted = names.parse(self._model_name).name
                 if wanted != recorded.name:
                     raise ModelMismatchError(
                         f"this index was built with {recorded.name}, not {wanted}; pass --rebuild to re-embed "
@@ -124,17 +126,17 @@ class Indexing:
                 store.bind_model(emb.identity)
                 return emb
 
-            from clipsearch import indexer  # decoding and the pipeline: not needed by queries
+            from clipsearch.ingest import pipeline  # decoding and the pipeline: not needed by queries
 
-            summary = indexer.run(store, get_embedder, roots, found, problems, max_pixels, progress,
+            summary = pipeline.run(store, get_embedder, roots, found, problems, max_pixels, progress,
                                   executor=executor)
             if store.model_identity() is None and self._embedder is not None:
                 store.bind_model(self._embedder.identity)
             if rebuild:
-                text_model.remove(self.path)
+                text_tower.remove(self.path)
             emb = self._embedder
             if (emb is not None and config.text_model_enabled()
-                    and not text_model.available(self.path, emb.identity.weights_sha256)):
+                    and not text_tower.available(self.path, emb.identity.weights_sha256)):
                 self._export_text_model(emb, store.sample_vectors(20_000))
             VectorIndex.load(self.path, store)  # refresh the FAISS cache now, not on the next query
             store.record_run(started, json.dumps(summary.as_dict()))
@@ -149,7 +151,7 @@ class Indexing:
         `remap` entries are "OLD=NEW": shard paths under OLD are indexed under NEW, for a filesystem
         mounted elsewhere here than on the machines that embedded it.
         """
-        from clipsearch import shards
+        from clipsearch.ingest import shards
 
         opened = [shards.Shard.open(f) for f in shard_folders]
         if not opened:
@@ -175,21 +177,21 @@ class Indexing:
         Merging needs no model, so one that is not here is not fetched; queries then use the torch path.
         """
         recorded = store.model_identity()
-        if recorded is None or not config.text_model_enabled() or text_model.available(
+        if recorded is None or not config.text_model_enabled() or text_tower.available(
                 self.path, recorded.weights_sha256):
             return
         try:
-            emb = Embedder(models.parse(recorded.name), self._device, self._precision, download=False)
+            emb = Embedder(names.parse(recorded.name), self._device, self._precision, download=False)
             check_same_model(recorded, emb.identity)
         except ClipsearchError:
             return
         self._export_text_model(emb, store.sample_vectors(20_000))
 
     def _export_text_model(self, emb: Embedder, backdrop: np.ndarray) -> None:
-        """Give queries a torch-free text encoder (text_model.py); optional, so failures only cost speed."""
+        """Give queries a torch-free text encoder (text_tower.py); optional, so failures only cost speed."""
         if self._notify is not None:
             self._notify("preparing the text encoder that makes queries fast (once per index)")
         try:
-            text_model.export(emb, self.path, backdrop)
+            text_tower.export(emb, self.path, backdrop)
         except Exception:  # noqa: BLE001 - an exporter or runtime gap must never fail an indexing run
-            text_model.remove(self.path)
+            text_tower.remove(self.path)

@@ -12,17 +12,19 @@ from typing import TYPE_CHECKING, Any
 
 import numpy as np
 
-from clipsearch import scan, text_model
-from clipsearch import search as search_mod
-from clipsearch.embedder import ModelIdentity
 from clipsearch.errors import UsageError
-from clipsearch.store import Store, check_same_model, os_path
+from clipsearch.index.store import Store, check_same_model, os_path
+from clipsearch.ingest import scan
+from clipsearch.model import text_tower
+from clipsearch.model.embedder import ModelIdentity
+from clipsearch.search import ranking as search_mod
 
 if TYPE_CHECKING:
     from pathlib import Path
 
-    from clipsearch import indexer, tagging
-    from clipsearch.embedder import Embedder
+    from clipsearch.ingest import pipeline
+    from clipsearch.model.embedder import Embedder
+    from clipsearch.tags import zero_shot
 
 
 @dataclass
@@ -47,7 +49,7 @@ class TagSummary:
 
 
 class Tagging:
-    """Library's tagging methods (see tagging.py for the method, docs/tagging.md for the why)."""
+    """Library's tagging methods (see zero_shot.py for the method, docs/zero_shot.md for the why)."""
 
     if TYPE_CHECKING:  # what these methods use of Library, for the type checker
         path: Path
@@ -57,41 +59,41 @@ class Tagging:
         def embedder(self) -> Embedder: ...
 
         def index(self, paths: Iterable[str | os.PathLike[str]], *,
-                  progress: indexer.Progress | None = None) -> indexer.IndexSummary: ...
+                  progress: pipeline.Progress | None = None) -> pipeline.IndexSummary: ...
 
-    def tag(self, paths: Iterable[str | os.PathLike[str]] = (), *, labels: list[tagging.Label] | None = None,
+    def tag(self, paths: Iterable[str | os.PathLike[str]] = (), *, labels: list[zero_shot.Label] | None = None,
             template_set: str = "photo", top: int = 5, threshold: float | None = None,
             z: float = search_mod.DEFAULT_Z, write_xmp: bool = False, clear_xmp: bool = False,
-            dry_run: bool = False, progress: indexer.Progress | None = None) -> TagSummary:
+            dry_run: bool = False, progress: pipeline.Progress | None = None) -> TagSummary:
         """Zero-shot tags for indexed photos under `paths` (indexing them first), stored in SQLite.
 
         With `write_xmp` the tags also go to XMP sidecars; `clear_xmp` removes clipsearch's tags from
         them instead. `dry_run` computes and reports without writing tags or sidecars.
         """
-        from clipsearch import tagging
+        from clipsearch.tags import zero_shot
 
         given = [os.fspath(p) for p in paths]
         if given:  # indexing only fills the index (never the photos), so a dry run does it too
             self.index(given, progress=progress)
-        labels = labels if labels is not None else tagging.default_labels()
-        tpl = tagging.templates(template_set)
+        labels = labels if labels is not None else zero_shot.default_labels()
+        tpl = zero_shot.templates(template_set)
         names = [lab.name for lab in labels]
         store = Store.open(self.path)
         try:
             recorded = self._require_model(store)
-            set_id = tagging.label_set_id(labels, tpl)
+            set_id = zero_shot.label_set_id(labels, tpl)
             label_mat = store.label_vectors(recorded.weights_sha256, set_id, names)
             if label_mat is None:
-                label_mat = tagging.label_vectors(labels, tpl, self._text_encoder(recorded).embed_texts)
+                label_mat = zero_shot.label_vectors(labels, tpl, self._text_encoder(recorded).embed_texts)
                 store.save_label_vectors(recorded.weights_sha256, set_id, names, label_mat)
             ids, mat = store.all_vectors()
-            cut = tagging.thresholds(mat, label_mat, z, threshold)
+            cut = zero_shot.thresholds(mat, label_mat, z, threshold)
             roots = tuple(os.path.abspath(os.path.expanduser(p)) for p in given)
             # Photo rows are read only when a scope or sidecars need them (100k rows cost ~0.8 s).
             rows = store.images(ids.tolist()) if roots or write_xmp or clear_xmp else {}
             in_scope = [n for n, i in enumerate(ids.tolist())
                         if not roots or search_mod.Filters(within=roots).accepts(rows[i])]
-            assigned = tagging.assign(mat[in_scope], label_mat, cut, top)
+            assigned = zero_shot.assign(mat[in_scope], label_mat, cut, top)
             scope_ids = [int(ids[n]) for n in in_scope]
             tags = [[(names[k], score) for k, score in found] for found in assigned]
             probes = store.probes(recorded.weights_sha256)
@@ -99,7 +101,7 @@ class Tagging:
                 sub = mat[in_scope]
                 learned: list[list[tuple[str, float]]] = [[] for _ in scope_ids]
                 for name, weights, bias, examples in probes:
-                    probe = tagging.Probe(name, weights, bias, examples)
+                    probe = zero_shot.Probe(name, weights, bias, examples)
                     for row, p in enumerate(probe.probability(sub)):
                         if p >= 0.5:
                             learned[row].append((name, float(p)))
@@ -117,7 +119,7 @@ class Tagging:
             summary = TagSummary(len(scope_ids), sum(1 for t in tags if t), dict(sorted(
                 counts.items(), key=lambda kv: -kv[1])), set_id, len(labels), cut.method)
             if write_xmp or clear_xmp:
-                from clipsearch import xmp
+                from clipsearch.tags import xmp
 
                 changed, failed = [], []
                 for image_id, found in zip(scope_ids, tags, strict=True):
@@ -135,12 +137,12 @@ class Tagging:
             store.close()
 
     def learn(self, name: str, examples: Iterable[str | os.PathLike[str]], *,
-              negatives: Iterable[str | os.PathLike[str]] = (), use_text: bool = True) -> tagging.Probe:
+              negatives: Iterable[str | os.PathLike[str]] = (), use_text: bool = True) -> zero_shot.Probe:
         """Learn a personal tag from example photos (indexed or not); `tag` applies it from then on.
 
         Negatives default to up to 2,000 other indexed photos, taken as "mostly not this".
         """
-        from clipsearch import tagging
+        from clipsearch.tags import zero_shot
 
         name = " ".join(name.split())
         if not name:
@@ -158,7 +160,7 @@ class Tagging:
                 pick = np.random.default_rng(0).permutation(keep)[:2000]
                 neg = mat[np.sort(pick)]
             prior = self._text_encoder(recorded).embed_texts([f"a photo of {name}"])[0] if use_text else None
-            probe = tagging.learn_probe(name, pos, neg, prior)
+            probe = zero_shot.learn_probe(name, pos, neg, prior)
             store.save_probe(recorded.weights_sha256, name, probe.weights, probe.bias, probe.examples)
             return probe
         finally:
@@ -174,7 +176,7 @@ class Tagging:
     def _vectors_of(self, store: Store, recorded: ModelIdentity,
                     paths: Iterable[str | os.PathLike[str]]) -> tuple[set[int], np.ndarray]:
         """Vectors of photos or folders of photos: stored ones when indexed, else embedded now."""
-        from clipsearch import images
+        from clipsearch.ingest import images
 
         files: list[str] = []
         for given in paths:
@@ -223,8 +225,8 @@ class Tagging:
 
     def _text_encoder(self, recorded: ModelIdentity) -> Any:
         """The exported text tower when there is one (no torch), else the model itself."""
-        if text_model.available(self.path, recorded.weights_sha256):
-            return text_model.OnnxTextEncoder(self.path / text_model.FOLDER)
+        if text_tower.available(self.path, recorded.weights_sha256):
+            return text_tower.OnnxTextEncoder(self.path / text_tower.FOLDER)
         emb = self.embedder()
         check_same_model(recorded, emb.identity)
         return emb

@@ -10,7 +10,7 @@ from pathlib import Path
 import pytest
 import shapes
 
-from clipsearch.embedder import Embedder
+from clipsearch.model.embedder import Embedder
 
 TINY_MODEL_DIR = Path(__file__).parent / "fixtures" / "tiny-clip"
 TINY_MODEL = f"local-dir:{TINY_MODEL_DIR}"
@@ -41,11 +41,11 @@ def heldout(tmp_path_factory: pytest.TempPathFactory) -> list[tuple[Path, str, s
 @pytest.fixture(scope="session")
 def tiny_embedder(tmp_path_factory: pytest.TempPathFactory) -> Embedder:
     """One loaded tiny model shared by the tests that only embed (session fixtures run before `isolated`)."""
-    from clipsearch import models
+    from clipsearch.model import names
 
     with pytest.MonkeyPatch.context() as mp:
         mp.setenv("CLIPSEARCH_HOME", str(tmp_path_factory.mktemp("embedder-home")))
-        return Embedder(models.parse(TINY_MODEL))
+        return Embedder(names.parse(TINY_MODEL))
 
 
 @pytest.fixture

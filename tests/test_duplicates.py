@@ -14,8 +14,8 @@ from PIL import Image
 
 from clipsearch import Library
 from clipsearch.cli import app
-from clipsearch.duplicates import dhash, keep_first
-from clipsearch.store import ImageRow
+from clipsearch.index.store import ImageRow
+from clipsearch.search.duplicates import dhash, keep_first
 
 runner = CliRunner()
 

@@ -9,8 +9,9 @@ import pytest
 import shapes
 from conftest import TINY_MODEL
 
-from clipsearch import embedder, images, models
-from clipsearch.embedder import Embedder
+from clipsearch.ingest import images
+from clipsearch.model import embedder, names
+from clipsearch.model.embedder import Embedder
 
 
 def _embed_files(emb: Embedder, paths: list[Path]) -> np.ndarray:
@@ -20,7 +21,7 @@ def _embed_files(emb: Embedder, paths: list[Path]) -> np.ndarray:
 
 def test_identity_records_name_dim_and_hash(tiny_embedder: Embedder) -> None:
     ident = tiny_embedder.identity
-    assert ident.name == models.parse(TINY_MODEL).name
+    assert ident.name == names.parse(TINY_MODEL).name
     assert ident.embed_dim == 64
     assert len(ident.weights_sha256) == 64
     assert tiny_embedder.preprocess.size == 64
@@ -55,7 +56,7 @@ def test_text_to_image_top1_has_the_asked_colour_and_shape(tiny_embedder: Embedd
 def test_cutting_tokens_after_the_end_token_changes_nothing() -> None:
     import torch
 
-    fp32 = Embedder(models.parse(TINY_MODEL), precision="fp32")
+    fp32 = Embedder(names.parse(TINY_MODEL), precision="fp32")
     texts = ["a red circle", "three small purple crosses on a noisy background", "ring"]
     tokens = fp32.tokenizer(texts)
     with torch.inference_mode():
@@ -66,8 +67,8 @@ def test_cutting_tokens_after_the_end_token_changes_nothing() -> None:
 
 
 def test_bf16_agrees_with_fp32(heldout: list) -> None:
-    fp32 = Embedder(models.parse(TINY_MODEL), precision="fp32")
-    bf16 = Embedder(models.parse(TINY_MODEL), precision="bf16")
+    fp32 = Embedder(names.parse(TINY_MODEL), precision="fp32")
+    bf16 = Embedder(names.parse(TINY_MODEL), precision="bf16")
     paths = [p for p, _, _ in heldout[:16]]
     a, b = _embed_files(fp32, paths), _embed_files(bf16, paths)
     assert float(np.min(np.sum(a * b, axis=1))) > 0.99

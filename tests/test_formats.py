@@ -12,9 +12,10 @@ import pytest
 import shapes
 from PIL import Image
 
-from clipsearch import Library, images
-from clipsearch.embedder import Embedder
-from clipsearch.store import Store
+from clipsearch import Library
+from clipsearch.index.store import Store
+from clipsearch.ingest import images
+from clipsearch.model.embedder import Embedder
 
 FORMATS = {"jpg": {"quality": 95}, "png": {}, "webp": {"quality": 95}, "tif": {}, "gif": {}, "bmp": {},
            "avif": {"quality": 90}, "jp2": {}, "ppm": {}, "heic": {"quality": 90}}

@@ -12,7 +12,7 @@ from PIL import Image
 
 from clipsearch import Library
 from clipsearch.errors import IndexLockedError
-from clipsearch.store import Store
+from clipsearch.index.store import Store
 
 
 def _lib() -> Library:

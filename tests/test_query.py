@@ -13,13 +13,14 @@ import pytest
 from click.testing import CliRunner
 from PIL import Image
 
-from clipsearch import Library, query, search
+from clipsearch import Library
 from clipsearch.cli import app
-from clipsearch.embedder import Embedder
 from clipsearch.errors import UsageError
-from clipsearch.scan import IMAGE_EXTENSIONS
-from clipsearch.store import Store
-from clipsearch.vectors import VectorIndex
+from clipsearch.index.store import Store
+from clipsearch.index.vectors import VectorIndex
+from clipsearch.ingest.scan import IMAGE_EXTENSIONS
+from clipsearch.model.embedder import Embedder
+from clipsearch.search import query, ranking
 
 runner = CliRunner()
 
@@ -100,7 +101,7 @@ def test_cutoff_keeps_the_queried_cluster_and_nothing_else(tiny_embedder: Embedd
     store, centres = _clustered_store(lib, tiny_embedder)
     try:
         index = VectorIndex.build(store)
-        found = search.rank(store, index, centres[3], top=100)
+        found = ranking.rank(store, index, centres[3], top=100)
         assert found.method == "robust-z" and found.cutoff is not None
         assert {Path(r.path).parent.name for r in found.results} == {"c03"}
         assert len(found.results) == 50 and found.cut == 50
@@ -113,9 +114,9 @@ def test_cutoff_keeps_the_queried_cluster_and_nothing_else(tiny_embedder: Embedd
         for _ in range(30):
             stray = rng.normal(size=64).astype(np.float32)
             stray -= basis @ (basis.T @ stray)
-            passed.append(len(search.rank(store, index, stray / np.linalg.norm(stray), top=20).results))
+            passed.append(len(ranking.rank(store, index, stray / np.linalg.norm(stray), top=20).results))
         assert np.mean(passed) <= 1.0 and passed.count(0) >= 10, passed
-        everything = search.rank(store, index, centres[3], top=60, min_score=-1)
+        everything = ranking.rank(store, index, centres[3], top=60, min_score=-1)
         assert len(everything.results) == 60 and everything.method == "min-score"
     finally:
         store.close()
@@ -132,11 +133,11 @@ def test_adaptive_cutoff_on_a_known_distribution() -> None:
     background = rng.normal(size=(2000, 64)).astype(np.float32)
     background /= np.linalg.norm(background, axis=1, keepdims=True)
     q = background[0] + 0.0
-    cutoff, stats = search.adaptive_cutoff(q, background[1:], z=3.0)
+    cutoff, stats = ranking.adaptive_cutoff(q, background[1:], z=3.0)
     assert cutoff is not None and stats["median"] == pytest.approx(0.0, abs=0.02)
     scores = background[1:] @ q
     assert (scores >= cutoff).mean() < 0.01  # unrelated photos almost never pass
-    assert search.adaptive_cutoff(q, background[:150], z=3.0) == (None, {})  # too few to judge
+    assert ranking.adaptive_cutoff(q, background[:150], z=3.0) == (None, {})  # too few to judge
 
 
 def test_filters_type_width_dates_and_sort(tmp_path: Path, heldout: list) -> None:
@@ -218,7 +219,7 @@ def test_large_libraries_switch_to_ivf_with_high_recall(tiny_embedder: Embedder)
         _, approx = reloaded.search(queries, 10)
         recall = np.mean([len(set(a) & set(e)) / 10 for a, e in zip(approx, exact, strict=True)])
         assert recall >= 0.95, recall
-        found = search.rank(store, reloaded, centres[5], top=100)
+        found = ranking.rank(store, reloaded, centres[5], top=100)
         assert {Path(r.path).parent.name for r in found.results} == {"c05"} and len(found.results) == 50
     finally:
         store.close()
@@ -253,7 +254,7 @@ def test_a_truncated_ivf_file_is_rebuilt_not_mapped(tiny_embedder: Embedder, kee
         path.write_bytes(path.read_bytes()[: int(path.stat().st_size * keep)])
         index = VectorIndex.load(lib.path, store)  # memory-mapped when whole; a damaged file is rebuilt
         assert index.size == 2000
-        found = search.rank(store, index, centres[7], top=100)
+        found = ranking.rank(store, index, centres[7], top=100)
         assert {Path(r.path).parent.name for r in found.results} == {"c07"}
     finally:
         store.close()
@@ -263,7 +264,7 @@ def test_a_truncated_ivf_file_is_rebuilt_not_mapped(tiny_embedder: Embedder, kee
 def test_normal_quantile_matches_the_standard_library(p: float) -> None:
     from statistics import NormalDist
 
-    assert search.normal_quantile(p) == pytest.approx(NormalDist().inv_cdf(p), abs=1e-6)
+    assert ranking.normal_quantile(p) == pytest.approx(NormalDist().inv_cdf(p), abs=1e-6)
 
 
 def test_a_library_reuses_its_faiss_index_until_the_index_changes(indexed: Library, photo_dir: Path,

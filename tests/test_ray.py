@@ -20,14 +20,15 @@ import shapes
 from conftest import TINY_MODEL
 from same_index import assert_same_index, index_locally
 
-from clipsearch import Library, scan
-from clipsearch.embedder import Embedder
+from clipsearch import Library
 from clipsearch.errors import ClusterError, ModelMismatchError, UsageError
+from clipsearch.ingest import scan
+from clipsearch.model.embedder import Embedder
 
 ray = pytest.importorskip("ray")
 
-from clipsearch import indexer, ray_executor  # noqa: E402 - only once Ray is known to be there
-from clipsearch.ray_executor import RayOptions  # noqa: E402
+from clipsearch.ingest import pipeline, ray_executor  # noqa: E402 - only once Ray is known to be there
+from clipsearch.ingest.ray_executor import RayOptions  # noqa: E402
 
 N_PHOTOS = 300
 
@@ -100,10 +101,10 @@ def test_a_killed_driver_loses_only_the_uncommitted_batch_and_a_rerun_resumes(
     assert code == -signal.SIGKILL, err
     with sqlite3.connect(index / "clipsearch.db") as conn:  # the first batch is in, the second lost
         done = conn.execute("SELECT (SELECT count(*) FROM images) + (SELECT count(*) FROM skipped)").fetchone()[0]
-    assert done == indexer.COMMIT_EVERY
+    assert done == pipeline.COMMIT_EVERY
     # Resuming is the plan's work, the same whichever executor reruns; a local rerun keeps this test short.
     rerun = Library(index=index).index([photos])
-    assert rerun.embedded == N_PHOTOS - (indexer.COMMIT_EVERY - 1)  # the first batch: 255 pictures + notes.png
+    assert rerun.embedded == N_PHOTOS - (pipeline.COMMIT_EVERY - 1)  # the first batch: 255 pictures + notes.png
     assert_same_index(index, reference)
 
 
@@ -118,7 +119,7 @@ def test_a_worker_with_other_weights_refuses_to_embed(photos: Path) -> None:
 
 def test_results_come_back_in_order_once_each(photos: Path, tiny_embedder: Embedder) -> None:
     files = list(scan.walk([photos / "roll1"]))  # 100 pictures, then notes.png
-    results = list(indexer.embed_files(files, tiny_embedder, 10**8))
+    results = list(pipeline.embed_files(files, tiny_embedder, 10**8))
     assert any(r.skip for r in results)
     dim = tiny_embedder.identity.embed_dim
     n = len(files)

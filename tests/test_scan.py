@@ -7,8 +7,8 @@ from pathlib import Path
 
 import pytest
 
-from clipsearch import scan
 from clipsearch.errors import UsageError
+from clipsearch.ingest import scan
 
 
 def _touch(path: Path, data: bytes = b"x") -> Path:

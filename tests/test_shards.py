@@ -17,10 +17,11 @@ from click.testing import CliRunner
 from conftest import TINY_MODEL
 from same_index import assert_same_index, index_locally
 
-from clipsearch import Library, scan, shards
+from clipsearch import Library
 from clipsearch.cli import app
 from clipsearch.errors import ModelMismatchError, UsageError
-from clipsearch.store import Store
+from clipsearch.index.store import Store
+from clipsearch.ingest import scan, shards
 
 N_PHOTOS = 280  # more than one commit (256), so a killed `embed` has something to resume from
 runner = CliRunner()

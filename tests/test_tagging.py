@@ -11,10 +11,11 @@ import pytest
 import shapes
 from click.testing import CliRunner
 
-from clipsearch import Library, tagging, xmp
+from clipsearch import Library
 from clipsearch.cli import app
 from clipsearch.errors import UsageError
-from clipsearch.store import Store
+from clipsearch.index.store import Store
+from clipsearch.tags import xmp, zero_shot
 
 runner = CliRunner()
 COLOUR_LABELS = "\n".join(f"{c}: something {c}; a {c} object" for c in shapes.COLORS)
@@ -36,11 +37,11 @@ def _tags_by_path(lib: Library) -> dict[str, set[str]]:
 
 
 def test_parse_label_files() -> None:
-    labels = tagging.parse_labels("# comment\ndog: puppy; a dog\n\ncat\nDog\n")
+    labels = zero_shot.parse_labels("# comment\ndog: puppy; a dog\n\ncat\nDog\n")
     assert [(lab.name, lab.variants) for lab in labels] == [("dog", ("puppy", "a dog")), ("cat", ())]
     with pytest.raises(UsageError):
-        tagging.parse_labels("# nothing\n")
-    defaults = tagging.default_labels()
+        zero_shot.parse_labels("# nothing\n")
+    defaults = zero_shot.default_labels()
     assert len(defaults) >= 200 and {"dog", "beach", "receipt", "screenshot"} <= {lab.name for lab in defaults}
     banned = {"man", "woman", "asian", "black", "white person", "old", "criminal"}
     assert not banned & {lab.name for lab in defaults}
@@ -50,13 +51,13 @@ def test_colour_labels_are_right_and_nothing_fits_is_possible(library_240: list)
     folder = library_240[0][0].parent
     lib = Library()
     lib.index([folder])
-    summary = lib.tag(labels=tagging.parse_labels(COLOUR_LABELS), top=2)  # the short photo templates
+    summary = lib.tag(labels=zero_shot.parse_labels(COLOUR_LABELS), top=2)  # the short photo templates
     assert summary.method.startswith("robust-z")
     tags = _tags_by_path(lib)
     right = sum(c in tags[str(p)] for p, c, _ in library_240)
     wrong = sum(bool(tags[str(p)] - {c}) for p, c, _ in library_240)
     assert right / len(library_240) >= 0.9 and wrong / len(library_240) <= 0.1, (right, wrong)
-    unrelated = lib.tag(labels=tagging.parse_labels("dog\ncar\nsunset\nmountain\nbirthday party"))
+    unrelated = lib.tag(labels=zero_shot.parse_labels("dog\ncar\nsunset\nmountain\nbirthday party"))
     assert unrelated.tagged <= 2  # "none of these": labels that fit nothing tag (almost) nothing
     # Re-tagging replaced the colour tags: idempotent, no stale tags left behind.
     assert sum(bool(t) for t in _tags_by_path(lib).values()) == unrelated.tagged
@@ -66,7 +67,7 @@ def test_shape_labels_are_right_too(library_240: list) -> None:
     folder = library_240[0][0].parent
     lib = Library()
     lib.index([folder])
-    summary = lib.tag(labels=tagging.parse_labels("\n".join(shapes.SHAPES)), top=2)
+    summary = lib.tag(labels=zero_shot.parse_labels("\n".join(shapes.SHAPES)), top=2)
     # Each shape is a sixth of the pictures over a background of five other shapes: the robust
     # background alone tags none of them; the edge of each label's own cluster does.
     assert "cluster edge" in summary.method
@@ -80,12 +81,12 @@ def test_cluster_edge_needs_a_tight_separate_cluster() -> None:
     rng = np.random.default_rng(0)
     background = rng.normal(0.2, 0.05, 4000)
     # One population: whatever a label "wins" is just its top, not a cluster of its own.
-    assert tagging.cluster_edge(background, background > np.quantile(background, 0.8)) is None
+    assert zero_shot.cluster_edge(background, background > np.quantile(background, 0.8)) is None
     # A sixth of the photos tight around 0.65 over a broad, lumpy background: an edge below them.
     lumpy = np.concatenate([rng.normal(m, 0.08, 700) for m in (-0.05, 0.1, 0.3, 0.4, 0.5)])
     scores = np.concatenate([lumpy, rng.normal(0.65, 0.015, 700)])
     wins = np.arange(len(scores)) >= len(lumpy)
-    edge = tagging.cluster_edge(scores, wins)
+    edge = zero_shot.cluster_edge(scores, wins)
     assert edge is not None and 0.55 < edge < 0.65
     assert float(np.mean(scores[wins] >= edge)) > 0.99
 
@@ -94,7 +95,7 @@ def test_retagging_is_idempotent_and_query_filters_by_tag(library_240: list) -> 
     folder = library_240[0][0].parent
     lib = Library()
     lib.index([folder])
-    labels = tagging.parse_labels(COLOUR_LABELS)
+    labels = zero_shot.parse_labels(COLOUR_LABELS)
     first = lib.tag(labels=labels, template_set="none", top=2)
     again = lib.tag(labels=labels, template_set="none", top=2)
     assert first.counts == again.counts
@@ -112,8 +113,8 @@ def test_small_libraries_need_a_fixed_threshold(photo_dir: Path) -> None:
     lib = Library()
     lib.index([photo_dir])
     with pytest.raises(UsageError, match="--threshold"):
-        lib.tag(labels=tagging.parse_labels("red"))
-    summary = lib.tag(labels=tagging.parse_labels(COLOUR_LABELS), template_set="none", threshold=0.3)
+        lib.tag(labels=zero_shot.parse_labels("red"))
+    summary = lib.tag(labels=zero_shot.parse_labels(COLOUR_LABELS), template_set="none", threshold=0.3)
     assert summary.method == "fixed" and summary.tagged > 0
 
 
@@ -144,10 +145,10 @@ def test_xmp_sidecars_merge_round_trip_and_clear(tmp_path: Path) -> None:
     text = Path(photo + ".xmp").read_text()
     assert "holiday" in text and "keep me" in text and 'foo:rating="5"' in text
     assert f"clipsearch|auto|{items[0][1]}" in text and f"clipsearch/auto/{items[0][1]}" in text
-    again = lib.tag([folder], labels=tagging.parse_labels(COLOUR_LABELS), template_set="none", top=2,
+    again = lib.tag([folder], labels=zero_shot.parse_labels(COLOUR_LABELS), template_set="none", top=2,
                     write_xmp=True)
     assert again.sidecars_changed == 0  # idempotent
-    lib.tag([folder], labels=tagging.parse_labels(COLOUR_LABELS), template_set="none", top=2, clear_xmp=True)
+    lib.tag([folder], labels=zero_shot.parse_labels(COLOUR_LABELS), template_set="none", top=2, clear_xmp=True)
     cleared = Path(photo + ".xmp").read_text()
     assert "clipsearch" not in cleared and "holiday" in cleared and "keep me" in cleared
     after = {p: hashlib.sha256(p.read_bytes()).hexdigest() for p in folder.glob("*.png")}
@@ -176,13 +177,13 @@ def test_few_shot_beats_zero_shot_on_a_concept(library_240: list, tmp_path: Path
     lib = Library()
     lib.index([folder])
     truth = {str(p) for p, _, s in library_240 if s == "circle"}
-    zero = lib.tag(labels=tagging.parse_labels("circle: a photo of a circle; a circle"))
+    zero = lib.tag(labels=zero_shot.parse_labels("circle: a photo of a circle; a circle"))
     zero_tagged = {p for p, t in _tags_by_path(lib).items() if "circle" in t}
     examples = [str(p) for p, c, s in library_240 if s == "circle" and c in ("red", "blue", "yellow", "white")][::5]
     assert len(examples) == 4
     learned = runner.invoke(app, ["tag", "learn", "circle", *[arg for e in examples for arg in ("-e", e)]])
     assert learned.exit_code == 0 and "from 4 example" in learned.stderr
-    lib.tag(labels=tagging.parse_labels(COLOUR_LABELS))
+    lib.tag(labels=zero_shot.parse_labels(COLOUR_LABELS))
     tags = _tags_by_path(lib)
     few_tagged = {p for p, t in tags.items() if "circle" in t}
     assert _f1(few_tagged, truth) >= 0.8 > _f1(zero_tagged, truth), (_f1(few_tagged, truth), zero.counts)

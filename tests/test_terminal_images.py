@@ -9,8 +9,8 @@ from pathlib import Path
 from click.testing import CliRunner
 from PIL import Image
 
-from clipsearch import Library, terminal_images
-from clipsearch.cli import app
+from clipsearch import Library
+from clipsearch.cli import app, terminal_images
 
 
 def test_protocol_detection() -> None:

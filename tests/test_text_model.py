@@ -13,9 +13,10 @@ import open_clip
 import pytest
 from conftest import run_cli_without_model
 
-from clipsearch import Library, text_model
-from clipsearch.embedder import Embedder
-from clipsearch.tokenizer import Tokenizer
+from clipsearch import Library
+from clipsearch.model import text_tower
+from clipsearch.model.embedder import Embedder
+from clipsearch.model.tokenizer import Tokenizer
 
 TEXTS = [
     "a photo of a dog", "", "   spaces   everywhere   ", "Café crème brûlée", "naïve façade — “curly quotes”",
@@ -37,21 +38,21 @@ def test_token_ids_identical_to_open_clip(context_length: int) -> None:
 def test_indexing_exports_a_verified_text_model(photo_dir: Path, tiny_embedder: Embedder) -> None:
     lib = Library()
     lib.index([photo_dir])
-    assert text_model.available(lib.path, tiny_embedder.identity.weights_sha256)
-    encoder = text_model.OnnxTextEncoder(lib.path / text_model.FOLDER)
+    assert text_tower.available(lib.path, tiny_embedder.identity.weights_sha256)
+    encoder = text_tower.OnnxTextEncoder(lib.path / text_tower.FOLDER)
     prompts = ["a photo of a red circle", "three small purple crosses", "ring", "Café 🐶 " * 10]
     got = encoder.embed_texts(prompts)
     want = tiny_embedder.embed_texts(prompts)  # the bf16 (or fp32) torch path used for indexing
     assert float(np.min(np.sum(got * want, axis=1))) > 0.995
-    assert not text_model.available(lib.path, "another-model-sha")
-    meta = json.loads((lib.path / text_model.FOLDER / "meta.json").read_text())
+    assert not text_tower.available(lib.path, "another-model-sha")
+    meta = json.loads((lib.path / text_tower.FOLDER / "meta.json").read_text())
     # int8 is kept only when it ranks like fp32; either way exactly one model file is left.
     assert meta["verified_min_cosine"] >= 0.999 and "int8_min_cosine" in meta and "int8_overlap_at_10" in meta
-    assert [p.name for p in (lib.path / text_model.FOLDER).glob("*.onnx")] == [meta["file"]]
+    assert [p.name for p in (lib.path / text_tower.FOLDER).glob("*.onnx")] == [meta["file"]]
     # Saved with ONNX Runtime's optimisations applied, so a cold query's session skips that work.
     assert meta["preoptimized"] is True and meta["file"].endswith(".opt.onnx")
     # The token table is memory-mapped beside the graph, not inside it.
-    assert meta["inputs"] == "embedded" and (lib.path / text_model.FOLDER / text_model.TABLE_NAME).exists()
+    assert meta["inputs"] == "embedded" and (lib.path / text_tower.FOLDER / text_tower.TABLE_NAME).exists()
 
 
 @pytest.mark.usefixtures("text_model_on")
@@ -64,7 +65,7 @@ def test_a_new_text_query_needs_no_torch(photo_dir: Path, isolated: Path) -> Non
 def test_switching_it_off_keeps_the_torch_path(photo_dir: Path) -> None:
     lib = Library()
     lib.index([photo_dir])  # conftest turns the export off
-    assert not (lib.path / text_model.FOLDER).exists()
+    assert not (lib.path / text_tower.FOLDER).exists()
     assert Path(lib.search("a photo of a purple ring", top=1)[0].path).name == "purple-ring-0.png"
 
 

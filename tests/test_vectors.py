@@ -7,9 +7,9 @@ from pathlib import Path
 import numpy as np
 import pytest
 
-from clipsearch.embedder import ModelIdentity
-from clipsearch.store import Store
-from clipsearch.vectors import VectorIndex
+from clipsearch.index.store import Store
+from clipsearch.index.vectors import VectorIndex
+from clipsearch.model.embedder import ModelIdentity
 
 
 def _store(folder: Path, n: int, dim: int = 32) -> Store:

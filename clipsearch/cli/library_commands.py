@@ -54,13 +54,13 @@ def index(paths: tuple[Path, ...], exclude: tuple[str, ...], follow_symlinks: bo
           index_path: Path | None, model: str | None, device: str | None, precision: str | None, ray: bool,
           ray_address: str | None, ray_workers: int | None, ray_cpus: float | None, ray_gpus: float) -> None:
     """Add new and changed photos under PATHS to the index; forget deleted ones."""
-    from clipsearch import render
+    from clipsearch.cli import render
 
     lib = library(index_path, model, device, precision)
     progress = RichProgress(quiet or as_json)
     on_ray = None
     if ray or ray_address:
-        from clipsearch.ray_executor import RayOptions
+        from clipsearch.ingest.ray_executor import RayOptions
 
         on_ray = RayOptions(ray_address, ray_workers, ray_cpus, ray_gpus)
     with progress.progress:
@@ -83,7 +83,7 @@ def index(paths: tuple[Path, ...], exclude: tuple[str, ...], follow_symlinks: bo
 @handles_errors
 def status(show_skipped: bool, as_json: bool, index_path: Path | None) -> None:
     """Where the index is, its model, how many photos, what was skipped, the last run."""
-    from clipsearch import render
+    from clipsearch.cli import render
 
     lib = library(index_path)
     st = lib.status()
@@ -126,7 +126,7 @@ def duplicates(paths: tuple[Path, ...], similar: bool, threshold: float, similar
     """
     import json
 
-    from clipsearch import render
+    from clipsearch.cli import render
 
     lib = library(index_path)
     groups = lib.duplicates(paths, near_cosine=threshold, similar=similar, similar_cosine=similar_threshold,

@@ -31,8 +31,8 @@ def models() -> None:
 @handles_errors
 def models_list(as_json: bool) -> None:
     """Recommended models: size, CPU speed class, ImageNet zero-shot accuracy, whether cached here."""
-    from clipsearch import models as models_mod
-    from clipsearch import render
+    from clipsearch.cli import render
+    from clipsearch.model import names as models_mod
 
     cached = {}
     for e in models_mod.CATALOG:
@@ -55,7 +55,7 @@ def models_list(as_json: bool) -> None:
 @handles_errors
 def models_download(model: str) -> None:
     """Download MODEL's weights (e.g. ViT-B-32-256:datacomp_s34b_b86k) into the Hugging Face cache."""
-    from clipsearch import models as models_mod
+    from clipsearch.model import names as models_mod
 
     spec = models_mod.parse(model)
     path = models_mod.resolve_weights(spec, download=True, notify=note)
@@ -76,8 +76,8 @@ def models_info(model: str | None, index_path: Path | None, device: str | None, 
 
     MODEL defaults to the one the index or $CLIPSEARCH_MODEL selects.
     """
-    from clipsearch import embedder
-    from clipsearch import models as models_mod
+    from clipsearch.model import embedder
+    from clipsearch.model import names as models_mod
 
     spec = library(index_path, model).model_spec()
     weights = models_mod.cached_weights(spec)

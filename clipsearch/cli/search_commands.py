@@ -24,7 +24,7 @@ from clipsearch.cli.common import (
 
 if TYPE_CHECKING:
     from clipsearch.library import Library, QueryResult
-    from clipsearch.search import SearchResult
+    from clipsearch.search.ranking import SearchResult
 
 F = TypeVar("F", bound=Callable[..., Any])
 FORMATS = ("auto", "table", "json", "jsonl", "paths")
@@ -103,7 +103,7 @@ def similar(photo: Path, top: int, within: tuple[Path, ...], after: str | None, 
 
 def _filters(within: tuple[Path, ...], after: str | None, before: str | None, types: str | None,
              min_width: int) -> dict[str, Any]:
-    from clipsearch.query import parse_date
+    from clipsearch.search.query import parse_date
 
     return {"within": within, "after": parse_date(after) if after else None,
             "before": parse_date(before) if before else None,
@@ -112,7 +112,7 @@ def _filters(within: tuple[Path, ...], after: str | None, before: str | None, ty
 
 def _show(lib: Library, found: QueryResult, fmt: str, null: bool, html: Path | None, title: str,
           preview: bool = False) -> None:
-    from clipsearch import render
+    from clipsearch.cli import render
 
     results, ranking = found.results, found.ranking
     if null:
@@ -146,7 +146,7 @@ def _show(lib: Library, found: QueryResult, fmt: str, null: bool, html: Path | N
 
 def _previews(lib: Library, results: list[SearchResult]) -> None:
     """Each result as a line of text and its picture; only ever drawn on a terminal."""
-    from clipsearch import render, terminal_images
+    from clipsearch.cli import render, terminal_images
 
     kind = terminal_images.protocol()
     cols = max(16, min(32, out.width // 3))

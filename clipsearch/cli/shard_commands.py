@@ -41,7 +41,7 @@ def embed(paths: tuple[Path, ...], shard: str, out_dir: Path, exclude: tuple[str
           include_hidden: bool, max_megapixels: int, quiet: bool, as_json: bool, model: str | None,
           device: str | None, precision: str | None) -> None:
     """Embed one shard of PATHS into a folder, on any machine; `clipsearch merge` adds it to an index."""
-    from clipsearch import shards
+    from clipsearch.ingest import shards
 
     progress = RichProgress(quiet or as_json, verb="embedding")
     with progress.progress:

@@ -57,7 +57,7 @@ def tag() -> None:
               "none.")
 @click.option("--top", type=int, default=5, show_default=True, help="At most this many tags per photo.")
 @click.option("--threshold", type=float,
-              help="A fixed cosine for every label instead of per-label calibration (docs/tagging.md).")
+              help="A fixed cosine for every label instead of per-label calibration (docs/zero_shot.md).")
 @click.option("--write-xmp", is_flag=True, help="Also write the tags to XMP sidecars (photo.jpg.xmp) for photo "
               "managers.")
 @click.option("--clear-xmp", is_flag=True, help="Remove clipsearch's tags from XMP sidecars (other keywords stay).")
@@ -75,7 +75,7 @@ def tag_apply(paths: tuple[Path, ...], labels_file: Path | None, label: tuple[st
     PATHS are folders or photos to tag (indexed first) [default: the whole index]. Personal tags
     learnt with `clipsearch tag learn` are applied too.
     """
-    from clipsearch import tagging
+    from clipsearch.tags import zero_shot
 
     chosen: list[Any] | None
     if labels_file is not None:
@@ -85,9 +85,9 @@ def tag_apply(paths: tuple[Path, ...], labels_file: Path | None, label: tuple[st
             raise fail(f"{labels_file} is not UTF-8 text", 2) from None
         except OSError as exc:
             raise fail(f"cannot read {labels_file}: {exc.strerror}", 2) from None
-        chosen = tagging.parse_labels(text)
+        chosen = zero_shot.parse_labels(text)
     elif label:
-        chosen = tagging.parse_labels("\n".join(label))
+        chosen = zero_shot.parse_labels("\n".join(label))
     else:
         chosen = None
     lib = library(index_path, model)

@@ -13,9 +13,10 @@ import shapes
 from click.testing import CliRunner
 from PIL import Image
 
-from clipsearch import Library, images
+from clipsearch import Library
 from clipsearch.cli import app
-from clipsearch.store import Store
+from clipsearch.index.store import Store
+from clipsearch.ingest import images
 
 ORIENTATIONS = {1: None, 2: Image.Transpose.FLIP_LEFT_RIGHT, 3: Image.Transpose.ROTATE_180,
                 4: Image.Transpose.FLIP_TOP_BOTTOM, 5: Image.Transpose.TRANSPOSE, 6: Image.Transpose.ROTATE_90,
@@ -161,7 +162,7 @@ def test_an_unexpected_bug_is_one_line_and_a_log(photo_dir: Path, monkeypatch: p
 
 def test_concurrent_file_threads_do_not_share_state(tmp_path: Path) -> None:
     """Decoding runs in threads: many decodes at once give the same pixels as one at a time."""
-    from clipsearch.embedder import Preprocess
+    from clipsearch.model.embedder import Preprocess
 
     pre = Preprocess(64, (0.5, 0.5, 0.5), (0.5, 0.5, 0.5))
     paths = []

@@ -16,7 +16,7 @@ from click.testing import CliRunner
 from clipsearch import Library
 from clipsearch.cli import app
 from clipsearch.errors import StorageError
-from clipsearch.store import Store
+from clipsearch.index.store import Store
 
 runner = CliRunner()
 

@@ -14,7 +14,7 @@ from hypothesis import HealthCheck, given, settings
 from hypothesis import strategies as st
 
 from clipsearch import Library
-from clipsearch.store import Store
+from clipsearch.index.store import Store
 
 OPS = st.lists(st.tuples(st.sampled_from(["add", "modify", "delete", "move", "reindex"]),
                          st.integers(0, 10_000)), min_size=1, max_size=10)

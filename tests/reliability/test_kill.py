@@ -21,8 +21,8 @@ import pytest
 import shapes
 
 from clipsearch import Library
-from clipsearch.store import Store
-from clipsearch.vectors import VectorIndex
+from clipsearch.index.store import Store
+from clipsearch.index.vectors import VectorIndex
 
 
 def _make_library(folder: Path, n: int) -> None:

@@ -13,16 +13,16 @@ from pathlib import Path
 from typing import TYPE_CHECKING
 from urllib.parse import quote
 
-from clipsearch.scan import display_path
+from clipsearch.ingest.scan import display_path
 
 if TYPE_CHECKING:
     from rich.table import Table
 
-    from clipsearch.duplicates import Group
-    from clipsearch.indexer import IndexSummary
+    from clipsearch.ingest.pipeline import IndexSummary
     from clipsearch.library import Status
-    from clipsearch.models import CatalogEntry
-    from clipsearch.search import Ranking, SearchResult
+    from clipsearch.model.names import CatalogEntry
+    from clipsearch.search.duplicates import Group
+    from clipsearch.search.ranking import Ranking, SearchResult
 
 SCHEMA_VERSION = 1
 

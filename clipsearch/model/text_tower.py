@@ -20,7 +20,7 @@ from typing import Any
 
 import numpy as np
 
-from clipsearch.tokenizer import VOCAB_NAME, Tokenizer
+from clipsearch.model.tokenizer import VOCAB_NAME, Tokenizer
 
 FOLDER = "text-model"
 TABLE_NAME = "token_embedding.npy"
@@ -117,7 +117,7 @@ def export(embedder: Any, index_dir: Path, backdrop: np.ndarray | None = None) -
     import open_clip
     import torch
 
-    from clipsearch.embedder import _encode_text_short
+    from clipsearch.model.embedder import _encode_text_short
 
     tok = embedder.tokenizer
     model = embedder.model
@@ -234,7 +234,7 @@ def _text_tower(model: Any) -> Any:
     """
     import torch
 
-    from clipsearch.embedder import encode_embedded
+    from clipsearch.model.embedder import encode_embedded
 
     class TextTower(torch.nn.Module):
         def __init__(self) -> None:

@@ -17,10 +17,11 @@ from typing import Any
 
 import numpy as np
 
-from clipsearch import failpoints, schema
-from clipsearch.embedder import ModelIdentity
+from clipsearch import failpoints
 from clipsearch.errors import IndexMissingError, ModelMismatchError, StorageError
-from clipsearch.store_tags import TextAndTagTables, encode_vector, now
+from clipsearch.index import schema
+from clipsearch.index.tag_tables import TextAndTagTables, encode_vector, now
+from clipsearch.model.embedder import ModelIdentity
 
 DB_NAME = "clipsearch.db"
 

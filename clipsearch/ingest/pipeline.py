@@ -23,9 +23,9 @@ from typing import Protocol
 import numpy as np
 import xxhash
 
-from clipsearch import images, scan
-from clipsearch.embedder import Embedder
-from clipsearch.store import KnownFile, Store
+from clipsearch.index.store import KnownFile, Store
+from clipsearch.ingest import images, scan
+from clipsearch.model.embedder import Embedder
 
 BATCH = 32
 COMMIT_EVERY = 256

@@ -17,7 +17,7 @@ from importlib import resources
 import numpy as np
 
 from clipsearch.errors import UsageError
-from clipsearch.search import DEFAULT_Z, MIN_FOR_CUTOFF, cutoff_from_scores, robust_stats
+from clipsearch.search.ranking import DEFAULT_Z, MIN_FOR_CUTOFF, cutoff_from_scores, robust_stats
 
 PHOTO_TEMPLATES = (
     "a photo of {}.", "a photo of a {}.", "a picture of {}.", "a close-up photo of {}.", "a photo showing {}.",

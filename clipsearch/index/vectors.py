@@ -16,7 +16,7 @@ from typing import Any
 import numpy as np
 
 from clipsearch import failpoints
-from clipsearch.store import Store
+from clipsearch.index.store import Store
 
 PREFIX = "vectors."
 SUFFIX = ".faiss"

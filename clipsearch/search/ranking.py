@@ -17,9 +17,9 @@ from dataclasses import dataclass, field
 
 import numpy as np
 
-from clipsearch import scan
-from clipsearch.store import ImageRow, Store
-from clipsearch.vectors import VectorIndex
+from clipsearch.index.store import ImageRow, Store
+from clipsearch.index.vectors import VectorIndex
+from clipsearch.ingest import scan
 
 DEFAULT_Z = 3.0
 # Below this many photos the backdrop is too small (and too likely to be all one subject) to say

@@ -24,10 +24,10 @@ import numpy as np
 import xxhash
 from PIL import Image
 
-from clipsearch import scan
-from clipsearch.search import row_date
-from clipsearch.store import ImageRow, Store
-from clipsearch.vectors import VectorIndex
+from clipsearch.index.store import ImageRow, Store
+from clipsearch.index.vectors import VectorIndex
+from clipsearch.ingest import scan
+from clipsearch.search.ranking import row_date
 
 NEAR_COSINE = 0.95
 NEAR_DHASH_BITS = 10  # of 64

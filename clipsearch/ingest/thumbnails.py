@@ -8,7 +8,7 @@ from pathlib import Path
 
 from PIL import Image, ImageOps
 
-from clipsearch import images
+from clipsearch.ingest import images
 
 SIZE = 256
 

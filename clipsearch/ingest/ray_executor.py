@@ -3,7 +3,7 @@
 Ray Data's documented batch-inference pattern: the files to index become a dataset of small blocks,
 `map_batches` hands each block to a pool of actors that each hold one loaded model, and the driver
 streams the results back (`iter_batches`) and commits them exactly as local indexing does
-(`indexer.run`). An actor runs `indexer.embed_files`, the same decode-and-embed code as local
+(`pipeline.run`). An actor runs `pipeline.embed_files`, the same decode-and-embed code as local
 indexing, on its block: one code path, two executors.
 
 Ray is an optional extra (`clipsearch[ray]`): nothing here imports it until a run starts, so the
@@ -27,9 +27,11 @@ from typing import Any
 
 import numpy as np
 
-from clipsearch import failpoints, indexer, models, scan
-from clipsearch.embedder import Embedder
+from clipsearch import failpoints
 from clipsearch.errors import ClipsearchError, ClusterError, ModelMismatchError, UsageError
+from clipsearch.ingest import pipeline, scan
+from clipsearch.model import names
+from clipsearch.model.embedder import Embedder
 
 LOCAL = "local"
 # Only paths and vectors travel through Ray's object store: a small one keeps a local runtime light
@@ -38,7 +40,7 @@ LOCAL_OBJECT_STORE_BYTES = 256 * 1024 * 1024
 # A block is what one actor call processes, and what Ray redoes when a worker is lost. At most one
 # commit's worth (256 files) keeps losses and per-call overhead small; a small run is cut into about
 # 16 blocks so that every worker gets some.
-BLOCK_MAX = indexer.COMMIT_EVERY
+BLOCK_MAX = pipeline.COMMIT_EVERY
 DEFAULT_CPUS_PER_WORKER = 4
 
 
@@ -56,7 +58,7 @@ class RayOptions:
 class WorkerSettings:
     """What every actor needs to load the driver's model and decode like the driver."""
 
-    model: str  # a model name as models.parse reads it; local paths are absolute
+    model: str  # a model name as names.parse reads it; local paths are absolute
     weights_sha256: str
     device: str | None
     precision: str | None
@@ -65,13 +67,13 @@ class WorkerSettings:
 
 
 class EmbedWorker:
-    """One Ray actor: loads the model once, then runs `indexer.embed_files` on each block it is given."""
+    """One Ray actor: loads the model once, then runs `pipeline.embed_files` on each block it is given."""
 
     def __init__(self, settings: WorkerSettings) -> None:
         self.settings = settings
         self.error: ClipsearchError | None = None
         try:
-            self.embedder = Embedder(models.parse(settings.model), settings.device, settings.precision)
+            self.embedder = Embedder(names.parse(settings.model), settings.device, settings.precision)
             got = self.embedder.identity
             if got.weights_sha256 != settings.weights_sha256:
                 raise ModelMismatchError(
@@ -90,10 +92,10 @@ class EmbedWorker:
                  for p, size, mtime in zip(block["path"], block["size"], block["mtime_ns"], strict=True)]
         positions = block["i"]
         done = 0
-        out: list[indexer.Result] = []
-        for result in indexer.embed_files(files, self.embedder, s.max_pixels, s.threads):
+        out: list[pipeline.Result] = []
+        for result in pipeline.embed_files(files, self.embedder, s.max_pixels, s.threads):
             out.append(result)
-            if len(out) == indexer.BATCH:
+            if len(out) == pipeline.BATCH:
                 failpoints.hit("ray-worker")  # a worker lost mid-block: the tests check that Ray redoes it
                 yield encode(out, positions[done:done + len(out)], self.embedder.identity.embed_dim)
                 done += len(out)
@@ -105,7 +107,7 @@ class EmbedWorker:
 _RESULT_FIELDS = ("fingerprint", "width", "height", "format", "taken_at", "lat", "lon")
 
 
-def encode(results: list[indexer.Result], positions: np.ndarray, dim: int) -> dict[str, np.ndarray]:
+def encode(results: list[pipeline.Result], positions: np.ndarray, dim: int) -> dict[str, np.ndarray]:
     """Results as columns Ray can carry: each file's place in the run, its metadata as JSON, its vector."""
     meta = []
     vectors = np.zeros((len(results), dim), dtype=np.float32)
@@ -119,26 +121,26 @@ def encode(results: list[indexer.Result], positions: np.ndarray, dim: int) -> di
     return {"i": np.asarray(positions, dtype=np.int64), "meta": np.array(meta, dtype=object), "vector": vectors}
 
 
-def decode(batch: dict[str, np.ndarray], files: list[scan.FoundFile]) -> Iterator[tuple[int, indexer.Result]]:
+def decode(batch: dict[str, np.ndarray], files: list[scan.FoundFile]) -> Iterator[tuple[int, pipeline.Result]]:
     """The driver's side of `encode`: (position, Result) for each file in a returned batch."""
     for i, meta, vector in zip(batch["i"], batch["meta"], batch["vector"], strict=True):
         f = files[int(i)]
         fields = json.loads(str(meta))
         if "skip" in fields:
-            yield int(i), indexer.Result(f, skip=(fields["skip"], fields["detail"]))
+            yield int(i), pipeline.Result(f, skip=(fields["skip"], fields["detail"]))
         else:
             row = {"path": f.path, "size": f.size, "mtime_ns": f.mtime_ns, **fields}
-            yield int(i), indexer.Result(f, row=row, vector=np.asarray(vector, dtype=np.float32))
+            yield int(i), pipeline.Result(f, row=row, vector=np.asarray(vector, dtype=np.float32))
 
 
-def in_order(batches: Iterator[dict[str, np.ndarray]], files: list[scan.FoundFile]) -> Iterator[indexer.Result]:
+def in_order(batches: Iterator[dict[str, np.ndarray]], files: list[scan.FoundFile]) -> Iterator[pipeline.Result]:
     """Results in the files' order, whatever order the batches come in; a redone block's repeats are dropped.
 
     Ray Data is asked to preserve order, so nothing waits here in practice; ids, which follow commit
     order, must not depend on that.
     """
     expected = 0
-    waiting: dict[int, indexer.Result] = {}
+    waiting: dict[int, pipeline.Result] = {}
     for batch in batches:
         for i, result in decode(batch, files):
             if i >= expected:
@@ -166,8 +168,8 @@ def _import_ray() -> Any:
 
 
 def _block_rows(n: int) -> int:
-    per_block = max(indexer.BATCH, min(BLOCK_MAX, -(-n // 16)))
-    return -(-per_block // indexer.BATCH) * indexer.BATCH  # whole model batches
+    per_block = max(pipeline.BATCH, min(BLOCK_MAX, -(-n // 16)))
+    return -(-per_block // pipeline.BATCH) * pipeline.BATCH  # whole model batches
 
 
 def _blocks(files: list[scan.FoundFile]) -> list[Any]:
@@ -211,7 +213,7 @@ def _gist(exc: BaseException) -> str:
 
 
 class RayExecutor:
-    """`indexer.Executor` on Ray: starts (or joins) Ray when there is work, and stops what it started."""
+    """`pipeline.Executor` on Ray: starts (or joins) Ray when there is work, and stops what it started."""
 
     def __init__(self, options: RayOptions, device: str | None = None, precision: str | None = None) -> None:
         self.options = options
@@ -221,7 +223,7 @@ class RayExecutor:
         self.ray = _import_ray()  # now: a missing extra is reported before any scanning
 
     def results(self, files: list[scan.FoundFile], embedder: Embedder,
-                max_pixels: int) -> Generator[indexer.Result, None, None]:
+                max_pixels: int) -> Generator[pipeline.Result, None, None]:
         ray = self.ray
         started = self._connect(ray)
         try:

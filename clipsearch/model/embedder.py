@@ -17,8 +17,8 @@ from typing import TYPE_CHECKING, Any
 
 import numpy as np
 
-from clipsearch import models
 from clipsearch.errors import ModelError, UsageError
+from clipsearch.model import names
 
 if TYPE_CHECKING:
     import torch
@@ -118,7 +118,7 @@ def _dtype(precision: str) -> torch.dtype:
 class Embedder:
     """One loaded model on one device: `embed_images` and `embed_texts` return normalised float32."""
 
-    def __init__(self, spec: models.ModelSpec, device: str | None = None, precision: str | None = None,
+    def __init__(self, spec: names.ModelSpec, device: str | None = None, precision: str | None = None,
                  download: bool = True, notify: Callable[[str], None] | None = None) -> None:
         _load_torch()
         import torch
@@ -126,7 +126,7 @@ class Embedder:
         self.spec = spec
         self.device = pick_device(device)
         self.precision = pick_precision(precision, self.device)
-        weights = models.resolve_weights(spec, download=download, notify=notify)
+        weights = names.resolve_weights(spec, download=download, notify=notify)
         self.weights_path = weights
         self.model, self.preprocess, self.tokenizer = _load(spec, weights, self.device)
         self.model.eval()
@@ -135,7 +135,7 @@ class Embedder:
             # Casting the weights is what makes bf16 fast on CPU; autocast alone copies too much.
             self.model.to(self.dtype)
         embed_dim = int(getattr(self.model, "embed_dim", 0) or _probe_dim(self.model, self.preprocess))
-        self.identity = ModelIdentity(spec.name, embed_dim, models.sha256_of(weights))
+        self.identity = ModelIdentity(spec.name, embed_dim, names.sha256_of(weights))
 
     def embed_images(self, pixels: np.ndarray) -> np.ndarray:
         """uint8 pixels (N, size, size, 3) from images.decode -> (N, dim) normalised float32."""
@@ -229,7 +229,7 @@ def _preprocess_from(model: Any) -> Preprocess:
                       str(cfg.get("interpolation", "bicubic")), str(cfg.get("resize_mode", "shortest")))
 
 
-def _load(spec: models.ModelSpec, weights: Path, device: str) -> tuple[Any, Preprocess, Any]:
+def _load(spec: names.ModelSpec, weights: Path, device: str) -> tuple[Any, Preprocess, Any]:
     import open_clip
 
     try:

@@ -20,8 +20,8 @@ import numpy as np
 from PIL import Image, ImageOps, UnidentifiedImageError
 
 from clipsearch.config import DEFAULT_MAX_PIXELS
-from clipsearch.embedder import Preprocess
 from clipsearch.formats import HEIF_EXTENSIONS, PILLOW_EXTENSIONS, RAW_EXTENSIONS
+from clipsearch.model.embedder import Preprocess
 
 __all__ = ["DEFAULT_MAX_PIXELS", "PILLOW_EXTENSIONS"]
 

@@ -32,11 +32,13 @@ from typing import Any
 import numpy as np
 import xxhash
 
-from clipsearch import __version__, config, indexer, models, scan
+from clipsearch import __version__, config
 from clipsearch.config import DEFAULT_MAX_PIXELS
-from clipsearch.embedder import Embedder, ModelIdentity
 from clipsearch.errors import IndexLockedError, ModelMismatchError, UsageError
-from clipsearch.store import Store, check_same_model, now
+from clipsearch.index.store import Store, check_same_model, now
+from clipsearch.ingest import pipeline, scan
+from clipsearch.model import names
+from clipsearch.model.embedder import Embedder, ModelIdentity
 
 FORMAT = "clipsearch-shard"
 FORMAT_VERSION = 1
@@ -96,7 +98,7 @@ class ShardSummary:
 def embed(paths: list[str], shard: tuple[int, int], out: str | os.PathLike[str], *, model: str | None = None,
           device: str | None = None, precision: str | None = None, exclude: tuple[str, ...] = (),
           follow_symlinks: bool = False, include_hidden: bool = False, max_pixels: int = DEFAULT_MAX_PIXELS,
-          progress: indexer.Progress | None = None, notify: Callable[[str], None] | None = None) -> ShardSummary:
+          progress: pipeline.Progress | None = None, notify: Callable[[str], None] | None = None) -> ShardSummary:
     """Embed shard `shard` of the images under `paths` into the shard folder `out` (see the module doc).
 
     The model is `model`, else $CLIPSEARCH_MODEL, else the default: never a local index's, which the
@@ -114,7 +116,7 @@ def embed(paths: list[str], shard: tuple[int, int], out: str | os.PathLike[str],
         raise UsageError(f"{target} already holds a finished shard; merge it, or remove it to embed again")
     if target.exists() and (not target.is_dir() or any(target.iterdir())):
         raise UsageError(f"{target} exists and is not an empty folder; choose another --out")
-    embedder = Embedder(models.parse(config.model_name(model) or config.DEFAULT_MODEL), device, precision,
+    embedder = Embedder(names.parse(config.model_name(model) or config.DEFAULT_MODEL), device, precision,
                         notify=notify)
     partial = target.with_name(target.name + PARTIAL)
     partial.mkdir(parents=True, exist_ok=True)
@@ -137,7 +139,7 @@ def embed(paths: list[str], shard: tuple[int, int], out: str | os.PathLike[str],
             store = Store.open(partial / "index", create=True)
             try:
                 store.bind_model(embedder.identity)
-                summary = indexer.run(store, lambda: embedder, roots, mine, scan.ScanProblems(), max_pixels,
+                summary = pipeline.run(store, lambda: embedder, roots, mine, scan.ScanProblems(), max_pixels,
                                       progress)
                 embedded = summary.embedded
                 _export(store, partial, {f.path: k for k, f in enumerate(found)}, embedder.identity, roots, shard)
@@ -373,7 +375,7 @@ def merge(store: Store, shards: list[Shard], remap: Sequence[tuple[str, str]] = 
                 summary.added += 1
             else:
                 summary.updated += 1
-        if len(rows) + len(skips) >= indexer.COMMIT_EVERY:
+        if len(rows) + len(skips) >= pipeline.COMMIT_EVERY:
             commit()
     commit()
     summary.total = store.count()

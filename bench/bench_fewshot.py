@@ -21,7 +21,7 @@ import shapes
 from clipsearch.ingest import images
 from clipsearch.model import names
 from clipsearch.model.embedder import Embedder
-from clipsearch.tags import zero_shot
+from clipsearch.tags import probes, zero_shot
 
 
 def main() -> None:
@@ -52,7 +52,7 @@ def main() -> None:
                 pos = rng.choice(np.flatnonzero(is_lib), k, replace=False)
                 neg = np.setdiff1d(np.arange(len(library)), pos)  # unlabelled library, positives included
                 for prior_vec, out in ((prior, with_text), (None, without)):
-                    probe = zero_shot.learn_probe(concept, lib_x[pos], lib_x[neg], prior_vec)
+                    probe = probes.learn_probe(concept, lib_x[pos], lib_x[neg], prior_vec)
                     out.append(_f1(probe.probability(test_x) >= 0.5, truth))
             row[f"k{k}_text"], row[f"k{k}_no_text"] = float(np.mean(with_text)), float(np.mean(without))
         rows.append(row)

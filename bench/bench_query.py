@@ -32,10 +32,11 @@ def index_folder(n: int, quick: bool) -> Path:
 
 
 def build_index(folder: Path, n: int, model_dir: Path) -> None:
+    from clipsearch.index.records import ImageRecord
     from clipsearch.index.store import Store
     from clipsearch.index.vectors import VectorIndex
     from clipsearch.model import names
-    from clipsearch.model.embedder import ModelIdentity
+    from clipsearch.model.identity import ModelIdentity
 
     if (folder / "done").exists():
         _export_text_model(folder, model_dir)
@@ -53,9 +54,8 @@ def build_index(folder: Path, n: int, model_dir: Path) -> None:
         vecs = centres[rng.integers(0, len(centres), size=m)] + rng.normal(scale=0.035, size=(m, dim)).astype(
             np.float32)
         vecs /= np.linalg.norm(vecs, axis=1, keepdims=True)
-        rows = [{"path": f"/photos/{(start + i) // 1000:04d}/{start + i:07d}.jpg", "size": 2_000_000,
-                 "mtime_ns": 1_600_000_000_000_000_000 + start + i, "fingerprint": str(start + i), "width": 4000,
-                 "height": 3000, "format": "jpeg", "taken_at": None, "lat": None, "lon": None} for i in range(m)]
+        rows = [ImageRecord(f"/photos/{(start + i) // 1000:04d}/{start + i:07d}.jpg", 2_000_000,
+                            1_600_000_000_000_000_000 + start + i, str(start + i), 4000, 3000, "jpeg") for i in range(m)]
         store.write_batch(rows, vecs)
     VectorIndex.load(folder, store)  # builds and saves the FAISS file, as an indexing run does
     store.close()

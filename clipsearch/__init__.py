@@ -6,6 +6,7 @@ errors it raises. Everything else is an implementation module and may change.
 
 from typing import TYPE_CHECKING, Any
 
+from clipsearch._version import __version__
 from clipsearch.errors import (
     ClipsearchError,
     ClusterError,
@@ -19,14 +20,14 @@ from clipsearch.errors import (
 )
 
 if TYPE_CHECKING:
+    from clipsearch.index.status import Status
     from clipsearch.ingest.pipeline import IndexSummary
-    from clipsearch.library import Library, Status
+    from clipsearch.library import Library
     from clipsearch.search.ranking import SearchResult
 
-__version__ = "0.1.0"
 
-_LAZY = {"IndexSummary": "clipsearch.ingest.pipeline", "Library": "clipsearch.library", "Status": "clipsearch.library",
-         "SearchResult": "clipsearch.search.ranking"}
+_LAZY = {"IndexSummary": "clipsearch.ingest.pipeline", "Library": "clipsearch.library",
+         "Status": "clipsearch.index.status", "SearchResult": "clipsearch.search.ranking"}
 
 
 def __getattr__(name: str) -> Any:

@@ -1,7 +1,7 @@
-"""`Library`: the public facade that wires scan, decode, embed, store and search together.
+"""`Library`: the public facade over one index folder and its model.
 
-Searching lives here; indexing and merging in library_indexing.py, tagging in library_tagging.py
-(Library inherits both).
+Each method is thin: it opens the store, takes the write lock when it writes, picks the encoder,
+and hands the work to the module that owns it (ingest/, search/, tags/). Nothing here prints.
 
     from clipsearch import Library
     lib = Library()                       # the default index, its recorded model
@@ -12,74 +12,44 @@ Searching lives here; indexing and merging in library_indexing.py, tagging in li
 
 from __future__ import annotations
 
-import dataclasses
 import datetime as dt
 import json
 import os
 from collections.abc import Callable, Iterable
-from dataclasses import dataclass
 from pathlib import Path
 from typing import TYPE_CHECKING, Any
 
 import numpy as np
 
-if TYPE_CHECKING:
-    from clipsearch.search import duplicates
-
-from clipsearch import config
-from clipsearch.errors import (
-    IndexMissingError,
-    ModelMismatchError,
-    UsageError,
-)
-from clipsearch.index.store import Store, check_same_model
-from clipsearch.index.vectors import VectorIndex
-from clipsearch.ingest import scan
-from clipsearch.library_indexing import Indexing
-from clipsearch.library_tagging import Tagging
+from clipsearch import config, paths
+from clipsearch.config import DEFAULT_MAX_PIXELS
+from clipsearch.errors import ClipsearchError, IndexMissingError, ModelMismatchError, UsageError
+from clipsearch.formats import IMAGE_EXTENSIONS
+from clipsearch.index.lock import write_lock
+from clipsearch.index.records import now
+from clipsearch.index.status import Status, status
+from clipsearch.index.store import Store
+from clipsearch.index.vectors import VectorIndex, remove_orphan_temps
 from clipsearch.model import names, text_tower
-from clipsearch.model.embedder import Embedder, ModelIdentity
+from clipsearch.model.identity import ModelIdentity, check_same_model
 from clipsearch.search import query as query_mod
-from clipsearch.search import ranking as search_mod
+from clipsearch.search import ranking
+from clipsearch.search.relevance import DEFAULT_Z
 
-_FORMAT_ALIASES = {"jpg": "jpeg", "jpe": "jpeg", "tif": "tiff", "heic": "heif", "jp2": "jpeg2000",
-                   "ppm": "ppm", "pgm": "ppm", "pbm": "ppm"}
+if TYPE_CHECKING:
+    from clipsearch.ingest import merge as merge_mod
+    from clipsearch.ingest import pipeline, shards
+    from clipsearch.ingest.ray_executor import RayOptions
+    from clipsearch.model.embedder import Embedder
+    from clipsearch.search import duplicates
+    from clipsearch.tags import probes, workflow, zero_shot
 
+__all__ = ["Library", "Status"]
 
-@dataclass
-class QueryResult:
-    """What a query found, the query as parsed, and how the relevance cutoff treated it."""
-
-    terms: list[query_mod.Term]
-    results: list[search_mod.SearchResult]
-    ranking: search_mod.Ranking
-
-
-@dataclass(frozen=True)
-class Status:
-    path: Path
-    model: ModelIdentity | None
-    images: int
-    skipped: dict[str, int]
-    bytes_on_disk: int
-    last_run_at: str | None
-    last_run: dict[str, object] | None
-    vector_cache: str
-    text_model: bool = False  # queries can embed text without torch (text_tower.py)
-
-    def as_dict(self) -> dict[str, object]:
-        return {
-            "index": str(self.path),
-            "model": None if self.model is None else {
-                "name": self.model.name, "embed_dim": self.model.embed_dim,
-                "weights_sha256": self.model.weights_sha256},
-            "images": self.images, "skipped": self.skipped, "bytes_on_disk": self.bytes_on_disk,
-            "last_run_at": self.last_run_at, "last_run": self.last_run, "vector_cache": self.vector_cache,
-            "text_model": self.text_model,
-        }
+TextEncoder = Any  # an Embedder or a text_tower.OnnxTextEncoder: both have embed_texts(list[str])
 
 
-class Library(Indexing, Tagging):
+class Library:
     """One index folder and the model that goes with it.
 
     `model` is a name as `clipsearch models list` shows (None: the model the index was built with,
@@ -99,57 +69,188 @@ class Library(Indexing, Tagging):
         self._embedder: Embedder | None = None
         self._index: VectorIndex | None = None  # kept between searches while its generation is current
 
-    # --- model ----------------------------------------------------------------------------------
-
-    def _recorded_model(self) -> ModelIdentity | None:
-        try:
-            store = Store.open(self.path)
-        except Exception:  # noqa: BLE001 - no index (or no readable one) means nothing is recorded
-            return None
-        try:
-            return store.model_identity()
-        finally:
-            store.close()
+    # --- the model ------------------------------------------------------------------------------
 
     def model_spec(self) -> names.ModelSpec:
         """The model this library uses: the one asked for, else the index's, else the default."""
         if self._model_name:
             return names.parse(self._model_name)
-        recorded = self._recorded_model()
+        try:
+            with Store.open(self.path) as store:
+                recorded = store.model_identity()
+        except ClipsearchError:  # no index (or no readable one): nothing is recorded
+            recorded = None
         return names.parse(recorded.name if recorded else config.DEFAULT_MODEL)
 
     def embedder(self) -> Embedder:
         if self._embedder is None:
+            from clipsearch.model.embedder import Embedder
+
             self._embedder = Embedder(self.model_spec(), self._device, self._precision, self._download,
                                       self._notify)
         return self._embedder
 
+    def _checked_embedder(self, recorded: ModelIdentity) -> Embedder:
+        emb = self.embedder()
+        check_same_model(recorded, emb.identity)
+        return emb
+
+    def _check_asked_model(self, recorded: ModelIdentity | None, remedy: str) -> None:
+        """A --model that names another model than the index's is refused before anything loads."""
+        if recorded is not None and self._model_name and names.parse(self._model_name).name != recorded.name:
+            raise ModelMismatchError(f"this index was built with {recorded.name}, not "
+                                     f"{names.parse(self._model_name).name}; {remedy}")
+
+    def _text_encoder(self, recorded: ModelIdentity, background: bool = False) -> Callable[[], TextEncoder]:
+        """Whatever embeds texts for this index, when called: the exported text tower when there is
+        one (no torch; started on a thread now when `background`), else the model itself."""
+        if text_tower.available(self.path, recorded.weights_sha256):
+            folder = self.path / text_tower.FOLDER
+            return text_tower.load_in_background(folder) if background else lambda: text_tower.OnnxTextEncoder(folder)
+        return lambda: self._checked_embedder(recorded)
+
+    def _embed_photo(self, recorded: ModelIdentity, path: str, purpose: str) -> np.ndarray:
+        """One photo from outside the index, decoded and embedded as indexing would."""
+        from clipsearch.ingest import images
+
+        emb = self._checked_embedder(recorded)
+        try:
+            decoded = images.decode(path, emb.preprocess)
+        except images.SkipFile as skip:
+            raise UsageError(f"cannot use {paths.display(path)} as {purpose}: {skip}") from None
+        return emb.embed_images(decoded.pixels[None])[0]
+
+    # --- writing the index ----------------------------------------------------------------------
+
+    def index(self, folders: Iterable[str | os.PathLike[str]], *, exclude: Iterable[str] = (),
+              follow_symlinks: bool = False, include_hidden: bool = False, rebuild: bool = False,
+              max_pixels: int = DEFAULT_MAX_PIXELS, wait: bool = False,
+              progress: pipeline.Progress | None = None, ray: RayOptions | None = None) -> pipeline.IndexSummary:
+        """Add new and changed photos under `folders`, drop deleted ones, keep moved ones' vectors.
+
+        With `ray`, decoding and embedding run on a Ray cluster (ray_executor.py); the scan, the plan
+        and every commit stay here, so the index ends up the same either way.
+        """
+        from clipsearch.ingest import pipeline, scan
+
+        roots = _existing(folders, "name at least one folder or photo to index")
+        executor = None
+        if ray is not None:  # before anything is created: a missing extra leaves no trace
+            from clipsearch.ingest.ray_executor import RayExecutor
+
+            executor = RayExecutor(ray, self._device, self._precision)
+        with write_lock(self.path, wait), Store.open(self.path, create=True) as store:
+            started = now()
+            remove_orphan_temps(self.path)
+            self._check_asked_model(store.model_identity() if not rebuild else None,
+                                    "pass --rebuild to re-embed every photo with the new model, or use another "
+                                    "--index")
+            if rebuild:
+                store.reset()
+                text_tower.remove(self.path)
+            problems = scan.ScanProblems()
+            found = list(scan.walk(roots, tuple(exclude), follow_symlinks, include_hidden, problems))
+
+            def bound_embedder() -> Embedder:
+                emb = self.embedder()
+                store.bind_model(emb.identity)
+                return emb
+
+            summary = pipeline.run(store, bound_embedder, list(roots), found, problems, max_pixels, progress,
+                                   executor=executor)
+            self._finish_write(store, started, summary.as_dict(), load_model=False)
+            return summary
+
+    def merge(self, shard_folders: Iterable[str | os.PathLike[str]], *, remap: Iterable[str] = (),
+              wait: bool = False) -> merge_mod.MergeSummary:
+        """Fold shards written by `clipsearch embed` into this index (merge.py: model check, dedup, order).
+
+        `remap` entries are "OLD=NEW": shard paths under OLD are indexed under NEW, for a filesystem
+        mounted elsewhere here than on the machines that embedded it.
+        """
+        from clipsearch.ingest import merge
+
+        opened = [merge.Shard.open(f) for f in shard_folders]
+        if not opened:
+            raise UsageError("name at least one shard folder to merge")
+        pairs = merge.parse_remap(list(remap))
+        merge.check_models(opened)  # before anything is created: a refused merge leaves no trace
+        with write_lock(self.path, wait), Store.open(self.path, create=True) as store:
+            started = now()
+            remove_orphan_temps(self.path)
+            summary = merge.merge(store, opened, pairs)
+            # Merging needs no model: the text tower is exported only from weights already here.
+            self._finish_write(store, started, {"merge": summary.as_dict()}, load_model=True)
+            return summary
+
+    def embed_shard(self, folders: Iterable[str | os.PathLike[str]], shard: tuple[int, int],
+                    out: str | os.PathLike[str], *, exclude: Iterable[str] = (), follow_symlinks: bool = False,
+                    include_hidden: bool = False, max_pixels: int = DEFAULT_MAX_PIXELS,
+                    progress: pipeline.Progress | None = None) -> shards.ShardSummary:
+        """Embed one shard of `folders` into the shard folder `out` (shards.py); this index is not used.
+
+        The model is the one asked for, else $CLIPSEARCH_MODEL, else the default: never a local
+        index's, which the machines that merge may not have.
+        """
+        from clipsearch.ingest import shards
+        from clipsearch.model.embedder import Embedder
+
+        def load() -> Embedder:
+            spec = names.parse(self._model_name or config.DEFAULT_MODEL)
+            return Embedder(spec, self._device, self._precision, self._download, self._notify)
+
+        return shards.embed([os.fspath(f) for f in folders], shard, out, load, exclude=tuple(exclude),
+                            follow_symlinks=follow_symlinks, include_hidden=include_hidden, max_pixels=max_pixels,
+                            progress=progress)
+
+    def _finish_write(self, store: Store, started: str, summary: dict[str, object], load_model: bool) -> None:
+        """After a write: the text tower for torch-free queries, a current FAISS file, the run's record."""
+        if store.model_identity() is None and self._embedder is not None:
+            store.bind_model(self._embedder.identity)
+        self._ensure_text_tower(store, load_model)
+        VectorIndex.load(self.path, store)  # refresh the FAISS cache now, not on the next query
+        store.record_run(started, json.dumps(summary))
+
+    def _ensure_text_tower(self, store: Store, load_model: bool) -> None:
+        """Export the text tower when the index lacks it; optional, so failures only cost speed.
+
+        Uses the model this run loaded, or with `load_model` the index's weights if they are on this
+        machine already (never a download).
+        """
+        recorded = store.model_identity()
+        if recorded is None or not config.text_model_enabled() or text_tower.available(
+                self.path, recorded.weights_sha256):
+            return
+        emb = self._embedder
+        if emb is None:
+            if not load_model:
+                return
+            from clipsearch.model.embedder import Embedder
+
+            try:
+                emb = Embedder(names.parse(recorded.name), self._device, self._precision, download=False)
+                check_same_model(recorded, emb.identity)
+            except ClipsearchError:
+                return
+        from clipsearch.model import text_export
+
+        if self._notify is not None:
+            self._notify("preparing the text encoder that makes queries fast (once per index)")
+        try:
+            text_export.export(emb, self.path, store.sample_vectors(20_000))
+        except Exception:  # noqa: BLE001 - an exporter or runtime gap must never fail an indexing run
+            text_tower.remove(self.path)
+
     # --- searching ------------------------------------------------------------------------------
 
-    def _require_model(self, store: Store) -> ModelIdentity:
-        """The index's model; an index that never embedded a photo has none, and nothing to search."""
-        recorded = store.model_identity()
-        if recorded is None:
-            raise IndexMissingError(f"the index at {self.path} has no photos yet; add some with "
-                                    "`clipsearch index FOLDER`")
-        return recorded
-
-    def _open_store(self, check_model: bool = True) -> Store:
+    def _open(self, check_model: bool = True) -> Store:
+        """The index's store, which must have photos (and, with `check_model`, the model asked for)."""
         store = Store.open(self.path)
         try:
-            recorded = self._require_model(store)
-            if check_model and self._model_name and names.parse(self._model_name).name != recorded.name:
-                raise ModelMismatchError(f"this index was built with {recorded.name}, not "
-                                         f"{names.parse(self._model_name).name}; omit --model to use it")
+            recorded = _require_model(store, self.path)
+            if check_model:
+                self._check_asked_model(recorded, "omit --model to use it")
             return store
-        except BaseException:
-            store.close()
-            raise
-
-    def _open_for_search(self, check_model: bool = True) -> tuple[Store, VectorIndex]:
-        store = self._open_store(check_model)
-        try:
-            return store, self._vector_index(store)
         except BaseException:
             store.close()
             raise
@@ -164,7 +265,7 @@ class Library(Indexing, Tagging):
 
     def search(self, text: str | None = None, *, image: str | os.PathLike[str] | None = None,
                top: int = 20, within: Iterable[str | os.PathLike[str]] = (), **options: Any
-               ) -> list[search_mod.SearchResult]:
+               ) -> list[ranking.SearchResult]:
         """Photos nearest to a text and/or an example image, best first (see `query` for options)."""
         return self.query(text, images=() if image is None else (image,), top=top, within=within,
                           **options).results
@@ -173,57 +274,51 @@ class Library(Indexing, Tagging):
               add: Iterable[str] = (), sub: Iterable[str] = (), top: int = 20,
               within: Iterable[str | os.PathLike[str]] = (), after: dt.datetime | None = None,
               before: dt.datetime | None = None, formats: Iterable[str] = (), min_width: int = 0,
-              min_score: float | None = None, z: float = search_mod.DEFAULT_Z, sort: str = "score",
-              similar_to: str | os.PathLike[str] | None = None, tags: Iterable[str] = ()) -> QueryResult:
+              min_score: float | None = None, z: float = DEFAULT_Z, sort: str = "score",
+              similar_to: str | os.PathLike[str] | None = None, tags: Iterable[str] = ()) -> ranking.QueryResult:
         """Search with everything the CLI offers: query arithmetic, filters, the relevance cutoff.
 
         `text` may combine parts: "beach + sunset - people", "2:dog + cat", or image paths.
         `similar_to` names an indexed photo whose stored vector is the query (no re-embedding).
         """
-        from clipsearch.ingest.scan import IMAGE_EXTENSIONS
-
         if top < 1:
             raise UsageError("--top must be at least 1")
         if sort not in ("score", "date"):
             raise UsageError("--sort is score or date")
         terms = [] if similar_to is not None else query_mod.parse(
             text, IMAGE_EXTENSIONS, tuple(os.fspath(i) for i in images), tuple(add), tuple(sub))
-        kinds = (f.lower().lstrip(".") for f in formats)
-        filters = search_mod.Filters(
-            within=tuple(os.path.abspath(os.path.expanduser(os.fspath(w))) for w in within),
-            after=after, before=before, formats=frozenset(_FORMAT_ALIASES.get(k, k) for k in kinds),
-            min_width=min_width)
-        store = self._open_store()
-        try:
+        filters = ranking.Filters.build(within, after, before, formats, min_width)
+        with self._open() as store:
+            recorded = _require_model(store, self.path)
             # The text encoder loads on a thread while FAISS loads here: they overlap on two cores.
-            text_vectors = self._text_vectors(store, terms) if similar_to is None else None
+            text_vectors = None if similar_to is not None else self._text_vectors(store, recorded, terms)
             index = self._vector_index(store)
             wanted_tags = [t for t in tags if t.strip()]
             if wanted_tags:
-                filters = dataclasses.replace(filters, ids=frozenset(store.ids_with_tags(wanted_tags)))
+                filters = ranking.Filters(**{**filters.__dict__, "ids": frozenset(store.tags.ids_with_tags(
+                    wanted_tags))})
             exclude: frozenset[int] = frozenset()
             if similar_to is not None:
-                path = os.path.abspath(os.path.expanduser(os.fspath(similar_to)))
+                path = paths.resolve(similar_to)
                 image_id = store.id_for_path(path)
                 if image_id is None:
-                    raise UsageError(f"{scan.display_path(path)} is not in the index; index it first, or use "
+                    raise UsageError(f"{paths.display(path)} is not in the index; index it first, or use "
                                      "`clipsearch query --image` for a photo from elsewhere")
-                vector, exclude = store.vectors_for([image_id])[0], frozenset({image_id})
+                vector, exclude = store.vectors_of_ids([image_id])[0], frozenset({image_id})
                 terms = [query_mod.Term("indexed", path, 1.0)]
             else:
                 assert text_vectors is not None
-                vector = self._query_vector(self._require_model(store), terms, text_vectors())
-            ranking = search_mod.rank(store, index, vector, top, filters, min_score, z, exclude)
+                known = text_vectors()
+                vector = query_mod.combine(terms, lambda t: known[t.value] if t.kind == "text" else
+                                           self._embed_photo(recorded, t.value, "a query image"))
+            found = ranking.rank(store, index, vector, top, filters, min_score, z, exclude)
             if sort == "date":
-                ranking.results = search_mod.sort_by_date(ranking.results)
-            return QueryResult(terms, ranking.results, ranking)
-        finally:
-            store.close()
+                found.results = ranking.sort_by_date(found.results)
+            return ranking.QueryResult(terms, found.results, found)
 
-    def _text_vectors(self, store: Store, terms: list[query_mod.Term]) -> Callable[[], dict[str, np.ndarray]]:
+    def _text_vectors(self, store: Store, recorded: ModelIdentity,
+                      terms: list[query_mod.Term]) -> Callable[[], dict[str, np.ndarray]]:
         """The query's texts as vectors, when called; loading whatever encodes them starts now."""
-        recorded = store.model_identity()
-        assert recorded is not None
         texts = sorted({t.value for t in terms if t.kind == "text"})
         # Texts embedded before by the index's model come from SQLite: a repeated text query loads
         # no model at all, which is most of a cold query's time.
@@ -231,15 +326,10 @@ class Library(Indexing, Tagging):
         missing = [t for t in texts if t not in known]
         if not missing:
             return lambda: known
-        has_images = any(t.kind == "image" for t in terms)
-        # New texts go through the exported text tower when there is one: no torch, no open_clip.
-        if not has_images and text_tower.available(self.path, recorded.weights_sha256):
-            get_encoder: Callable[[], Any] = text_tower.load_in_background(self.path / text_tower.FOLDER)
+        if any(t.kind == "image" for t in terms):  # the model loads anyway: it embeds the texts too
+            get_encoder: Callable[[], TextEncoder] = lambda: self._checked_embedder(recorded)  # noqa: E731
         else:
-            def get_encoder() -> Any:
-                emb = self.embedder()
-                check_same_model(recorded, emb.identity)
-                return emb
+            get_encoder = self._text_encoder(recorded, background=True)
 
         def encode() -> dict[str, np.ndarray]:
             fresh = dict(zip(missing, get_encoder().embed_texts(missing), strict=True))
@@ -248,78 +338,139 @@ class Library(Indexing, Tagging):
 
         return encode
 
-    def _query_vector(self, recorded: ModelIdentity, terms: list[query_mod.Term],
-                      known: dict[str, np.ndarray]) -> np.ndarray:
-        emb = self.embedder() if any(t.kind == "image" for t in terms) else None
-        if emb is not None:
-            check_same_model(recorded, emb.identity)
-        vecs: dict[int, np.ndarray] = {id(t): known[t.value] for t in terms if t.kind == "text"}
-        for t in terms:
-            if t.kind == "image":
-                from clipsearch.ingest import images
-
-                assert emb is not None
-                try:
-                    decoded = images.decode(t.value, emb.preprocess)
-                except images.SkipFile as skip:
-                    raise UsageError(f"cannot use {scan.display_path(t.value)} as a query image: {skip}") from None
-                vecs[id(t)] = emb.embed_images(decoded.pixels[None])[0]
-        total = np.sum([t.weight * vecs[id(t)] for t in terms], axis=0)
-        norm = float(np.linalg.norm(total))
-        if norm < 1e-6:
-            raise UsageError("the query's parts cancel out; nothing is left to search for")
-        return (total / norm).astype(np.float32)
-
-    def duplicates(self, paths: Iterable[str | os.PathLike[str]] = (), *,
+    def duplicates(self, folders: Iterable[str | os.PathLike[str]] = (), *,
                    near_cosine: float | None = None, similar: bool = False,
                    similar_cosine: float | None = None, similar_window_s: float | None = None
                    ) -> list[duplicates.Group]:
         """Groups of copies among indexed photos (duplicates.py): exact, near and, if asked, similar."""
         from clipsearch.search import duplicates
 
-        store, index = self._open_for_search(check_model=False)
-        try:
-            roots = tuple(os.path.abspath(os.path.expanduser(os.fspath(p))) for p in paths)
+        with self._open(check_model=False) as store:
             return duplicates.find(
-                store, index, roots,
+                store, self._vector_index(store), paths.resolve_all(folders),
                 near_cosine=duplicates.NEAR_COSINE if near_cosine is None else near_cosine, similar=similar,
                 similar_cosine=duplicates.SIMILAR_COSINE if similar_cosine is None else similar_cosine,
                 similar_window_s=duplicates.SIMILAR_WINDOW_S if similar_window_s is None else similar_window_s)
-        finally:
-            store.close()
 
     def thumbnail_of(self, image_id: int, path: str, mtime_ns: int) -> Path | None:
-        """A cached preview of an indexed photo (thumbnails.py)."""
+        """A cached 256 px JPEG preview of an indexed photo (made on first use), or None when unreadable."""
         from clipsearch.ingest import thumbnails
 
         return thumbnails.thumbnail(self.path / "thumbs", image_id, path, mtime_ns)
 
-    def thumbnail(self, result: search_mod.SearchResult) -> Path | None:
-        """A cached 256 px JPEG preview of a result (made on first use), or None when unreadable."""
+    def thumbnail(self, result: ranking.SearchResult) -> Path | None:
         return self.thumbnail_of(result.id, result.path, int(result.modified.timestamp() * 1e9))
+
+    # --- tags -----------------------------------------------------------------------------------
+
+    def tag(self, folders: Iterable[str | os.PathLike[str]] = (), *, labels: list[zero_shot.Label] | None = None,
+            template_set: str = "photo", top: int = 5, threshold: float | None = None, z: float = DEFAULT_Z,
+            write_xmp: bool = False, clear_xmp: bool = False, dry_run: bool = False,
+            progress: pipeline.Progress | None = None) -> workflow.TagSummary:
+        """Zero-shot tags for indexed photos under `folders` (indexing them first), stored in SQLite.
+
+        With `write_xmp` the tags also go to XMP sidecars; `clear_xmp` removes clipsearch's tags from
+        them instead. `dry_run` computes and reports without writing tags or sidecars.
+        """
+        from clipsearch.tags import workflow, zero_shot
+
+        given = [os.fspath(p) for p in folders]
+        if given:  # indexing only fills the index (never the photos), so a dry run does it too
+            self.index(given, progress=progress)
+        request = workflow.TagRequest(labels if labels is not None else zero_shot.default_labels(),
+                                      zero_shot.templates(template_set), top, threshold, z)
+        with Store.open(self.path) as store:
+            recorded = _require_model(store, self.path)
+            return workflow.tag(store, recorded, request, self._text_encoder(recorded), paths.resolve_all(given),
+                                write_xmp=write_xmp, clear_xmp=clear_xmp, dry_run=dry_run)
+
+    def learn(self, name: str, examples: Iterable[str | os.PathLike[str]], *,
+              negatives: Iterable[str | os.PathLike[str]] = (), use_text: bool = True) -> probes.Probe:
+        """Learn a personal tag from example photos (indexed or not); `tag` applies it from then on.
+
+        Negatives default to up to 2,000 other indexed photos, taken as "mostly not this".
+        """
+        from clipsearch.tags import probes
+
+        name = " ".join(name.split())
+        if not name:
+            raise UsageError("a personal tag needs a name")
+        with Store.open(self.path) as store:
+            recorded = _require_model(store, self.path)
+            pos_ids, pos = self._example_vectors(store, recorded, examples)
+            negatives = list(negatives)
+            if negatives:
+                neg = self._example_vectors(store, recorded, negatives)[1]
+            else:
+                ids, mat = store.all_vectors()
+                keep = np.flatnonzero(~np.isin(ids, list(pos_ids)))
+                neg = mat[np.sort(np.random.default_rng(0).permutation(keep)[:2000])]
+            prior = self._text_encoder(recorded)().embed_texts([f"a photo of {name}"])[0] if use_text else None
+            probe = probes.learn_probe(name, pos, neg, prior)
+            store.tags.save_probe(recorded.weights_sha256, name, probe.weights, probe.bias, probe.examples)
+            return probe
+
+    def _example_vectors(self, store: Store, recorded: ModelIdentity,
+                         given: Iterable[str | os.PathLike[str]]) -> tuple[set[int], np.ndarray]:
+        """Vectors of photos or folders of photos: stored ones when indexed, else embedded now."""
+        from clipsearch.ingest import scan
+
+        files: list[str] = []
+        for item in given:
+            path = paths.resolve(item)
+            if os.path.isdir(path):
+                files += [f.path for f in scan.walk([path])]
+            elif os.path.isfile(path):
+                files.append(path)
+            else:
+                raise UsageError(f"no such file or folder: {os.fspath(item)}")
+        ids = {i for i in (store.id_for_path(f) for f in files) if i is not None}
+        vecs = [store.vectors_of_ids([i])[0] if (i := store.id_for_path(f)) is not None
+                else self._embed_photo(recorded, f, "an example") for f in files]
+        if not vecs:
+            raise UsageError("no example photos found")
+        return ids, np.stack(vecs)
+
+    def forget(self, name: str) -> bool:
+        """Forget a personal tag and the tags it gave."""
+        with Store.open(self.path) as store:
+            return store.tags.forget_probe(name) > 0
+
+    def tag_counts(self) -> list[tuple[str, str, int]]:
+        with Store.open(self.path) as store:
+            return store.tags.tag_counts()
+
+    def all_tags(self) -> list[tuple[str, str, float, str]]:
+        """(path, label, score, source) for every tag, for export."""
+        with Store.open(self.path) as store:
+            return store.tags.all_tags()
 
     # --- status ---------------------------------------------------------------------------------
 
     def status(self) -> Status:
-        store = Store.open(self.path)
-        try:
-            size = sum(p.stat().st_size for p in self.path.rglob("*") if p.is_file())
-            last = store.last_run()
-            faiss_files = list(self.path.glob("vectors.*.faiss"))
-            current = self.path / f"vectors.{store.generation()}.faiss"
-            cache = "current" if current.exists() else ("stale, rebuilt on next use" if faiss_files else
-                                                        "missing, rebuilt on next use")
-            model = store.model_identity()
-            fast = model is not None and text_tower.available(self.path, model.weights_sha256)
-            return Status(self.path, model, store.count(), store.skipped_counts(), size,
-                          last[0] if last else None, json.loads(last[1]) if last and last[1] else None, cache, fast)
-        finally:
-            store.close()
+        with Store.open(self.path) as store:
+            return status(self.path, store)
 
     def skipped(self) -> list[tuple[str, str, str]]:
-        store = Store.open(self.path)
-        try:
+        with Store.open(self.path) as store:
             return list(store.iter_skipped())
-        finally:
-            store.close()
 
+
+def _require_model(store: Store, folder: Path) -> ModelIdentity:
+    """The index's model; an index that never embedded a photo has none, and nothing to search."""
+    recorded = store.model_identity()
+    if recorded is None:
+        raise IndexMissingError(f"the index at {folder} has no photos yet; add some with "
+                                "`clipsearch index FOLDER`")
+    return recorded
+
+
+def _existing(given: Iterable[str | os.PathLike[str]], none_given: str) -> tuple[str, ...]:
+    """The folders or files named, resolved; a typo is an error before anything is created."""
+    items = [os.fspath(p) for p in given]
+    if not items:
+        raise UsageError(none_given)
+    for item in items:
+        if not os.path.lexists(paths.resolve(item)):
+            raise UsageError(f"no such file or folder: {item}")
+    return paths.resolve_all(items)

@@ -14,7 +14,7 @@ from PIL import Image
 
 from clipsearch import Library
 from clipsearch.cli import app
-from clipsearch.index.store import ImageRow
+from clipsearch.index.records import ImageRecord
 from clipsearch.search.duplicates import dhash, keep_first
 
 runner = CliRunner()
@@ -64,8 +64,8 @@ def test_scope_limits_the_search(tmp_path: Path) -> None:
 
 
 def test_keep_rule_prefers_pixels_then_age_then_short_paths() -> None:
-    def row(i: int, path: str, w: int, taken: str | None) -> ImageRow:
-        return ImageRow(i, path, 1, 1_000_000_000 * i, w, w, "jpeg", taken, None, None)
+    def row(i: int, path: str, w: int, taken: str | None) -> ImageRecord:
+        return ImageRecord(path, 1, 1_000_000_000 * i, "", w, w, "jpeg", taken, id=i)
 
     assert keep_first([row(1, "/a/x.jpg", 100, None), row(2, "/a/y.jpg", 200, None)]).id == 2
     older = row(3, "/a/long/name.jpg", 100, "2010-01-01T00:00:00")

@@ -61,7 +61,7 @@ def test_cutting_tokens_after_the_end_token_changes_nothing() -> None:
     tokens = fp32.tokenizer(texts)
     with torch.inference_mode():
         full = fp32.model.encode_text(tokens)
-        short = embedder._encode_text_short(fp32.model, tokens)
+        short = embedder.encode_texts(fp32.model, tokens)
     assert tokens.shape[1] == 24 and short.shape == full.shape
     torch.testing.assert_close(short, full, atol=1e-5, rtol=1e-4)
 

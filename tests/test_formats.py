@@ -32,7 +32,7 @@ def _vectors(lib: Library, paths: list[Path]) -> dict[str, np.ndarray]:
         ids = {p.name: store.id_for_path(str(p)) for p in paths}
         missing = [n for n, i in ids.items() if i is None]
         assert not missing, f"not indexed: {missing}"
-        return dict(zip(ids, store.vectors_for(list(ids.values())), strict=True))
+        return dict(zip(ids, store.vectors_of_ids(list(ids.values())), strict=True))
     finally:
         store.close()
 

@@ -36,7 +36,7 @@ def test_incremental_add_change_delete_move(photo_dir: Path) -> None:
     shutil.move(folder / "yellow-ring-0.png", photo_dir / "moved" / "renamed.png")
     store = Store.open(lib.path)
     old_id = store.id_for_path(str(folder / "yellow-ring-0.png"))
-    old_vec = store.vectors_for([old_id])
+    old_vec = store.vectors_of_ids([old_id])
     store.close()
 
     third = lib.index([photo_dir])
@@ -44,7 +44,7 @@ def test_incremental_add_change_delete_move(photo_dir: Path) -> None:
     assert third.total == 47
     store = Store.open(lib.path)
     assert store.id_for_path(str(photo_dir / "moved" / "renamed.png")) == old_id
-    np.testing.assert_array_equal(store.vectors_for([old_id]), old_vec)
+    np.testing.assert_array_equal(store.vectors_of_ids([old_id]), old_vec)
     store.close()
     hit = lib.search("a photo of a blue square", top=2)
     assert {Path(h.path).name for h in hit} == {"blue-square-0.png", "red-circle-0.png"}
@@ -114,7 +114,7 @@ def test_exif_orientation_is_applied(tmp_path: Path, heldout: list) -> None:
     lib.index([folder])
     store = Store.open(lib.path)
     ids = {Path(p).name: store.id_for_path(str(folder / p)) for p in ("upright.jpg", "tagged.jpg", "untagged.jpg")}
-    vec = dict(zip(ids, store.vectors_for(list(ids.values())), strict=True))
+    vec = dict(zip(ids, store.vectors_of_ids(list(ids.values())), strict=True))
     rows = store.images(ids.values())
     store.close()
     assert float(vec["upright.jpg"] @ vec["tagged.jpg"]) > 0.995

@@ -16,11 +16,12 @@ from PIL import Image
 from clipsearch import Library
 from clipsearch.cli import app
 from clipsearch.errors import UsageError
+from clipsearch.formats import IMAGE_EXTENSIONS
+from clipsearch.index.records import ImageRecord
 from clipsearch.index.store import Store
 from clipsearch.index.vectors import VectorIndex
-from clipsearch.ingest.scan import IMAGE_EXTENSIONS
 from clipsearch.model.embedder import Embedder
-from clipsearch.search import query, ranking
+from clipsearch.search import query, ranking, relevance
 
 runner = CliRunner()
 
@@ -89,9 +90,7 @@ def _clustered_store(lib: Library, tiny_embedder: Embedder) -> tuple[Store, np.n
     vecs /= np.linalg.norm(vecs, axis=1, keepdims=True)
     store = Store.open(lib.path, create=True)
     store.bind_model(tiny_embedder.identity)
-    rows = [{"path": f"/photos/c{i // 50:02d}/{i:04d}.jpg", "size": 1, "mtime_ns": 0, "fingerprint": str(i),
-             "width": 64, "height": 64, "format": "jpeg", "taken_at": None, "lat": None, "lon": None}
-            for i in range(2000)]
+    rows = [ImageRecord(f"/photos/c{i // 50:02d}/{i:04d}.jpg", 1, 0, str(i), 64, 64, "jpeg") for i in range(2000)]
     store.write_batch(rows, vecs)
     return store, centres
 
@@ -133,11 +132,11 @@ def test_adaptive_cutoff_on_a_known_distribution() -> None:
     background = rng.normal(size=(2000, 64)).astype(np.float32)
     background /= np.linalg.norm(background, axis=1, keepdims=True)
     q = background[0] + 0.0
-    cutoff, stats = ranking.adaptive_cutoff(q, background[1:], z=3.0)
+    cutoff, stats = relevance.adaptive_cutoff(q, background[1:], z=3.0)
     assert cutoff is not None and stats["median"] == pytest.approx(0.0, abs=0.02)
     scores = background[1:] @ q
     assert (scores >= cutoff).mean() < 0.01  # unrelated photos almost never pass
-    assert ranking.adaptive_cutoff(q, background[:150], z=3.0) == (None, {})  # too few to judge
+    assert relevance.adaptive_cutoff(q, background[:150], z=3.0) == (None, {})  # too few to judge
 
 
 def test_filters_type_width_dates_and_sort(tmp_path: Path, heldout: list) -> None:
@@ -264,7 +263,7 @@ def test_a_truncated_ivf_file_is_rebuilt_not_mapped(tiny_embedder: Embedder, kee
 def test_normal_quantile_matches_the_standard_library(p: float) -> None:
     from statistics import NormalDist
 
-    assert ranking.normal_quantile(p) == pytest.approx(NormalDist().inv_cdf(p), abs=1e-6)
+    assert relevance.normal_quantile(p) == pytest.approx(NormalDist().inv_cdf(p), abs=1e-6)
 
 
 def test_a_library_reuses_its_faiss_index_until_the_index_changes(indexed: Library, photo_dir: Path,

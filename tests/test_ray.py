@@ -142,7 +142,7 @@ def test_without_ray_installed_the_option_says_how_to_get_it(photos: Path, monke
 
 def test_the_core_install_never_imports_ray(photo_dir: Path, isolated: Path) -> None:
     Library().index([photo_dir])
-    code = ("import sys\nfrom clipsearch import ray_executor\nfrom clipsearch.cli import main\n"
+    code = ("import sys\nfrom clipsearch.ingest import ray_executor\nfrom clipsearch.cli import main\n"
             "sys.argv = ['clipsearch', 'query', 'a photo of a purple ring', '-n', '1', '-f', 'paths']\n"
             "try:\n    main()\nexcept SystemExit as e:\n    assert not e.code, e.code\n"
             "assert 'ray' not in sys.modules, 'ray was imported'")

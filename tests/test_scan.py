@@ -7,6 +7,7 @@ from pathlib import Path
 
 import pytest
 
+from clipsearch import paths
 from clipsearch.errors import UsageError
 from clipsearch.ingest import scan
 
@@ -65,5 +66,5 @@ def test_single_files_and_odd_names(tmp_path: Path) -> None:
     assert [f.path for f in found] == [str(odd)]
     everything = {f.path for f in scan.walk([tmp_path])}
     assert str(tmp_path / raw_name) in everything
-    assert scan.display_path(str(odd)).endswith("new\\x0aline and spaces.jpg")
-    assert scan.display_path(str(tmp_path / raw_name)).endswith("caf\\xe9.jpg")
+    assert paths.display(str(odd)).endswith("new\\x0aline and spaces.jpg")
+    assert paths.display(str(tmp_path / raw_name)).endswith("caf\\xe9.jpg")

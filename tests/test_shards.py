@@ -17,11 +17,11 @@ from click.testing import CliRunner
 from conftest import TINY_MODEL
 from same_index import assert_same_index, index_locally
 
-from clipsearch import Library
+from clipsearch import Library, paths
 from clipsearch.cli import app
 from clipsearch.errors import ModelMismatchError, UsageError
 from clipsearch.index.store import Store
-from clipsearch.ingest import scan, shards
+from clipsearch.ingest import shards
 
 N_PHOTOS = 280  # more than one commit (256), so a killed `embed` has something to resume from
 runner = CliRunner()
@@ -55,7 +55,7 @@ def three_shards(photos: Path, tmp_path_factory: pytest.TempPathFactory) -> list
     with pytest.MonkeyPatch.context() as mp:
         mp.setenv("CLIPSEARCH_HOME", str(folder / "home"))
         mp.setenv("HF_HUB_OFFLINE", "1")
-        written = [shards.embed([str(photos)], (i, 3), folder / f"s{i}", model=TINY_MODEL) for i in range(3)]
+        written = [Library(model=TINY_MODEL).embed_shard([photos], (i, 3), folder / f"s{i}") for i in range(3)]
     assert sum(s.files for s in written) == N_PHOTOS + 1, "every file in exactly one shard"
     assert sum(s.images for s in written) == N_PHOTOS and all(s.images > 50 for s in written)
     assert sorted(p.name for p in folder.iterdir()) == ["home", "s0", "s1", "s2"]  # no .partial left
@@ -96,23 +96,23 @@ def test_mixed_models_are_refused(three_shards: list[Path], tmp_path: Path) -> N
 def test_the_newest_copy_of_a_path_wins_and_keeps_its_id(photos: Path, tmp_path: Path) -> None:
     work = tmp_path / "photos"
     shutil.copytree(photos / "b" / "deeper", work)
-    old = shards.embed([str(work)], (0, 1), tmp_path / "old", model=TINY_MODEL)
+    old = Library(model=TINY_MODEL).embed_shard([work], (0, 1), tmp_path / "old")
     victim = sorted(work.glob("*.png"))[3]
     shapes.sample(np.random.default_rng(99)).image.save(victim)  # new content, newer mtime
     os.utime(victim, ns=(victim.stat().st_mtime_ns + 10**9, victim.stat().st_mtime_ns + 10**9))
-    new = shards.embed([str(work)], (0, 1), tmp_path / "new", model=TINY_MODEL)
+    new = Library(model=TINY_MODEL).embed_shard([work], (0, 1), tmp_path / "new")
 
     lib = Library(index=tmp_path / "index")
     lib.merge([old.out])
     store = Store.open(lib.path)
-    vid, before = store.id_for_path(str(victim)), store.vectors_for([store.id_for_path(str(victim))])
+    vid, before = store.id_for_path(str(victim)), store.vectors_of_ids([store.id_for_path(str(victim))])
     store.close()
     summary = lib.merge([new.out])
     assert (summary.updated, summary.unchanged, summary.added) == (1, old.images - 1, 0)
     store = Store.open(lib.path)
     assert store.id_for_path(str(victim)) == vid
-    assert not np.allclose(store.vectors_for([vid]), before)
-    after = store.vectors_for([vid])
+    assert not np.allclose(store.vectors_of_ids([vid]), before)
+    after = store.vectors_of_ids([vid])
     store.close()
     assert lib.merge([old.out]).kept == 1  # an older copy does not undo the newer one
 
@@ -120,7 +120,7 @@ def test_the_newest_copy_of_a_path_wins_and_keeps_its_id(photos: Path, tmp_path:
     summary = both.merge([new.out, old.out])
     assert (summary.added, summary.duplicates, both.status().images) == (old.images, old.images, old.images)
     store = Store.open(both.path)
-    np.testing.assert_allclose(store.vectors_for([store.id_for_path(str(victim))]), after, atol=1e-6)
+    np.testing.assert_allclose(store.vectors_of_ids([store.id_for_path(str(victim))]), after, atol=1e-6)
     store.close()
 
 
@@ -148,7 +148,7 @@ def test_unfinished_and_damaged_shards_are_refused(three_shards: list[Path], tmp
     with pytest.raises(UsageError, match="damaged"):
         Library(index=tmp_path / "index").merge([damaged])
     with pytest.raises(UsageError, match="already holds a finished shard"):
-        shards.embed([str(tmp_path)], (0, 1), three_shards[0], model=TINY_MODEL)
+        Library(model=TINY_MODEL).embed_shard([tmp_path], (0, 1), three_shards[0])
     assert not (tmp_path / "index").exists()
 
 
@@ -176,7 +176,7 @@ def test_shard_membership_ignores_where_the_tree_is_mounted() -> None:
     here = [shards.shard_of(f"/data/photos/{n}", ["/data/photos"], 5) for n in names]
     there = [shards.shard_of(f"/mnt/nas/{n}", ["/mnt/nas"], 5) for n in names]
     assert here == there and set(here) == set(range(5))
-    assert scan.under("/data/photos/x/1.jpg", ["/data/photos"])
+    assert paths.under("/data/photos/x/1.jpg", ["/data/photos"])
 
 
 def test_bad_shard_specs_are_usage_errors() -> None:

@@ -30,7 +30,7 @@ def _tags_by_path(lib: Library) -> dict[str, set[str]]:
     store = Store.open(lib.path)
     try:
         ids = {p: i for i, p in store.db.execute("SELECT id, path FROM images")}
-        tags = store.tags_of(list(ids.values()))
+        tags = store.tags.tags_of(list(ids.values()))
         return {p: {lab for lab, _, _ in tags[i]} for p, i in ids.items()}
     finally:
         store.close()
@@ -188,7 +188,7 @@ def test_few_shot_beats_zero_shot_on_a_concept(library_240: list, tmp_path: Path
     few_tagged = {p for p, t in tags.items() if "circle" in t}
     assert _f1(few_tagged, truth) >= 0.8 > _f1(zero_tagged, truth), (_f1(few_tagged, truth), zero.counts)
     store = Store.open(lib.path)
-    sources = {src for _, src, _ in store.tag_counts()}
+    sources = {src for _, src, _ in store.tags.tag_counts()}
     store.close()
     assert sources == {"zero-shot", "few-shot"}
     assert runner.invoke(app, ["tag", "forget", "circle"]).exit_code == 0

@@ -7,9 +7,10 @@ from pathlib import Path
 import numpy as np
 import pytest
 
+from clipsearch.index.records import ImageRecord
 from clipsearch.index.store import Store
 from clipsearch.index.vectors import VectorIndex
-from clipsearch.model.embedder import ModelIdentity
+from clipsearch.model.identity import ModelIdentity
 
 
 def _store(folder: Path, n: int, dim: int = 32) -> Store:
@@ -19,8 +20,7 @@ def _store(folder: Path, n: int, dim: int = 32) -> Store:
     vecs /= np.linalg.norm(vecs, axis=1, keepdims=True)
     store = Store.open(folder, create=True)
     store.bind_model(ModelIdentity("synthetic", dim, "0" * 64))
-    rows = [{"path": f"/p/{i:05d}.jpg", "size": 1, "mtime_ns": i, "fingerprint": str(i), "width": 1, "height": 1,
-             "format": "jpeg", "taken_at": None, "lat": None, "lon": None} for i in range(n)]
+    rows = [ImageRecord(f"/p/{i:05d}.jpg", 1, i, str(i), 1, 1, "jpeg") for i in range(n)]
     store.write_batch(rows, vecs)
     with store.atomic():  # holes in the ids, as deletions leave them
         store.db.execute("DELETE FROM images WHERE id % 7 = 3")

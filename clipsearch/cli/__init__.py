@@ -13,7 +13,7 @@ import sys
 
 import click
 
-from clipsearch import __version__
+from clipsearch._version import __version__
 from clipsearch.cli.common import err
 from clipsearch.cli.library_commands import duplicates, index, status
 from clipsearch.cli.model_commands import models

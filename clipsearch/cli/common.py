@@ -15,7 +15,8 @@ from typing import TYPE_CHECKING, Any, TypeVar
 
 import click
 
-from clipsearch import __version__, config
+from clipsearch import config
+from clipsearch._version import __version__
 from clipsearch.errors import ClipsearchError
 
 if TYPE_CHECKING:

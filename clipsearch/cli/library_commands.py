@@ -7,6 +7,7 @@ from pathlib import Path
 
 import click
 
+from clipsearch import paths as paths_mod
 from clipsearch.cli.common import (
     PATH,
     RichProgress,
@@ -133,7 +134,7 @@ def duplicates(paths: tuple[Path, ...], similar: bool, threshold: float, similar
                             similar_window_s=window)
     if to_remove or null:
         sep = "\0" if null else "\n"
-        sys.stdout.write("".join(f"{m.path if null else render.display_path(m.path)}{sep}"
+        sys.stdout.write("".join(f"{m.path if null else paths_mod.display(m.path)}{sep}"
                                  for g in groups for m in g.remove))
     elif as_json or fmt == "json":
         sys.stdout.write(json.dumps({"schema_version": render.SCHEMA_VERSION,

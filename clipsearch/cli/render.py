@@ -13,7 +13,7 @@ from pathlib import Path
 from typing import TYPE_CHECKING
 from urllib.parse import quote
 
-from clipsearch.ingest.scan import display_path
+from clipsearch.paths import display as display_path
 
 if TYPE_CHECKING:
     from rich.table import Table

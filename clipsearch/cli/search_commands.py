@@ -23,8 +23,8 @@ from clipsearch.cli.common import (
 )
 
 if TYPE_CHECKING:
-    from clipsearch.library import Library, QueryResult
-    from clipsearch.search.ranking import SearchResult
+    from clipsearch.library import Library
+    from clipsearch.search.ranking import QueryResult, SearchResult
 
 F = TypeVar("F", bound=Callable[..., Any])
 FORMATS = ("auto", "table", "json", "jsonl", "paths")

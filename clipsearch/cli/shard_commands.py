@@ -41,14 +41,15 @@ def embed(paths: tuple[Path, ...], shard: str, out_dir: Path, exclude: tuple[str
           include_hidden: bool, max_megapixels: int, quiet: bool, as_json: bool, model: str | None,
           device: str | None, precision: str | None) -> None:
     """Embed one shard of PATHS into a folder, on any machine; `clipsearch merge` adds it to an index."""
+    from clipsearch import Library
     from clipsearch.ingest import shards
 
+    lib = Library(model=model, device=device, precision=precision, notify=note)
     progress = RichProgress(quiet or as_json, verb="embedding")
     with progress.progress:
-        summary = shards.embed([str(p) for p in paths], shards.parse_shard(shard), out_dir, model=model, device=device,
-                               precision=precision, exclude=exclude, follow_symlinks=follow_symlinks,
-                               include_hidden=include_hidden, max_pixels=max_megapixels * 1_000_000,
-                               progress=progress, notify=note)
+        summary = lib.embed_shard(paths, shards.parse_shard(shard), out_dir, exclude=exclude,
+                                  follow_symlinks=follow_symlinks, include_hidden=include_hidden,
+                                  max_pixels=max_megapixels * 1_000_000, progress=progress)
     if as_json:
         print_json(summary.as_dict())
     elif not quiet:

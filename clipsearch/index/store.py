@@ -2,72 +2,53 @@
 
 Vectors are stored here too (little-endian float32 blobs), so the FAISS file is only a cache that
 can always be rebuilt. Every write happens in a transaction; WAL lets queries read while an indexer
-writes. The schema lives in schema.py; docs/storage.md documents it.
+writes. All of the index's SQL lives in this package: here, in schema.py, and in tag_tables.py
+(`store.tags`). docs/storage.md documents the tables.
 """
 
 from __future__ import annotations
 
 import contextlib
-import os
 import sqlite3
-from collections.abc import Iterable, Iterator
-from dataclasses import dataclass
+from collections.abc import Iterable, Iterator, Sequence
 from pathlib import Path
-from typing import Any
+from types import TracebackType
 
 import numpy as np
 
 from clipsearch import failpoints
-from clipsearch.errors import IndexMissingError, ModelMismatchError, StorageError
+from clipsearch.errors import IndexMissingError, StorageError
 from clipsearch.index import schema
-from clipsearch.index.tag_tables import TextAndTagTables, encode_vector, now
-from clipsearch.model.embedder import ModelIdentity
+from clipsearch.index.records import (
+    COLUMNS,
+    FIELDS,
+    ImageRecord,
+    KnownFile,
+    SkipRecord,
+    decode_vector,
+    encode_vector,
+    now,
+    os_path,
+    path_columns,
+)
+from clipsearch.index.tag_tables import TagTables
+from clipsearch.model.identity import ModelIdentity, check_same_model
 
 DB_NAME = "clipsearch.db"
+QUERY_CACHE_SIZE = 5000
+_UPSERT = (f"INSERT INTO images ({', '.join(COLUMNS)}, path_raw, indexed_at) VALUES "
+           f"({', '.join(':' + c for c in COLUMNS)}, :path_raw, :indexed_at) ON CONFLICT(path) DO UPDATE SET "
+           + ", ".join(f"{c}=excluded.{c}" for c in (*FIELDS, "indexed_at")) + " RETURNING id")
 
 
-@dataclass(frozen=True)
-class KnownFile:
-    id: int
-    size: int
-    mtime_ns: int
-    fingerprint: str
-
-
-@dataclass(frozen=True)
-class ImageRow:
-    """One indexed image as stored: what search results and filters are made of."""
-
-    id: int
-    path: str
-    size: int
-    mtime_ns: int
-    width: int | None
-    height: int | None
-    format: str | None
-    taken_at: str | None
-    lat: float | None
-    lon: float | None
-
-
-def path_columns(path: str) -> tuple[str, bytes | None]:
-    """(text key, raw bytes or None): text SQLite can store, and the exact name when it differs."""
-    raw = os.fsencode(path)
-    text = raw.decode("utf-8", "backslashreplace")
-    return text, (raw if text.encode("utf-8", "surrogatepass") != raw else None)
-
-
-def os_path(text: str, raw: bytes | None) -> str:
-    return os.fsdecode(raw) if raw is not None else text
-
-
-class Store(TextAndTagTables):
-    """The index database. Open with `Store.open(folder)`; close when done."""
+class Store:
+    """The index database: `with Store.open(folder) as store: ...` closes it however the block ends."""
 
     def __init__(self, db: sqlite3.Connection, path: Path) -> None:
         self.db = db
         self.path = path
         self._savepoints = 0
+        self.tags = TagTables(db, self.atomic)
 
     @classmethod
     def open(cls, folder: Path, create: bool = False) -> Store:
@@ -119,6 +100,13 @@ class Store(TextAndTagTables):
     def close(self) -> None:
         self.db.close()
 
+    def __enter__(self) -> Store:
+        return self
+
+    def __exit__(self, kind: type[BaseException] | None, exc: BaseException | None,
+                 tb: TracebackType | None) -> None:
+        self.close()
+
     # --- model identity -------------------------------------------------------------------------
 
     def meta(self, key: str) -> str | None:
@@ -169,49 +157,46 @@ class Store(TextAndTagTables):
         rows = self.db.execute("SELECT path, path_raw, id, size, mtime_ns, fingerprint FROM images")
         return {os_path(p, raw): KnownFile(i, s, m, f) for p, raw, i, s, m, f in rows}
 
-    def skipped_unchanged(self) -> dict[str, tuple[int, int, str, str]]:
-        rows = self.db.execute("SELECT path, path_raw, size, mtime_ns, reason, detail FROM skipped")
-        return {os_path(p, raw): (s, m, r, d or "") for p, raw, s, m, r, d in rows}
+    def skipped_unchanged(self) -> dict[str, SkipRecord]:
+        """Every recorded skip by path: a file unchanged since it was skipped is not decoded again."""
+        return {skip.path: skip for skip in self.iter_skip_records()}
 
-    def write_batch(self, rows: list[dict[str, Any]], vectors: np.ndarray | None,
-                    skips: Iterable[tuple[str, int, int, str, str]] = (),
-                    delete_ids: Iterable[int] = (), moves: Iterable[tuple[int, str, int, int]] = ()) -> list[int]:
+    def iter_skip_records(self) -> Iterator[SkipRecord]:
+        for p, raw, s, m, r, d in self.db.execute("SELECT path, path_raw, size, mtime_ns, reason, detail "
+                                                  "FROM skipped"):
+            yield SkipRecord(os_path(p, raw), int(s), int(m), r, d or "")
+
+    def write_batch(self, records: Sequence[ImageRecord], vectors: np.ndarray | None,
+                    skips: Iterable[SkipRecord] = (), delete_ids: Iterable[int] = (),
+                    moves: Iterable[tuple[int, str, int, int]] = ()) -> list[int]:
         """One transaction: upsert images with their vectors, record skips, delete, move. Returns ids."""
         try:
-            return self._write_batch(rows, vectors, skips, delete_ids, moves)
+            return self._write_batch(records, vectors, skips, delete_ids, moves)
         except sqlite3.OperationalError as exc:
             # The transaction was rolled back: the index holds exactly what it held before.
             raise StorageError(f"could not write the index at {self.path.parent} ({exc}); nothing from this "
                                "batch was saved, what was indexed before is intact") from exc
 
-    def _write_batch(self, rows: list[dict[str, Any]], vectors: np.ndarray | None,
-                     skips: Iterable[tuple[str, int, int, str, str]], delete_ids: Iterable[int],
+    def _write_batch(self, records: Sequence[ImageRecord], vectors: np.ndarray | None,
+                     skips: Iterable[SkipRecord], delete_ids: Iterable[int],
                      moves: Iterable[tuple[int, str, int, int]]) -> list[int]:
         ids: list[int] = []
         stamp = now()
         with self.atomic():
-            for i, row in enumerate(rows):
-                text, raw = path_columns(row["path"])
-                values = {**row, "path": text, "path_raw": raw, "indexed_at": stamp}
-                cur = self.db.execute(
-                    "INSERT INTO images (path, path_raw, size, mtime_ns, fingerprint, width, height, format, "
-                    "taken_at, lat, lon, indexed_at) VALUES (:path, :path_raw, :size, :mtime_ns, :fingerprint, "
-                    ":width, :height, :format, :taken_at, :lat, :lon, :indexed_at) "
-                    "ON CONFLICT(path) DO UPDATE SET size=excluded.size, mtime_ns=excluded.mtime_ns, "
-                    "fingerprint=excluded.fingerprint, width=excluded.width, height=excluded.height, "
-                    "format=excluded.format, taken_at=excluded.taken_at, lat=excluded.lat, lon=excluded.lon, "
-                    "indexed_at=excluded.indexed_at RETURNING id", values)
-                image_id = int(cur.fetchone()[0])
+            for i, record in enumerate(records):
+                text, raw = path_columns(record.path)
+                values = {**record.fields(), "path": text, "path_raw": raw, "indexed_at": stamp}
+                image_id = int(self.db.execute(_UPSERT, values).fetchone()[0])
                 ids.append(image_id)
                 assert vectors is not None
                 self.db.execute("INSERT OR REPLACE INTO vectors (image_id, vector) VALUES (?, ?)",
                                 [image_id, encode_vector(vectors[i])])
                 self.db.execute("DELETE FROM skipped WHERE path = ?", [text])
-            for path, size, mtime_ns, reason, detail in skips:
-                text, raw = path_columns(path)
+            for skip in skips:
+                text, raw = path_columns(skip.path)
                 self.db.execute("INSERT OR REPLACE INTO skipped (path, path_raw, size, mtime_ns, reason, detail, "
-                                "seen_at) VALUES (?, ?, ?, ?, ?, ?, ?)", [text, raw, size, mtime_ns, reason, detail,
-                                                                         stamp])
+                                "seen_at) VALUES (?, ?, ?, ?, ?, ?, ?)",
+                                [text, raw, skip.size, skip.mtime_ns, skip.reason, skip.detail, stamp])
                 self.db.execute("DELETE FROM images WHERE path = ?", [text])
             for image_id, new_path, size, mtime_ns in moves:
                 text, raw = path_columns(new_path)
@@ -222,11 +207,6 @@ class Store(TextAndTagTables):
             self._bump_generation()
             failpoints.hit("commit")  # everything written, nothing committed yet
         return ids
-
-    def forget_skips(self, paths: Iterable[str]) -> None:
-        with self.atomic():
-            for path in paths:
-                self.db.execute("DELETE FROM skipped WHERE path = ?", [path_columns(path)[0]])
 
     def count(self) -> int:
         """Indexed photos, from the counter the schema's triggers keep (counting rows reads them all)."""
@@ -276,8 +256,8 @@ class Store(TextAndTagTables):
             yield ids, mat.astype(np.float32, copy=False)
             after = int(ids[-1])
 
-    def vectors_of_ids(self, ids: np.ndarray) -> np.ndarray:
-        """The vectors of `ids` (which must have one), in the order given; 500 ids per query."""
+    def vectors_of_ids(self, ids: Sequence[int] | np.ndarray) -> np.ndarray:
+        """The vectors of `ids` (each must have one), in the order given; 500 ids per query."""
         out = np.empty((len(ids), int(self.meta("embed_dim") or 0)), dtype=np.float32)
         for start in range(0, len(ids), 500):
             chunk = [int(i) for i in ids[start:start + 500]]
@@ -303,24 +283,27 @@ class Store(TextAndTagTables):
             blobs[row[0]] = row[1]
         return np.frombuffer(b"".join(blobs.values()), dtype="<f4").reshape(len(blobs), -1).astype(np.float32)
 
-    def vectors_for(self, ids: list[int]) -> np.ndarray:
-        out = []
-        for image_id in ids:
-            row = self.db.execute("SELECT vector FROM vectors WHERE image_id = ?", [image_id]).fetchone()
-            out.append(np.frombuffer(row[0], dtype="<f4"))
-        return np.stack(out).astype(np.float32) if out else np.zeros((0, 0), dtype=np.float32)
-
-    def images(self, ids: Iterable[int]) -> dict[int, ImageRow]:
+    def images(self, ids: Iterable[int]) -> dict[int, ImageRecord]:
+        """The records of `ids` that exist, by id."""
         ids = list(ids)
-        out: dict[int, ImageRow] = {}
+        out: dict[int, ImageRecord] = {}
         for chunk_start in range(0, len(ids), 500):
             chunk = ids[chunk_start:chunk_start + 500]
             marks = ",".join("?" * len(chunk))
-            for row in self.db.execute(
-                    "SELECT id, path, path_raw, size, mtime_ns, width, height, format, taken_at, lat, lon "
-                    f"FROM images WHERE id IN ({marks})", chunk):
-                out[row[0]] = ImageRow(row[0], os_path(row[1], row[2]), *row[3:])
+            for record in self._records(f"WHERE id IN ({marks})", chunk):
+                out[record.id] = record
         return out
+
+    def iter_images(self) -> Iterator[ImageRecord]:
+        """Every indexed photo, in id order (shards export them; duplicates read fingerprints)."""
+        yield from self._records("ORDER BY id", [])
+
+    def _records(self, where: str, params: Sequence[object]) -> Iterator[ImageRecord]:
+        for image_id, raw, *values in self.db.execute(f"SELECT id, path_raw, {', '.join(COLUMNS)} FROM images "
+                                                      f"{where}", params):
+            fields = dict(zip(COLUMNS, values, strict=True))
+            fields["path"] = os_path(fields["path"], raw)
+            yield ImageRecord(**fields, id=int(image_id))
 
     def id_for_path(self, path: str) -> int | None:
         row = self.db.execute("SELECT id FROM images WHERE path = ?", [path_columns(path)[0]]).fetchone()
@@ -335,6 +318,32 @@ class Store(TextAndTagTables):
         return {r: int(n) for r, n in self.db.execute(
             "SELECT reason, count(*) FROM skipped GROUP BY reason ORDER BY count(*) DESC")}
 
+    # --- query texts seen before ----------------------------------------------------------------
+
+    def cached_text_vectors(self, weights_sha256: str, texts: list[str]) -> dict[str, np.ndarray]:
+        """Embeddings of query texts seen before with this model: a repeated query needs no model."""
+        out = {}
+        for text in texts:
+            row = self.db.execute("SELECT vector FROM query_cache WHERE weights_sha256 = ? AND text = ?",
+                                  [weights_sha256, text]).fetchone()
+            if row:
+                out[text] = decode_vector(row[0])
+        return out
+
+    def cache_text_vectors(self, weights_sha256: str, vectors: dict[str, np.ndarray]) -> None:
+        """Remember query embeddings (the oldest beyond QUERY_CACHE_SIZE are forgotten)."""
+        try:
+            with self.atomic():
+                for text, vec in vectors.items():
+                    self.db.execute("INSERT OR REPLACE INTO query_cache VALUES (?, ?, ?, ?)",
+                                    [weights_sha256, text, encode_vector(vec), now()])
+                self.db.execute("DELETE FROM query_cache WHERE rowid NOT IN (SELECT rowid FROM query_cache "
+                                "ORDER BY used_at DESC LIMIT ?)", [QUERY_CACHE_SIZE])
+        except sqlite3.OperationalError:
+            pass  # a read-only or busy index still answers; the cache is only a shortcut
+
+    # --- runs -----------------------------------------------------------------------------------
+
     def record_run(self, started_at: str, summary_json: str) -> None:
         with self.atomic():
             self.db.execute("INSERT INTO runs (started_at, finished_at, summary) VALUES (?, ?, ?)",
@@ -344,9 +353,3 @@ class Store(TextAndTagTables):
         row = self.db.execute("SELECT finished_at, summary FROM runs ORDER BY id DESC LIMIT 1").fetchone()
         return (row[0], row[1]) if row else None
 
-
-def check_same_model(recorded: ModelIdentity, wanted: ModelIdentity) -> None:
-    if recorded.weights_sha256 != wanted.weights_sha256 or recorded.embed_dim != wanted.embed_dim:
-        raise ModelMismatchError(
-            f"this index was built with {recorded.describe()}, not {wanted.describe()}; "
-            "use the index's model (omit --model), or rebuild with `clipsearch index --rebuild`")

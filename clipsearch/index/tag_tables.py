@@ -1,57 +1,25 @@
-"""The tables around the photos: query-text embeddings, label embeddings, tags, personal tags.
+"""The tables around the photos' tags: label embeddings, tags, personal-tag probes.
 
-`Store` inherits these methods; they are kept apart from store.py's images and vectors.
+A `Store` holds one as `store.tags`; its SQL is the store's, kept apart from images and vectors.
 """
 
 from __future__ import annotations
 
 import contextlib
-import datetime as dt
 import sqlite3
-from typing import TYPE_CHECKING
+from collections.abc import Callable
 
 import numpy as np
 
-QUERY_CACHE_SIZE = 5000
+from clipsearch.index.records import decode_vector, encode_vector, now, os_path
 
 
-def encode_vector(vec: np.ndarray) -> bytes:
-    return np.ascontiguousarray(vec, dtype="<f4").tobytes()
+class TagTables:
+    """Label embeddings, tags and probes of one index database (the store's connection and transactions)."""
 
-
-def now() -> str:
-    return dt.datetime.now(dt.timezone.utc).isoformat(timespec="seconds")
-
-
-class TextAndTagTables:
-    """Store's methods for the query cache, label embeddings, tags and personal-tag probes."""
-
-    if TYPE_CHECKING:  # what these methods use of Store, for the type checker
-        db: sqlite3.Connection
-
-        def atomic(self) -> contextlib.AbstractContextManager[None]: ...
-
-    def cached_text_vectors(self, weights_sha256: str, texts: list[str]) -> dict[str, np.ndarray]:
-        """Embeddings of query texts seen before with this model: a repeated query needs no model."""
-        out = {}
-        for text in texts:
-            row = self.db.execute("SELECT vector FROM query_cache WHERE weights_sha256 = ? AND text = ?",
-                                  [weights_sha256, text]).fetchone()
-            if row:
-                out[text] = np.frombuffer(row[0], dtype="<f4").astype(np.float32)
-        return out
-
-    def cache_text_vectors(self, weights_sha256: str, vectors: dict[str, np.ndarray]) -> None:
-        """Remember query embeddings (the oldest beyond QUERY_CACHE_SIZE are forgotten)."""
-        try:
-            with self.atomic():
-                for text, vec in vectors.items():
-                    self.db.execute("INSERT OR REPLACE INTO query_cache VALUES (?, ?, ?, ?)",
-                                    [weights_sha256, text, encode_vector(vec), now()])
-                self.db.execute("DELETE FROM query_cache WHERE rowid NOT IN (SELECT rowid FROM query_cache "
-                                "ORDER BY used_at DESC LIMIT ?)", [QUERY_CACHE_SIZE])
-        except sqlite3.OperationalError:
-            pass  # a read-only or busy index still answers; the cache is only a shortcut
+    def __init__(self, db: sqlite3.Connection, atomic: Callable[[], contextlib.AbstractContextManager[None]]) -> None:
+        self.db = db
+        self.atomic = atomic
 
     def label_vectors(self, weights_sha256: str, label_set: str, labels: list[str]) -> np.ndarray | None:
         """The cached embeddings of a label set for this model, or None when any is missing."""
@@ -85,7 +53,7 @@ class TextAndTagTables:
                             [name, weights_sha256, encode_vector(weights), bias, examples, now()])
 
     def probes(self, weights_sha256: str) -> list[tuple[str, np.ndarray, float, int]]:
-        return [(n, np.frombuffer(v, dtype="<f4").astype(np.float32), float(b), int(e)) for n, v, b, e in
+        return [(n, decode_vector(v), float(b), int(e)) for n, v, b, e in
                 self.db.execute("SELECT name, vector, bias, examples FROM personal_tags WHERE weights_sha256 = ? "
                                 "ORDER BY name", [weights_sha256])]
 
@@ -118,3 +86,9 @@ class TextAndTagTables:
                 "SELECT image_id FROM tags WHERE lower(label) = lower(?)", [label])}
             ids = found if ids is None else ids & found
         return ids or set()
+
+    def all_tags(self) -> list[tuple[str, str, float, str]]:
+        """(path, label, score, source) for every tag, by path then best score."""
+        return [(os_path(p, raw), lab, float(sc), src) for p, raw, lab, sc, src in self.db.execute(
+            "SELECT images.path, images.path_raw, label, score, source FROM tags JOIN images "
+            "ON images.id = tags.image_id ORDER BY images.path, score DESC")]

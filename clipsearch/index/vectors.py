@@ -9,7 +9,6 @@ from __future__ import annotations
 
 import contextlib
 import os
-from collections.abc import Callable
 from pathlib import Path
 from typing import Any
 
@@ -17,6 +16,7 @@ import numpy as np
 
 from clipsearch import failpoints
 from clipsearch.index.store import Store
+from clipsearch.paths import fsync_dir, replace_atomically
 
 PREFIX = "vectors."
 SUFFIX = ".faiss"
@@ -31,6 +31,13 @@ ADD_CHUNK = 65_536  # vectors read from SQLite and added at a time: 128 MB of fl
 
 BACKDROP_SUFFIX = ".backdrop.npy"
 BACKDROP_ROWS = 4096
+
+
+def cache_state(folder: Path, generation: int) -> str:
+    """How the FAISS file stands against SQLite's generation, in words for `status`."""
+    if _file_for(folder, generation).exists():
+        return "current"
+    return "stale, rebuilt on next use" if any(folder.glob(f"{PREFIX}*{SUFFIX}")) else "missing, rebuilt on next use"
 
 
 def _file_for(folder: Path, generation: int) -> Path:
@@ -139,10 +146,10 @@ class VectorIndex:
             failpoints.hit("faiss-write")  # the new file half-made: not yet synced or in place
 
         target = _file_for(folder, self.generation)
-        _replace_atomically(target, write)
+        replace_atomically(target, write)
         if self._backdrop is not None:
             self._save_backdrop(folder, self._backdrop)
-        _fsync_dir(folder)
+        fsync_dir(folder)
         keep = {target, _backdrop_for(folder, self.generation)}
         for old in [*folder.glob(f"{PREFIX}*{SUFFIX}"), *folder.glob(f"{PREFIX}*{BACKDROP_SUFFIX}")]:
             if old not in keep:
@@ -156,7 +163,7 @@ class VectorIndex:
             with open(tmp, "wb") as f:
                 np.save(f, backdrop)
 
-        _replace_atomically(_backdrop_for(folder, self.generation), write)
+        replace_atomically(_backdrop_for(folder, self.generation), write)
 
     def sample(self, store: Store, max_rows: int = 4096) -> np.ndarray:
         """Up to `max_rows` stored vectors, evenly spaced: the backdrop the relevance cutoff measures against."""
@@ -191,19 +198,6 @@ class VectorIndex:
             return np.zeros((len(queries), 0), np.float32), np.zeros((len(queries), 0), np.int64)
         scores, ids = self.index.search(np.ascontiguousarray(queries, dtype=np.float32), k)
         return scores, ids
-
-
-def _replace_atomically(target: Path, write: Callable[[Path], None]) -> None:
-    """`write` a temp file beside `target`, fsync it, rename it over: a crash leaves old or new."""
-    tmp = target.with_name(f".{target.name}.{os.getpid()}.tmp")
-    try:
-        write(tmp)
-        with open(tmp, "rb+") as f:
-            os.fsync(f.fileno())
-        os.replace(tmp, target)
-    finally:
-        with contextlib.suppress(FileNotFoundError):
-            tmp.unlink()
 
 
 def _identity(path: Path) -> tuple[int, int, int]:
@@ -247,16 +241,3 @@ def remove_orphan_temps(folder: Path) -> None:
                 tmp.unlink()
         except (ValueError, PermissionError, OSError):
             continue
-
-
-def _fsync_dir(folder: Path) -> None:
-    try:
-        fd = os.open(folder, os.O_RDONLY)
-    except OSError:
-        return
-    try:
-        os.fsync(fd)
-    except OSError:
-        pass
-    finally:
-        os.close(fd)

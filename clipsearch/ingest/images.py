@@ -21,7 +21,7 @@ from PIL import Image, ImageOps, UnidentifiedImageError
 
 from clipsearch.config import DEFAULT_MAX_PIXELS
 from clipsearch.formats import HEIF_EXTENSIONS, PILLOW_EXTENSIONS, RAW_EXTENSIONS
-from clipsearch.model.embedder import Preprocess
+from clipsearch.model.identity import Preprocess
 
 __all__ = ["DEFAULT_MAX_PIXELS", "PILLOW_EXTENSIONS"]
 

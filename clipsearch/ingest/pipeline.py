@@ -1,33 +1,30 @@
-"""The indexing pipeline: scan -> compare with the index -> decode (threads) -> embed (batches) -> store.
+"""The indexing pipeline: scan -> plan -> decode and embed (an executor) -> commit in batches.
 
-Decoding runs in a thread pool (Pillow releases the GIL while it decodes and resizes) and overlaps
-with model inference on the calling thread, so both cores stay busy. Results are committed to SQLite
-in batches: a kill at any instant loses at most the batch in flight, and the next run resumes.
-
-One code path, two executors: the plan and the commits always run here; decoding and embedding run
-either in this process (`LocalExecutor`) or on Ray workers (`ray_executor.py`), which run the very
-same `embed_files` on their share of the files and stream the results back in order.
+The plan (plan.py) and every commit run here; decoding and embedding run in an *executor*: in this
+process (local_executor.py) or on Ray workers (ray_executor.py), which run the very same
+`embed_files` on their share of the files and stream the results back in order. Results are
+committed by one `BatchWriter`, which merging shards uses too: a kill at any instant loses at most
+the batch in flight, and the next run resumes.
 """
 
 from __future__ import annotations
 
 import contextlib
-import os
 import time
 from collections import Counter
-from collections.abc import Callable, Generator, Iterator
-from concurrent.futures import Future, ThreadPoolExecutor
+from collections.abc import Callable, Generator
 from dataclasses import dataclass, field
 from typing import Protocol
 
 import numpy as np
-import xxhash
 
-from clipsearch.index.store import KnownFile, Store
-from clipsearch.ingest import images, scan
+from clipsearch import paths
+from clipsearch.index.records import ImageRecord, SkipRecord
+from clipsearch.index.store import Store
+from clipsearch.ingest import scan
+from clipsearch.ingest.plan import plan
 from clipsearch.model.embedder import Embedder
 
-BATCH = 32
 COMMIT_EVERY = 256
 
 
@@ -66,104 +63,23 @@ class IndexSummary:
             "total_indexed": self.total, "seconds": round(self.seconds, 3),
             "model_load_seconds": round(self.model_load_seconds, 3),
             "images_per_second": round(self.images_per_second, 2),
-            "skipped_files": [{"path": scan.display_path(p), "reason": r, "detail": d}
+            "skipped_files": [{"path": paths.display(p), "reason": r, "detail": d}
                               for p, r, d in self.skipped_files],
         }
 
-
-def fingerprint(path: str, size: int) -> str:
-    """xxh64 of the size and the first and last 64 KiB: recognises a moved file without reading it all."""
-    h = xxhash.xxh64(size.to_bytes(8, "little"))
-    with open(path, "rb") as f:
-        h.update(f.read(65536))
-        if size > 131072:
-            f.seek(-65536, os.SEEK_END)
-            h.update(f.read(65536))
-    return h.hexdigest()
-
-
-@dataclass
-class _Plan:
-    todo: list[tuple[scan.FoundFile, bool]]  # (file, is_change)
-    moves: list[tuple[int, str, int, int]]
-    removed_ids: list[int]
-    skips: list[tuple[str, int, int, str, str]]  # known-bad files, unchanged since they were skipped
-
-
-def plan(store: Store, roots: list[str], found: list[scan.FoundFile], summary: IndexSummary) -> _Plan:
-    """Decide what each found file needs, from size and mtime alone (no decoding, no hashing)."""
-    known = {p: k for p, k in store.known_files().items() if scan.under(p, roots)}
-    skipped_before = store.skipped_unchanged()
-    found_paths = {f.path for f in found}
-    missing: dict[str, KnownFile] = {p: k for p, k in known.items() if p not in found_paths}
-    todo: list[tuple[scan.FoundFile, bool]] = []
-    skips: list[tuple[str, int, int, str, str]] = []
-    new_files: list[scan.FoundFile] = []
-    for f in found:
-        k = known.get(f.path)
-        if k is not None:
-            if k.size == f.size and k.mtime_ns == f.mtime_ns:
-                summary.unchanged += 1
-            else:
-                todo.append((f, True))
-            continue
-        before = skipped_before.get(f.path)
-        if before is not None and before[0] == f.size and before[1] == f.mtime_ns:
-            skips.append((f.path, f.size, f.mtime_ns, before[2], before[3]))
-            continue
-        new_files.append(f)
-    moves: list[tuple[int, str, int, int]] = []
-    if missing:
-        by_print = {(k.size, k.fingerprint): (p, k) for p, k in missing.items()}
-        sizes = {k.size for k in missing.values()}
-        for f in new_files:
-            if f.size not in sizes:
-                todo.append((f, False))
-                continue
-            try:
-                hit = by_print.pop((f.size, fingerprint(f.path, f.size)), None)
-            except OSError:
-                hit = None
-            if hit is None:
-                todo.append((f, False))
-            else:
-                moves.append((hit[1].id, f.path, f.size, f.mtime_ns))
-                del missing[hit[0]]
-        summary.moved = len(moves)
-    else:
-        todo.extend((f, False) for f in new_files)
-    return _Plan(todo, moves, [k.id for k in missing.values()], skips)
-
-
-_Decoded = tuple[scan.FoundFile, images.Decoded | images.SkipFile, str]
-
-
-def _decode_one(f: scan.FoundFile, pre: images.Preprocess, max_pixels: int) -> _Decoded:
-    """Decode and fingerprint one file (in a worker thread)."""
-    try:
-        decoded = images.decode(f.path, pre, max_pixels)
-        return f, decoded, fingerprint(f.path, f.size)
-    except images.SkipFile as skip:
-        return f, skip, ""
-    except OSError as exc:  # vanished between decode and fingerprint, and the like
-        reason = "vanished" if isinstance(exc, FileNotFoundError) else "unreadable"
-        return f, images.SkipFile(reason, str(exc)), ""
-
-
-def _row(f: scan.FoundFile, out: images.Decoded, fp: str) -> dict[str, object]:
-    return {"path": f.path, "size": f.size, "mtime_ns": f.mtime_ns, "fingerprint": fp, "width": out.width,
-            "height": out.height, "format": out.format, "taken_at": out.taken_at,
-            "lat": out.gps[0] if out.gps else None, "lon": out.gps[1] if out.gps else None}
+    def skip(self, path: str, reason: str, detail: str) -> None:
+        self.skipped[reason] += 1
+        self.skipped_files.append((path, reason, detail))
 
 
 @dataclass
 class Result:
-    """What indexing one file produced: its images-table row and vector, or why it was skipped."""
+    """What indexing one file produced: its record and vector, or why it was skipped."""
 
     file: scan.FoundFile
-    row: dict[str, object] | None = None
+    record: ImageRecord | None = None
     vector: np.ndarray | None = None
-    skip: tuple[str, str] | None = None  # (reason, detail)
+    skip: SkipRecord | None = None
 
 
 class Executor(Protocol):
@@ -179,83 +95,44 @@ class Executor(Protocol):
                 max_pixels: int) -> Generator[Result, None, None]: ...
 
 
-def _ordered(pool: ThreadPoolExecutor, fn: Callable[[scan.FoundFile], _Decoded], items: list[scan.FoundFile],
-             window: int) -> Iterator[_Decoded]:
-    """pool.map with a bounded look-ahead, so a 100k-file run never holds 100k decoded images."""
-    pending: list[Future[_Decoded]] = []
-    it = iter(items)
-    for item in it:
-        pending.append(pool.submit(fn, item))
-        if len(pending) >= window:
-            break
-    while pending:
-        result = pending.pop(0).result()
-        nxt = next(it, None)
-        if nxt is not None:
-            pending.append(pool.submit(fn, nxt))
-        yield result
+class BatchWriter:
+    """Commits records, vectors and skips to the store, `every` files per transaction.
 
-
-def embed_files(files: list[scan.FoundFile], embedder: Embedder, max_pixels: int, workers: int | None = None,
-                timing: list[float] | None = None) -> Iterator[Result]:
-    """Decode in a thread pool and embed in batches of BATCH; one Result per file, in order.
-
-    Decoding runs ahead of the model (bounded look-ahead) so both overlap. `timing`, when given,
-    collects the seconds spent in the model.
+    The one way results reach SQLite, whoever produced them (an executor, a shard being merged).
+    Deletions and moves go in with the last batch: until then a kill leaves them for the next run.
     """
-    pre = embedder.preprocess
-    n_workers = workers or max(1, min(8, os.cpu_count() or 1))
-    waiting: list[Result] = []  # in file order; embedded ones get their vector when their batch runs
-    pixels: list[np.ndarray] = []
-    to_fill: list[Result] = []
 
-    def embed_waiting() -> Iterator[Result]:
-        nonlocal waiting, pixels, to_fill
-        if pixels:
-            t = time.perf_counter()
-            vecs = embedder.embed_images(np.stack(pixels))
-            if timing is not None:
-                timing.append(time.perf_counter() - t)
-            for r, v in zip(to_fill, vecs, strict=True):
-                r.vector = v
-        yield from waiting
-        waiting, pixels, to_fill = [], [], []
+    def __init__(self, store: Store, every: int = COMMIT_EVERY) -> None:
+        self.store = store
+        self.every = every
+        self.records: list[ImageRecord] = []
+        self.vectors: list[np.ndarray] = []
+        self.skips: list[SkipRecord] = []
 
-    with ThreadPoolExecutor(n_workers, thread_name_prefix="clipsearch-decode") as pool:
-        decoded = _ordered(pool, lambda f: _decode_one(f, pre, max_pixels), files,
-                           window=max(4 * BATCH, 8 * n_workers))
-        for f, out, fp in decoded:
-            if isinstance(out, images.SkipFile):
-                waiting.append(Result(f, skip=(out.reason, out.detail)))
-                continue
-            result = Result(f, row=_row(f, out, fp))
-            waiting.append(result)
-            to_fill.append(result)
-            pixels.append(out.pixels)
-            if len(pixels) >= BATCH:
-                yield from embed_waiting()
-        yield from embed_waiting()
+    def add(self, record: ImageRecord, vector: np.ndarray) -> None:
+        self.records.append(record)
+        self.vectors.append(vector)
+        self._maybe_commit()
 
+    def add_skip(self, skip: SkipRecord) -> None:
+        self.skips.append(skip)
+        self._maybe_commit()
 
-@dataclass
-class LocalExecutor:
-    """Decoding threads and the model, in this process."""
+    def _maybe_commit(self) -> None:
+        if len(self.records) + len(self.skips) >= self.every:
+            self.commit()
 
-    workers: int | None = None
-    embed_seconds: float = 0.0
-
-    def results(self, files: list[scan.FoundFile], embedder: Embedder,
-                max_pixels: int) -> Generator[Result, None, None]:
-        timing: list[float] = []
-        try:
-            yield from embed_files(files, embedder, max_pixels, self.workers, timing)
-        finally:
-            self.embed_seconds += sum(timing)
+    def commit(self, delete_ids: list[int] | tuple[()] = (),
+               moves: list[tuple[int, str, int, int]] | tuple[()] = ()) -> None:
+        if self.records or self.skips or delete_ids or moves:
+            self.store.write_batch(self.records, np.stack(self.vectors) if self.vectors else None, self.skips,
+                                   delete_ids=delete_ids, moves=moves)
+        self.records, self.vectors, self.skips = [], [], []
 
 
 def run(store: Store, get_embedder: Callable[[], Embedder], roots: list[str], found: list[scan.FoundFile],
         scan_problems: scan.ScanProblems, max_pixels: int, progress: Progress | None = None,
-        workers: int | None = None, executor: Executor | None = None) -> IndexSummary:
+        executor: Executor | None = None) -> IndexSummary:
     """Plan, then commit the executor's results in order, COMMIT_EVERY files per transaction.
 
     Whatever runs the model (threads here, or Ray workers), the results are committed here, the same
@@ -263,56 +140,47 @@ def run(store: Store, get_embedder: Callable[[], Embedder], roots: list[str], fo
     """
     start = time.perf_counter()
     summary = IndexSummary()
-    p = plan(store, roots, found, summary)
+    p = plan(store, roots, found)
+    summary.unchanged, summary.moved = p.unchanged, len(p.moves)
     for path, reason, detail in scan_problems.skipped:
-        summary.skipped[reason] += 1
-        summary.skipped_files.append((path, reason, detail))
-    for path, _s, _m, reason, detail in p.skips:
-        summary.skipped[reason] += 1
-        summary.skipped_files.append((path, reason, detail))
+        summary.skip(path, reason, detail)
+    for s in p.skips:
+        summary.skip(s.path, s.reason, s.detail)
     if progress:
         progress.found(len(p.todo))
-    rows: list[dict[str, object]] = []
-    vecs: list[np.ndarray] = []
-    skips: list[tuple[str, int, int, str, str]] = []
-
-    def commit(final: bool = False) -> None:
-        nonlocal rows, vecs, skips
-        if rows or skips or (final and (p.removed_ids or p.moves)):
-            store.write_batch(rows, np.stack(vecs) if vecs else None, skips,
-                              delete_ids=p.removed_ids if final else (), moves=p.moves if final else ())
-        rows, vecs, skips = [], [], []
-
+    writer = BatchWriter(store)
     if p.todo:
         t_load = time.perf_counter()
         embedder = get_embedder()
         summary.model_load_seconds = time.perf_counter() - t_load
-        ex = executor if executor is not None else LocalExecutor(workers)
-        changed = {f.path for f, is_change in p.todo if is_change}
-        # closing(): an error while committing stops the executor's workers (and a Ray runtime) now.
-        with contextlib.closing(ex.results([f for f, _ in p.todo], embedder, max_pixels)) as results:
-            for done, r in enumerate(results, start=1):
-                f = r.file
-                if r.skip is not None:
-                    skips.append((f.path, f.size, f.mtime_ns, *r.skip))
-                    summary.skipped[r.skip[0]] += 1
-                    summary.skipped_files.append((f.path, *r.skip))
-                else:
-                    assert r.row is not None and r.vector is not None
-                    if f.path in changed:
-                        summary.changed += 1
-                    else:
-                        summary.new += 1
-                    rows.append(r.row)
-                    vecs.append(r.vector)
-                    summary.embedded += 1
-                if len(rows) + len(skips) >= COMMIT_EVERY:
-                    commit()
-                if progress:
-                    progress.advance(done, sum(summary.skipped.values()))
-        summary.embed_seconds = ex.embed_seconds
-    commit(final=True)
+        if executor is None:
+            from clipsearch.ingest.local_executor import LocalExecutor
+
+            executor = LocalExecutor()
+        _commit_results(executor, p.todo, p.changed, embedder, max_pixels, writer, summary, progress)
+        summary.embed_seconds = executor.embed_seconds
+    writer.commit(delete_ids=p.removed_ids, moves=p.moves)
     summary.removed = len(p.removed_ids)
     summary.total = store.count()
     summary.seconds = time.perf_counter() - start
     return summary
+
+
+def _commit_results(executor: Executor, todo: list[scan.FoundFile], changed: set[str], embedder: Embedder,
+                    max_pixels: int, writer: BatchWriter, summary: IndexSummary, progress: Progress | None) -> None:
+    # closing(): an error while committing stops the executor's workers (and a Ray runtime) now.
+    with contextlib.closing(executor.results(todo, embedder, max_pixels)) as results:
+        for done, r in enumerate(results, start=1):
+            if r.skip is not None:
+                writer.add_skip(r.skip)
+                summary.skip(r.file.path, r.skip.reason, r.skip.detail)
+            else:
+                assert r.record is not None and r.vector is not None
+                if r.file.path in changed:
+                    summary.changed += 1
+                else:
+                    summary.new += 1
+                writer.add(r.record, r.vector)
+                summary.embedded += 1
+            if progress:
+                progress.advance(done, sum(summary.skipped.values()))

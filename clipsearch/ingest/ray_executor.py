@@ -3,7 +3,7 @@
 Ray Data's documented batch-inference pattern: the files to index become a dataset of small blocks,
 `map_batches` hands each block to a pool of actors that each hold one loaded model, and the driver
 streams the results back (`iter_batches`) and commits them exactly as local indexing does
-(`pipeline.run`). An actor runs `pipeline.embed_files`, the same decode-and-embed code as local
+(`pipeline.run`). An actor runs `local_executor.embed_files`, the same decode-and-embed code as local
 indexing, on its block: one code path, two executors.
 
 Ray is an optional extra (`clipsearch[ray]`): nothing here imports it until a run starts, so the
@@ -29,7 +29,10 @@ import numpy as np
 
 from clipsearch import failpoints
 from clipsearch.errors import ClipsearchError, ClusterError, ModelMismatchError, UsageError
+from clipsearch.index.records import ImageRecord, SkipRecord
 from clipsearch.ingest import pipeline, scan
+from clipsearch.ingest.local_executor import BATCH, embed_files
+from clipsearch.ingest.pipeline import Result
 from clipsearch.model import names
 from clipsearch.model.embedder import Embedder
 
@@ -67,7 +70,7 @@ class WorkerSettings:
 
 
 class EmbedWorker:
-    """One Ray actor: loads the model once, then runs `pipeline.embed_files` on each block it is given."""
+    """One Ray actor: loads the model once, then runs `local_executor.embed_files` on each block it is given."""
 
     def __init__(self, settings: WorkerSettings) -> None:
         self.settings = settings
@@ -92,10 +95,10 @@ class EmbedWorker:
                  for p, size, mtime in zip(block["path"], block["size"], block["mtime_ns"], strict=True)]
         positions = block["i"]
         done = 0
-        out: list[pipeline.Result] = []
-        for result in pipeline.embed_files(files, self.embedder, s.max_pixels, s.threads):
+        out: list[Result] = []
+        for result in embed_files(files, self.embedder, s.max_pixels, s.threads):
             out.append(result)
-            if len(out) == pipeline.BATCH:
+            if len(out) == BATCH:
                 failpoints.hit("ray-worker")  # a worker lost mid-block: the tests check that Ray redoes it
                 yield encode(out, positions[done:done + len(out)], self.embedder.identity.embed_dim)
                 done += len(out)
@@ -104,43 +107,40 @@ class EmbedWorker:
             yield encode(out, positions[done:], self.embedder.identity.embed_dim)
 
 
-_RESULT_FIELDS = ("fingerprint", "width", "height", "format", "taken_at", "lat", "lon")
-
-
-def encode(results: list[pipeline.Result], positions: np.ndarray, dim: int) -> dict[str, np.ndarray]:
-    """Results as columns Ray can carry: each file's place in the run, its metadata as JSON, its vector."""
+def encode(results: list[Result], positions: np.ndarray, dim: int) -> dict[str, np.ndarray]:
+    """Results as columns Ray can carry: each file's place in the run, its record's fields as JSON, its vector."""
     meta = []
     vectors = np.zeros((len(results), dim), dtype=np.float32)
     for k, r in enumerate(results):
         if r.skip is not None:
-            meta.append(json.dumps({"skip": r.skip[0], "detail": r.skip[1]}))
+            meta.append(json.dumps({"skip": r.skip.reason, "detail": r.skip.detail}))
         else:
-            assert r.row is not None and r.vector is not None
-            meta.append(json.dumps({key: r.row[key] for key in _RESULT_FIELDS}))
+            assert r.record is not None and r.vector is not None
+            meta.append(json.dumps(r.record.fields()))
             vectors[k] = r.vector
     return {"i": np.asarray(positions, dtype=np.int64), "meta": np.array(meta, dtype=object), "vector": vectors}
 
 
-def decode(batch: dict[str, np.ndarray], files: list[scan.FoundFile]) -> Iterator[tuple[int, pipeline.Result]]:
+def decode(batch: dict[str, np.ndarray], files: list[scan.FoundFile]) -> Iterator[tuple[int, Result]]:
     """The driver's side of `encode`: (position, Result) for each file in a returned batch."""
     for i, meta, vector in zip(batch["i"], batch["meta"], batch["vector"], strict=True):
         f = files[int(i)]
         fields = json.loads(str(meta))
         if "skip" in fields:
-            yield int(i), pipeline.Result(f, skip=(fields["skip"], fields["detail"]))
+            yield int(i), Result(f, skip=SkipRecord(f.path, f.size, f.mtime_ns, fields["skip"], fields["detail"]))
         else:
-            row = {"path": f.path, "size": f.size, "mtime_ns": f.mtime_ns, **fields}
-            yield int(i), pipeline.Result(f, row=row, vector=np.asarray(vector, dtype=np.float32))
+            yield int(i), Result(f, record=ImageRecord.from_fields(f.path, fields),
+                                 vector=np.asarray(vector, dtype=np.float32))
 
 
-def in_order(batches: Iterator[dict[str, np.ndarray]], files: list[scan.FoundFile]) -> Iterator[pipeline.Result]:
+def in_order(batches: Iterator[dict[str, np.ndarray]], files: list[scan.FoundFile]) -> Iterator[Result]:
     """Results in the files' order, whatever order the batches come in; a redone block's repeats are dropped.
 
     Ray Data is asked to preserve order, so nothing waits here in practice; ids, which follow commit
     order, must not depend on that.
     """
     expected = 0
-    waiting: dict[int, pipeline.Result] = {}
+    waiting: dict[int, Result] = {}
     for batch in batches:
         for i, result in decode(batch, files):
             if i >= expected:
@@ -168,8 +168,8 @@ def _import_ray() -> Any:
 
 
 def _block_rows(n: int) -> int:
-    per_block = max(pipeline.BATCH, min(BLOCK_MAX, -(-n // 16)))
-    return -(-per_block // pipeline.BATCH) * pipeline.BATCH  # whole model batches
+    per_block = max(BATCH, min(BLOCK_MAX, -(-n // 16)))
+    return -(-per_block // BATCH) * BATCH  # whole model batches
 
 
 def _blocks(files: list[scan.FoundFile]) -> list[Any]:
@@ -223,7 +223,7 @@ class RayExecutor:
         self.ray = _import_ray()  # now: a missing extra is reported before any scanning
 
     def results(self, files: list[scan.FoundFile], embedder: Embedder,
-                max_pixels: int) -> Generator[pipeline.Result, None, None]:
+                max_pixels: int) -> Generator[Result, None, None]:
         ray = self.ray
         started = self._connect(ray)
         try:

@@ -15,7 +15,6 @@ from dataclasses import dataclass, field
 from clipsearch.errors import UsageError
 from clipsearch.formats import IMAGE_EXTENSIONS, RAW_EXTENSIONS
 
-__all__ = ["IMAGE_EXTENSIONS", "FoundFile", "ScanProblems", "display_path", "walk"]
 # A RAW beside a same-named JPEG is represented by the JPEG (camera RAW+JPEG mode).
 _RAW_COMPANIONS = (".jpg", ".jpeg", ".JPG", ".JPEG")
 
@@ -120,14 +119,3 @@ def _walk_dir(top: str, exclude: tuple[str, ...], follow: bool, include_hidden: 
                 yield FoundFile(entry.path, est.st_size, est.st_mtime_ns)
         # Pushed in reverse so the stack pops them in sorted order: traversal is stable.
         stack.extend(reversed(subdirs))
-
-
-def under(path: str, roots: Sequence[str]) -> bool:
-    """True when `path` is one of `roots` or inside one of them (absolute paths)."""
-    return any(path == r or path.startswith(r.rstrip(os.sep) + os.sep) for r in roots)
-
-
-def display_path(path: str) -> str:
-    """A path safe to print on one line: undecodable bytes as \\xNN, control characters escaped."""
-    text = os.fsencode(path).decode("utf-8", "backslashreplace")
-    return "".join(c if c >= " " and c != "\x7f" else f"\\x{ord(c):02x}" for c in text)

@@ -11,7 +11,6 @@ import os
 import platform
 import sys
 from collections.abc import Callable
-from dataclasses import dataclass
 from pathlib import Path
 from typing import TYPE_CHECKING, Any
 
@@ -19,6 +18,7 @@ import numpy as np
 
 from clipsearch.errors import ModelError, UsageError
 from clipsearch.model import names
+from clipsearch.model.identity import ModelIdentity, Preprocess
 
 if TYPE_CHECKING:
     import torch
@@ -44,29 +44,6 @@ def _load_torch() -> None:
 
 DEVICES = ("auto", "cpu", "cuda", "mps")
 PRECISIONS = ("auto", "fp32", "bf16", "fp16")
-
-
-@dataclass(frozen=True)
-class ModelIdentity:
-    """What the index records so that vectors from different models are never mixed."""
-
-    name: str
-    embed_dim: int
-    weights_sha256: str
-
-    def describe(self) -> str:
-        return f"{self.name} (dim {self.embed_dim}, weights sha256 {self.weights_sha256[:12]}…)"
-
-
-@dataclass(frozen=True)
-class Preprocess:
-    """How an image becomes the model's input tensor (open_clip's eval transform, as data)."""
-
-    size: int
-    mean: tuple[float, float, float]
-    std: tuple[float, float, float]
-    interpolation: str = "bicubic"
-    resize_mode: str = "shortest"
 
 
 def cpu_has_native_bf16() -> bool:
@@ -158,7 +135,7 @@ class Embedder:
             return np.zeros((0, self.identity.embed_dim), dtype=np.float32)
         with torch.inference_mode():
             tokens = self.tokenizer(texts).to(self.device)
-            feats = _encode_text_short(self.model, tokens)
+            feats = encode_texts(self.model, tokens)
             return _normalise(feats)
 
 
@@ -169,16 +146,22 @@ def _normalise(feats: Any) -> np.ndarray:
     return out.cpu().numpy().astype(np.float32, copy=False)
 
 
-def _encode_text_short(model: Any, tokens: torch.Tensor) -> torch.Tensor:
-    """open_clip's CLIP.encode_text on tokens cut after the longest end-of-text position.
-
-    The text tower is causal and pools at the end token, so the padding after it changes nothing
-    but costs most of the work (prompts are 10-13 tokens of 77).
-    """
+def has_standard_text_tower(model: Any) -> bool:
+    """open_clip's own causal CLIP text tower, pooled at the end-of-text token: the one tower whose
+    padding can be cut (encode_texts) and that text_export.py can export."""
     import open_clip
 
-    if (not isinstance(model, open_clip.model.CLIP) or getattr(model, "text_pool_type", "") != "argmax"
-            or getattr(model, "attn_mask", None) is None):
+    return (isinstance(model, open_clip.model.CLIP) and getattr(model, "text_pool_type", "") == "argmax"
+            and getattr(model, "attn_mask", None) is not None)
+
+
+def encode_texts(model: Any, tokens: torch.Tensor) -> torch.Tensor:
+    """open_clip's encode_text, on tokens cut after the longest end-of-text position where that is exact.
+
+    The standard text tower is causal and pools at the end token, so the padding after it changes
+    nothing but costs most of the work (prompts are 10-13 tokens of 77).
+    """
+    if not has_standard_text_tower(model):
         return model.encode_text(tokens)
     length = int(tokens.argmax(dim=1).max().item()) + 1
     return encode_cut_tokens(model, tokens[:, :length])
@@ -194,7 +177,7 @@ def encode_cut_tokens(model: Any, tokens: torch.Tensor) -> torch.Tensor:
 
 
 def encode_embedded(model: Any, embedded: torch.Tensor, tokens: torch.Tensor) -> torch.Tensor:
-    """encode_cut_tokens after the token lookup: the exported text tower (text_model.py) starts here."""
+    """encode_cut_tokens after the token lookup: the exported text tower (text_export.py) starts here."""
     import torch
     from open_clip.transformer import text_global_pool
 
@@ -229,6 +212,21 @@ def _preprocess_from(model: Any) -> Preprocess:
                       str(cfg.get("interpolation", "bicubic")), str(cfg.get("resize_mode", "shortest")))
 
 
+def _register_config(stem: str, model_cfg: dict[str, Any]) -> str:
+    """Register an architecture from a config file through open_clip's public `add_model_config`,
+    which takes a file holding the model config itself (a checkpoint's config nests it)."""
+    import tempfile
+
+    import open_clip
+
+    arch = f"clipsearch-{stem}"
+    with tempfile.TemporaryDirectory(prefix="clipsearch-config-") as folder:
+        path = Path(folder) / f"{arch}.json"
+        path.write_text(json.dumps(model_cfg))
+        open_clip.add_model_config(path)
+    return arch
+
+
 def _load(spec: names.ModelSpec, weights: Path, device: str) -> tuple[Any, Preprocess, Any]:
     import open_clip
 
@@ -242,8 +240,7 @@ def _load(spec: names.ModelSpec, weights: Path, device: str) -> tuple[Any, Prepr
             tokenizer = open_clip.get_tokenizer(spec.name)
         elif spec.kind == "config":
             cfg = json.loads(Path(spec.path).read_text())
-            arch = f"clipsearch-{Path(spec.path).stem}"
-            open_clip.factory._MODEL_CONFIGS[arch] = cfg.get("model_cfg", cfg)
+            arch = _register_config(Path(spec.path).stem, cfg.get("model_cfg", cfg))
             force = cfg.get("preprocess_cfg") or None
             model = open_clip.create_model(arch, pretrained=str(weights), device=device, weights_only=True,
                                            force_preprocess_cfg=force)

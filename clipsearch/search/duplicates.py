@@ -24,9 +24,10 @@ import numpy as np
 import xxhash
 from PIL import Image
 
-from clipsearch.index.store import ImageRow, Store
+from clipsearch import paths
+from clipsearch.index.records import ImageRecord
+from clipsearch.index.store import Store
 from clipsearch.index.vectors import VectorIndex
-from clipsearch.ingest import scan
 from clipsearch.search.ranking import row_date
 
 NEAR_COSINE = 0.95
@@ -39,12 +40,12 @@ NEIGHBOURS = 10
 @dataclass
 class Group:
     tier: str  # "exact", "near" or "similar"
-    members: list[ImageRow]
-    keep: ImageRow
+    members: list[ImageRecord]
+    keep: ImageRecord
     scores: dict[int, float] = field(default_factory=dict)  # member id -> cosine to the kept photo
 
     @property
-    def remove(self) -> list[ImageRow]:
+    def remove(self) -> list[ImageRecord]:
         return [m for m in self.members if m.id != self.keep.id]
 
     def as_dict(self) -> dict[str, object]:
@@ -54,7 +55,7 @@ class Group:
                              "cosine_to_kept": round(self.scores.get(m.id, 1.0), 6)} for m in self.members]}
 
 
-def keep_first(rows: Iterable[ImageRow]) -> ImageRow:
+def keep_first(rows: Iterable[ImageRecord]) -> ImageRecord:
     """Largest resolution, then the oldest capture (or file) time, then the shortest path."""
     return min(rows, key=lambda r: (-(r.width or 0) * (r.height or 0), row_date(r), len(r.path), r.path))
 
@@ -115,7 +116,7 @@ def find(store: Store, index: VectorIndex, roots: tuple[str, ...] = (), near_cos
     """All duplicate groups among indexed photos under `roots` (everything when empty)."""
     ids, mat = store.all_vectors()
     rows = store.images(ids.tolist())
-    scope = [i for i in ids.tolist() if i in rows and (not roots or scan.under(rows[i].path, roots))]
+    scope = [i for i in ids.tolist() if i in rows and (not roots or paths.under(rows[i].path, roots))]
     if len(scope) < 2:
         return []
     groups = _exact(store, rows, scope)
@@ -152,7 +153,7 @@ def find(store: Store, index: VectorIndex, roots: tuple[str, ...] = (), near_cos
     return groups
 
 
-def _exact(store: Store, rows: dict[int, ImageRow], scope: list[int]) -> list[Group]:
+def _exact(store: Store, rows: dict[int, ImageRecord], scope: list[int]) -> list[Group]:
     by_print: dict[tuple[int, str], list[int]] = defaultdict(list)
     prints = dict(store.db.execute("SELECT id, fingerprint FROM images").fetchall())
     for i in scope:
@@ -191,13 +192,13 @@ def _neighbour_pairs(index: VectorIndex, mat: np.ndarray, candidates: list[int],
     return pairs
 
 
-def _close_in_time(a: ImageRow, b: ImageRow, window_s: float) -> bool:
+def _close_in_time(a: ImageRecord, b: ImageRecord, window_s: float) -> bool:
     if not (a.taken_at and b.taken_at):
         return True  # no capture times to compare: the cosine decides alone
     return abs((row_date(a) - row_date(b)) / dt.timedelta(seconds=1)) <= window_s
 
 
-def _as_groups(tier: str, sets: _Sets, rows: dict[int, ImageRow], mat: np.ndarray,
+def _as_groups(tier: str, sets: _Sets, rows: dict[int, ImageRecord], mat: np.ndarray,
                position: dict[int, int]) -> list[Group]:
     out = []
     for members in sets.groups():

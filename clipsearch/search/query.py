@@ -10,8 +10,12 @@ from __future__ import annotations
 import datetime as dt
 import os
 import re
+from collections.abc import Callable
 from dataclasses import dataclass
 
+import numpy as np
+
+from clipsearch import paths
 from clipsearch.errors import UsageError
 
 _WEIGHT = re.compile(r"^\s*([+-]?(?:\d+(?:\.\d*)?|\.\d+))\s*:\s*(.*)$")
@@ -70,7 +74,7 @@ def parse(text: str | None, image_exts: frozenset[str], images: tuple[str, ...] 
     elif text is not None and not images:
         raise UsageError("the query is empty")
     for img in images:
-        path = os.path.abspath(os.path.expanduser(img))
+        path = paths.resolve(img)
         if not os.path.isfile(path):
             raise UsageError(f"query image not found: {img}")
         terms.append(Term("image", path, 1.0))
@@ -103,3 +107,12 @@ def parse_date(text: str, end: bool = False) -> dt.datetime:
         raise UsageError(f"cannot read {text!r} as a date: use YYYY, YYYY-MM, YYYY-MM-DD or an ISO time") from None
     when = nxt if end else start
     return when if when.tzinfo else when.astimezone()
+
+
+def combine(terms: list[Term], vector_of: Callable[[Term], np.ndarray]) -> np.ndarray:
+    """The query vector: each part's vector times its weight, summed, re-normalised."""
+    total = np.sum([t.weight * vector_of(t) for t in terms], axis=0)
+    norm = float(np.linalg.norm(total))
+    if norm < 1e-6:
+        raise UsageError("the query's parts cancel out; nothing is left to search for")
+    return (total / norm).astype(np.float32)

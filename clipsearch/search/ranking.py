@@ -1,30 +1,22 @@
-"""Ranking indexed images against a query vector: filters, the adaptive relevance cutoff, typed results.
-
-The cutoff (docs/search.md): a query's scores against a sample of the whole index form its own
-"unrelated photo" distribution. A result counts as relevant when its score stands out of that
-distribution by Z robust standard deviations (median + Z * 1.4826 * MAD). Different queries and
-models have very different score ranges (a good CLIP match is 0.3 for one query and 0.22 for
-another), so a fixed threshold cannot work; a query's own distribution can.
-"""
+"""Ranking indexed images against a query vector: filters, the relevance cutoff (relevance.py),
+typed results."""
 
 from __future__ import annotations
 
 import dataclasses
 import datetime as dt
-import math
-from collections.abc import Callable
+import os
+from collections.abc import Callable, Iterable
 from dataclasses import dataclass, field
 
 import numpy as np
 
-from clipsearch.index.store import ImageRow, Store
+from clipsearch import paths
+from clipsearch.index.records import ImageRecord
+from clipsearch.index.store import Store
 from clipsearch.index.vectors import VectorIndex
-from clipsearch.ingest import scan
-
-DEFAULT_Z = 3.0
-# Below this many photos the backdrop is too small (and too likely to be all one subject) to say
-# what "unrelated" scores: no cutoff, the top N are shown.
-MIN_FOR_CUTOFF = 200
+from clipsearch.search.query import Term
+from clipsearch.search.relevance import DEFAULT_Z, MIN_FOR_CUTOFF, adaptive_cutoff
 
 
 @dataclass(frozen=True)
@@ -58,6 +50,11 @@ class SearchResult:
                 "taken_at": self.taken_at, "width": self.width, "height": self.height, "format": self.format}
 
 
+# What users type for --type, as the formats the index records (Pillow's names, lower-cased).
+FORMAT_ALIASES = {"jpg": "jpeg", "jpe": "jpeg", "tif": "tiff", "heic": "heif", "jp2": "jpeg2000",
+                  "ppm": "ppm", "pgm": "ppm", "pbm": "ppm"}
+
+
 @dataclass(frozen=True)
 class Filters:
     """What a result must be, besides relevant. Dates compare with the capture time, else mtime."""
@@ -69,10 +66,18 @@ class Filters:
     min_width: int = 0
     ids: frozenset[int] | None = None  # only these photos (e.g. those with a tag)
 
-    def accepts(self, row: ImageRow) -> bool:
+    @classmethod
+    def build(cls, within: Iterable[str | os.PathLike[str]] = (), after: dt.datetime | None = None,
+              before: dt.datetime | None = None, formats: Iterable[str] = (), min_width: int = 0) -> Filters:
+        """Filters from what a user gave: folders as typed, extensions or format names."""
+        kinds = (f.lower().lstrip(".") for f in formats)
+        return cls(paths.resolve_all(within), after, before, frozenset(FORMAT_ALIASES.get(k, k) for k in kinds),
+                   min_width)
+
+    def accepts(self, row: ImageRecord) -> bool:
         if self.ids is not None and row.id not in self.ids:
             return False
-        if self.within and not scan.under(row.path, self.within):
+        if self.within and not paths.under(row.path, self.within):
             return False
         if self.formats and (row.format or "") not in self.formats:
             return False
@@ -85,6 +90,15 @@ class Filters:
             if self.before and when >= self.before:
                 return False
         return True
+
+
+@dataclass
+class QueryResult:
+    """What a query found, the query as parsed, and how the relevance cutoff treated it."""
+
+    terms: list[Term]
+    results: list[SearchResult]
+    ranking: Ranking
 
 
 @dataclass
@@ -112,53 +126,8 @@ def _parse_taken(taken_at: str | None) -> dt.datetime | None:
     return when if when.tzinfo else when.astimezone()  # no offset recorded: camera local time, read as ours
 
 
-def row_date(row: ImageRow) -> dt.datetime:
+def row_date(row: ImageRecord) -> dt.datetime:
     return _parse_taken(row.taken_at) or dt.datetime.fromtimestamp(row.mtime_ns / 1e9, tz=dt.timezone.utc)
-
-
-def normal_quantile(p: float) -> float:
-    """The standard normal's inverse CDF, by bisection on math.erfc (to 1e-12).
-
-    statistics.NormalDist does the same but importing statistics (fractions, decimal, random)
-    costs a cold query 10 ms.
-    """
-    lo, hi = -40.0, 40.0
-    for _ in range(100):
-        mid = (lo + hi) / 2
-        if 0.5 * math.erfc(-mid / math.sqrt(2)) < p:
-            lo = mid
-        else:
-            hi = mid
-    return (lo + hi) / 2
-
-
-def adaptive_cutoff(query: np.ndarray, sample: np.ndarray, z: float,
-                    library_size: int | None = None) -> tuple[float | None, dict[str, float]]:
-    """median + Z * robust sigma of the query's scores against a sample of the index.
-
-    Z is at least `z`, and high enough that a library of `library_size` wholly unrelated photos
-    would let through half a photo on average (a Gaussian tail of 0.5 / N): a fixed Z = 3 passes
-    0.13 % of unrelated photos, which is 130 junk results at 100k photos.
-    """
-    return cutoff_from_scores(sample @ query, z, library_size)
-
-
-def cutoff_from_scores(scores: np.ndarray, z: float,
-                       library_size: int | None = None) -> tuple[float | None, dict[str, float]]:
-    """adaptive_cutoff for scores already computed (tagging scores every label at once)."""
-    n = library_size or len(scores)
-    if len(scores) < MIN_FOR_CUTOFF or n < MIN_FOR_CUTOFF:
-        return None, {}
-    z_eff = max(z, normal_quantile(1 - 0.5 / n))
-    median, sigma = robust_stats(scores)
-    sigma = sigma or float(scores.std()) or 1e-6
-    return median + z_eff * sigma, {"median": median, "sigma": sigma, "z": z_eff}
-
-
-def robust_stats(values: np.ndarray) -> tuple[float, float]:
-    """Median and 1.4826 * median absolute deviation: a Gaussian's (mean, sigma), outliers ignored."""
-    median = float(np.median(values))
-    return median, 1.4826 * float(np.median(np.abs(values - median)))
 
 
 def rank(store: Store, index: VectorIndex, query: np.ndarray, top: int, filters: Filters = Filters(),
@@ -179,8 +148,8 @@ def rank(store: Store, index: VectorIndex, query: np.ndarray, top: int, filters:
     return Ranking(results, cutoff, method, cut, stats)
 
 
-def _collect(store: Store, index: VectorIndex, query: np.ndarray, top: int, accepts: Callable[[ImageRow], bool],
-             cutoff: float | None, exclude_ids: frozenset[int]) -> tuple[list[tuple[float, ImageRow]], int]:
+def _collect(store: Store, index: VectorIndex, query: np.ndarray, top: int, accepts: Callable[[ImageRecord], bool],
+             cutoff: float | None, exclude_ids: frozenset[int]) -> tuple[list[tuple[float, ImageRecord]], int]:
     k = top + len(exclude_ids)
     while True:
         # Filters remove hits after the vector search: widen it until enough survive, the scores
@@ -202,7 +171,7 @@ def sort_by_date(results: list[SearchResult], newest_first: bool = True) -> list
     return [dataclasses.replace(r, rank=n + 1) for n, r in enumerate(ordered)]
 
 
-def _result(rank_: int, score: float, row: ImageRow) -> SearchResult:
+def _result(rank_: int, score: float, row: ImageRecord) -> SearchResult:
     modified = dt.datetime.fromtimestamp(row.mtime_ns / 1e9, tz=dt.timezone.utc).astimezone()
     return SearchResult(rank_, score, row.id, row.path, row.size, modified, row.taken_at, row.width, row.height,
                         row.format)

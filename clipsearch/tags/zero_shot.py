@@ -17,7 +17,7 @@ from importlib import resources
 import numpy as np
 
 from clipsearch.errors import UsageError
-from clipsearch.search.ranking import DEFAULT_Z, MIN_FOR_CUTOFF, cutoff_from_scores, robust_stats
+from clipsearch.search.relevance import DEFAULT_Z, MIN_FOR_CUTOFF, cutoff_from_scores, robust_stats
 
 PHOTO_TEMPLATES = (
     "a photo of {}.", "a photo of a {}.", "a picture of {}.", "a close-up photo of {}.", "a photo showing {}.",
@@ -150,7 +150,6 @@ def cluster_edge(scores: np.ndarray, wins: np.ndarray) -> float | None:
     return float(edge)
 
 
-
 def assign(mat: np.ndarray, labels_mat: np.ndarray, cut: Thresholds, top: int) -> list[list[tuple[int, float]]]:
     """For each photo, up to `top` (label index, score) pairs that clear their label's threshold."""
     out: list[list[tuple[int, float]]] = []
@@ -166,45 +165,3 @@ def assign(mat: np.ndarray, labels_mat: np.ndarray, cut: Thresholds, top: int) -
             chunk[r] = [(int(i), float(scores[r, i])) for i in best]
         out.extend(chunk)
     return out
-
-
-# --- few-shot personal tags ------------------------------------------------------------------------
-
-@dataclass(frozen=True)
-class Probe:
-    """A linear probe on CLIP features: P(concept | photo) = sigmoid(w · x + b)."""
-
-    name: str
-    weights: np.ndarray
-    bias: float
-    examples: int
-
-    def probability(self, mat: np.ndarray) -> np.ndarray:
-        return 1.0 / (1.0 + np.exp(-(mat @ self.weights + self.bias)))
-
-
-def learn_probe(name: str, positives: np.ndarray, negatives: np.ndarray, prior: np.ndarray | None = None,
-                steps: int = 500, l2: float = 0.05) -> Probe:
-    """Logistic regression with balanced classes, regularised towards the text prior when there is one.
-
-    With a text name the zero-shot classifier (the label's embedding, scaled like CLIP's logits) is
-    where the weights start and what they are pulled back to: with one example the probe is mostly
-    the text, with many mostly the examples (the few-shot recipe of the CLIP paper's linear probes,
-    with the zero-shot head as prior).
-    """
-    if len(positives) == 0:
-        raise UsageError("give at least one example photo")
-    if len(negatives) == 0:
-        raise UsageError("need photos that are not examples: index more photos or pass --negatives")
-    x = np.concatenate([positives, negatives]).astype(np.float64)
-    y = np.concatenate([np.ones(len(positives)), np.zeros(len(negatives))])
-    weight = np.where(y == 1, 0.5 / len(positives), 0.5 / len(negatives))
-    w0 = np.zeros(x.shape[1]) if prior is None else prior.astype(np.float64) * 20.0
-    w, b = w0.copy(), float(-(x @ w0).mean()) if prior is not None else 0.0
-    lr = 2.0
-    for _ in range(steps):
-        p = 1.0 / (1.0 + np.exp(-(x @ w + b)))
-        g = weight * (p - y)
-        w -= lr * (x.T @ g + l2 * (w - w0))
-        b -= lr * float(g.sum())
-    return Probe(name, w.astype(np.float32), b, len(positives))

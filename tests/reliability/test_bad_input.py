@@ -93,7 +93,7 @@ def test_all_eight_orientations_embed_as_the_upright_picture(tmp_path: Path) -> 
     lib.index([folder])
     store = Store.open(lib.path)
     ids = [store.id_for_path(str(folder / f"orient-{o}.jpg")) for o in ORIENTATIONS]
-    vecs = store.vectors_for([i for i in ids if i is not None])
+    vecs = store.vectors_of_ids([i for i in ids if i is not None])
     rows = store.images([i for i in ids if i is not None])
     store.close()
     assert len(vecs) == 8
@@ -162,7 +162,7 @@ def test_an_unexpected_bug_is_one_line_and_a_log(photo_dir: Path, monkeypatch: p
 
 def test_concurrent_file_threads_do_not_share_state(tmp_path: Path) -> None:
     """Decoding runs in threads: many decodes at once give the same pixels as one at a time."""
-    from clipsearch.model.embedder import Preprocess
+    from clipsearch.model.identity import Preprocess
 
     pre = Preprocess(64, (0.5, 0.5, 0.5), (0.5, 0.5, 0.5))
     paths = []

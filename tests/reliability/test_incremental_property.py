@@ -25,7 +25,7 @@ def _contents(index: Path) -> dict[str, np.ndarray]:
     try:
         rows = dict(store.db.execute("SELECT path, id FROM images").fetchall())
         assert store.count() == len(rows)  # the trigger-kept counter never drifts from the rows
-        return dict(zip(rows, store.vectors_for(list(rows.values())), strict=True))
+        return dict(zip(rows, store.vectors_of_ids(list(rows.values())), strict=True))
     finally:
         store.close()
 

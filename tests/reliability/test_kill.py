@@ -85,8 +85,8 @@ def _check_consistent(index: Path, clean: Path, n: int) -> None:
         by_path = {p: i for i, p in killed_store.db.execute("SELECT id, path FROM images")}
         clean_by_path = {p: i for i, p in clean_store.db.execute("SELECT id, path FROM images")}
         assert by_path.keys() == clean_by_path.keys()
-        a = killed_store.vectors_for([by_path[p] for p in sorted(by_path)])
-        b = clean_store.vectors_for([clean_by_path[p] for p in sorted(clean_by_path)])
+        a = killed_store.vectors_of_ids([by_path[p] for p in sorted(by_path)])
+        b = clean_store.vectors_of_ids([clean_by_path[p] for p in sorted(clean_by_path)])
         np.testing.assert_allclose(a, b, atol=1e-6)
         orphans = killed_store.db.execute(
             "SELECT count(*) FROM vectors WHERE image_id NOT IN (SELECT id FROM images)").fetchone()[0]

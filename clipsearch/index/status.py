@@ -1,0 +1,45 @@
+"""What `clipsearch status` reports about an index folder."""
+
+from __future__ import annotations
+
+import json
+from dataclasses import dataclass
+from pathlib import Path
+
+from clipsearch.index.store import Store
+from clipsearch.index.vectors import cache_state
+from clipsearch.model import text_tower
+from clipsearch.model.identity import ModelIdentity
+
+
+@dataclass(frozen=True)
+class Status:
+    path: Path
+    model: ModelIdentity | None
+    images: int
+    skipped: dict[str, int]
+    bytes_on_disk: int
+    last_run_at: str | None
+    last_run: dict[str, object] | None
+    vector_cache: str
+    text_model: bool = False  # queries can embed text without torch (text_tower.py)
+
+    def as_dict(self) -> dict[str, object]:
+        return {
+            "index": str(self.path),
+            "model": None if self.model is None else {
+                "name": self.model.name, "embed_dim": self.model.embed_dim,
+                "weights_sha256": self.model.weights_sha256},
+            "images": self.images, "skipped": self.skipped, "bytes_on_disk": self.bytes_on_disk,
+            "last_run_at": self.last_run_at, "last_run": self.last_run, "vector_cache": self.vector_cache,
+            "text_model": self.text_model,
+        }
+
+
+def status(folder: Path, store: Store) -> Status:
+    size = sum(p.stat().st_size for p in folder.rglob("*") if p.is_file())
+    last = store.last_run()
+    model = store.model_identity()
+    fast = model is not None and text_tower.available(folder, model.weights_sha256)
+    return Status(folder, model, store.count(), store.skipped_counts(), size, last[0] if last else None,
+                  json.loads(last[1]) if last and last[1] else None, cache_state(folder, store.generation()), fast)

@@ -1,0 +1,118 @@
+"""The local executor: decoding in a thread pool, embedding in batches, in this process.
+
+Pillow releases the GIL while it decodes and resizes, so decoding threads overlap with model
+inference on the calling thread and both cores stay busy. Ray workers run the very same
+`embed_files` on their share of the files (ray_executor.py).
+"""
+
+from __future__ import annotations
+
+import os
+import time
+from collections.abc import Callable, Generator, Iterator
+from concurrent.futures import Future, ThreadPoolExecutor
+from dataclasses import dataclass
+
+import numpy as np
+
+from clipsearch.index.records import ImageRecord, SkipRecord
+from clipsearch.ingest import images, scan
+from clipsearch.ingest.pipeline import Result
+from clipsearch.ingest.plan import fingerprint
+from clipsearch.model.embedder import Embedder
+from clipsearch.model.identity import Preprocess
+
+BATCH = 32
+
+_Decoded = tuple[scan.FoundFile, images.Decoded | images.SkipFile, str]
+
+
+def decode_one(f: scan.FoundFile, pre: Preprocess, max_pixels: int) -> _Decoded:
+    """Decode and fingerprint one file (in a worker thread)."""
+    try:
+        decoded = images.decode(f.path, pre, max_pixels)
+        return f, decoded, fingerprint(f.path, f.size)
+    except images.SkipFile as skip:
+        return f, skip, ""
+    except OSError as exc:  # vanished between decode and fingerprint, and the like
+        reason = "vanished" if isinstance(exc, FileNotFoundError) else "unreadable"
+        return f, images.SkipFile(reason, str(exc)), ""
+
+
+def record_of(f: scan.FoundFile, out: images.Decoded, fp: str) -> ImageRecord:
+    lat, lon = out.gps if out.gps else (None, None)
+    return ImageRecord(f.path, f.size, f.mtime_ns, fp, out.width, out.height, out.format, out.taken_at, lat, lon)
+
+
+def _ordered(pool: ThreadPoolExecutor, fn: Callable[[scan.FoundFile], _Decoded], items: list[scan.FoundFile],
+             window: int) -> Iterator[_Decoded]:
+    """pool.map with a bounded look-ahead, so a 100k-file run never holds 100k decoded images."""
+    pending: list[Future[_Decoded]] = []
+    it = iter(items)
+    for item in it:
+        pending.append(pool.submit(fn, item))
+        if len(pending) >= window:
+            break
+    while pending:
+        result = pending.pop(0).result()
+        nxt = next(it, None)
+        if nxt is not None:
+            pending.append(pool.submit(fn, nxt))
+        yield result
+
+
+def embed_files(files: list[scan.FoundFile], embedder: Embedder, max_pixels: int, workers: int | None = None,
+                timing: list[float] | None = None) -> Iterator[Result]:
+    """Decode in a thread pool and embed in batches of BATCH; one Result per file, in order.
+
+    Decoding runs ahead of the model (bounded look-ahead) so both overlap. `timing`, when given,
+    collects the seconds spent in the model.
+    """
+    pre = embedder.preprocess
+    n_workers = workers or max(1, min(8, os.cpu_count() or 1))
+    waiting: list[Result] = []  # in file order; embedded ones get their vector when their batch runs
+    pixels: list[np.ndarray] = []
+    to_fill: list[Result] = []
+
+    def embed_waiting() -> Iterator[Result]:
+        nonlocal waiting, pixels, to_fill
+        if pixels:
+            t = time.perf_counter()
+            vecs = embedder.embed_images(np.stack(pixels))
+            if timing is not None:
+                timing.append(time.perf_counter() - t)
+            for r, v in zip(to_fill, vecs, strict=True):
+                r.vector = v
+        yield from waiting
+        waiting, pixels, to_fill = [], [], []
+
+    with ThreadPoolExecutor(n_workers, thread_name_prefix="clipsearch-decode") as pool:
+        decoded = _ordered(pool, lambda f: decode_one(f, pre, max_pixels), files,
+                           window=max(4 * BATCH, 8 * n_workers))
+        for f, out, fp in decoded:
+            if isinstance(out, images.SkipFile):
+                waiting.append(Result(f, skip=SkipRecord(f.path, f.size, f.mtime_ns, out.reason, out.detail)))
+                continue
+            result = Result(f, record=record_of(f, out, fp))
+            waiting.append(result)
+            to_fill.append(result)
+            pixels.append(out.pixels)
+            if len(pixels) >= BATCH:
+                yield from embed_waiting()
+        yield from embed_waiting()
+
+
+@dataclass
+class LocalExecutor:
+    """Decoding threads and the model, in this process."""
+
+    workers: int | None = None
+    embed_seconds: float = 0.0
+
+    def results(self, files: list[scan.FoundFile], embedder: Embedder,
+                max_pixels: int) -> Generator[Result, None, None]:
+        timing: list[float] = []
+        try:
+            yield from embed_files(files, embedder, max_pixels, self.workers, timing)
+        finally:
+            self.embed_seconds += sum(timing)

@@ -55,7 +55,8 @@ def build_index(folder: Path, n: int, model_dir: Path) -> None:
             np.float32)
         vecs /= np.linalg.norm(vecs, axis=1, keepdims=True)
         rows = [ImageRecord(f"/photos/{(start + i) // 1000:04d}/{start + i:07d}.jpg", 2_000_000,
-                            1_600_000_000_000_000_000 + start + i, str(start + i), 4000, 3000, "jpeg") for i in range(m)]
+                            1_600_000_000_000_000_000 + start + i, str(start + i), 4000, 3000, "jpeg")
+                for i in range(m)]
         store.write_batch(rows, vecs)
     VectorIndex.load(folder, store)  # builds and saves the FAISS file, as an indexing run does
     store.close()

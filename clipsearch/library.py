@@ -131,9 +131,9 @@ class Library:
         With `ray`, decoding and embedding run on a Ray cluster (ray_executor.py); the scan, the plan
         and every commit stay here, so the index ends up the same either way.
         """
-        from clipsearch.ingest import pipeline, scan
+        from clipsearch.ingest import pipeline
 
-        roots = _existing(folders, "name at least one folder or photo to index")
+        roots = paths.existing(folders, "name at least one folder or photo to index")
         executor = None
         if ray is not None:  # before anything is created: a missing extra leaves no trace
             from clipsearch.ingest.ray_executor import RayExecutor
@@ -148,16 +148,13 @@ class Library:
             if rebuild:
                 store.reset()
                 text_tower.remove(self.path)
-            problems = scan.ScanProblems()
-            found = list(scan.walk(roots, tuple(exclude), follow_symlinks, include_hidden, problems))
-
             def bound_embedder() -> Embedder:
                 emb = self.embedder()
                 store.bind_model(emb.identity)
                 return emb
 
-            summary = pipeline.run(store, bound_embedder, list(roots), found, problems, max_pixels, progress,
-                                   executor=executor)
+            walk = pipeline.ScanOptions(tuple(exclude), follow_symlinks, include_hidden)
+            summary = pipeline.index_roots(store, list(roots), walk, bound_embedder, max_pixels, progress, executor)
             self._finish_write(store, started, summary.as_dict(), load_model=False)
             return summary
 
@@ -204,42 +201,22 @@ class Library:
                             progress=progress)
 
     def _finish_write(self, store: Store, started: str, summary: dict[str, object], load_model: bool) -> None:
-        """After a write: the text tower for torch-free queries, a current FAISS file, the run's record."""
+        """After a write: the text tower for torch-free queries, a current FAISS file, the run's record.
+
+        The text tower comes from the model this run loaded, or with `load_model` from the index's
+        weights if they are on this machine already (never a download).
+        """
         if store.model_identity() is None and self._embedder is not None:
             store.bind_model(self._embedder.identity)
-        self._ensure_text_tower(store, load_model)
+        recorded = store.model_identity()
+        if (recorded is not None and config.text_model_enabled()
+                and not text_tower.available(self.path, recorded.weights_sha256)):
+            from clipsearch.model import text_export
+
+            text_export.ensure(self.path, recorded, self._embedder, load_model, self._device, self._precision,
+                               lambda: store.sample_vectors(20_000), self._notify)
         VectorIndex.load(self.path, store)  # refresh the FAISS cache now, not on the next query
         store.record_run(started, json.dumps(summary))
-
-    def _ensure_text_tower(self, store: Store, load_model: bool) -> None:
-        """Export the text tower when the index lacks it; optional, so failures only cost speed.
-
-        Uses the model this run loaded, or with `load_model` the index's weights if they are on this
-        machine already (never a download).
-        """
-        recorded = store.model_identity()
-        if recorded is None or not config.text_model_enabled() or text_tower.available(
-                self.path, recorded.weights_sha256):
-            return
-        emb = self._embedder
-        if emb is None:
-            if not load_model:
-                return
-            from clipsearch.model.embedder import Embedder
-
-            try:
-                emb = Embedder(names.parse(recorded.name), self._device, self._precision, download=False)
-                check_same_model(recorded, emb.identity)
-            except ClipsearchError:
-                return
-        from clipsearch.model import text_export
-
-        if self._notify is not None:
-            self._notify("preparing the text encoder that makes queries fast (once per index)")
-        try:
-            text_export.export(emb, self.path, store.sample_vectors(20_000))
-        except Exception:  # noqa: BLE001 - an exporter or runtime gap must never fail an indexing run
-            text_tower.remove(self.path)
 
     # --- searching ------------------------------------------------------------------------------
 
@@ -319,24 +296,11 @@ class Library:
     def _text_vectors(self, store: Store, recorded: ModelIdentity,
                       terms: list[query_mod.Term]) -> Callable[[], dict[str, np.ndarray]]:
         """The query's texts as vectors, when called; loading whatever encodes them starts now."""
-        texts = sorted({t.value for t in terms if t.kind == "text"})
-        # Texts embedded before by the index's model come from SQLite: a repeated text query loads
-        # no model at all, which is most of a cold query's time.
-        known = store.cached_text_vectors(recorded.weights_sha256, texts)
-        missing = [t for t in texts if t not in known]
-        if not missing:
-            return lambda: known
         if any(t.kind == "image" for t in terms):  # the model loads anyway: it embeds the texts too
-            get_encoder: Callable[[], TextEncoder] = lambda: self._checked_embedder(recorded)  # noqa: E731
-        else:
-            get_encoder = self._text_encoder(recorded, background=True)
-
-        def encode() -> dict[str, np.ndarray]:
-            fresh = dict(zip(missing, get_encoder().embed_texts(missing), strict=True))
-            store.cache_text_vectors(recorded.weights_sha256, fresh)
-            return {**known, **fresh}
-
-        return encode
+            return query_mod.text_vectors(store, recorded.weights_sha256, terms,
+                                          lambda: lambda: self._checked_embedder(recorded))
+        return query_mod.text_vectors(store, recorded.weights_sha256, terms,
+                                      lambda: self._text_encoder(recorded, background=True))
 
     def duplicates(self, folders: Iterable[str | os.PathLike[str]] = (), *,
                    near_cosine: float | None = None, similar: bool = False,
@@ -390,46 +354,16 @@ class Library:
 
         Negatives default to up to 2,000 other indexed photos, taken as "mostly not this".
         """
-        from clipsearch.tags import probes
+        from clipsearch.tags import workflow
 
-        name = " ".join(name.split())
-        if not name:
-            raise UsageError("a personal tag needs a name")
         with Store.open(self.path) as store:
             recorded = _require_model(store, self.path)
-            pos_ids, pos = self._example_vectors(store, recorded, examples)
-            negatives = list(negatives)
-            if negatives:
-                neg = self._example_vectors(store, recorded, negatives)[1]
-            else:
-                ids, mat = store.all_vectors()
-                keep = np.flatnonzero(~np.isin(ids, list(pos_ids)))
-                neg = mat[np.sort(np.random.default_rng(0).permutation(keep)[:2000])]
-            prior = self._text_encoder(recorded)().embed_texts([f"a photo of {name}"])[0] if use_text else None
-            probe = probes.learn_probe(name, pos, neg, prior)
-            store.tags.save_probe(recorded.weights_sha256, name, probe.weights, probe.bias, probe.examples)
-            return probe
 
-    def _example_vectors(self, store: Store, recorded: ModelIdentity,
-                         given: Iterable[str | os.PathLike[str]]) -> tuple[set[int], np.ndarray]:
-        """Vectors of photos or folders of photos: stored ones when indexed, else embedded now."""
-        from clipsearch.ingest import scan
+            def embed(path: str) -> np.ndarray:
+                return self._embed_photo(recorded, path, "an example")
 
-        files: list[str] = []
-        for item in given:
-            path = paths.resolve(item)
-            if os.path.isdir(path):
-                files += [f.path for f in scan.walk([path])]
-            elif os.path.isfile(path):
-                files.append(path)
-            else:
-                raise UsageError(f"no such file or folder: {os.fspath(item)}")
-        ids = {i for i in (store.id_for_path(f) for f in files) if i is not None}
-        vecs = [store.vectors_of_ids([i])[0] if (i := store.id_for_path(f)) is not None
-                else self._embed_photo(recorded, f, "an example") for f in files]
-        if not vecs:
-            raise UsageError("no example photos found")
-        return ids, np.stack(vecs)
+            return workflow.learn(store, recorded, name, examples, negatives, embed,
+                                  self._text_encoder(recorded) if use_text else None)
 
     def forget(self, name: str) -> bool:
         """Forget a personal tag and the tags it gave."""
@@ -463,14 +397,3 @@ def _require_model(store: Store, folder: Path) -> ModelIdentity:
         raise IndexMissingError(f"the index at {folder} has no photos yet; add some with "
                                 "`clipsearch index FOLDER`")
     return recorded
-
-
-def _existing(given: Iterable[str | os.PathLike[str]], none_given: str) -> tuple[str, ...]:
-    """The folders or files named, resolved; a typo is an error before anything is created."""
-    items = [os.fspath(p) for p in given]
-    if not items:
-        raise UsageError(none_given)
-    for item in items:
-        if not os.path.lexists(paths.resolve(item)):
-            raise UsageError(f"no such file or folder: {item}")
-    return paths.resolve_all(items)

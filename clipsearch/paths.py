@@ -8,6 +8,8 @@ import os
 from collections.abc import Callable, Iterable, Sequence
 from pathlib import Path
 
+from clipsearch.errors import UsageError
+
 
 def resolve(path: str | os.PathLike[str]) -> str:
     """An absolute path from what a user typed (`~` expanded); symlinks are kept as given."""
@@ -57,3 +59,14 @@ def replace_atomically(target: Path, write: Callable[[Path], None]) -> None:
     finally:
         with contextlib.suppress(FileNotFoundError):
             tmp.unlink()
+
+
+def existing(given: Iterable[str | os.PathLike[str]], none_given: str) -> tuple[str, ...]:
+    """The folders or files named, resolved; a typo is an error before anything is created."""
+    items = [os.fspath(p) for p in given]
+    if not items:
+        raise UsageError(none_given)
+    for item in items:
+        if not os.path.lexists(resolve(item)):
+            raise UsageError(f"no such file or folder: {item}")
+    return resolve_all(items)

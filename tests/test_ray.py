@@ -27,7 +27,7 @@ from clipsearch.model.embedder import Embedder
 
 ray = pytest.importorskip("ray")
 
-from clipsearch.ingest import pipeline, ray_executor  # noqa: E402 - only once Ray is known to be there
+from clipsearch.ingest import local_executor, pipeline, ray_executor  # noqa: E402 - only once Ray is known to be there
 from clipsearch.ingest.ray_executor import RayOptions  # noqa: E402
 
 N_PHOTOS = 300
@@ -119,7 +119,7 @@ def test_a_worker_with_other_weights_refuses_to_embed(photos: Path) -> None:
 
 def test_results_come_back_in_order_once_each(photos: Path, tiny_embedder: Embedder) -> None:
     files = list(scan.walk([photos / "roll1"]))  # 100 pictures, then notes.png
-    results = list(pipeline.embed_files(files, tiny_embedder, 10**8))
+    results = list(local_executor.embed_files(files, tiny_embedder, 10**8))
     assert any(r.skip for r in results)
     dim = tiny_embedder.identity.embed_dim
     n = len(files)

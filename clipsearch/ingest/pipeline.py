@@ -130,6 +130,23 @@ class BatchWriter:
         self.records, self.vectors, self.skips = [], [], []
 
 
+@dataclass(frozen=True)
+class ScanOptions:
+    """How to walk the folders: what to leave out, whether to follow links and see hidden files."""
+
+    exclude: tuple[str, ...] = ()
+    follow_symlinks: bool = False
+    include_hidden: bool = False
+
+
+def index_roots(store: Store, roots: list[str], options: ScanOptions, get_embedder: Callable[[], Embedder],
+                max_pixels: int, progress: Progress | None = None, executor: Executor | None = None) -> IndexSummary:
+    """One indexing run: scan `roots`, then plan, embed and commit what the scan found."""
+    problems = scan.ScanProblems()
+    found = list(scan.walk(roots, options.exclude, options.follow_symlinks, options.include_hidden, problems))
+    return run(store, get_embedder, roots, found, problems, max_pixels, progress, executor)
+
+
 def run(store: Store, get_embedder: Callable[[], Embedder], roots: list[str], found: list[scan.FoundFile],
         scan_problems: scan.ScanProblems, max_pixels: int, progress: Progress | None = None,
         executor: Executor | None = None) -> IndexSummary:

@@ -171,7 +171,7 @@ def encode_cut_tokens(model: Any, tokens: torch.Tensor) -> torch.Tensor:
     """open_clip's CLIP.encode_text for tokens already cut after the end token.
 
     The length comes from the input's shape, not from the tokens' values, so the ONNX export of this
-    function (text_model.py) accepts any length up to the context length.
+    function (text_export.py) accepts any length up to the context length.
     """
     return encode_embedded(model, model.token_embedding(tokens), tokens)
 

@@ -35,10 +35,6 @@ class ModelSpec:
     path: str = ""
     checkpoint: str = ""
 
-    @property
-    def display(self) -> str:
-        return self.name
-
 
 def parse(name: str) -> ModelSpec:
     """Parse `ARCH:TAG`, `local-dir:/path`, `hf-hub:org/repo` or `CONFIG.json:CHECKPOINT`."""

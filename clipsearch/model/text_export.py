@@ -11,11 +11,14 @@ import json
 import os
 import shutil
 import warnings
+from collections.abc import Callable
 from pathlib import Path
 from typing import Any
 
 import numpy as np
 
+from clipsearch.errors import ClipsearchError
+from clipsearch.model.identity import ModelIdentity, check_same_model
 from clipsearch.model.text_tower import (
     CHECK_PROMPTS,
     FOLDER,
@@ -25,6 +28,33 @@ from clipsearch.model.text_tower import (
     remove,
 )
 from clipsearch.model.tokenizer import VOCAB_NAME
+
+
+def ensure(index_dir: Path, recorded: ModelIdentity, loaded: Any, may_load: bool, device: str | None,
+           precision: str | None, backdrop: Callable[[], np.ndarray], notify: Callable[[str], None] | None) -> None:
+    """Give an index without a text tower one; optional, so failures only cost query speed.
+
+    Exported from `loaded` (the Embedder a run has already) or, with `may_load`, from the index's
+    weights when they are on this machine (never a download, as merging needs no model).
+    """
+    emb = loaded
+    if emb is None:
+        if not may_load:
+            return
+        from clipsearch.model import names
+        from clipsearch.model.embedder import Embedder
+
+        try:
+            emb = Embedder(names.parse(recorded.name), device, precision, download=False)
+            check_same_model(recorded, emb.identity)
+        except ClipsearchError:
+            return
+    if notify is not None:
+        notify("preparing the text encoder that makes queries fast (once per index)")
+    try:
+        export(emb, index_dir, backdrop())
+    except Exception:  # noqa: BLE001 - an exporter or runtime gap must never fail an indexing run
+        remove(index_dir)
 
 
 def export(embedder: Any, index_dir: Path, backdrop: np.ndarray | None = None) -> bool:

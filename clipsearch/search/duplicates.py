@@ -119,7 +119,7 @@ def find(store: Store, index: VectorIndex, roots: tuple[str, ...] = (), near_cos
     scope = [i for i in ids.tolist() if i in rows and (not roots or paths.under(rows[i].path, roots))]
     if len(scope) < 2:
         return []
-    groups = _exact(store, rows, scope)
+    groups = _exact(rows, scope)
     in_exact = {m.id: g.keep.id for g in groups for m in g.members}
     # Copies of a file are represented by its kept copy in the other tiers.
     candidates = [i for i in scope if in_exact.get(i, i) == i]
@@ -153,11 +153,10 @@ def find(store: Store, index: VectorIndex, roots: tuple[str, ...] = (), near_cos
     return groups
 
 
-def _exact(store: Store, rows: dict[int, ImageRecord], scope: list[int]) -> list[Group]:
+def _exact(rows: dict[int, ImageRecord], scope: list[int]) -> list[Group]:
     by_print: dict[tuple[int, str], list[int]] = defaultdict(list)
-    prints = dict(store.db.execute("SELECT id, fingerprint FROM images").fetchall())
     for i in scope:
-        by_print[(rows[i].size, prints[i])].append(i)
+        by_print[(rows[i].size, rows[i].fingerprint)].append(i)
     groups = []
     for same in by_print.values():
         if len(same) < 2:

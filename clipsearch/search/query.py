@@ -12,11 +12,15 @@ import os
 import re
 from collections.abc import Callable
 from dataclasses import dataclass
+from typing import TYPE_CHECKING, Any
 
 import numpy as np
 
 from clipsearch import paths
 from clipsearch.errors import UsageError
+
+if TYPE_CHECKING:
+    from clipsearch.index.store import Store
 
 _WEIGHT = re.compile(r"^\s*([+-]?(?:\d+(?:\.\d*)?|\.\d+))\s*:\s*(.*)$")
 _SPLIT = re.compile(r"(?:^|\s)([+-])(?=\s)")
@@ -116,3 +120,23 @@ def combine(terms: list[Term], vector_of: Callable[[Term], np.ndarray]) -> np.nd
     if norm < 1e-6:
         raise UsageError("the query's parts cancel out; nothing is left to search for")
     return (total / norm).astype(np.float32)
+
+
+def text_vectors(store: Store, weights_sha256: str, terms: list[Term],
+                 start_encoder: Callable[[], Callable[[], Any]]) -> Callable[[], dict[str, np.ndarray]]:
+    """The query's texts as vectors, when called. Texts embedded before by the index's model come
+    from SQLite, so a repeated query loads no model at all (most of a cold query's time); for new
+    ones `start_encoder()` starts loading an encoder now, and what it returns waits for it."""
+    texts = sorted({t.value for t in terms if t.kind == "text"})
+    known = store.cached_text_vectors(weights_sha256, texts)
+    missing = [t for t in texts if t not in known]
+    if not missing:
+        return lambda: known
+    get_encoder = start_encoder()
+
+    def encode() -> dict[str, np.ndarray]:
+        fresh = dict(zip(missing, get_encoder().embed_texts(missing), strict=True))
+        store.cache_text_vectors(weights_sha256, fresh)
+        return {**known, **fresh}
+
+    return encode

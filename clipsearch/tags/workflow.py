@@ -7,19 +7,21 @@ encoder. docs/tagging.md explains the method.
 
 from __future__ import annotations
 
+import os
 from collections import Counter
-from collections.abc import Callable
+from collections.abc import Callable, Iterable
 from dataclasses import dataclass, field
 from typing import Protocol
 
 import numpy as np
 
 from clipsearch import paths
+from clipsearch.errors import UsageError
 from clipsearch.index.records import ImageRecord
 from clipsearch.index.store import Store
 from clipsearch.model.identity import ModelIdentity
 from clipsearch.tags import zero_shot
-from clipsearch.tags.probes import Probe
+from clipsearch.tags.probes import Probe, learn_probe
 
 PERSONAL_SET = "personal"
 
@@ -115,6 +117,49 @@ def personal_tags(probes: list[Probe], mat: np.ndarray) -> Tags:
             if p >= 0.5:
                 found[row].append((probe.name, float(p)))
     return found
+
+
+def learn(store: Store, recorded: ModelIdentity, name: str, examples: Iterable[str | os.PathLike[str]],
+          negatives: Iterable[str | os.PathLike[str]], embed: Callable[[str], np.ndarray],
+          text_encoder: Callable[[], TextEncoder] | None) -> Probe:
+    """Learn and save a personal tag. Negatives default to up to 2,000 other indexed photos, taken as
+    "mostly not this"; with a `text_encoder` the tag's name is the probe's prior (probes.py)."""
+    name = " ".join(name.split())
+    if not name:
+        raise UsageError("a personal tag needs a name")
+    pos_ids, pos = example_vectors(store, examples, embed)
+    negatives = list(negatives)
+    if negatives:
+        neg = example_vectors(store, negatives, embed)[1]
+    else:
+        ids, mat = store.all_vectors()
+        keep = np.flatnonzero(~np.isin(ids, list(pos_ids)))
+        neg = mat[np.sort(np.random.default_rng(0).permutation(keep)[:2000])]
+    prior = text_encoder().embed_texts([f"a photo of {name}"])[0] if text_encoder is not None else None
+    probe = learn_probe(name, pos, neg, prior)
+    store.tags.save_probe(recorded.weights_sha256, name, probe.weights, probe.bias, probe.examples)
+    return probe
+
+
+def example_vectors(store: Store, given: Iterable[str | os.PathLike[str]],
+                    embed: Callable[[str], np.ndarray]) -> tuple[set[int], np.ndarray]:
+    """Vectors of example photos or folders of them: stored ones when indexed, else `embed`ded now."""
+    from clipsearch.ingest import scan
+
+    files: list[str] = []
+    for item in given:
+        path = paths.resolve(item)
+        if os.path.isdir(path):
+            files += [f.path for f in scan.walk([path])]
+        elif os.path.isfile(path):
+            files.append(path)
+        else:
+            raise UsageError(f"no such file or folder: {os.fspath(item)}")
+    ids = {i for i in (store.id_for_path(f) for f in files) if i is not None}
+    vecs = [store.vectors_of_ids([i])[0] if (i := store.id_for_path(f)) is not None else embed(f) for f in files]
+    if not vecs:
+        raise UsageError("no example photos found")
+    return ids, np.stack(vecs)
 
 
 def _sidecars(records: list[ImageRecord], tags: list[list[str]], dry_run: bool, summary: TagSummary) -> None:

@@ -3,7 +3,7 @@
 Each label's text embedding is the normalised mean over prompt templates (the CLIP paper's prompt
 ensembling) and its variants. Scores of every photo against every label are one matrix product.
 A photo gets a label when its score stands out of that label's own distribution over the library
-(median + Z robust deviations, Z raised with library size as in search.py): a label that fits no
+(median + Z robust deviations, Z raised with library size as in search/relevance.py): a label that fits no
 photo tags nothing, and a photo that fits no label gets no tag, unlike an argmax over a closed set.
 """
 

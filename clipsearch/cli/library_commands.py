@@ -8,20 +8,8 @@ from pathlib import Path
 import click
 
 from clipsearch import paths as paths_mod
-from clipsearch.cli.common import (
-    PATH,
-    RichProgress,
-    device_option,
-    err,
-    handles_errors,
-    index_option,
-    json_option,
-    library,
-    model_option,
-    out,
-    precision_option,
-    print_json,
-)
+from clipsearch.cli.common import RichProgress, err, handles_errors, library, out, print_json
+from clipsearch.cli.options import PATH, device_option, index_option, json_option, model_option, precision_option
 
 
 @click.command()

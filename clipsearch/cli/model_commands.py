@@ -7,17 +7,8 @@ from pathlib import Path
 import click
 
 from clipsearch import config
-from clipsearch.cli.common import (
-    device_option,
-    handles_errors,
-    index_option,
-    json_option,
-    library,
-    note,
-    out,
-    precision_option,
-    print_json,
-)
+from clipsearch.cli.common import handles_errors, library, note, out, print_json
+from clipsearch.cli.options import device_option, index_option, json_option, precision_option
 from clipsearch.errors import ClipsearchError
 
 

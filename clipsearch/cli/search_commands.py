@@ -9,18 +9,8 @@ from typing import TYPE_CHECKING, Any, TypeVar
 
 import click
 
-from clipsearch.cli.common import (
-    PATH,
-    device_option,
-    err,
-    escape,
-    handles_errors,
-    index_option,
-    library,
-    model_option,
-    out,
-    precision_option,
-)
+from clipsearch.cli.common import err, escape, handles_errors, library, out
+from clipsearch.cli.options import PATH, device_option, index_option, model_option, precision_option
 
 if TYPE_CHECKING:
     from clipsearch.library import Library

@@ -6,19 +6,8 @@ from pathlib import Path
 
 import click
 
-from clipsearch.cli.common import (
-    PATH,
-    RichProgress,
-    device_option,
-    err,
-    handles_errors,
-    index_option,
-    json_option,
-    library,
-    note,
-    precision_option,
-    print_json,
-)
+from clipsearch.cli.common import RichProgress, err, handles_errors, library, note, print_json
+from clipsearch.cli.options import PATH, device_option, index_option, json_option, precision_option
 
 
 @click.command()

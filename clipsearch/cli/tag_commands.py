@@ -9,20 +9,8 @@ from typing import Any
 import click
 from click_default_group import DefaultGroup
 
-from clipsearch.cli.common import (
-    PATH,
-    RichProgress,
-    err,
-    escape,
-    fail,
-    handles_errors,
-    index_option,
-    json_option,
-    library,
-    model_option,
-    out,
-    print_json,
-)
+from clipsearch.cli.common import RichProgress, err, escape, fail, handles_errors, library, out, print_json
+from clipsearch.cli.options import PATH, index_option, json_option, model_option
 
 
 class _TagGroup(DefaultGroup):

@@ -33,6 +33,10 @@ def test_index_and_query_through_the_console_script(photo_dir: Path, isolated: P
     plain = run("query", "a photo of a green triangle", "-n", "2", env_home=isolated)
     assert "\x1b[" not in plain.stdout and len(plain.stdout.splitlines()) == 2
 
+    # The text was embedded once: asked again, no model is loaded at all.
+    again = run_cli_without_model(["query", "a photo of a green triangle", "-n", "2"], isolated)
+    assert again.stdout == plain.stdout
+
 
 def test_python_dash_m_and_exit_code_for_a_missing_index(tmp_path: Path) -> None:
     env = {**os.environ, "CLIPSEARCH_HOME": str(tmp_path / "empty")}
@@ -48,10 +52,3 @@ def test_python_dash_m_and_exit_code_for_a_missing_index(tmp_path: Path) -> None
 @pytest.mark.parametrize("cmd", [["--help"], ["models", "list"]])
 def test_light_commands_do_not_import_torch(cmd: list[str], tmp_path: Path) -> None:
     run_cli_without_model(cmd, tmp_path)
-
-
-def test_a_repeated_text_query_loads_no_model(photo_dir: Path, isolated: Path) -> None:
-    assert run("index", str(photo_dir), "-q", env_home=isolated).returncode == 0
-    first = run("query", "a photo of a white square", "-n", "3", "-f", "paths", env_home=isolated)
-    again = run_cli_without_model(["query", "a photo of a white square", "-n", "3", "-f", "paths"], isolated)
-    assert again.stdout == first.stdout and first.stdout.splitlines()[0].endswith("white-square-0.png")

@@ -4,6 +4,7 @@ from __future__ import annotations
 
 import json
 import os
+import shutil
 import subprocess
 import sys
 from pathlib import Path
@@ -11,7 +12,8 @@ from pathlib import Path
 import numpy as np
 import open_clip
 import pytest
-from conftest import run_cli_without_model
+import shapes
+from conftest import TINY_MODEL, run_cli_without_model
 
 from clipsearch import Library
 from clipsearch.model import text_tower
@@ -34,10 +36,30 @@ def test_token_ids_identical_to_open_clip(context_length: int) -> None:
     np.testing.assert_array_equal(ours(TEXTS), reference(TEXTS).numpy())
 
 
-@pytest.mark.usefixtures("text_model_on")
-def test_indexing_exports_a_verified_text_model(photo_dir: Path, tiny_embedder: Embedder) -> None:
+@pytest.fixture(scope="module")
+def exported(tmp_path_factory: pytest.TempPathFactory) -> tuple[Path, Path, subprocess.CompletedProcess[str]]:
+    """(photos, index, the run) indexed once through the CLI with the text export on: an export takes
+    seconds, reading one none."""
+    photos = tmp_path_factory.mktemp("text-photos")
+    shapes.write_heldout(photos / "all", per_class=1, seed=99)
+    home = tmp_path_factory.mktemp("text-home")
+    env = {**os.environ, "CLIPSEARCH_HOME": str(home), "CLIPSEARCH_MODEL": TINY_MODEL, "HF_HUB_OFFLINE": "1",
+           "CLIPSEARCH_TEXT_MODEL": "on", "NO_COLOR": "1"}
+    run = subprocess.run([sys.executable, "-m", "clipsearch", "index", str(photos)], capture_output=True, text=True,
+                         env=env, timeout=300)
+    assert run.returncode == 0, run.stderr
+    return photos, home / "index", run
+
+
+@pytest.fixture
+def exported_here(exported: tuple[Path, Path, subprocess.CompletedProcess[str]], isolated: Path) -> Path:
+    """This test's own copy of the exported index, as its default index; the photos folder."""
+    shutil.copytree(exported[1], isolated / "index")
+    return exported[0]
+
+
+def test_indexing_exports_a_verified_text_model(exported_here: Path, tiny_embedder: Embedder) -> None:
     lib = Library()
-    lib.index([photo_dir])
     assert text_tower.available(lib.path, tiny_embedder.identity.weights_sha256)
     encoder = text_tower.OnnxTextEncoder(lib.path / text_tower.FOLDER)
     prompts = ["a photo of a red circle", "three small purple crosses", "ring", "Café 🐶 " * 10]
@@ -55,11 +77,9 @@ def test_indexing_exports_a_verified_text_model(photo_dir: Path, tiny_embedder: 
     assert meta["inputs"] == "embedded" and (lib.path / text_tower.FOLDER / text_tower.TABLE_NAME).exists()
 
 
-@pytest.mark.usefixtures("text_model_on")
-def test_a_new_text_query_needs_no_torch(photo_dir: Path, isolated: Path) -> None:
-    Library().index([photo_dir])
+def test_a_new_text_query_needs_no_torch(exported_here: Path, isolated: Path) -> None:
     result = run_cli_without_model(["query", "a photo of a purple ring", "-n", "1", "-f", "paths"], isolated)
-    assert result.stdout.strip() == str(photo_dir / "all" / "purple-ring-0.png")
+    assert result.stdout.strip() == str(exported_here / "all" / "purple-ring-0.png")
 
 
 def test_switching_it_off_keeps_the_torch_path(photo_dir: Path) -> None:
@@ -69,20 +89,14 @@ def test_switching_it_off_keeps_the_torch_path(photo_dir: Path) -> None:
     assert Path(lib.search("a photo of a purple ring", top=1)[0].path).name == "purple-ring-0.png"
 
 
-@pytest.mark.usefixtures("text_model_on")
-def test_an_image_query_still_uses_the_model(photo_dir: Path) -> None:
+def test_an_image_query_still_uses_the_model(exported_here: Path) -> None:
     lib = Library()
-    lib.index([photo_dir])
-    hits = lib.search(image=photo_dir / "all" / "white-star-0.png", top=1)
+    hits = lib.search(image=exported_here / "all" / "white-star-0.png", top=1)
     assert Path(hits[0].path).name == "white-star-0.png"
 
 
-@pytest.mark.usefixtures("text_model_on")
-def test_the_export_prints_nothing(photo_dir: Path, isolated: Path) -> None:
-    env = {**os.environ, "CLIPSEARCH_HOME": str(isolated)}
-    result = subprocess.run([sys.executable, "-m", "clipsearch", "index", str(photo_dir)], capture_output=True,
-                            text=True, env=env, timeout=300)
-    assert result.returncode == 0
+def test_the_export_prints_nothing(exported: tuple[Path, Path, subprocess.CompletedProcess[str]]) -> None:
+    result = exported[2]
     lines = result.stderr.strip().splitlines()
     assert lines[0].startswith("preparing the text encoder") and lines[1].startswith("Indexed in"), lines
     assert len(lines) == 2 and result.stdout == ""

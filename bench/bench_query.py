@@ -66,13 +66,13 @@ def build_index(folder: Path, n: int, model_dir: Path) -> None:
 
 def _export_text_model(folder: Path, model_dir: Path) -> None:
     """What an indexing run leaves for queries: the torch-free text encoder."""
-    from clipsearch.model import names, text_tower
+    from clipsearch.model import names, text_export, text_tower
     from clipsearch.model.embedder import Embedder
 
     spec = names.parse(f"local-dir:{model_dir}")
     if text_tower.available(folder, names.sha256_of(names.resolve_weights(spec))):
         return  # already there: no need to load torch and the model
-    assert text_tower.export(Embedder(spec), folder), "text model export failed"
+    assert text_export.export(Embedder(spec), folder), "text model export failed"
 
 
 def warm(folder: Path, queries: np.ndarray) -> dict[str, float]:

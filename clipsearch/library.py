@@ -2,16 +2,12 @@
 
 Each method is thin: it opens the store, takes the write lock when it writes, picks the encoder,
 and hands the work to the module that owns it (ingest/, search/, tags/). Nothing here prints.
-
-    from clipsearch import Library
-    lib = Library()                       # the default index, its recorded model
-    lib.index(["~/Photos"])
-    for hit in lib.search("my cute dog", top=5):
-        print(hit.score, hit.path)
+README.md shows it in use.
 """
 
 from __future__ import annotations
 
+import dataclasses
 import datetime as dt
 import json
 import os
@@ -267,31 +263,34 @@ class Library:
         filters = ranking.Filters.build(within, after, before, formats, min_width)
         with self._open() as store:
             recorded = _require_model(store, self.path)
-            # The text encoder loads on a thread while FAISS loads here: they overlap on two cores.
-            text_vectors = None if similar_to is not None else self._text_vectors(store, recorded, terms)
-            index = self._vector_index(store)
-            wanted_tags = [t for t in tags if t.strip()]
-            if wanted_tags:
-                filters = ranking.Filters(**{**filters.__dict__, "ids": frozenset(store.tags.ids_with_tags(
-                    wanted_tags))})
-            exclude: frozenset[int] = frozenset()
             if similar_to is not None:
-                path = paths.resolve(similar_to)
-                image_id = store.id_for_path(path)
-                if image_id is None:
-                    raise UsageError(f"{paths.display(path)} is not in the index; index it first, or use "
-                                     "`clipsearch query --image` for a photo from elsewhere")
-                vector, exclude = store.vectors_of_ids([image_id])[0], frozenset({image_id})
-                terms = [query_mod.Term("indexed", path, 1.0)]
+                terms, vector, exclude = self._stored_vector(store, similar_to)
+                index = self._vector_index(store)
             else:
-                assert text_vectors is not None
+                # The text encoder loads on a thread while FAISS loads here: they overlap on two cores.
+                text_vectors = self._text_vectors(store, recorded, terms)
+                index = self._vector_index(store)
                 known = text_vectors()
                 vector = query_mod.combine(terms, lambda t: known[t.value] if t.kind == "text" else
                                            self._embed_photo(recorded, t.value, "a query image"))
+                exclude = frozenset()
+            wanted_tags = [t for t in tags if t.strip()]
+            if wanted_tags:
+                filters = dataclasses.replace(filters, ids=frozenset(store.tags.ids_with_tags(wanted_tags)))
             found = ranking.rank(store, index, vector, top, filters, min_score, z, exclude)
             if sort == "date":
                 found.results = ranking.sort_by_date(found.results)
             return ranking.QueryResult(terms, found.results, found)
+
+    def _stored_vector(self, store: Store, photo: str | os.PathLike[str]
+                       ) -> tuple[list[query_mod.Term], np.ndarray, frozenset[int]]:
+        """An indexed photo as the query: its stored vector, and itself left out of the results."""
+        path = paths.resolve(photo)
+        image_id = store.id_for_path(path)
+        if image_id is None:
+            raise UsageError(f"{paths.display(path)} is not in the index; index it first, or use "
+                             "`clipsearch query --image` for a photo from elsewhere")
+        return [query_mod.Term("indexed", path, 1.0)], store.vectors_of_ids([image_id])[0], frozenset({image_id})
 
     def _text_vectors(self, store: Store, recorded: ModelIdentity,
                       terms: list[query_mod.Term]) -> Callable[[], dict[str, np.ndarray]]:

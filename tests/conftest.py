@@ -10,6 +10,7 @@ from pathlib import Path
 import pytest
 import shapes
 
+from clipsearch import Library
 from clipsearch.model.embedder import Embedder
 
 TINY_MODEL_DIR = Path(__file__).parent / "fixtures" / "tiny-clip"
@@ -46,6 +47,26 @@ def tiny_embedder(tmp_path_factory: pytest.TempPathFactory) -> Embedder:
     with pytest.MonkeyPatch.context() as mp:
         mp.setenv("CLIPSEARCH_HOME", str(tmp_path_factory.mktemp("embedder-home")))
         return Embedder(names.parse(TINY_MODEL))
+
+
+@pytest.fixture(scope="session")
+def shared_photos(tmp_path_factory: pytest.TempPathFactory) -> Path:
+    """48 held-out pictures (one per class) made once: for tests that only read them."""
+    folder = tmp_path_factory.mktemp("shared-photos")
+    shapes.write_heldout(folder / "all", per_class=1, seed=99)
+    return folder
+
+
+@pytest.fixture(scope="session")
+def shared_index(shared_photos: Path, tmp_path_factory: pytest.TempPathFactory) -> Path:
+    """`shared_photos` indexed once (no text export); tests copy the folder before using it."""
+    home = tmp_path_factory.mktemp("shared-index")
+    with pytest.MonkeyPatch.context() as mp:
+        for key, value in {"CLIPSEARCH_HOME": str(home), "CLIPSEARCH_MODEL": TINY_MODEL, "HF_HUB_OFFLINE": "1",
+                           "CLIPSEARCH_TEXT_MODEL": "off"}.items():
+            mp.setenv(key, value)
+        Library(index=home / "index").index([shared_photos])
+    return home / "index"
 
 
 @pytest.fixture

@@ -31,10 +31,16 @@ def _name(path: str) -> str:
 
 
 @pytest.fixture
-def indexed(photo_dir: Path) -> Library:
-    lib = Library()
-    lib.index([photo_dir])
-    return lib
+def photo_dir(shared_photos: Path) -> Path:
+    """The session's 48 held-out pictures: these tests only read them."""
+    return shared_photos
+
+
+@pytest.fixture
+def indexed(shared_index: Path, isolated: Path) -> Library:
+    """This test's own copy of the session's index of `photo_dir`, as its default index."""
+    shutil.copytree(shared_index, isolated / "index")
+    return Library()
 
 
 def test_parse_arithmetic_and_weights(tmp_path: Path) -> None:
@@ -266,7 +272,7 @@ def test_normal_quantile_matches_the_standard_library(p: float) -> None:
     assert relevance.normal_quantile(p) == pytest.approx(NormalDist().inv_cdf(p), abs=1e-6)
 
 
-def test_a_library_reuses_its_faiss_index_until_the_index_changes(indexed: Library, photo_dir: Path,
+def test_a_library_reuses_its_faiss_index_until_the_index_changes(indexed: Library, tmp_path: Path,
                                                                     monkeypatch: pytest.MonkeyPatch) -> None:
     loads = []
     real_load = VectorIndex.load.__func__  # type: ignore[attr-defined]
@@ -281,8 +287,8 @@ def test_a_library_reuses_its_faiss_index_until_the_index_changes(indexed: Libra
     assert len(loads) == 1  # the second search reused the loaded index
     from PIL import Image
 
-    Image.new("RGB", (64, 64), (250, 10, 10)).save(photo_dir / "new-red.png")
-    indexed.index([photo_dir])  # a new generation: the next search must see it
+    Image.new("RGB", (64, 64), (250, 10, 10)).save(tmp_path / "new-red.png")
+    indexed.index([tmp_path / "new-red.png"])  # a new generation: the next search must see it
     loads.clear()
     found = {Path(r.path).name for r in indexed.search("a photo of a red circle", top=500, min_score=-1)}
     assert "new-red.png" in found and len(loads) == 1

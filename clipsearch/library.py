@@ -26,7 +26,7 @@ import numpy as np
 if TYPE_CHECKING:
     from clipsearch import duplicates
 
-from clipsearch import config, models, scan, text_model
+from clipsearch import config, models, relevance, scan, text_model
 from clipsearch import query as query_mod
 from clipsearch import search as search_mod
 from clipsearch.embedder import Embedder, ModelIdentity
@@ -39,6 +39,13 @@ from clipsearch.library_indexing import Indexing
 from clipsearch.library_tagging import Tagging
 from clipsearch.store import Store, check_same_model
 from clipsearch.vectors import VectorIndex
+
+
+def _background_set_id(prompts: list[str]) -> str:
+    import hashlib
+
+    return "relevance:" + hashlib.sha256("\n".join(prompts).encode("utf-8")).hexdigest()[:16]
+
 
 _FORMAT_ALIASES = {"jpg": "jpeg", "jpe": "jpeg", "tif": "tiff", "heic": "heif", "jp2": "jpeg2000",
                    "ppm": "ppm", "pgm": "ppm", "pbm": "ppm"}
@@ -184,21 +191,31 @@ class Library(Indexing, Tagging):
             raise UsageError("--top must be at least 1")
         if sort not in ("score", "date"):
             raise UsageError("--sort is score or date")
-        terms = [] if similar_to is not None else query_mod.parse(
-            text, IMAGE_EXTENSIONS, tuple(os.fspath(i) for i in images), tuple(add), tuple(sub))
+        images, add, sub, tags = list(images), list(add), list(sub), [t for t in tags if t.strip()]
         kinds = (f.lower().lstrip(".") for f in formats)
         filters = search_mod.Filters(
             within=tuple(os.path.abspath(os.path.expanduser(os.fspath(w))) for w in within),
             after=after, before=before, formats=frozenset(_FORMAT_ALIASES.get(k, k) for k in kinds),
             min_width=min_width)
+        if similar_to is None and not (text or "").strip() and not images and not add and not sub and tags:
+            return self._tagged(tags, top, filters, sort)
+        terms = [] if similar_to is not None else query_mod.parse(
+            text, IMAGE_EXTENSIONS, tuple(os.fspath(i) for i in images), tuple(add), tuple(sub))
         store = self._open_store()
         try:
+            recorded = self._require_model(store)
+            # A text query is judged against alternative texts (relevance.py): their vectors are kept
+            # per model in SQLite, so only an index's first text query embeds them.
+            # Only a query that is one text is a description to compare with others; arithmetic and
+            # example photos keep the robust cutoff (docs/search.md).
+            one_text = len(terms) == 1 and terms[0].kind == "text" and terms[0].weight > 0
+            background = self._background(store, recorded) if one_text else None
+            extra = [] if background is None or background[1] is not None else background[0]
             # The text encoder loads on a thread while FAISS loads here: they overlap on two cores.
-            text_vectors = self._text_vectors(store, terms) if similar_to is None else None
+            text_vectors = self._text_vectors(store, terms, extra) if similar_to is None else None
             index = self._vector_index(store)
-            wanted_tags = [t for t in tags if t.strip()]
-            if wanted_tags:
-                filters = dataclasses.replace(filters, ids=frozenset(store.ids_with_tags(wanted_tags)))
+            if tags:
+                filters = dataclasses.replace(filters, ids=frozenset(store.ids_with_tags(tags)))
             exclude: frozenset[int] = frozenset()
             if similar_to is not None:
                 path = os.path.abspath(os.path.expanduser(os.fspath(similar_to)))
@@ -210,23 +227,68 @@ class Library(Indexing, Tagging):
                 terms = [query_mod.Term("indexed", path, 1.0)]
             else:
                 assert text_vectors is not None
-                vector = self._query_vector(self._require_model(store), terms, text_vectors())
-            ranking = search_mod.rank(store, index, vector, top, filters, min_score, z, exclude)
+                known = text_vectors()
+                vector = self._query_vector(recorded, terms, known)
+            alternatives = None
+            if background is not None and similar_to is None:
+                alternatives = background[1]
+                if alternatives is None:
+                    alternatives = np.stack([known[p] for p in background[0]]).astype(np.float32)
+                    self._save_background(store, recorded, background[0], alternatives)
+            ranking = search_mod.rank(store, index, vector, top, filters, min_score, z, exclude, alternatives,
+                                      relevance.logit_scale_of(store.meta("logit_scale")))
             if sort == "date":
                 ranking.results = search_mod.sort_by_date(ranking.results)
             return QueryResult(terms, ranking.results, ranking)
         finally:
             store.close()
 
-    def _text_vectors(self, store: Store, terms: list[query_mod.Term]) -> Callable[[], dict[str, np.ndarray]]:
-        """The query's texts as vectors, when called; loading whatever encodes them starts now."""
+    def _tagged(self, tags: list[str], top: int, filters: search_mod.Filters, sort: str) -> QueryResult:
+        """`query --tag NAME` with nothing to search for: the photos with every tag, best tag score first.
+
+        A photo's score is its weakest score among the tags asked for: how surely it carries all of them.
+        """
+        store = self._open_store(check_model=False)
+        try:
+            ids = sorted(store.ids_with_tags(tags))
+            wanted = {t.lower() for t in tags}
+            scores = {i: min((sc for lab, sc, _ in marks if lab.lower() in wanted), default=0.0)
+                      for i, marks in store.tags_of(ids).items()}
+            rows = store.images(ids)
+            allowed = sorted(((scores[i], rows[i]) for i in ids if i in rows and filters.accepts(rows[i])),
+                             key=lambda sr: (-sr[0], sr[1].path))
+            results = [search_mod.result_from_row(n + 1, sc, row) for n, (sc, row) in enumerate(allowed[:top])]
+            if sort == "date":
+                results = search_mod.sort_by_date(results)
+            ranking = search_mod.Ranking(results, None, "tag")
+            return QueryResult([query_mod.Term("tag", t, 1.0) for t in tags], results, ranking)
+        finally:
+            store.close()
+
+    def _background(self, store: Store, recorded: ModelIdentity) -> tuple[list[str], np.ndarray | None]:
+        """The alternative texts a text query competes with, and their vectors when already kept."""
+        prompts = relevance.background_prompts()
+        return prompts, store.label_vectors(recorded.weights_sha256, _background_set_id(prompts), prompts)
+
+    def _save_background(self, store: Store, recorded: ModelIdentity, prompts: list[str], mat: np.ndarray) -> None:
+        import contextlib
+        import sqlite3
+
+        # A read-only or busy index still answers; it embeds the alternatives again next time.
+        with contextlib.suppress(sqlite3.OperationalError):
+            store.save_label_vectors(recorded.weights_sha256, _background_set_id(prompts), prompts, mat)
+
+    def _text_vectors(self, store: Store, terms: list[query_mod.Term],
+                      extra: list[str] | None = None) -> Callable[[], dict[str, np.ndarray]]:
+        """The query's texts (and `extra` texts) as vectors, when called; loading their encoder starts now."""
         recorded = store.model_identity()
         assert recorded is not None
         texts = sorted({t.value for t in terms if t.kind == "text"})
         # Texts embedded before by the index's model come from SQLite: a repeated text query loads
         # no model at all, which is most of a cold query's time.
         known = store.cached_text_vectors(recorded.weights_sha256, texts)
-        missing = [t for t in texts if t not in known]
+        queried = [t for t in texts if t not in known]
+        missing = queried + [t for t in extra or () if t not in known and t not in queried]
         if not missing:
             return lambda: known
         has_images = any(t.kind == "image" for t in terms)
@@ -241,7 +303,8 @@ class Library(Indexing, Tagging):
 
         def encode() -> dict[str, np.ndarray]:
             fresh = dict(zip(missing, get_encoder().embed_texts(missing), strict=True))
-            store.cache_text_vectors(recorded.weights_sha256, fresh)
+            # Only the query's own texts go to the query cache; `extra` texts have their own table.
+            store.cache_text_vectors(recorded.weights_sha256, {t: fresh[t] for t in queried})
             return {**known, **fresh}
 
         return encode

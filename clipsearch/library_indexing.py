@@ -122,6 +122,8 @@ class Indexing:
             def get_embedder() -> Embedder:
                 emb = self.embedder()
                 store.bind_model(emb.identity)
+                if store.meta("logit_scale") is None:  # text queries' relevance decision reads it
+                    store.set_meta("logit_scale", repr(emb.logit_scale))
                 return emb
 
             from clipsearch import indexer  # decoding and the pipeline: not needed by queries

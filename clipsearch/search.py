@@ -1,10 +1,10 @@
-"""Ranking indexed images against a query vector: filters, the adaptive relevance cutoff, typed results.
+"""Ranking indexed images against a query vector: filters, the relevance decision, typed results.
 
-The cutoff (docs/search.md): a query's scores against a sample of the whole index form its own
-"unrelated photo" distribution. A result counts as relevant when its score stands out of that
-distribution by Z robust standard deviations (median + Z * 1.4826 * MAD). Different queries and
-models have very different score ranges (a good CLIP match is 0.3 for one query and 0.22 for
-another), so a fixed threshold cannot work; a query's own distribution can.
+Relevance (docs/search.md, relevance.py): a text query is decided per photo the way CLIP's zero-shot
+classifier decides, the query against alternative texts at the model's logit scale. Image queries
+and `similar` use the robust cutoff: a query's scores against a sample of the whole index form its
+own "unrelated photo" distribution, and a result counts when it stands Z robust standard deviations
+out of it (median + Z * 1.4826 * MAD), capped at a near-copy's cosine and never above 1.0.
 """
 
 from __future__ import annotations
@@ -17,7 +17,7 @@ from dataclasses import dataclass, field
 
 import numpy as np
 
-from clipsearch import scan
+from clipsearch import relevance, scan
 from clipsearch.store import ImageRow, Store
 from clipsearch.vectors import VectorIndex
 
@@ -41,6 +41,7 @@ class SearchResult:
     width: int | None
     height: int | None
     format: str | None
+    relevant: bool = True  # what the default decision says, also when --min-score shows more
 
     @property
     def when(self) -> dt.datetime:
@@ -52,10 +53,15 @@ class SearchResult:
         """The capture time when the camera recorded one, else the file's modification time."""
         return self.taken_at or self.modified.isoformat(timespec="seconds")
 
-    def as_dict(self) -> dict[str, object]:
-        return {"rank": self.rank, "score": round(self.score, 6), "id": self.id, "path": self.path,
-                "size": self.size, "modified": self.modified.isoformat(timespec="seconds"),
-                "taken_at": self.taken_at, "width": self.width, "height": self.height, "format": self.format}
+    def as_dict(self, relevance: bool = False) -> dict[str, object]:
+        """`relevance`: add `relevant`, for output that shows more than the relevant results."""
+        out: dict[str, object] = {
+            "rank": self.rank, "score": round(self.score, 6), "id": self.id, "path": self.path,
+            "size": self.size, "modified": self.modified.isoformat(timespec="seconds"),
+            "taken_at": self.taken_at, "width": self.width, "height": self.height, "format": self.format}
+        if relevance:
+            out["relevant"] = self.relevant
+        return out
 
 
 @dataclass(frozen=True)
@@ -96,6 +102,8 @@ class Ranking:
     method: str
     cut: int = 0  # results that filters allowed but the cutoff removed (among those looked at)
     stats: dict[str, float] = field(default_factory=dict)
+    # When nothing is relevant: the closest few anyway, for a person to look at (never for pipes).
+    closest: list[SearchResult] = field(default_factory=list)
 
     def as_dict(self) -> dict[str, object]:
         return {"method": self.method, "score": None if self.cutoff is None else round(self.cutoff, 6),
@@ -152,7 +160,9 @@ def cutoff_from_scores(scores: np.ndarray, z: float,
     z_eff = max(z, normal_quantile(1 - 0.5 / n))
     median, sigma = robust_stats(scores)
     sigma = sigma or float(scores.std()) or 1e-6
-    return median + z_eff * sigma, {"median": median, "sigma": sigma, "z": z_eff}
+    # No cosine exceeds 1.0: a cutoff above it (a backdrop of near-copies, a damaged index) would
+    # only ever mean "nothing", never a judgement about the photos.
+    return min(median + z_eff * sigma, 1.0), {"median": median, "sigma": sigma, "z": z_eff}
 
 
 def robust_stats(values: np.ndarray) -> tuple[float, float]:
@@ -162,38 +172,72 @@ def robust_stats(values: np.ndarray) -> tuple[float, float]:
 
 
 def rank(store: Store, index: VectorIndex, query: np.ndarray, top: int, filters: Filters = Filters(),
-         min_score: float | None = None, z: float = DEFAULT_Z,
-         exclude_ids: frozenset[int] = frozenset()) -> Ranking:
-    """The `top` most relevant images for `query` (a normalised vector) that pass `filters`."""
+         min_score: float | None = None, z: float = DEFAULT_Z, exclude_ids: frozenset[int] = frozenset(),
+         alternatives: np.ndarray | None = None, logit_scale: float = relevance.DEFAULT_LOGIT_SCALE,
+         closest: int = 5) -> Ranking:
+    """The `top` most relevant images for `query` (a normalised vector) that pass `filters`.
+
+    `alternatives` (texts' vectors, relevance.background_prompts) makes it a text query, decided
+    per photo by CLIP's zero-shot comparison; without them (image queries, `similar`) the robust
+    cutoff decides, capped at a near-copy's score. `min_score` shows what scores at least that
+    instead, each result still marked `relevant` by the default decision. When nothing is relevant,
+    `Ranking.closest` holds the `closest` best-scoring photos the filters allow.
+    """
     if top <= 0 or index.size == 0:
         return Ranking([], None, "none")
-    cutoff: float | None
+    decide: Callable[[np.ndarray, np.ndarray], np.ndarray]
     stats: dict[str, float]
-    if min_score is not None:
-        cutoff, method, stats = min_score, "min-score", {}
+    if alternatives is not None:
+        alts = relevance.alternatives(query, alternatives)
+        method, cutoff = "zero-shot", None
+        stats = {"logit_scale": logit_scale, "alternatives": float(len(alts)), "min_share": relevance.MIN_SHARE}
+
+        def decide(vecs: np.ndarray, scores: np.ndarray) -> np.ndarray:
+            return relevance.query_share(scores, vecs @ alts.T, logit_scale) >= relevance.MIN_SHARE
     else:
-        cutoff, stats = adaptive_cutoff(query, index.sample(store), z, index.size)
+        robust, stats = adaptive_cutoff(query, index.sample(store), z, index.size)
+        cutoff = relevance.cap(robust)
         method = "robust-z" if cutoff is not None else f"none (under {MIN_FOR_CUTOFF} photos)"
-    kept, cut = _collect(store, index, query, top, filters.accepts, cutoff, exclude_ids)
-    results = [_result(n + 1, s, row) for n, (s, row) in enumerate(kept)]
-    return Ranking(results, cutoff, method, cut, stats)
+
+        def decide(vecs: np.ndarray, scores: np.ndarray) -> np.ndarray:
+            return np.ones(len(scores), bool) if cutoff is None else scores >= cutoff
+    floor: float | None = cutoff
+    if min_score is not None:
+        floor = min(min_score, 1.0)
+        method, cutoff = "min-score", floor
+    kept, cut, near = _collect(store, index, query, top, filters.accepts, decide, floor, min_score is not None,
+                               exclude_ids, closest)
+    results = [_result(n + 1, s, row, ok) for n, (s, row, ok) in enumerate(kept)]
+    nearest = [] if results else [_result(n + 1, s, row, False) for n, (s, row, _) in enumerate(near)]
+    return Ranking(results, cutoff, method, cut, stats, nearest)
 
 
 def _collect(store: Store, index: VectorIndex, query: np.ndarray, top: int, accepts: Callable[[ImageRow], bool],
-             cutoff: float | None, exclude_ids: frozenset[int]) -> tuple[list[tuple[float, ImageRow]], int]:
-    k = top + len(exclude_ids)
+             decide: Callable[[np.ndarray, np.ndarray], np.ndarray], floor: float | None, by_floor: bool,
+             exclude_ids: frozenset[int], closest: int
+             ) -> tuple[list[tuple[float, ImageRow, bool]], int, list[tuple[float, ImageRow, bool]]]:
+    """(kept, how many the decision removed, the closest few the filters allow)."""
+    k, seen = top + len(exclude_ids), 0
     while True:
         # Filters remove hits after the vector search: widen it until enough survive, the scores
-        # fall under the cutoff, or the whole index has been seen.
+        # fall under the floor, relevance runs out, or the whole index has been seen.
         fetch = min(index.size, k)
         scores, ids = index.search(query.reshape(1, -1), fetch)
         hits = [(float(s), int(i)) for s, i in zip(scores[0], ids[0], strict=True) if i >= 0 and i not in exclude_ids]
+        vecs = store.vectors_for([i for _, i in hits]) if hits else np.zeros((0, len(query)), np.float32)
+        relevant = decide(vecs, np.asarray([s for s, _ in hits], dtype=np.float32)) if hits else np.zeros(0, bool)
         rows = store.images(i for _, i in hits)
-        allowed = [(s, rows[i]) for s, i in hits if i in rows and accepts(rows[i])]
-        kept = [(s, r) for s, r in allowed if cutoff is None or s >= cutoff]
-        exhausted = fetch >= index.size or (cutoff is not None and bool(hits) and hits[-1][0] < cutoff)
+        allowed = [(s, rows[i], bool(ok)) for (s, i), ok in zip(hits, relevant, strict=True)
+                   if i in rows and accepts(rows[i])]
+        kept = [(s, r, ok) for s, r, ok in allowed if (floor is not None and s >= floor if by_floor else ok)]
+        # Scores only fall from here: once a widening finds nothing relevant in its new part, or
+        # the scores drop under the floor, looking further cannot find more.
+        ran_out = not by_floor and seen > 0 and not bool(relevant[seen:].any())
+        exhausted = (fetch >= index.size or ran_out
+                     or (floor is not None and bool(hits) and hits[-1][0] < floor))
         if len(kept) >= top or exhausted:
-            return kept[:top], max(0, min(top, len(allowed)) - len(kept))
+            return kept[:top], max(0, min(top, len(allowed)) - len(kept)), allowed[:closest]
+        seen = len(hits)
         k = max(fetch * 4, 256)
 
 
@@ -202,7 +246,12 @@ def sort_by_date(results: list[SearchResult], newest_first: bool = True) -> list
     return [dataclasses.replace(r, rank=n + 1) for n, r in enumerate(ordered)]
 
 
-def _result(rank_: int, score: float, row: ImageRow) -> SearchResult:
+def result_from_row(rank_: int, score: float, row: ImageRow, relevant: bool = True) -> SearchResult:
+    """A result for a photo found some other way than by a vector (`query --tag`)."""
+    return _result(rank_, score, row, relevant)
+
+
+def _result(rank_: int, score: float, row: ImageRow, relevant: bool = True) -> SearchResult:
     modified = dt.datetime.fromtimestamp(row.mtime_ns / 1e9, tz=dt.timezone.utc).astimezone()
     return SearchResult(rank_, score, row.id, row.path, row.size, modified, row.taken_at, row.width, row.height,
-                        row.format)
+                        row.format, relevant)

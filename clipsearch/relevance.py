@@ -1,0 +1,80 @@
+"""Is a photo relevant to a query? CLIP's own zero-shot decision, and the library's statistics where they help.
+
+Text queries (docs/search.md): the CLIP paper's zero-shot classifier decides by comparing a photo's
+score for a text with its scores for alternative texts, through a softmax at the model's logit scale.
+clipsearch does that per photo, with the built-in tag vocabulary ("a photo of a beach.", ...) as the
+alternatives: a photo is relevant when the query takes at least half of that softmax, i.e. the query
+describes the photo better than all the alternatives together. This needs nothing from the rest of
+the library, so it holds in a library of one subject (where "most photos are unrelated" is false) and
+in a small one; a query about nothing in the library loses every photo to some alternative.
+Alternatives that paraphrase the query (its text neighbours, robust outliers of the vocabulary's
+similarities to it) are left out, so "beach" is not outvoted by the label "beach".
+
+Image queries and `similar` have no text to compare: they keep the robust cutoff over the library
+(search.adaptive_cutoff), capped at NEAR_COPY so a near-copy always passes, and never above 1.0.
+"""
+
+from __future__ import annotations
+
+import numpy as np
+
+# CLIP's trained temperature is clamped at 100 and the pretrained models sit there; an index whose
+# model never recorded its own scale (or a query that loads no model) uses it.
+DEFAULT_LOGIT_SCALE = 100.0
+# The query must take at least this share of the softmax over itself and the alternatives.
+MIN_SHARE = 0.5
+# Vocabulary texts this many robust deviations more similar to the query than the vocabulary's
+# median are paraphrases of it, not alternatives.
+PARAPHRASE_Z = 3.0
+# A cosine at which two photos are copies of one picture (duplicates.NEAR_COSINE): no adaptive
+# cutoff may lie above it, so crops, resizes and re-encodes of the query are always shown.
+NEAR_COPY = 0.95
+TEMPLATE = "a photo of {}."
+
+
+def background_prompts() -> list[str]:
+    """The alternatives a text query competes with: every built-in label in one photo template."""
+    from clipsearch import tagging  # the vocabulary lives with tagging; imported late (tagging imports search)
+
+    return [TEMPLATE.format(lab.name) for lab in tagging.default_labels()]
+
+
+def alternatives(query: np.ndarray, background: np.ndarray, z: float = PARAPHRASE_Z) -> np.ndarray:
+    """The background texts minus those that paraphrase the query (its robust outliers in text space).
+
+    Each remaining text counts once, as a class does in CLIP's zero-shot softmax. (Counting texts
+    that embed alike as one vote was tried: on the tiny model, whose unknown words all embed alike,
+    it let half-matching photos and unrelated queries through; see docs/search.md.)
+    """
+    from clipsearch.search import robust_stats
+
+    sims = background @ query
+    centre, spread = robust_stats(sims)
+    return background[sims < centre + z * spread] if spread > 0 else background[sims < centre + 1e-6]
+
+
+def query_share(scores: np.ndarray, alt_scores: np.ndarray, logit_scale: float) -> np.ndarray:
+    """Per photo, the query's probability in a softmax over [query, alternatives] at `logit_scale`.
+
+    `scores` (k,) are the photos' cosines with the query, `alt_scores` (k, m) with the alternatives.
+    """
+    if alt_scores.shape[1] == 0:
+        return np.ones(len(scores))
+    top = np.maximum(scores, alt_scores.max(axis=1))
+    mine = np.exp(logit_scale * (scores - top))
+    rest = np.exp(logit_scale * (alt_scores - top[:, None])).sum(axis=1)
+    return mine / (mine + rest)
+
+
+def cap(cutoff: float | None) -> float | None:
+    """An adaptive cutoff never lies above what a near-copy scores (and so never above 1.0)."""
+    return None if cutoff is None else min(cutoff, NEAR_COPY)
+
+
+def logit_scale_of(recorded: str | None) -> float:
+    """The scale an index recorded for its model (meta `logit_scale`), else CLIP's default."""
+    try:
+        value = float(recorded) if recorded else DEFAULT_LOGIT_SCALE
+    except ValueError:
+        return DEFAULT_LOGIT_SCALE
+    return value if np.isfinite(value) and value > 0 else DEFAULT_LOGIT_SCALE

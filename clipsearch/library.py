@@ -40,13 +40,6 @@ from clipsearch.library_tagging import Tagging
 from clipsearch.store import Store, check_same_model
 from clipsearch.vectors import VectorIndex
 
-
-def _background_set_id(prompts: list[str]) -> str:
-    import hashlib
-
-    return "relevance:" + hashlib.sha256("\n".join(prompts).encode("utf-8")).hexdigest()[:16]
-
-
 _FORMAT_ALIASES = {"jpg": "jpeg", "jpe": "jpeg", "tif": "tiff", "heic": "heif", "jp2": "jpeg2000",
                    "ppm": "ppm", "pgm": "ppm", "pbm": "ppm"}
 
@@ -268,7 +261,7 @@ class Library(Indexing, Tagging):
     def _background(self, store: Store, recorded: ModelIdentity) -> tuple[list[str], np.ndarray | None]:
         """The alternative texts a text query competes with, and their vectors when already kept."""
         prompts = relevance.background_prompts()
-        return prompts, store.label_vectors(recorded.weights_sha256, _background_set_id(prompts), prompts)
+        return prompts, store.label_vectors(recorded.weights_sha256, relevance.background_set_id(prompts), prompts)
 
     def _save_background(self, store: Store, recorded: ModelIdentity, prompts: list[str], mat: np.ndarray) -> None:
         import contextlib
@@ -276,7 +269,7 @@ class Library(Indexing, Tagging):
 
         # A read-only or busy index still answers; it embeds the alternatives again next time.
         with contextlib.suppress(sqlite3.OperationalError):
-            store.save_label_vectors(recorded.weights_sha256, _background_set_id(prompts), prompts, mat)
+            store.save_label_vectors(recorded.weights_sha256, relevance.background_set_id(prompts), prompts, mat)
 
     def _text_vectors(self, store: Store, terms: list[query_mod.Term],
                       extra: list[str] | None = None) -> Callable[[], dict[str, np.ndarray]]:

@@ -12,7 +12,7 @@ from typing import TYPE_CHECKING, Any
 
 import numpy as np
 
-from clipsearch import scan, text_model
+from clipsearch import relevance, scan, text_model
 from clipsearch import search as search_mod
 from clipsearch.embedder import ModelIdentity
 from clipsearch.errors import UsageError
@@ -84,8 +84,16 @@ class Tagging:
             if label_mat is None:
                 label_mat = tagging.label_vectors(labels, tpl, self._text_encoder(recorded).embed_texts)
                 store.save_label_vectors(recorded.weights_sha256, set_id, names, label_mat)
+            # The alternatives text queries are weighed against (relevance.py), kept beside the labels.
+            prompts = relevance.background_prompts()
+            bg_id = relevance.background_set_id(prompts)
+            background = store.label_vectors(recorded.weights_sha256, bg_id, prompts)
+            if background is None and threshold is None:
+                background = self._text_encoder(recorded).embed_texts(prompts)
+                store.save_label_vectors(recorded.weights_sha256, bg_id, prompts, background)
             ids, mat = store.all_vectors()
-            cut = tagging.thresholds(mat, label_mat, z, threshold)
+            cut = tagging.thresholds(mat, label_mat, z, threshold, background,
+                                     relevance.logit_scale_of(store.meta("logit_scale")))
             roots = tuple(os.path.abspath(os.path.expanduser(p)) for p in given)
             # Photo rows are read only when a scope or sidecars need them (100k rows cost ~0.8 s).
             rows = store.images(ids.tolist()) if roots or write_xmp or clear_xmp else {}

@@ -39,6 +39,13 @@ def background_prompts() -> list[str]:
     return [TEMPLATE.format(lab.name) for lab in tagging.default_labels()]
 
 
+def background_set_id(prompts: list[str]) -> str:
+    """Where the background's vectors are kept in SQLite (`label_vectors`, per model)."""
+    import hashlib
+
+    return "relevance:" + hashlib.sha256("\n".join(prompts).encode("utf-8")).hexdigest()[:16]
+
+
 def alternatives(query: np.ndarray, background: np.ndarray, z: float = PARAPHRASE_Z) -> np.ndarray:
     """The background texts minus those that paraphrase the query (its robust outliers in text space).
 
@@ -64,6 +71,35 @@ def query_share(scores: np.ndarray, alt_scores: np.ndarray, logit_scale: float) 
     mine = np.exp(logit_scale * (scores - top))
     rest = np.exp(logit_scale * (alt_scores - top[:, None])).sum(axis=1)
     return mine / (mine + rest)
+
+
+def paraphrase_mask(texts: np.ndarray, background: np.ndarray, z: float = PARAPHRASE_Z) -> np.ndarray:
+    """(texts, background) booleans: True where a background text is an alternative to that text."""
+    from clipsearch.search import robust_stats
+
+    sims = texts @ background.T
+    keep = np.ones(sims.shape, dtype=bool)
+    for j, row in enumerate(sims):
+        centre, spread = robust_stats(row)
+        keep[j] = row < centre + z * spread if spread > 0 else row < centre + 1e-6
+    return keep
+
+
+def beats_average_alternative(scores: np.ndarray, alt_scores: np.ndarray, keep: np.ndarray,
+                              logit_scale: float) -> np.ndarray:
+    """(photos, labels) booleans: the label is at least as likely as the average of its alternatives.
+
+    A tag is a partial description ("red" of a red circle), so it cannot be asked to beat all the
+    alternatives together as a query is; in the same softmax, it must at least not fall below the
+    level of a typical alternative (its share at least 1 / (alternatives + 1)). `scores` (k, L) are
+    the photos' cosines with the labels, `alt_scores` (k, m) with the background, `keep` (L, m)
+    which background texts are alternatives to each label (paraphrase_mask).
+    """
+    top = alt_scores.max(axis=1, keepdims=True)
+    each = np.exp(logit_scale * (alt_scores - top))
+    mean = (each @ keep.T.astype(each.dtype)) / np.maximum(keep.sum(axis=1), 1)[None, :]
+    with np.errstate(divide="ignore"):
+        return logit_scale * (scores - top) >= np.log(mean)
 
 
 def cap(cutoff: float | None) -> float | None:

@@ -87,6 +87,18 @@ def test_query_share_is_clips_softmax_and_paraphrases_do_not_outvote() -> None:
     assert relevance.logit_scale_of("25.375") == 25.375
 
 
+def test_a_tag_must_be_as_likely_as_an_average_alternative() -> None:
+    # Two photos, one label, three alternatives (the last a paraphrase of the label, left out).
+    labels = np.array([[1.0, 0.0, 0.0]], dtype=np.float32)
+    background = np.array([[0.0, 1.0, 0.0], [0.0, 0.0, 1.0], [0.99, 0.141, 0.0]], dtype=np.float32)
+    keep = relevance.paraphrase_mask(labels, background, z=0.5)
+    assert keep.tolist() == [[True, True, False]]
+    scores = np.array([[0.30], [0.20]])  # photo 0: above both alternatives' mean; photo 1: below it
+    alt = np.array([[0.25, 0.25, 0.31], [0.25, 0.25, 0.19]])
+    likely = relevance.beats_average_alternative(scores, alt, keep, 100.0)
+    assert likely[:, 0].tolist() == [True, False]
+
+
 def test_right_matches_are_shown_first_and_unrelated_queries_get_nothing(shapes_240: list) -> None:
     # 240 held-out pictures, 5 per colour+shape: the old cutoff hid 7 of 8 of these queries.
     lib = Library()

@@ -193,7 +193,8 @@ def rank(store: Store, index: VectorIndex, query: np.ndarray, top: int, filters:
         stats = {"logit_scale": logit_scale, "alternatives": float(len(alts)), "min_share": relevance.MIN_SHARE}
 
         def decide(vecs: np.ndarray, scores: np.ndarray) -> np.ndarray:
-            return relevance.query_share(scores, vecs @ alts.T, logit_scale) >= relevance.MIN_SHARE
+            # Exact cosines from the stored vectors: an IVF index's scores are quantised.
+            return relevance.query_share(vecs @ query, vecs @ alts.T, logit_scale) >= relevance.MIN_SHARE
     else:
         robust, stats = adaptive_cutoff(query, index.sample(store), z, index.size)
         cutoff = relevance.cap(robust)
@@ -206,7 +207,7 @@ def rank(store: Store, index: VectorIndex, query: np.ndarray, top: int, filters:
         floor = min(min_score, 1.0)
         method, cutoff = "min-score", floor
     kept, cut, near = _collect(store, index, query, top, filters.accepts, decide, floor, min_score is not None,
-                               exclude_ids, closest)
+                               exclude_ids, closest, needs_vectors=alternatives is not None)
     results = [_result(n + 1, s, row, ok) for n, (s, row, ok) in enumerate(kept)]
     nearest = [] if results else [_result(n + 1, s, row, False) for n, (s, row, _) in enumerate(near)]
     return Ranking(results, cutoff, method, cut, stats, nearest)
@@ -214,9 +215,13 @@ def rank(store: Store, index: VectorIndex, query: np.ndarray, top: int, filters:
 
 def _collect(store: Store, index: VectorIndex, query: np.ndarray, top: int, accepts: Callable[[ImageRow], bool],
              decide: Callable[[np.ndarray, np.ndarray], np.ndarray], floor: float | None, by_floor: bool,
-             exclude_ids: frozenset[int], closest: int
+             exclude_ids: frozenset[int], closest: int, needs_vectors: bool = False
              ) -> tuple[list[tuple[float, ImageRow, bool]], int, list[tuple[float, ImageRow, bool]]]:
-    """(kept, how many the decision removed, the closest few the filters allow)."""
+    """(kept, how many the decision removed, the closest few the filters allow).
+
+    `decide(vectors, scores)` says which hits are relevant; the hits' stored vectors are read only
+    when it `needs_vectors`.
+    """
     k, seen = top + len(exclude_ids), 0
     while True:
         # Filters remove hits after the vector search: widen it until enough survive, the scores
@@ -224,7 +229,8 @@ def _collect(store: Store, index: VectorIndex, query: np.ndarray, top: int, acce
         fetch = min(index.size, k)
         scores, ids = index.search(query.reshape(1, -1), fetch)
         hits = [(float(s), int(i)) for s, i in zip(scores[0], ids[0], strict=True) if i >= 0 and i not in exclude_ids]
-        vecs = store.vectors_for([i for _, i in hits]) if hits else np.zeros((0, len(query)), np.float32)
+        vecs = (store.vectors_for([i for _, i in hits]) if hits and needs_vectors
+                else np.zeros((len(hits), len(query)), np.float32))
         relevant = decide(vecs, np.asarray([s for s, _ in hits], dtype=np.float32)) if hits else np.zeros(0, bool)
         rows = store.images(i for _, i in hits)
         allowed = [(s, rows[i], bool(ok)) for (s, i), ok in zip(hits, relevant, strict=True)

@@ -115,6 +115,41 @@ def test_right_matches_are_shown_first_and_unrelated_queries_get_nothing(shapes_
         assert found.results == [] and found.ranking.closest, text
 
 
+def _copies(src: Path, folder: Path, n: int, rng: np.random.Generator) -> list[Path]:
+    """Crops (85-95 % of each side), resizes and JPEG re-encodes of one picture."""
+    from PIL import Image
+
+    img = Image.open(src).convert("RGB").resize((256, 256), Image.Resampling.BICUBIC)
+    out = []
+    for k in range(n):
+        fw, fh = rng.uniform(0.85, 0.95, size=2)
+        w, h = int(256 * fw), int(256 * fh)
+        left, top = int(rng.integers(0, 256 - w + 1)), int(rng.integers(0, 256 - h + 1))
+        side = int(rng.integers(120, 400))
+        copy = img.crop((left, top, left + w, top + h)).resize((side, round(side * h / w)))
+        path = folder / f"{src.stem}-copy{k}.jpg"
+        copy.save(path, "JPEG", quality=int(rng.integers(50, 90)))
+        out.append(path)
+    return out
+
+
+def test_image_queries_and_similar_return_their_near_copies(shapes_240: list, tmp_path: Path) -> None:
+    library = shapes_240[0][0].parent
+    copies = tmp_path / "copies"
+    copies.mkdir()
+    rng = np.random.default_rng(8)
+    sources = [p for p, _, _ in shapes_240][3::47][:4]  # 4 classes, 4 near-copies of each
+    made = {src: _copies(src, copies, 4, rng) for src in sources}
+    lib = Library()
+    lib.index([library, copies])
+    for src, its in made.items():
+        want = {str(p) for p in its} | {str(src)}
+        by_image = {r.path for r in lib.query(images=[src], top=20).results}
+        assert want <= by_image, (src.name, sorted(Path(p).name for p in want - by_image))
+        like = {r.path for r in lib.query(similar_to=its[0], top=20).results}
+        assert want - {str(its[0])} <= like, (src.name, sorted(Path(p).name for p in want - like))
+
+
 def test_nothing_relevant_keeps_stdout_empty_for_scripts(photo_dir: Path) -> None:
     Library().index([photo_dir])
     for extra in ([], ["-f", "paths"], ["-0"], ["-f", "jsonl"]):

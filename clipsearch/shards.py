@@ -137,6 +137,7 @@ def embed(paths: list[str], shard: tuple[int, int], out: str | os.PathLike[str],
             store = Store.open(partial / "index", create=True)
             try:
                 store.bind_model(embedder.identity)
+                store.set_meta("logit_scale", repr(embedder.logit_scale))  # text queries' relevance reads it
                 summary = indexer.run(store, lambda: embedder, roots, mine, scan.ScanProblems(), max_pixels,
                                       progress)
                 embedded = summary.embedded
@@ -184,7 +185,8 @@ def _export(store: Store, folder: Path, seq: dict[str, int], identity: ModelIden
     skipped = Counter(reason for *_, reason, _detail in skips)
     description = {
         "format": FORMAT, "format_version": FORMAT_VERSION, "clipsearch": __version__,
-        "model": {"name": identity.name, "embed_dim": identity.embed_dim, "weights_sha256": identity.weights_sha256},
+        "model": {"name": identity.name, "embed_dim": identity.embed_dim, "weights_sha256": identity.weights_sha256,
+                  **({"logit_scale": float(scale)} if (scale := store.meta("logit_scale")) else {})},
         "shard": {"index": shard[0], "count": shard[1]}, "roots": roots, "images": len(images),
         "skipped": dict(skipped), "created_at": now(), "host": socket.gethostname()}
     tmp = folder / f".{SHARD_FILE}.tmp"
@@ -326,6 +328,9 @@ def merge(store: Store, shards: list[Shard], remap: Sequence[tuple[str, str]] = 
     summary = MergeSummary(len(shards))
     identity = check_models(shards)
     store.bind_model(identity)  # refuses an index built with another model
+    scale = shards[0].description["model"].get("logit_scale")  # absent in shards of older versions
+    if scale is not None and store.meta("logit_scale") is None:
+        store.set_meta("logit_scale", repr(float(scale)))
     best: dict[str, tuple[int, int, int]] = {}  # path -> (mtime_ns, -shard, seq) of the copy to keep
     for n, shard in enumerate(shards):
         for rec in shard.records():

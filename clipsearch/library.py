@@ -19,7 +19,8 @@ import numpy as np
 
 from clipsearch import config, paths
 from clipsearch.config import DEFAULT_MAX_PIXELS
-from clipsearch.errors import ClipsearchError, IndexMissingError, ModelMismatchError, UsageError
+from clipsearch.encoders import Encoders
+from clipsearch.errors import IndexMissingError, UsageError
 from clipsearch.formats import IMAGE_EXTENSIONS
 from clipsearch.index.lock import write_lock
 from clipsearch.index.records import now
@@ -27,9 +28,9 @@ from clipsearch.index.status import Status, status
 from clipsearch.index.store import Store
 from clipsearch.index.vectors import VectorIndex, remove_orphan_temps
 from clipsearch.model import names, text_tower
-from clipsearch.model.identity import ModelIdentity, check_same_model
+from clipsearch.model.identity import ModelIdentity
 from clipsearch.search import query as query_mod
-from clipsearch.search import ranking
+from clipsearch.search import ranking, relevance
 from clipsearch.search.relevance import DEFAULT_Z
 
 if TYPE_CHECKING:
@@ -42,7 +43,6 @@ if TYPE_CHECKING:
 
 __all__ = ["Library", "Status"]
 
-TextEncoder = Any  # an Embedder or a text_tower.OnnxTextEncoder: both have embed_texts(list[str])
 
 
 class Library:
@@ -57,64 +57,17 @@ class Library:
                  device: str | None = None, precision: str | None = None, download: bool = True,
                  notify: Callable[[str], None] | None = None) -> None:
         self.path = config.index_dir(index)
-        self._model_name = config.model_name(model)
-        self._device = config.device_name(device)
-        self._precision = precision
-        self._download = download
+        self._model = Encoders(self.path, config.model_name(model), config.device_name(device), precision, download,
+                               notify)
         self._notify = notify
-        self._embedder: Embedder | None = None
         self._index: VectorIndex | None = None  # kept between searches while its generation is current
-
-    # --- the model ------------------------------------------------------------------------------
 
     def model_spec(self) -> names.ModelSpec:
         """The model this library uses: the one asked for, else the index's, else the default."""
-        if self._model_name:
-            return names.parse(self._model_name)
-        try:
-            with Store.open(self.path) as store:
-                recorded = store.model_identity()
-        except ClipsearchError:  # no index (or no readable one): nothing is recorded
-            recorded = None
-        return names.parse(recorded.name if recorded else config.DEFAULT_MODEL)
+        return self._model.spec()
 
     def embedder(self) -> Embedder:
-        if self._embedder is None:
-            from clipsearch.model.embedder import Embedder
-
-            self._embedder = Embedder(self.model_spec(), self._device, self._precision, self._download,
-                                      self._notify)
-        return self._embedder
-
-    def _checked_embedder(self, recorded: ModelIdentity) -> Embedder:
-        emb = self.embedder()
-        check_same_model(recorded, emb.identity)
-        return emb
-
-    def _check_asked_model(self, recorded: ModelIdentity | None, remedy: str) -> None:
-        """A --model that names another model than the index's is refused before anything loads."""
-        if recorded is not None and self._model_name and names.parse(self._model_name).name != recorded.name:
-            raise ModelMismatchError(f"this index was built with {recorded.name}, not "
-                                     f"{names.parse(self._model_name).name}; {remedy}")
-
-    def _text_encoder(self, recorded: ModelIdentity, background: bool = False) -> Callable[[], TextEncoder]:
-        """Whatever embeds texts for this index, when called: the exported text tower when there is
-        one (no torch; started on a thread now when `background`), else the model itself."""
-        if text_tower.available(self.path, recorded.weights_sha256):
-            folder = self.path / text_tower.FOLDER
-            return text_tower.load_in_background(folder) if background else lambda: text_tower.OnnxTextEncoder(folder)
-        return lambda: self._checked_embedder(recorded)
-
-    def _embed_photo(self, recorded: ModelIdentity, path: str, purpose: str) -> np.ndarray:
-        """One photo from outside the index, decoded and embedded as indexing would."""
-        from clipsearch.ingest import images
-
-        emb = self._checked_embedder(recorded)
-        try:
-            decoded = images.decode(path, emb.preprocess)
-        except images.SkipFile as skip:
-            raise UsageError(f"cannot use {paths.display(path)} as {purpose}: {skip}") from None
-        return emb.embed_images(decoded.pixels[None])[0]
+        return self._model.embedder()
 
     # --- writing the index ----------------------------------------------------------------------
 
@@ -134,19 +87,21 @@ class Library:
         if ray is not None:  # before anything is created: a missing extra leaves no trace
             from clipsearch.ingest.ray_executor import RayExecutor
 
-            executor = RayExecutor(ray, self._device, self._precision)
+            executor = RayExecutor(ray, self._model.device, self._model.precision)
         with write_lock(self.path, wait), Store.open(self.path, create=True) as store:
             started = now()
             remove_orphan_temps(self.path)
-            self._check_asked_model(store.model_identity() if not rebuild else None,
+            self._model.check_asked(store.model_identity() if not rebuild else None,
                                     "pass --rebuild to re-embed every photo with the new model, or use another "
                                     "--index")
             if rebuild:
                 store.reset()
                 text_tower.remove(self.path)
             def bound_embedder() -> Embedder:
-                emb = self.embedder()
+                emb = self._model.embedder()
                 store.bind_model(emb.identity)
+                if store.meta("logit_scale") is None:  # text queries' relevance decision reads it
+                    store.set_meta("logit_scale", repr(emb.logit_scale))
                 return emb
 
             walk = pipeline.ScanOptions(tuple(exclude), follow_symlinks, include_hidden)
@@ -189,8 +144,8 @@ class Library:
         from clipsearch.model.embedder import Embedder
 
         def load() -> Embedder:
-            spec = names.parse(self._model_name or config.DEFAULT_MODEL)
-            return Embedder(spec, self._device, self._precision, self._download, self._notify)
+            spec = names.parse(self._model.name or config.DEFAULT_MODEL)
+            return Embedder(spec, self._model.device, self._model.precision, self._model.download, self._notify)
 
         return shards.embed([os.fspath(f) for f in folders], shard, out, load, exclude=tuple(exclude),
                             follow_symlinks=follow_symlinks, include_hidden=include_hidden, max_pixels=max_pixels,
@@ -202,14 +157,15 @@ class Library:
         The text tower comes from the model this run loaded, or with `load_model` from the index's
         weights if they are on this machine already (never a download).
         """
-        if store.model_identity() is None and self._embedder is not None:
-            store.bind_model(self._embedder.identity)
+        if store.model_identity() is None and self._model.loaded is not None:
+            store.bind_model(self._model.loaded.identity)
         recorded = store.model_identity()
-        if (recorded is not None and config.text_model_enabled()
-                and not text_tower.available(self.path, recorded.weights_sha256)):
+        if recorded is not None and config.text_model_enabled() and not text_tower.available(
+                self.path, recorded.weights_sha256):
             from clipsearch.model import text_export
 
-            text_export.ensure(self.path, recorded, self._embedder, load_model, self._device, self._precision,
+            m = self._model
+            text_export.ensure(self.path, recorded, m.loaded, load_model, m.device, m.precision,
                                lambda: store.sample_vectors(20_000), self._notify)
         VectorIndex.load(self.path, store)  # refresh the FAISS cache now, not on the next query
         store.record_run(started, json.dumps(summary))
@@ -222,7 +178,7 @@ class Library:
         try:
             recorded = _require_model(store, self.path)
             if check_model:
-                self._check_asked_model(recorded, "omit --model to use it")
+                self._model.check_asked(recorded, "omit --model to use it")
             return store
         except BaseException:
             store.close()
@@ -258,26 +214,32 @@ class Library:
             raise UsageError("--top must be at least 1")
         if sort not in ("score", "date"):
             raise UsageError("--sort is score or date")
+        images, add, sub, wanted_tags = list(images), list(add), list(sub), [t for t in tags if t.strip()]
+        filters = ranking.Filters.build(within, after, before, formats, min_width)
+        if similar_to is None and not (text or "").strip() and not (images or add or sub) and wanted_tags:
+            with self._open(check_model=False) as store:  # `query --tag NAME` alone: the tagged photos
+                return ranking.tagged(store, wanted_tags, top, filters, sort)
         terms = [] if similar_to is not None else query_mod.parse(
             text, IMAGE_EXTENSIONS, tuple(os.fspath(i) for i in images), tuple(add), tuple(sub))
-        filters = ranking.Filters.build(within, after, before, formats, min_width)
         with self._open() as store:
             recorded = _require_model(store, self.path)
+            alternatives: np.ndarray | None = None
             if similar_to is not None:
                 terms, vector, exclude = self._stored_vector(store, similar_to)
                 index = self._vector_index(store)
             else:
+                alts = ranking.Alternatives.for_query(store, recorded.weights_sha256, terms, _vocabulary)
                 # The text encoder loads on a thread while FAISS loads here: they overlap on two cores.
-                text_vectors = self._text_vectors(store, recorded, terms)
+                text_vectors = self._text_vectors(store, recorded, terms, alts.to_embed)
                 index = self._vector_index(store)
                 known = text_vectors()
                 vector = query_mod.combine(terms, lambda t: known[t.value] if t.kind == "text" else
-                                           self._embed_photo(recorded, t.value, "a query image"))
-                exclude = frozenset()
-            wanted_tags = [t for t in tags if t.strip()]
+                                           self._model.embed_photo(recorded, t.value, "a query image"))
+                alternatives, exclude = alts.vectors(store, known), frozenset()
             if wanted_tags:
                 filters = dataclasses.replace(filters, ids=frozenset(store.tags.ids_with_tags(wanted_tags)))
-            found = ranking.rank(store, index, vector, top, filters, min_score, z, exclude)
+            found = ranking.rank(store, index, vector, top, filters, min_score, z, exclude, alternatives,
+                                 relevance.logit_scale_of(store.meta("logit_scale")))
             if sort == "date":
                 found.results = ranking.sort_by_date(found.results)
             return ranking.QueryResult(terms, found.results, found)
@@ -292,14 +254,14 @@ class Library:
                              "`clipsearch query --image` for a photo from elsewhere")
         return [query_mod.Term("indexed", path, 1.0)], store.vectors_of_ids([image_id])[0], frozenset({image_id})
 
-    def _text_vectors(self, store: Store, recorded: ModelIdentity,
-                      terms: list[query_mod.Term]) -> Callable[[], dict[str, np.ndarray]]:
-        """The query's texts as vectors, when called; loading whatever encodes them starts now."""
+    def _text_vectors(self, store: Store, recorded: ModelIdentity, terms: list[query_mod.Term],
+                      extra: list[str]) -> Callable[[], dict[str, np.ndarray]]:
+        """The query's texts (and `extra` texts) as vectors, when called; loading their encoder starts now."""
         if any(t.kind == "image" for t in terms):  # the model loads anyway: it embeds the texts too
             return query_mod.text_vectors(store, recorded.weights_sha256, terms,
-                                          lambda: lambda: self._checked_embedder(recorded))
+                                          lambda: lambda: self._model.checked(recorded), extra)
         return query_mod.text_vectors(store, recorded.weights_sha256, terms,
-                                      lambda: self._text_encoder(recorded, background=True))
+                                      lambda: self._model.text(recorded, background=True), extra)
 
     def duplicates(self, folders: Iterable[str | os.PathLike[str]] = (), *,
                    near_cosine: float | None = None, similar: bool = False,
@@ -344,7 +306,7 @@ class Library:
                                       zero_shot.templates(template_set), top, threshold, z)
         with Store.open(self.path) as store:
             recorded = _require_model(store, self.path)
-            return workflow.tag(store, recorded, request, self._text_encoder(recorded), paths.resolve_all(given),
+            return workflow.tag(store, recorded, request, self._model.text(recorded), paths.resolve_all(given),
                                 write_xmp=write_xmp, clear_xmp=clear_xmp, dry_run=dry_run)
 
     def learn(self, name: str, examples: Iterable[str | os.PathLike[str]], *,
@@ -359,10 +321,10 @@ class Library:
             recorded = _require_model(store, self.path)
 
             def embed(path: str) -> np.ndarray:
-                return self._embed_photo(recorded, path, "an example")
+                return self._model.embed_photo(recorded, path, "an example")
 
             return workflow.learn(store, recorded, name, examples, negatives, embed,
-                                  self._text_encoder(recorded) if use_text else None)
+                                  self._model.text(recorded) if use_text else None)
 
     def forget(self, name: str) -> bool:
         """Forget a personal tag and the tags it gave."""
@@ -396,3 +358,10 @@ def _require_model(store: Store, folder: Path) -> ModelIdentity:
         raise IndexMissingError(f"the index at {folder} has no photos yet; add some with "
                                 "`clipsearch index FOLDER`")
     return recorded
+
+
+def _vocabulary() -> list[str]:
+    """The built-in tag vocabulary's labels: the alternatives text queries are weighed against."""
+    from clipsearch.tags import zero_shot
+
+    return [lab.name for lab in zero_shot.default_labels()]

@@ -69,7 +69,9 @@ def test_index_then_query_in_every_format(photo_dir: Path) -> None:
     table = runner.invoke(app, ["query", "a photo of a red circle", "-n", "3", "--format", "table"])
     assert table.exit_code == 0 and "red-circle" in table.stdout and "score" in table.stdout
 
-    plain = runner.invoke(app, ["query", "a photo of a red circle", "-n", "3"])
+    # One photo per class: the red circle is the only relevant one; --min-score -1 shows the top N.
+    assert len(runner.invoke(app, ["query", "a photo of a red circle", "-n", "3"]).stdout.splitlines()) == 1
+    plain = runner.invoke(app, ["query", "a photo of a red circle", "-n", "3", "--min-score", "-1"])
     first = plain.stdout.splitlines()[0].split("\t")
     assert len(plain.stdout.splitlines()) == 3 and first[1].endswith("red-circle-0.png")
     assert 0 < float(first[0]) <= 1
@@ -77,15 +79,17 @@ def test_index_then_query_in_every_format(photo_dir: Path) -> None:
     paths = runner.invoke(app, ["query", "a photo of a blue star", "-n", "2", "-f", "paths"])
     assert paths.stdout.splitlines()[0] == str(photo_dir / "all" / "blue-star-0.png")
 
-    as_json = json.loads(runner.invoke(app, ["query", "a photo of a blue star", "-n", "2", "--json"]).stdout)
+    as_json = json.loads(runner.invoke(app, ["query", "a photo of a blue star", "-n", "2", "--json",
+                                             "--min-score", "-1"]).stdout)
     assert as_json["schema_version"] == 1
     assert as_json["query"]["terms"] == [{"kind": "text", "value": "a photo of a blue star", "weight": 1.0}]
     assert [r["rank"] for r in as_json["results"]] == [1, 2]
 
-    lines = runner.invoke(app, ["query", "a photo of a blue star", "-n", "4", "-f", "jsonl"]).stdout.splitlines()
+    lines = runner.invoke(app, ["query", "a photo of a blue star", "-n", "4", "-f", "jsonl", "--min-score",
+                                "-1"]).stdout.splitlines()
     assert len(lines) == 4 and json.loads(lines[0])["path"].endswith("blue-star-0.png")
 
-    nul = runner.invoke(app, ["query", "a photo of a blue star", "-n", "3", "-0"]).stdout
+    nul = runner.invoke(app, ["query", "a photo of a blue star", "-n", "3", "-0", "--min-score", "-1"]).stdout
     assert nul.count("\0") == 3 and nul.split("\0")[0].endswith("blue-star-0.png")
 
 

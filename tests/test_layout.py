@@ -25,7 +25,7 @@ def _module(path: Path) -> str:
 
 def _layer(module: str) -> str:
     parts = module.split(".")
-    if len(parts) == 1 or parts[1] == "library":
+    if len(parts) == 1 or parts[1] in ("library", "encoders"):
         return "library"
     if parts[1] in BASE:
         return "base"

@@ -73,7 +73,8 @@ def test_weights_and_arithmetic_move_results(indexed: Library) -> None:
     assert _name(indexed.search("2:a photo of a blue star + a photo of a red circle", top=1)[0].path) == "blue-star"
     analogy = "a photo of a blue star - a photo of a blue triangle + a photo of a yellow triangle"
     assert _name(indexed.search(analogy, top=1)[0].path) == "yellow-star"
-    plain = [_name(r.path) for r in indexed.search("a photo of a red circle", top=5)]
+    # The ranking under the arithmetic, not the relevance decision: the top 5 whatever they score.
+    plain = [_name(r.path) for r in indexed.search("a photo of a red circle", top=5, min_score=-1)]
     minus = [_name(r.path) for r in indexed.search("a photo of a red circle - a photo of a red square", top=5)]
     assert plain[0] == "red-circle"
     assert sum(n.startswith("red-") for n in minus) < sum(n.startswith("red-") for n in plain)
@@ -127,10 +128,20 @@ def test_cutoff_keeps_the_queried_cluster_and_nothing_else(tiny_embedder: Embedd
         store.close()
 
 
-def test_small_indexes_get_no_cutoff(indexed: Library) -> None:
+def test_text_queries_are_decided_per_photo_even_in_small_indexes(indexed: Library) -> None:
+    # 48 photos, one per class: the zero-shot decision needs no library backdrop, so it applies here.
     found = indexed.query("a photo of a red circle", top=20)
-    assert found.ranking.cutoff is None and found.ranking.method.startswith("none")
-    assert len(found.results) == 20 and _name(found.results[0].path) == "red-circle"
+    assert found.ranking.method == "zero-shot" and found.ranking.cutoff is None
+    assert [_name(r.path) for r in found.results] == ["red-circle"]
+    assert found.ranking.stats["logit_scale"] == pytest.approx(25.375, abs=0.01)  # the model's own, recorded
+    nothing = indexed.query("a photo of a giraffe", top=20)
+    assert nothing.results == [] and len(nothing.ranking.closest) == 5
+    assert all(not r.relevant for r in nothing.ranking.closest)
+    everything = indexed.query("a photo of a red circle", top=20, min_score=-1)
+    assert len(everything.results) == 20 and [r.relevant for r in everything.results] == [True] + [False] * 19
+    # Image queries have no texts to compare with: under 200 photos they keep no cutoff at all.
+    image = indexed.query(images=[found.results[0].path], top=20)
+    assert image.ranking.method.startswith("none") and len(image.results) == 20
 
 
 def test_adaptive_cutoff_on_a_known_distribution() -> None:

@@ -70,6 +70,13 @@ def test_shards_merged_in_any_order_give_the_index_local_indexing_gives(
     summary = lib.merge([three_shards[2], three_shards[0], three_shards[1]])
     assert (summary.added, summary.duplicates, dict(summary.skipped)) == (N_PHOTOS, 0, {"not an image": 1})
     assert_same_index(tmp_path / "index", reference)
+    # The model's logit scale travels with the shards: text queries' relevance decision needs it.
+    assert desc["model"]["logit_scale"] == pytest.approx(25.375, abs=0.01)
+    store = Store.open(tmp_path / "index")
+    try:
+        assert float(store.meta("logit_scale") or 0) == desc["model"]["logit_scale"]
+    finally:
+        store.close()
 
     again = lib.merge(three_shards)  # merging twice changes nothing
     assert (again.added, again.updated, again.unchanged) == (0, 0, N_PHOTOS + 1)

@@ -30,7 +30,7 @@ def test_index_and_query_through_the_console_script(photo_dir: Path, isolated: P
     assert found.returncode == 0, found.stderr
     assert found.stdout == f"{photo_dir / 'all' / 'green-triangle-0.png'}\n"
 
-    plain = run("query", "a photo of a green triangle", "-n", "2", env_home=isolated)
+    plain = run("query", "a photo of a green triangle", "-n", "2", "--min-score", "-1", env_home=isolated)
     assert "\x1b[" not in plain.stdout and len(plain.stdout.splitlines()) == 2
 
     # The text was embedded once: asked again, no model is loaded at all.

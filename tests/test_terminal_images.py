@@ -46,5 +46,5 @@ def test_kitty_and_iterm_escapes_carry_a_png(tmp_path: Path) -> None:
 
 def test_preview_in_a_pipe_falls_back_to_plain_lines(photo_dir: Path) -> None:
     Library().index([photo_dir])
-    result = CliRunner().invoke(app, ["query", "a photo of a red circle", "-n", "2", "--preview"])
+    result = CliRunner().invoke(app, ["query", "a photo of a red circle", "-n", "2", "--preview", "--min-score", "-1"])
     assert result.exit_code == 0 and "\x1b" not in result.stdout and len(result.stdout.splitlines()) == 2

@@ -72,18 +72,24 @@ def results_paths(results: Sequence[SearchResult], null: bool = False) -> str:
 
 
 def results_json(results: Sequence[SearchResult], query: Mapping[str, object],
-                 cutoff: Mapping[str, object] | None = None) -> str:
+                 cutoff: Mapping[str, object] | None = None, relevance: bool = False) -> str:
+    """`relevance`: mark each result `relevant`, for output that shows more than the relevant ones."""
     payload = {"schema_version": SCHEMA_VERSION, "query": query, "cutoff": cutoff,
-               "results": [{**r.as_dict(), "path": display_path(r.path)} for r in results]}
+               "results": [{**r.as_dict(relevance), "path": display_path(r.path)} for r in results]}
     return json.dumps(payload, indent=2, ensure_ascii=False) + "\n"
 
 
-def results_jsonl(results: Sequence[SearchResult]) -> str:
-    return "".join(json.dumps({**r.as_dict(), "path": display_path(r.path)}, ensure_ascii=False) + "\n"
+def results_jsonl(results: Sequence[SearchResult], relevance: bool = False) -> str:
+    return "".join(json.dumps({**r.as_dict(relevance), "path": display_path(r.path)}, ensure_ascii=False) + "\n"
                    for r in results)
 
 
 def cutoff_note(ranking: Ranking) -> str:
+    if ranking.method == "zero-shot":
+        if not ranking.cut:
+            return "relevance: the query describes each photo better than the alternatives"
+        return (f"{ranking.cut} more that don't stand out (other descriptions fit them better); "
+                "--min-score -1 shows them")
     if ranking.cutoff is None:
         return ""
     how = "your --min-score" if ranking.method == "min-score" else "the relevance cutoff"
@@ -94,10 +100,19 @@ def cutoff_note(ranking: Ranking) -> str:
 
 
 def nothing_found(ranking: Ranking) -> str:
-    if ranking.cutoff is not None and ranking.cut:
+    if ranking.method == "zero-shot" and (ranking.cut or ranking.closest):
+        return ("nothing stands out for this query (other descriptions fit every photo better); "
+                "--min-score -1 shows the closest photos anyway")
+    if ranking.cutoff is not None and (ranking.cut or ranking.closest):
         return (f"nothing passed the relevance cutoff (score ≥ {ranking.cutoff:.3f}); "
                 "--min-score -1 shows the closest photos anyway")
     return "no photos match"
+
+
+def closest_heading(ranking: Ranking) -> str:
+    """The one line above the closest photos a terminal shows when none is relevant."""
+    return (f"None of these stand out for this query; the closest {len(ranking.closest)} "
+            "(--min-score -1 shows more):")
 
 
 def index_summary(s: IndexSummary) -> str:

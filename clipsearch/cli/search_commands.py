@@ -105,13 +105,14 @@ def _show(lib: Library, found: QueryResult, fmt: str, null: bool, html: Path | N
     from clipsearch.cli import render
 
     results, ranking = found.results, found.ranking
+    marks = ranking.method == "min-score"  # more than the relevant ones were asked for: say which are
     if null:
         sys.stdout.write(render.results_paths(results, null=True))
     elif fmt == "json":
         sys.stdout.write(render.results_json(results, {"terms": [t.as_dict() for t in found.terms]},
-                                             ranking.as_dict()))
+                                             ranking.as_dict(), relevance=marks))
     elif fmt == "jsonl":
-        sys.stdout.write(render.results_jsonl(results))
+        sys.stdout.write(render.results_jsonl(results, relevance=marks))
     elif fmt == "paths":
         sys.stdout.write(render.results_paths(results))
     elif preview and out.is_terminal:
@@ -127,10 +128,17 @@ def _show(lib: Library, found: QueryResult, fmt: str, null: bool, html: Path | N
         meta = f"{len(results)} results · {render.cutoff_note(ranking) or 'no cutoff applied'}"
         html.write_text(render.contact_sheet(results, thumbs, title, meta), encoding="utf-8")
     note = render.cutoff_note(ranking)
-    if ranking.cut and note and sys.stderr.isatty():
+    if ranking.cut and note and sys.stderr.isatty() and results:
         err.print(f"[dim]{escape(note)}[/]")
     if not results:
-        sys.stderr.write(render.nothing_found(ranking) + "\n")
+        # A person at a terminal still sees the closest few, dimmed under a line that says they do
+        # not stand out; pipes, paths and -0 get nothing, so "exit 1, empty stdout" keeps its meaning.
+        if (ranking.closest and fmt in ("auto", "table") and not null and sys.stdout.isatty()
+                and out.is_terminal):
+            out.print(escape(render.closest_heading(ranking)))
+            out.print(render.results_table(ranking.closest), style="dim")
+        else:
+            sys.stderr.write(render.nothing_found(ranking) + "\n")
         raise click.exceptions.Exit(1)
 
 

@@ -141,7 +141,7 @@ class Store:
             self.db.execute("DELETE FROM vectors")
             self.db.execute("DELETE FROM images")
             self.db.execute("DELETE FROM skipped")
-            for key in ("model_name", "embed_dim", "weights_sha256"):
+            for key in ("model_name", "embed_dim", "weights_sha256", "logit_scale"):
                 self.db.execute("DELETE FROM meta WHERE key = ?", [key])
             self._bump_generation()
 

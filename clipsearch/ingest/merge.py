@@ -133,6 +133,9 @@ def merge(store: Store, shards: list[Shard], remap: Sequence[tuple[str, str]] = 
     start = time.perf_counter()
     summary = MergeSummary(len(shards))
     store.bind_model(check_models(shards))  # refuses an index built with another model
+    scale = shards[0].description["model"].get("logit_scale")  # absent in shards of older versions
+    if scale is not None and store.meta("logit_scale") is None:
+        store.set_meta("logit_scale", repr(float(scale)))
     best = _newest_copies(shards, remap, summary)
     known = store.known_files()
     skipped_before = store.skipped_unchanged()

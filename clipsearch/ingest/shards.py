@@ -126,6 +126,7 @@ def embed(folders: list[str], shard: tuple[int, int], out: str | os.PathLike[str
         if not (partial / SHARD_FILE).exists():  # else it was finished, and killed just before the rename
             with Store.open(partial / "index", create=True) as store:
                 store.bind_model(embedder.identity)
+                store.set_meta("logit_scale", repr(embedder.logit_scale))  # text queries' relevance reads it
                 summary = pipeline.run(store, lambda: embedder, roots, mine, scan.ScanProblems(), max_pixels,
                                        progress)
                 embedded = summary.embedded
@@ -192,7 +193,8 @@ def _export(store: Store, folder: Path, seq: dict[str, int], identity: ModelIden
         os.fsync(raw.fileno())
     description = {
         "format": FORMAT, "format_version": FORMAT_VERSION, "clipsearch": __version__,
-        "model": {"name": identity.name, "embed_dim": identity.embed_dim, "weights_sha256": identity.weights_sha256},
+        "model": {"name": identity.name, "embed_dim": identity.embed_dim, "weights_sha256": identity.weights_sha256,
+                  **({"logit_scale": float(scale)} if (scale := store.meta("logit_scale")) else {})},
         "shard": {"index": shard[0], "count": shard[1]}, "roots": roots, "images": len(records),
         "skipped": dict(Counter(sk.reason for _, sk in skips)), "created_at": now(), "host": socket.gethostname()}
     def write(tmp: Path) -> None:

@@ -113,6 +113,9 @@ class Embedder:
             self.model.to(self.dtype)
         embed_dim = int(getattr(self.model, "embed_dim", 0) or _probe_dim(self.model, self.preprocess))
         self.identity = ModelIdentity(spec.name, embed_dim, names.sha256_of(weights))
+        # The temperature of the model's own image-text softmax: relevance decisions use it (relevance.py).
+        scale = getattr(self.model, "logit_scale", None)
+        self.logit_scale = float(scale.detach().exp().item()) if scale is not None else 100.0
 
     def embed_images(self, pixels: np.ndarray) -> np.ndarray:
         """uint8 pixels (N, size, size, 3) from images.decode -> (N, dim) normalised float32."""

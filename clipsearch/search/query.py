@@ -10,7 +10,7 @@ from __future__ import annotations
 import datetime as dt
 import os
 import re
-from collections.abc import Callable
+from collections.abc import Callable, Sequence
 from dataclasses import dataclass
 from typing import TYPE_CHECKING, Any
 
@@ -122,21 +122,23 @@ def combine(terms: list[Term], vector_of: Callable[[Term], np.ndarray]) -> np.nd
     return (total / norm).astype(np.float32)
 
 
-def text_vectors(store: Store, weights_sha256: str, terms: list[Term],
-                 start_encoder: Callable[[], Callable[[], Any]]) -> Callable[[], dict[str, np.ndarray]]:
-    """The query's texts as vectors, when called. Texts embedded before by the index's model come
-    from SQLite, so a repeated query loads no model at all (most of a cold query's time); for new
-    ones `start_encoder()` starts loading an encoder now, and what it returns waits for it."""
+def text_vectors(store: Store, weights_sha256: str, terms: list[Term], start_encoder: Callable[[], Callable[[], Any]],
+                 extra: Sequence[str] = ()) -> Callable[[], dict[str, np.ndarray]]:
+    """The query's texts (and `extra` texts) as vectors, when called. Texts embedded before by the
+    index's model come from SQLite, so a repeated query loads no model at all (most of a cold
+    query's time); for new ones `start_encoder()` starts loading an encoder now, and what it returns
+    waits for it. Only the query's own texts go to the query cache (`extra` ones have their own table)."""
     texts = sorted({t.value for t in terms if t.kind == "text"})
     known = store.cached_text_vectors(weights_sha256, texts)
-    missing = [t for t in texts if t not in known]
+    queried = [t for t in texts if t not in known]
+    missing = queried + [t for t in extra if t not in known and t not in queried]
     if not missing:
         return lambda: known
     get_encoder = start_encoder()
 
     def encode() -> dict[str, np.ndarray]:
         fresh = dict(zip(missing, get_encoder().embed_texts(missing), strict=True))
-        store.cache_text_vectors(weights_sha256, fresh)
+        store.cache_text_vectors(weights_sha256, {t: fresh[t] for t in queried})
         return {**known, **fresh}
 
     return encode

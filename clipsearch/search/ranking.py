@@ -1,11 +1,14 @@
-"""Ranking indexed images against a query vector: filters, the relevance cutoff (relevance.py),
-typed results."""
+"""Ranking indexed images against a query vector: filters, the relevance decision (relevance.py:
+CLIP's zero-shot comparison for text queries, the capped robust cutoff for image queries), typed
+results."""
 
 from __future__ import annotations
 
+import contextlib
 import dataclasses
 import datetime as dt
 import os
+import sqlite3
 from collections.abc import Callable, Iterable
 from dataclasses import dataclass, field
 
@@ -15,6 +18,7 @@ from clipsearch import paths
 from clipsearch.index.records import ImageRecord
 from clipsearch.index.store import Store
 from clipsearch.index.vectors import VectorIndex
+from clipsearch.search import relevance
 from clipsearch.search.query import Term
 from clipsearch.search.relevance import DEFAULT_Z, MIN_FOR_CUTOFF, adaptive_cutoff
 
@@ -33,6 +37,7 @@ class SearchResult:
     width: int | None
     height: int | None
     format: str | None
+    relevant: bool = True  # what the default decision says, also when --min-score shows more
 
     @property
     def when(self) -> dt.datetime:
@@ -44,10 +49,15 @@ class SearchResult:
         """The capture time when the camera recorded one, else the file's modification time."""
         return self.taken_at or self.modified.isoformat(timespec="seconds")
 
-    def as_dict(self) -> dict[str, object]:
-        return {"rank": self.rank, "score": round(self.score, 6), "id": self.id, "path": self.path,
-                "size": self.size, "modified": self.modified.isoformat(timespec="seconds"),
-                "taken_at": self.taken_at, "width": self.width, "height": self.height, "format": self.format}
+    def as_dict(self, relevance: bool = False) -> dict[str, object]:
+        """`relevance`: add `relevant`, for output that shows more than the relevant results."""
+        out: dict[str, object] = {
+            "rank": self.rank, "score": round(self.score, 6), "id": self.id, "path": self.path,
+            "size": self.size, "modified": self.modified.isoformat(timespec="seconds"),
+            "taken_at": self.taken_at, "width": self.width, "height": self.height, "format": self.format}
+        if relevance:
+            out["relevant"] = self.relevant
+        return out
 
 
 # What users type for --type, as the formats the index records (Pillow's names, lower-cased).
@@ -110,6 +120,8 @@ class Ranking:
     method: str
     cut: int = 0  # results that filters allowed but the cutoff removed (among those looked at)
     stats: dict[str, float] = field(default_factory=dict)
+    # When nothing is relevant: the closest few anyway, for a person to look at (never for pipes).
+    closest: list[SearchResult] = field(default_factory=list)
 
     def as_dict(self) -> dict[str, object]:
         return {"method": self.method, "score": None if self.cutoff is None else round(self.cutoff, 6),
@@ -131,39 +143,136 @@ def row_date(row: ImageRecord) -> dt.datetime:
 
 
 def rank(store: Store, index: VectorIndex, query: np.ndarray, top: int, filters: Filters = Filters(),
-         min_score: float | None = None, z: float = DEFAULT_Z,
-         exclude_ids: frozenset[int] = frozenset()) -> Ranking:
-    """The `top` most relevant images for `query` (a normalised vector) that pass `filters`."""
+         min_score: float | None = None, z: float = DEFAULT_Z, exclude_ids: frozenset[int] = frozenset(),
+         alternatives: np.ndarray | None = None, logit_scale: float = relevance.DEFAULT_LOGIT_SCALE,
+         closest: int = 5) -> Ranking:
+    """The `top` most relevant images for `query` (a normalised vector) that pass `filters`.
+
+    `alternatives` (texts' vectors, relevance.background_prompts) makes it a text query, decided
+    per photo by CLIP's zero-shot comparison; without them (image queries, `similar`) the robust
+    cutoff decides, capped at a near-copy's score. `min_score` shows what scores at least that
+    instead, each result still marked `relevant` by the default decision. When nothing is relevant,
+    `Ranking.closest` holds the `closest` best-scoring photos the filters allow.
+    """
     if top <= 0 or index.size == 0:
         return Ranking([], None, "none")
-    cutoff: float | None
+    decide: Callable[[np.ndarray, np.ndarray], np.ndarray]
     stats: dict[str, float]
-    if min_score is not None:
-        cutoff, method, stats = min_score, "min-score", {}
+    if alternatives is not None:
+        alts = relevance.alternatives(query, alternatives)
+        method, cutoff = "zero-shot", None
+        stats = {"logit_scale": logit_scale, "alternatives": float(len(alts)), "min_share": relevance.MIN_SHARE}
+
+        def decide(vecs: np.ndarray, scores: np.ndarray) -> np.ndarray:
+            # Exact cosines from the stored vectors: an IVF index's scores are quantised.
+            return relevance.query_share(vecs @ query, vecs @ alts.T, logit_scale) >= relevance.MIN_SHARE
     else:
-        cutoff, stats = adaptive_cutoff(query, index.sample(store), z, index.size)
+        robust, stats = adaptive_cutoff(query, index.sample(store), z, index.size)
+        cutoff = relevance.cap(robust)
         method = "robust-z" if cutoff is not None else f"none (under {MIN_FOR_CUTOFF} photos)"
-    kept, cut = _collect(store, index, query, top, filters.accepts, cutoff, exclude_ids)
-    results = [_result(n + 1, s, row) for n, (s, row) in enumerate(kept)]
-    return Ranking(results, cutoff, method, cut, stats)
+
+        def decide(vecs: np.ndarray, scores: np.ndarray) -> np.ndarray:
+            return np.ones(len(scores), bool) if cutoff is None else scores >= cutoff
+    floor: float | None = cutoff
+    if min_score is not None:
+        floor = min(min_score, 1.0)
+        method, cutoff = "min-score", floor
+    kept, cut, near = _collect(store, index, query, top, filters.accepts, decide, floor, min_score is not None,
+                               exclude_ids, closest, needs_vectors=alternatives is not None)
+    results = [_result(n + 1, s, row, ok) for n, (s, row, ok) in enumerate(kept)]
+    nearest = [] if results else [_result(n + 1, s, row, False) for n, (s, row, _) in enumerate(near)]
+    return Ranking(results, cutoff, method, cut, stats, nearest)
 
 
 def _collect(store: Store, index: VectorIndex, query: np.ndarray, top: int, accepts: Callable[[ImageRecord], bool],
-             cutoff: float | None, exclude_ids: frozenset[int]) -> tuple[list[tuple[float, ImageRecord]], int]:
-    k = top + len(exclude_ids)
+             decide: Callable[[np.ndarray, np.ndarray], np.ndarray], floor: float | None, by_floor: bool,
+             exclude_ids: frozenset[int], closest: int, needs_vectors: bool = False
+             ) -> tuple[list[tuple[float, ImageRecord, bool]], int, list[tuple[float, ImageRecord, bool]]]:
+    """(kept, how many the decision removed, the closest few the filters allow).
+
+    `decide(vectors, scores)` says which hits are relevant; the hits' stored vectors are read only
+    when it `needs_vectors`.
+    """
+    k, seen = top + len(exclude_ids), 0
     while True:
         # Filters remove hits after the vector search: widen it until enough survive, the scores
-        # fall under the cutoff, or the whole index has been seen.
+        # fall under the floor, relevance runs out, or the whole index has been seen.
         fetch = min(index.size, k)
         scores, ids = index.search(query.reshape(1, -1), fetch)
         hits = [(float(s), int(i)) for s, i in zip(scores[0], ids[0], strict=True) if i >= 0 and i not in exclude_ids]
+        vecs = (store.vectors_of_ids([i for _, i in hits]) if hits and needs_vectors
+                else np.zeros((len(hits), len(query)), np.float32))
+        relevant = decide(vecs, np.asarray([s for s, _ in hits], dtype=np.float32)) if hits else np.zeros(0, bool)
         rows = store.images(i for _, i in hits)
-        allowed = [(s, rows[i]) for s, i in hits if i in rows and accepts(rows[i])]
-        kept = [(s, r) for s, r in allowed if cutoff is None or s >= cutoff]
-        exhausted = fetch >= index.size or (cutoff is not None and bool(hits) and hits[-1][0] < cutoff)
+        allowed = [(s, rows[i], bool(ok)) for (s, i), ok in zip(hits, relevant, strict=True)
+                   if i in rows and accepts(rows[i])]
+        kept = [(s, r, ok) for s, r, ok in allowed if (floor is not None and s >= floor if by_floor else ok)]
+        # Scores only fall from here: once a widening finds nothing relevant in its new part, or
+        # the scores drop under the floor, looking further cannot find more.
+        ran_out = not by_floor and seen > 0 and not bool(relevant[seen:].any())
+        exhausted = (fetch >= index.size or ran_out
+                     or (floor is not None and bool(hits) and hits[-1][0] < floor))
         if len(kept) >= top or exhausted:
-            return kept[:top], max(0, min(top, len(allowed)) - len(kept))
+            return kept[:top], max(0, min(top, len(allowed)) - len(kept)), allowed[:closest]
+        seen = len(hits)
         k = max(fetch * 4, 256)
+
+
+def tagged(store: Store, tags: list[str], top: int, filters: Filters, sort: str) -> QueryResult:
+    """`query --tag NAME` with nothing to search for: the photos with every tag, best tag score first.
+
+    A photo's score is its weakest score among the tags asked for: how surely it carries all of them.
+    """
+    ids = sorted(store.tags.ids_with_tags(tags))
+    wanted = {t.lower() for t in tags}
+    scores = {i: min((sc for lab, sc, _ in marks if lab.lower() in wanted), default=0.0)
+              for i, marks in store.tags.tags_of(ids).items()}
+    rows = store.images(ids)
+    allowed = sorted(((scores[i], rows[i]) for i in ids if i in rows and filters.accepts(rows[i])),
+                     key=lambda sr: (-sr[0], sr[1].path))
+    results = [result_from_row(n + 1, sc, row) for n, (sc, row) in enumerate(allowed[:top])]
+    if sort == "date":
+        results = sort_by_date(results)
+    return QueryResult([Term("tag", t, 1.0) for t in tags], results, Ranking(results, None, "tag"))
+
+
+@dataclass
+class Alternatives:
+    """The alternative texts a one-text query competes with (relevance.py), for one model.
+
+    Their vectors are kept per model in SQLite, so only an index's first text query embeds them:
+    `to_embed` then lists them for the query's own encoder, and `vectors` saves what it gave.
+    """
+
+    weights_sha256: str
+    prompts: list[str]
+    kept: np.ndarray | None
+    used: bool
+
+    @classmethod
+    def for_query(cls, store: Store, weights_sha256: str, terms: list[Term],
+                  vocabulary: Callable[[], list[str]]) -> Alternatives:
+        # Only a query that is one text is a description to compare with others; arithmetic and
+        # example photos keep the robust cutoff (docs/search.md).
+        if not (len(terms) == 1 and terms[0].kind == "text" and terms[0].weight > 0):
+            return cls(weights_sha256, [], None, False)
+        prompts = relevance.background_prompts(vocabulary())
+        kept = store.tags.label_vectors(weights_sha256, relevance.background_set_id(prompts), prompts)
+        return cls(weights_sha256, prompts, kept, True)
+
+    @property
+    def to_embed(self) -> list[str]:
+        return self.prompts if self.used and self.kept is None else []
+
+    def vectors(self, store: Store, embedded: dict[str, np.ndarray]) -> np.ndarray | None:
+        if not self.used or self.kept is not None:
+            return self.kept
+        mat = np.stack([embedded[p] for p in self.prompts]).astype(np.float32)
+        # A read-only or busy index still answers; it embeds the alternatives again next time.
+        with contextlib.suppress(sqlite3.OperationalError):
+            store.tags.save_label_vectors(self.weights_sha256, relevance.background_set_id(self.prompts),
+                                          self.prompts, mat)
+        return mat
 
 
 def sort_by_date(results: list[SearchResult], newest_first: bool = True) -> list[SearchResult]:
@@ -171,7 +280,12 @@ def sort_by_date(results: list[SearchResult], newest_first: bool = True) -> list
     return [dataclasses.replace(r, rank=n + 1) for n, r in enumerate(ordered)]
 
 
-def _result(rank_: int, score: float, row: ImageRecord) -> SearchResult:
+def result_from_row(rank_: int, score: float, row: ImageRecord, relevant: bool = True) -> SearchResult:
+    """A result for a photo found some other way than by a vector (`query --tag`)."""
+    return _result(rank_, score, row, relevant)
+
+
+def _result(rank_: int, score: float, row: ImageRecord, relevant: bool = True) -> SearchResult:
     modified = dt.datetime.fromtimestamp(row.mtime_ns / 1e9, tz=dt.timezone.utc).astimezone()
     return SearchResult(rank_, score, row.id, row.path, row.size, modified, row.taken_at, row.width, row.height,
-                        row.format)
+                        row.format, relevant)

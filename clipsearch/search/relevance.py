@@ -1,10 +1,20 @@
-"""The relevance cutoff's statistics, shared by search and tagging (docs/search.md, docs/tagging.md).
+"""Is a photo relevant to a query? CLIP's own zero-shot decision, and the library's statistics where they help.
 
-A query's scores against a sample of the whole index form its own "unrelated photo" distribution.
-A result counts as relevant when its score stands out of that distribution by Z robust standard
-deviations (median + Z * 1.4826 * MAD). Different queries and models have very different score
-ranges (a good CLIP match is 0.3 for one query and 0.22 for another), so a fixed threshold cannot
-work; a query's own distribution can.
+Text queries (docs/search.md): the CLIP paper's zero-shot classifier decides by comparing a photo's
+score for a text with its scores for alternative texts, through a softmax at the model's logit scale.
+clipsearch does that per photo, with the built-in tag vocabulary ("a photo of a beach.", ...) as the
+alternatives: a photo is relevant when the query takes at least half of that softmax, i.e. the query
+describes the photo better than all the alternatives together. This needs nothing from the rest of
+the library, so it holds in a library of one subject (where "most photos are unrelated" is false) and
+in a small one; a query about nothing in the library loses every photo to some alternative.
+Alternatives that paraphrase the query (its text neighbours, robust outliers of the vocabulary's
+similarities to it) are left out, so "beach" is not outvoted by the label "beach".
+
+Image queries and `similar` have no text to compare: they keep the robust cutoff over the library
+(`adaptive_cutoff`: median + Z robust deviations of the query's scores against a sample of the
+library), capped at NEAR_COPY so a near-copy always passes, and never above 1.0.
+
+The robust statistics are shared with tagging's per-label calibration (docs/tagging.md).
 """
 
 from __future__ import annotations
@@ -55,10 +65,105 @@ def cutoff_from_scores(scores: np.ndarray, z: float,
     z_eff = max(z, normal_quantile(1 - 0.5 / n))
     median, sigma = robust_stats(scores)
     sigma = sigma or float(scores.std()) or 1e-6
-    return median + z_eff * sigma, {"median": median, "sigma": sigma, "z": z_eff}
+    # No cosine exceeds 1.0: a cutoff above it (a backdrop of near-copies, a damaged index) would
+    # only ever mean "nothing", never a judgement about the photos.
+    return min(median + z_eff * sigma, 1.0), {"median": median, "sigma": sigma, "z": z_eff}
 
 
 def robust_stats(values: np.ndarray) -> tuple[float, float]:
     """Median and 1.4826 * median absolute deviation: a Gaussian's (mean, sigma), outliers ignored."""
     median = float(np.median(values))
     return median, 1.4826 * float(np.median(np.abs(values - median)))
+
+
+# CLIP's trained temperature is clamped at 100 and the pretrained models sit there; an index whose
+# model never recorded its own scale (or a query that loads no model) uses it.
+DEFAULT_LOGIT_SCALE = 100.0
+# The query must take at least this share of the softmax over itself and the alternatives.
+MIN_SHARE = 0.5
+# Vocabulary texts this many robust deviations more similar to the query than the vocabulary's
+# median are paraphrases of it, not alternatives.
+PARAPHRASE_Z = 3.0
+# A cosine at which two photos are copies of one picture (duplicates.NEAR_COSINE): no adaptive
+# cutoff may lie above it, so crops, resizes and re-encodes of the query are always shown.
+NEAR_COPY = 0.95
+TEMPLATE = "a photo of {}."
+
+
+def background_prompts(labels: list[str]) -> list[str]:
+    """The alternatives a text query competes with: every label of the built-in tag vocabulary
+    (tags/zero_shot.default_labels, which the caller passes) in one photo template."""
+    return [TEMPLATE.format(name) for name in labels]
+
+
+def background_set_id(prompts: list[str]) -> str:
+    """Where the background's vectors are kept in SQLite (`label_vectors`, per model)."""
+    import hashlib
+
+    return "relevance:" + hashlib.sha256("\n".join(prompts).encode("utf-8")).hexdigest()[:16]
+
+
+def alternatives(query: np.ndarray, background: np.ndarray, z: float = PARAPHRASE_Z) -> np.ndarray:
+    """The background texts minus those that paraphrase the query (its robust outliers in text space).
+
+    Each remaining text counts once, as a class does in CLIP's zero-shot softmax. (Counting texts
+    that embed alike as one vote was tried: on the tiny model, whose unknown words all embed alike,
+    it let half-matching photos and unrelated queries through; see docs/search.md.)
+    """
+    sims = background @ query
+    centre, spread = robust_stats(sims)
+    return background[sims < centre + z * spread] if spread > 0 else background[sims < centre + 1e-6]
+
+
+def query_share(scores: np.ndarray, alt_scores: np.ndarray, logit_scale: float) -> np.ndarray:
+    """Per photo, the query's probability in a softmax over [query, alternatives] at `logit_scale`.
+
+    `scores` (k,) are the photos' cosines with the query, `alt_scores` (k, m) with the alternatives.
+    """
+    if alt_scores.shape[1] == 0:
+        return np.ones(len(scores))
+    top = np.maximum(scores, alt_scores.max(axis=1))
+    mine = np.exp(logit_scale * (scores - top))
+    rest = np.exp(logit_scale * (alt_scores - top[:, None])).sum(axis=1)
+    return mine / (mine + rest)
+
+
+def paraphrase_mask(texts: np.ndarray, background: np.ndarray, z: float = PARAPHRASE_Z) -> np.ndarray:
+    """(texts, background) booleans: True where a background text is an alternative to that text."""
+    sims = texts @ background.T
+    keep = np.ones(sims.shape, dtype=bool)
+    for j, row in enumerate(sims):
+        centre, spread = robust_stats(row)
+        keep[j] = row < centre + z * spread if spread > 0 else row < centre + 1e-6
+    return keep
+
+
+def beats_average_alternative(scores: np.ndarray, alt_scores: np.ndarray, keep: np.ndarray,
+                              logit_scale: float) -> np.ndarray:
+    """(photos, labels) booleans: the label is at least as likely as the average of its alternatives.
+
+    A tag is a partial description ("red" of a red circle), so it cannot be asked to beat all the
+    alternatives together as a query is; in the same softmax, it must at least not fall below the
+    level of a typical alternative (its share at least 1 / (alternatives + 1)). `scores` (k, L) are
+    the photos' cosines with the labels, `alt_scores` (k, m) with the background, `keep` (L, m)
+    which background texts are alternatives to each label (paraphrase_mask).
+    """
+    top = alt_scores.max(axis=1, keepdims=True)
+    each = np.exp(logit_scale * (alt_scores - top))
+    mean = (each @ keep.T.astype(each.dtype)) / np.maximum(keep.sum(axis=1), 1)[None, :]
+    with np.errstate(divide="ignore"):
+        return logit_scale * (scores - top) >= np.log(mean)
+
+
+def cap(cutoff: float | None) -> float | None:
+    """An adaptive cutoff never lies above what a near-copy scores (and so never above 1.0)."""
+    return None if cutoff is None else min(cutoff, NEAR_COPY)
+
+
+def logit_scale_of(recorded: str | None) -> float:
+    """The scale an index recorded for its model (meta `logit_scale`), else CLIP's default."""
+    try:
+        value = float(recorded) if recorded else DEFAULT_LOGIT_SCALE
+    except ValueError:
+        return DEFAULT_LOGIT_SCALE
+    return value if np.isfinite(value) and value > 0 else DEFAULT_LOGIT_SCALE

@@ -20,6 +20,7 @@ from clipsearch.errors import UsageError
 from clipsearch.index.records import ImageRecord
 from clipsearch.index.store import Store
 from clipsearch.model.identity import ModelIdentity
+from clipsearch.search import relevance
 from clipsearch.tags import zero_shot
 from clipsearch.tags.probes import Probe, learn_probe
 
@@ -72,8 +73,12 @@ def tag(store: Store, recorded: ModelIdentity, request: TagRequest, encoder: Cal
     set's vectors are not cached for this model."""
     set_id = zero_shot.label_set_id(request.labels, request.template_set)
     label_mat = label_matrix(store, recorded, request, set_id, encoder)
+    # The alternatives text queries are weighed against (search/relevance.py), kept beside the labels:
+    # a label must be at least as likely as an average one of them.
+    background = None if request.threshold is not None else _background(store, recorded, encoder)
     ids, mat = store.all_vectors()
-    cut = zero_shot.thresholds(mat, label_mat, request.z, request.threshold)
+    cut = zero_shot.thresholds(mat, label_mat, request.z, request.threshold, background,
+                               relevance.logit_scale_of(store.meta("logit_scale")))
     # Photo rows are read only when a scope or sidecars need them (100k rows cost ~0.8 s).
     rows = store.images(ids.tolist()) if roots or write_xmp or clear_xmp else {}
     in_scope = [n for n, i in enumerate(ids.tolist()) if not roots or paths.under(rows[i].path, roots)]
@@ -106,6 +111,16 @@ def label_matrix(store: Store, recorded: ModelIdentity, request: TagRequest, set
         return cached
     mat = zero_shot.label_vectors(request.labels, request.template_set, encoder().embed_texts)
     store.tags.save_label_vectors(recorded.weights_sha256, set_id, names, mat)
+    return mat
+
+
+def _background(store: Store, recorded: ModelIdentity, encoder: Callable[[], TextEncoder]) -> np.ndarray:
+    prompts = relevance.background_prompts([lab.name for lab in zero_shot.default_labels()])
+    set_id = relevance.background_set_id(prompts)
+    mat = store.tags.label_vectors(recorded.weights_sha256, set_id, prompts)
+    if mat is None:
+        mat = encoder().embed_texts(prompts)
+        store.tags.save_label_vectors(recorded.weights_sha256, set_id, prompts, mat)
     return mat
 
 

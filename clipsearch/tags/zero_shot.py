@@ -17,6 +17,7 @@ from importlib import resources
 import numpy as np
 
 from clipsearch.errors import UsageError
+from clipsearch.search import relevance
 from clipsearch.search.relevance import DEFAULT_Z, MIN_FOR_CUTOFF, cutoff_from_scores, robust_stats
 
 PHOTO_TEMPLATES = (
@@ -95,12 +96,23 @@ def label_vectors(labels: list[Label], template_set: tuple[str, ...],
 class Thresholds:
     values: np.ndarray  # per label
     method: str
+    # The zero-shot check against the search vocabulary (relevance.beats_average_alternative):
+    # background vectors, which of them are alternatives to each label, the model's logit scale.
+    background: np.ndarray | None = None
+    keep: np.ndarray | None = None
+    logit_scale: float = relevance.DEFAULT_LOGIT_SCALE
 
 
 def thresholds(mat: np.ndarray, labels_mat: np.ndarray, z: float = DEFAULT_Z,
-               fixed: float | None = None) -> Thresholds:
+               fixed: float | None = None, background: np.ndarray | None = None,
+               logit_scale: float = relevance.DEFAULT_LOGIT_SCALE) -> Thresholds:
     """Per-label cutoffs: `fixed` for all, or each label's robust background over the library,
-    lowered to the edge of the label's own cluster where the label set shows one (docs/tagging.md)."""
+    lowered to the edge of the label's own cluster where the label set shows one (docs/tagging.md).
+
+    With `background` (relevance.background_prompts' vectors) a photo must also give the label at
+    least the likelihood of an average alternative text, as CLIP's zero-shot softmax weighs them.
+    None is above 1.0, the largest cosine.
+    """
     if fixed is not None:
         return Thresholds(np.full(len(labels_mat), fixed, dtype=np.float32), "fixed")
     if len(mat) < MIN_FOR_CUTOFF:
@@ -118,7 +130,11 @@ def thresholds(mat: np.ndarray, labels_mat: np.ndarray, z: float = DEFAULT_Z,
             value, edges = edge, edges + 1
         values.append(value)
     method = "robust-z" if not edges else f"robust-z, cluster edge for {edges} of {len(labels_mat)} labels"
-    return Thresholds(np.asarray(values, dtype=np.float32), method)
+    capped = np.minimum(np.asarray(values, dtype=np.float32), 1.0)
+    if background is None or len(background) == 0:
+        return Thresholds(capped, method)
+    return Thresholds(capped, method + ", zero-shot check", background,
+                      relevance.paraphrase_mask(labels_mat, background), logit_scale)
 
 
 EDGE_SIGMAS = 3.0
@@ -154,8 +170,13 @@ def assign(mat: np.ndarray, labels_mat: np.ndarray, cut: Thresholds, top: int) -
     """For each photo, up to `top` (label index, score) pairs that clear their label's threshold."""
     out: list[list[tuple[int, float]]] = []
     for start in range(0, len(mat), 8192):
-        scores = mat[start:start + 8192] @ labels_mat.T
+        chunk_mat = mat[start:start + 8192]
+        scores = chunk_mat @ labels_mat.T
         margin = scores - cut.values[None, :]
+        if cut.background is not None and cut.keep is not None:
+            likely = relevance.beats_average_alternative(scores, chunk_mat @ cut.background.T, cut.keep,
+                                                         cut.logit_scale)
+            margin = np.where(likely, margin, -np.inf)
         passing_rows = np.flatnonzero((margin >= 0).any(axis=1))
         chunk: list[list[tuple[int, float]]] = [[] for _ in range(len(scores))]
         for r in passing_rows.tolist():  # most photos pass few labels: only those rows are sorted

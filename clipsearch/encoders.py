@@ -1,0 +1,88 @@
+"""Which model a library uses, and the encoders it lends out: each loaded only when first needed.
+
+`Library` holds one. A text query asks it for a text encoder (the exported ONNX tower when the
+index has one: no torch), indexing and image queries for the embedder, checked against the model
+the index recorded.
+"""
+
+from __future__ import annotations
+
+from collections.abc import Callable
+from pathlib import Path
+from typing import TYPE_CHECKING, Any
+
+import numpy as np
+
+from clipsearch import config, paths
+from clipsearch.errors import ClipsearchError, ModelMismatchError, UsageError
+from clipsearch.index.store import Store
+from clipsearch.model import names, text_tower
+from clipsearch.model.identity import ModelIdentity, check_same_model
+
+if TYPE_CHECKING:
+    from clipsearch.model.embedder import Embedder
+
+TextEncoder = Any  # an Embedder or a text_tower.OnnxTextEncoder: both have embed_texts(list[str])
+
+
+class Encoders:
+    """The model asked for (by name, device, precision) for one index folder."""
+
+    def __init__(self, index_dir: Path, name: str | None, device: str | None, precision: str | None,
+                 download: bool, notify: Callable[[str], None] | None) -> None:
+        self.index_dir = index_dir
+        self.name = name
+        self.device = device
+        self.precision = precision
+        self.download = download
+        self.notify = notify
+        self.loaded: Embedder | None = None
+
+    def spec(self) -> names.ModelSpec:
+        """The model asked for, else the index's, else the default."""
+        if self.name:
+            return names.parse(self.name)
+        try:
+            with Store.open(self.index_dir) as store:
+                recorded = store.model_identity()
+        except ClipsearchError:  # no index (or no readable one): nothing is recorded
+            recorded = None
+        return names.parse(recorded.name if recorded else config.DEFAULT_MODEL)
+
+    def embedder(self) -> Embedder:
+        if self.loaded is None:
+            from clipsearch.model.embedder import Embedder
+
+            self.loaded = Embedder(self.spec(), self.device, self.precision, self.download, self.notify)
+        return self.loaded
+
+    def checked(self, recorded: ModelIdentity) -> Embedder:
+        """The embedder, refused when its weights are not the ones the index was built with."""
+        emb = self.embedder()
+        check_same_model(recorded, emb.identity)
+        return emb
+
+    def check_asked(self, recorded: ModelIdentity | None, remedy: str) -> None:
+        """A --model that names another model than the index's is refused before anything loads."""
+        if recorded is not None and self.name and names.parse(self.name).name != recorded.name:
+            raise ModelMismatchError(f"this index was built with {recorded.name}, not "
+                                     f"{names.parse(self.name).name}; {remedy}")
+
+    def text(self, recorded: ModelIdentity, background: bool = False) -> Callable[[], TextEncoder]:
+        """Whatever embeds texts for this index, when called: the exported text tower when there is
+        one (no torch; started on a thread now when `background`), else the model itself."""
+        if text_tower.available(self.index_dir, recorded.weights_sha256):
+            folder = self.index_dir / text_tower.FOLDER
+            return text_tower.load_in_background(folder) if background else lambda: text_tower.OnnxTextEncoder(folder)
+        return lambda: self.checked(recorded)
+
+    def embed_photo(self, recorded: ModelIdentity, path: str, purpose: str) -> np.ndarray:
+        """One photo from outside the index, decoded and embedded as indexing would."""
+        from clipsearch.ingest import images
+
+        emb = self.checked(recorded)
+        try:
+            decoded = images.decode(path, emb.preprocess)
+        except images.SkipFile as skip:
+            raise UsageError(f"cannot use {paths.display(path)} as {purpose}: {skip}") from None
+        return emb.embed_images(decoded.pixels[None])[0]

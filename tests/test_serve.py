@@ -331,3 +331,55 @@ def test_live_events_report_an_index_run(tmp_path: Path) -> None:
         assert "event: started" in text and "event: finished" in text
         finished = next(e for e in events if e.kind == "finished")
         assert finished.data["ok"] and finished.data["result"]["new"] == 0
+
+
+def test_watch_indexes_new_and_deleted_photos(tmp_path: Path) -> None:
+    import numpy as np
+    import shapes
+
+    photos = gallery.build(tmp_path / "photos", tmp_path / "index")
+    roots = [str(photos / d) for d in ("shapes", "copies", "camera")]
+    with _client(tmp_path / "index", watch_roots=roots) as (client, g):
+        client.cookies.set(COOKIE, g.token)
+        # A photo unlike any in the library: four crosses would be new; a big white star on its own is enough.
+        new = photos / "shapes" / "new" / "white-star-new.png"
+        new.parent.mkdir()
+        shapes.render(np.random.default_rng(77), "white", "star", 1, "large").save(new)
+        seen = g.hub.last_id
+        while True:  # each finished index run is a chance; the test fails by timeout, never by a clock
+            events = g.hub.wait(seen, timeout=60)
+            assert events, "the watcher indexed nothing within a minute"
+            seen = events[-1].id
+            names = _names(client.get("/api/search", params={"q": "a photo of a white star", "limit": 5}).json())
+            if "white-star-new.png" in names:
+                break
+        (photos / "copies" / "red-circle copy.png").unlink()
+        while True:
+            events = g.hub.wait(seen, timeout=60)
+            assert events, "the watcher did not notice the deletion within a minute"
+            seen = events[-1].id
+            if client.get("/api/status").json()["images"] == 50:  # one new, one gone
+                break
+        assert client.get("/api/duplicates").json()["groups"] == []
+
+
+def test_text_queries_stay_torch_free(tmp_path: Path, text_model_on: None) -> None:
+    """In a fresh process the server answers a text query through the exported text tower only."""
+    import subprocess
+    import sys
+
+    gallery.build(tmp_path / "photos", tmp_path / "index")
+    code = f"""
+import sys
+from starlette.testclient import TestClient
+from clipsearch.serve import Gallery, create_app
+g = Gallery({str(tmp_path / 'index')!r}, model={gallery.TINY_MODEL!r})
+with TestClient(create_app(g), base_url={BASE!r}) as c:
+    c.cookies.set({COOKIE!r}, g.token)
+    r = c.get('/api/search', params={{'q': 'a photo of a red circle', 'limit': 2}})
+    assert r.status_code == 200, r.text
+    assert {{x['name'] for x in r.json()['results']}} == {{'red-circle-0.png', 'red-circle copy.png'}}, r.json()
+assert 'torch' not in sys.modules and 'open_clip' not in sys.modules, 'the model was loaded'
+"""
+    result = subprocess.run([sys.executable, "-c", code], capture_output=True, text=True, timeout=300)
+    assert result.returncode == 0, result.stderr

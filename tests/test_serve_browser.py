@@ -87,7 +87,8 @@ def test_type_a_query_and_see_the_right_thumbnails(page: Any) -> None:
     assert set(names[:2]) == {"red-circle-0.png", "red-circle copy.png"}, names
     assert "q=a+photo+of+a+red+circle" in page.url  # the search is in the URL: back and reload work
     # Thumbnails really load (served by id through the guard).
-    page.wait_for_function("() => [...document.querySelectorAll('#grid img')].slice(0, 2).every(i => i.naturalWidth > 0)")
+    page.wait_for_function("() => [...document.querySelectorAll('#grid img')].slice(0, 2)"
+                           ".every(i => i.naturalWidth > 0)")
     page.fill("#q", "a photo of a blue triangle")
     page.wait_for_function("() => document.querySelector('#grid .tile img')?.alt === 'blue-triangle-0.png'")
     page.fill("#q", "a photo of a red circle")

@@ -74,6 +74,8 @@ class Gallery:
         if self.watch_roots is not None:
             self.watcher = Watcher(self.watch_roots, self.writer, ignore=[str(self.path)])
             self.watcher.start()
+            # Indexing needs the model: load it now, so the first new photo is searchable in seconds.
+            self.writer.submit("loading the model", lambda lib: lib.embedder() and None)
             self.hub.publish("watching", roots=[scan.display_path(r) for r in self.watch_roots])
 
     def stop(self) -> None:
@@ -426,7 +428,8 @@ async def _status(gallery: Gallery, request: Request) -> Response:
 
 
 def _duplicates_dict(gallery: Gallery, similar: bool) -> dict[str, object]:
-    groups = gallery.reader.duplicates(similar=similar)
+    with gallery.read_lock:  # it shares the reading library's FAISS index with queries
+        groups = gallery.reader.duplicates(similar=similar)
     return {"groups": [{"tier": g.tier, "keep": g.keep.id, "members": [
         {**_row_dict(m), "keep": m.id == g.keep.id, "cosine": round(g.scores.get(m.id, 1.0), 4)}
         for m in g.members]} for g in groups]}

@@ -383,3 +383,22 @@ assert 'torch' not in sys.modules and 'open_clip' not in sys.modules, 'the model
 """
     result = subprocess.run([sys.executable, "-c", code], capture_output=True, text=True, timeout=300)
     assert result.returncode == 0, result.stderr
+
+
+def test_serve_command_errors(tmp_path: Path, library: tuple[Path, Path]) -> None:
+    import socket
+
+    from click.testing import CliRunner
+
+    from clipsearch.cli import app
+
+    runner = CliRunner()
+    missing = runner.invoke(app, ["serve", "--index", str(tmp_path / "nothing-here")])
+    assert missing.exit_code == 3 and "no index" in missing.output
+    with socket.socket() as taken:
+        taken.bind(("127.0.0.1", 0))
+        taken.listen()
+        busy = runner.invoke(app, ["serve", "--index", str(library[1]), "--port", str(taken.getsockname()[1])])
+    assert busy.exit_code == 2 and "pick another --port" in busy.output
+    bad_root = runner.invoke(app, ["serve", "--index", str(library[1]), "--watch", "--root", str(tmp_path / "nope")])
+    assert bad_root.exit_code == 2 and "not a folder" in bad_root.output

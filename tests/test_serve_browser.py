@@ -97,6 +97,21 @@ def test_type_a_query_and_see_the_right_thumbnails(page: Any) -> None:
     _shot(page, "serve-search.png")
 
 
+def test_more_results_load_on_scroll(page: Any) -> None:
+    page.goto(page.url.split("#")[0] + "#/?q=a+photo+of+a+red+circle&limit=6")
+    page.wait_for_function("() => document.querySelectorAll('#grid .tile').length > 6")  # filling the screen
+    for _ in range(20):
+        if page.locator("#grid .tile").count() == 50:
+            break
+        page.mouse.wheel(0, 4000)
+        page.wait_for_timeout(200)
+    names = _tile_names(page)
+    assert len(names) == 50 and len(set(names)) == 50  # every photo once: under 200 photos there is no cutoff
+    assert set(names[:2]) == {"red-circle-0.png", "red-circle copy.png"}
+    page.goto(page.url.split("#")[0] + "#/?q=a+photo+of+a+red+circle")
+    page.wait_for_function("() => document.querySelector('#grid .tile img')?.alt.startsWith('red-circle')")
+
+
 def test_open_a_photo_and_more_like_this(page: Any) -> None:
     page.click("#grid .tile >> nth=0")
     page.wait_for_selector("#view-photo:not([hidden])")
@@ -122,6 +137,9 @@ def test_a_tag_page(page: Any) -> None:
     page.wait_for_function(f"() => document.querySelector('#relevance').textContent.startsWith('{count} photos')")
     assert len(_tile_names(page)) == count
     assert page.input_value("#f-tag") == label
+    page.goto(page.url.split("#")[0] + "#/tags")
+    page.wait_for_selector("#tag-cloud a")
+    _shot(page, "serve-tags.png")
 
 
 def test_duplicates_flow_moves_the_copy_to_the_trash(page: Any, site: tuple[gallery.Server, Path, Path]) -> None:
@@ -132,6 +150,7 @@ def test_duplicates_flow_moves_the_copy_to_the_trash(page: Any, site: tuple[gall
     keeper = page.locator(".member.keep")
     assert keeper.count() == 1 and "red-circle-0.png" in keeper.text_content()
     assert page.locator(".member.chosen").count() == 1  # the suggested copy, ticked; the keeper not
+    _shot(page, "serve-duplicates.png")
     page.click("#dup-trash")
     page.wait_for_selector("#modal:not([hidden])")
     page.click("#modal-cancel")  # nothing happens without the explicit confirmation
@@ -154,6 +173,7 @@ def test_status_page(page: Any, site: tuple[gallery.Server, Path, Path]) -> None
     text = page.text_content("#status-meta")
     assert "49" in text and "tiny-clip" in text and "fast (no model loaded)" in text
     assert "broken.jpg" in page.text_content("#skipped")
+    _shot(page, "serve-status.png")
 
 
 def test_the_page_caused_no_errors(page: Any) -> None:

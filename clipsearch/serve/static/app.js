@@ -73,11 +73,12 @@ window.addEventListener("hashchange", route);
 
 // --- search --------------------------------------------------------------------------------------
 
-const search = { seq: 0, offset: 0, more: false, loading: false, example: null, controller: null };
+const search = { seq: 0, offset: 0, more: false, loading: false, example: null, controller: null, page: PAGE };
 const FILTERS = { folder: "f-folder", after: "f-after", before: "f-before", type: "f-type", tag: "f-tag",
   min_width: "f-width", sort: "f-sort" };
 
 function fromParams(params) {
+  search.page = Math.min(200, Math.max(1, Number(params.get("limit")) || PAGE));
   $("q").value = params.get("q") || "";
   for (const [key, id] of Object.entries(FILTERS)) $(id).value = params.get(key) || (key === "sort" ? "score" : "");
 }
@@ -94,7 +95,9 @@ function currentParams() {
 }
 
 function syncHash() {
-  const qs = currentParams().toString();
+  const p = currentParams();
+  if (search.page !== PAGE) p.set("limit", String(search.page));
+  const qs = p.toString();
   history.replaceState(null, "", qs ? `#/?${qs}` : "#/");
 }
 
@@ -113,7 +116,7 @@ async function runSearch(append = false) {
   const seq = ++search.seq;
   const p = currentParams();
   p.set("offset", String(search.offset));
-  p.set("limit", String(PAGE));
+  p.set("limit", String(search.page));
   if (search.example) p.set("example", search.example);
   search.controller = new AbortController();
   search.loading = true;
@@ -165,7 +168,7 @@ async function searchByImage(file) {
   if ($("view-search").hidden) location.hash = "#/";
   $("relevance").textContent = "looking at your photo… (the first time loads the model)";
   const p = currentParams();
-  p.set("limit", String(PAGE));
+  p.set("limit", String(search.page));
   try {
     const body = await api(`/api/search/image?${p}`, { method: "POST", body: file,
       headers: { "Content-Type": file.type } });
@@ -310,9 +313,9 @@ async function showDuplicates() {
     const members = g.members.map((m) => {
       const box = el("input", { type: "checkbox", "data-id": m.id });
       const card = el("div", { class: "member" + (m.keep ? " keep" : ""), "data-id": m.id },
-        m.keep ? el("span", { class: "badge", text: "keep" }) : el("span"),
         el("a", { href: `#/photo/${m.id}` }, el("img", { src: `/api/photo/${m.id}/thumb`, alt: m.name, loading: "lazy" })),
-        el("div", { text: `${m.width || "?"}×${m.height || "?"} · ${humanBytes(m.size)} · ${shortDate(m.date).slice(0, 10)}` }),
+        m.keep ? el("span", { class: "badge", text: "keep" }) : "",
+        el("div", { class: "meta", text: `${m.width || "?"}×${m.height || "?"} · ${humanBytes(m.size)} · ${shortDate(m.date).slice(0, 10)}` }),
         el("div", { class: "path", text: m.path }),
         el("label", {}, box, m.keep ? "remove (this is the suggested keeper)" : "remove"));
       box.addEventListener("change", () => {

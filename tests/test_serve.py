@@ -402,3 +402,43 @@ def test_serve_command_errors(tmp_path: Path, library: tuple[Path, Path]) -> Non
     assert busy.exit_code == 2 and "pick another --port" in busy.output
     bad_root = runner.invoke(app, ["serve", "--index", str(library[1]), "--watch", "--root", str(tmp_path / "nope")])
     assert bad_root.exit_code == 2 and "not a folder" in bad_root.output
+
+
+def test_an_index_run_from_another_process_shows_up(tmp_path: Path) -> None:
+    import numpy as np
+    import shapes
+
+    from clipsearch import Library
+
+    photos = gallery.build(tmp_path / "photos", tmp_path / "index")
+    with _client(tmp_path / "index") as (client, g):
+        client.cookies.set(COOKIE, g.token)
+        seen = g.hub.last_id
+        new = photos / "shapes" / "extra-white-star.png"
+        shapes.render(np.random.default_rng(8), "white", "star", 1, "large").save(new)
+        Library(tmp_path / "index", model=gallery.TINY_MODEL).index([photos])  # as `clipsearch index` would
+        changed = []
+        while not changed:
+            events = g.hub.wait(seen, timeout=60)
+            assert events, "the gallery did not notice the other run"
+            seen = events[-1].id
+            changed = [e for e in events if e.kind == "changed"]
+        assert changed[-1].data["images"] == 51
+        names = _names(client.get("/api/search", params={"q": "a photo of a white star", "limit": 5}).json())
+        assert "extra-white-star.png" in names
+
+
+def test_reveal_in_folder_opens_the_file_manager(served: tuple[TestClient, Gallery], ids: dict[str, int],
+                                                 library: tuple[Path, Path], monkeypatch: pytest.MonkeyPatch) -> None:
+    import shutil as shutil_mod
+    import subprocess
+    import sys
+
+    started: list[list[str]] = []
+    monkeypatch.setattr(sys, "platform", "linux")
+    monkeypatch.setattr(shutil_mod, "which", lambda name: f"/usr/bin/{name}")
+    monkeypatch.setattr(subprocess, "Popen", lambda cmd, **kw: started.append(cmd))  # the OS's file manager
+    client, g = served
+    r = client.post(f"/api/photo/{ids['rotated.jpg']}/reveal", headers={"X-CSRF-Token": csrf_for(g.token)})
+    assert r.status_code == 200
+    assert started == [["/usr/bin/xdg-open", str(library[0] / "camera")]]

@@ -31,7 +31,7 @@ from starlette.routing import Route
 from clipsearch import library_photos, scan
 from clipsearch.errors import ClipsearchError, UsageError
 from clipsearch.serve import files
-from clipsearch.serve.jobs import Hub, Watcher, Writer
+from clipsearch.serve.jobs import Follower, Hub, Watcher, Writer
 from clipsearch.serve.security import Guard, csrf_for, new_token
 from clipsearch.store import ImageRow
 
@@ -67,10 +67,12 @@ class Gallery:
         self.hub = Hub()
         self.writer = Writer(make, self.hub)
         self.watcher: Watcher | None = None
+        self.follower = Follower(self.reader, self.writer)
         self.examples: dict[str, Path] = {}
         self.uploads = Path(tempfile.mkdtemp(prefix="clipsearch-serve-"))
 
     def start(self) -> None:
+        self.follower.start()
         if self.watch_roots is not None:
             self.watcher = Watcher(self.watch_roots, self.writer, ignore=[str(self.path)])
             self.watcher.start()
@@ -81,6 +83,7 @@ class Gallery:
     def stop(self) -> None:
         if self.watcher is not None:
             self.watcher.stop()
+        self.follower.stop()
         self.writer.stop()
         for f in self.uploads.glob("*"):
             with contextlib.suppress(OSError):

@@ -264,3 +264,59 @@ class Watcher:
                     continue
                 folders, self._pending = collapse(self._pending), set()
             self.writer.index(folders, reason="watch")
+
+
+class Follower:
+    """Notices what other processes do to the index (a `clipsearch index` in a terminal): once a second
+    it reads who holds the write lock and the index's generation, and publishes the changes, so the
+    pages say an update is running and refresh when it lands."""
+
+    def __init__(self, lib: Library, writer: Writer, every_s: float = 1.0) -> None:
+        self.lib = lib
+        self.writer = writer
+        self.every_s = every_s
+        self._stop = threading.Event()
+        self._thread = threading.Thread(target=self._loop, name="clipsearch-follow", daemon=True)
+
+    def start(self) -> None:
+        self._thread.start()
+
+    def stop(self) -> None:
+        self._stop.set()
+        self._thread.join(timeout=5)
+
+    def _read(self) -> tuple[int, int]:
+        from clipsearch.store import Store
+
+        store = Store.open(self.lib.path)
+        try:
+            return store.generation(), store.count()
+        finally:
+            store.close()
+
+    def _loop(self) -> None:
+        from clipsearch.library_indexing import LOCK_OWNER
+
+        hub = self.writer.hub
+        try:
+            last = self._read()
+        except (ClipsearchError, OSError):
+            last = (-1, -1)
+        owner: str | None = None
+        while not self._stop.wait(self.every_s):
+            try:
+                now_owner = None
+                if not self.writer.busy.is_set():  # our own writer's runs are reported by the writer
+                    with contextlib.suppress(OSError, ValueError):
+                        info = json.loads((self.lib.path / LOCK_OWNER).read_text())
+                        now_owner = f"process {info['pid']} on {info['host']}"
+                if now_owner != owner:
+                    owner = now_owner
+                    hub.state.update(external=owner)
+                    hub.publish("external", busy=owner is not None, owner=owner)
+                current = self._read()
+            except (ClipsearchError, OSError, KeyError):
+                continue
+            if current != last:
+                last = current
+                hub.publish("changed", images=current[1])

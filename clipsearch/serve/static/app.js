@@ -415,6 +415,13 @@ function listen() {
     $("job-text").textContent = `${d.job}: ${d.done}${d.total ? ` / ${d.total}` : ""}`;
     if (d.total) { $("job-bar").max = d.total; $("job-bar").value = d.done; }
   });
+  source.addEventListener("external", (e) => {
+    const d = JSON.parse(e.data);
+    job.hidden = !d.busy;
+    $("job-text").textContent = d.busy ? `the index is being updated by ${d.owner}…` : "";
+    $("job-bar").removeAttribute("value");
+  });
+  source.addEventListener("changed", () => refreshView());
   source.addEventListener("finished", (e) => {
     const d = JSON.parse(e.data);
     job.hidden = true;
@@ -426,7 +433,13 @@ function listen() {
   });
 }
 
-function refreshView() {
+let refreshTimer = null;
+function refreshView() {  // several events often come together: one refresh for all of them
+  clearTimeout(refreshTimer);
+  refreshTimer = setTimeout(refreshNow, 300);
+}
+
+function refreshNow() {
   if (!$("view-search").hidden && !search.example) runSearch();
   else if (!$("view-status").hidden) showStatus();
   else if (!$("view-tags").hidden) showTags();

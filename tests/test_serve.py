@@ -74,6 +74,9 @@ def test_default_bind_is_localhost_and_another_host_warns(library: tuple[Path, P
         assert not any("warning" in line for line in server.lines)
         r = httpx.get(server.url, follow_redirects=True, timeout=30)
         assert r.status_code == 200 and "clipsearch" in r.text
+        # The cookie is named after the port: a second gallery on this machine keeps its own.
+        port = server.base.rsplit(":", 1)[1]
+        assert r.history[0].headers["set-cookie"].startswith(f"clipsearch_token_{port}=")
         assert httpx.get(server.base + "/api/status", timeout=30).status_code == 401
     with gallery.serve(library[1], "--host", "0.0.0.0") as server:
         assert any("warning" in line and "0.0.0.0" in line for line in server.lines)

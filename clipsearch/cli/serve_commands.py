@@ -60,7 +60,8 @@ def serve(host: str, port: int, open_browser: bool, watch: bool, roots: tuple[Pa
         raise UsageError(f"cannot listen on {host}:{port} ({exc.strerror}); pick another --port") from None
     bound = sock.getsockname()[1]
     gallery = Gallery(index_path, model=model, watch_roots=watch_roots)
-    app = create_app(gallery, extra_hosts=() if host in LOCAL_HOSTS or host in ("0.0.0.0", "::") else (host,))
+    app = create_app(gallery, extra_hosts=() if host in LOCAL_HOSTS or host in ("0.0.0.0", "::") else (host,),
+                     cookie=f"clipsearch_token_{bound}")
     shown = "127.0.0.1" if host in ("0.0.0.0", "::") else (f"[{host}]" if ":" in host else host)
     url = f"http://{shown}:{bound}/?token={gallery.token}"
     if host not in LOCAL_HOSTS:

@@ -32,7 +32,7 @@ from clipsearch import library_photos, scan
 from clipsearch.errors import ClipsearchError, UsageError
 from clipsearch.serve import files
 from clipsearch.serve.jobs import Follower, Hub, Watcher, Writer
-from clipsearch.serve.security import Guard, csrf_for, new_token
+from clipsearch.serve.security import COOKIE, Guard, csrf_for, new_token
 from clipsearch.store import ImageRow
 
 STATIC = Path(__file__).parent / "static"
@@ -99,7 +99,7 @@ class Gallery:
         return self._examples_lib
 
 
-def create_app(gallery: Gallery, extra_hosts: tuple[str, ...] = ()) -> Starlette:
+def create_app(gallery: Gallery, extra_hosts: tuple[str, ...] = (), cookie: str = COOKIE) -> Starlette:
     """The ASGI app: routes behind the guard; the gallery's threads start and stop with it."""
 
     @contextlib.asynccontextmanager
@@ -132,7 +132,7 @@ def create_app(gallery: Gallery, extra_hosts: tuple[str, ...] = ()) -> Starlette
         Route("/api/events", bind(_events)),
     ]
     return Starlette(routes=routes, lifespan=lifespan,
-                     middleware=[Middleware(Guard, token=gallery.token, extra_hosts=extra_hosts)],
+                     middleware=[Middleware(Guard, token=gallery.token, extra_hosts=extra_hosts, cookie=cookie)],
                      exception_handlers={ClipsearchError: _error})
 
 

@@ -80,9 +80,11 @@ def host_allowed(host_header: str, extra: Iterable[str] = ()) -> bool:
 class Guard:
     """ASGI middleware enforcing the rules in this module's docstring on every HTTP request."""
 
-    def __init__(self, app: ASGIApp, token: str, extra_hosts: Iterable[str] = ()) -> None:
+    def __init__(self, app: ASGIApp, token: str, extra_hosts: Iterable[str] = (), cookie: str = COOKIE) -> None:
         self.app = app
         self.token = token
+        # Cookies are per host, not per port: two galleries on one machine need two names (as Jupyter's).
+        self.cookie = cookie
         self.csrf = csrf_for(token)
         self.extra_hosts = tuple(extra_hosts)
 
@@ -110,7 +112,7 @@ class Guard:
             # Swap the token in the URL for a cookie, and drop it from the address bar.
             rest = urlencode([(k, v) for k, v in query if k != "token"])
             location = scope.get("root_path", "") + scope["path"] + (f"?{rest}" if rest else "")
-            cookie = f"{COOKIE}={self.token}; HttpOnly; SameSite=Strict; Path=/"
+            cookie = f"{self.cookie}={self.token}; HttpOnly; SameSite=Strict; Path=/"
             await _respond(send, 303, b"", [(b"location", location.encode("latin-1")),
                                             (b"set-cookie", cookie.encode("latin-1"))])
             return
@@ -143,7 +145,7 @@ class Guard:
             cookie.load(headers.get("cookie", ""))
         except Exception:  # noqa: BLE001 - a malformed Cookie header is simply not a valid token
             return False
-        candidates = [cookie[COOKIE].value] if COOKIE in cookie else []
+        candidates = [cookie[self.cookie].value] if self.cookie in cookie else []
         auth = headers.get("authorization", "")
         if auth.lower().startswith("bearer "):
             candidates.append(auth[7:].strip())

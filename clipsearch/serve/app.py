@@ -19,7 +19,7 @@ import time
 from collections.abc import AsyncIterator, Awaitable, Callable
 from dataclasses import dataclass, field
 from pathlib import Path
-from typing import Any
+from typing import TYPE_CHECKING, Any
 
 from starlette.applications import Starlette
 from starlette.concurrency import run_in_threadpool
@@ -34,6 +34,9 @@ from clipsearch.serve import files
 from clipsearch.serve.jobs import Follower, Hub, Watcher, Writer
 from clipsearch.serve.security import COOKIE, Guard, csrf_for, new_token
 from clipsearch.store import ImageRow
+
+if TYPE_CHECKING:
+    from clipsearch.library import Library
 
 STATIC = Path(__file__).parent / "static"
 # The only files the page is made of: a fixed table, so no request path ever reaches the filesystem.
@@ -53,19 +56,15 @@ class Gallery:
     model: str | None = None
     token: str = field(default_factory=new_token)
     watch_roots: list[str] | None = None  # None: no --watch
-    make_library: Callable[..., Any] | None = None
 
     def __post_init__(self) -> None:
-        from clipsearch.library import Library
-
-        make = self.make_library or (lambda: Library(self.index, model=self.model))
-        self.reader = make()
+        self.reader = self.library()
         self.path = self.reader.path
-        self._examples_lib: Any = None  # image queries load the model; text queries never do
+        self._examples_lib: Library | None = None  # image queries load the model; text queries never do
         self.read_lock = threading.Lock()
         self.example_lock = threading.Lock()
         self.hub = Hub()
-        self.writer = Writer(make, self.hub)
+        self.writer = Writer(self.library, self.hub)
         self.watcher: Watcher | None = None
         self.follower = Follower(self.reader, self.writer)
         self.examples: dict[str, Path] = {}
@@ -91,11 +90,15 @@ class Gallery:
         with contextlib.suppress(OSError):
             self.uploads.rmdir()
 
-    def examples_library(self) -> Any:
-        if self._examples_lib is None:
-            from clipsearch.library import Library
+    def library(self) -> Library:
+        """A new Library on the index: one reads, one writes, one answers example images (and loads the model)."""
+        from clipsearch.library import Library
 
-            self._examples_lib = (self.make_library or (lambda: Library(self.index, model=self.model)))()
+        return Library(self.index, model=self.model)
+
+    def examples_library(self) -> Library:
+        if self._examples_lib is None:
+            self._examples_lib = self.library()
         return self._examples_lib
 
 

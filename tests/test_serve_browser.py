@@ -99,12 +99,14 @@ def test_type_a_query_and_see_the_right_thumbnails(page: Any) -> None:
 
 def test_more_results_load_on_scroll(page: Any) -> None:
     page.goto(page.url.split("#")[0] + "#/?q=a+photo+of+a+red+circle&limit=6")
-    page.wait_for_function("() => document.querySelectorAll('#grid .tile').length > 6")  # filling the screen
+    # Pages of 6 (the relevance line says "12+ results" while there are more), loaded to fill the screen.
+    page.wait_for_function("() => /^\\d+\\+ results/.test(document.querySelector('#relevance').textContent)"
+                           " && document.querySelectorAll('#grid .tile').length > 6")
     for _ in range(20):
         if page.locator("#grid .tile").count() == 50:
             break
-        page.mouse.wheel(0, 4000)
-        page.wait_for_timeout(200)
+        page.locator("#more").scroll_into_view_if_needed()  # as a user scrolling to the end of the grid
+        page.wait_for_timeout(300)
     names = _tile_names(page)
     assert len(names) == 50 and len(set(names)) == 50  # every photo once: under 200 photos there is no cutoff
     assert set(names[:2]) == {"red-circle-0.png", "red-circle copy.png"}

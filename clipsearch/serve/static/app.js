@@ -469,6 +469,7 @@ document.addEventListener("DOMContentLoaded", () => {
     if (e.key === "Escape" && !$("modal").hidden) $("modal-cancel").click();
   });
   moreObserver.observe($("more"));
+  window.addEventListener("scroll", maybeMore, { passive: true });  // the observer alone can miss a fast scroll
   loadTagList();
   listen();
   route();

@@ -25,11 +25,11 @@ def _module(path: Path) -> str:
 
 def _layer(module: str) -> str:
     parts = module.split(".")
-    if len(parts) == 1 or parts[1] in ("library", "encoders"):
+    if len(parts) == 1 or parts[1] in ("library", "encoders", "photos"):
         return "library"
     if parts[1] in BASE:
         return "base"
-    if parts[1] == "__main__":
+    if parts[1] in ("__main__", "serve"):  # the skins: the command line and the web gallery
         return "cli"
     assert parts[1] in LAYERS, f"{module} belongs to no layer: add it to docs/architecture.md and here"
     return parts[1]

@@ -8,6 +8,7 @@ import shutil
 import subprocess
 import sys
 from pathlib import Path
+from typing import Any
 
 import numpy as np
 import open_clip
@@ -132,3 +133,20 @@ def test_cached_bpe_tables_give_the_same_ids(tmp_path: Path) -> None:
     tables.unlink()
     tables.mkdir()  # a file that can be neither read nor replaced: the tables are built in memory
     np.testing.assert_array_equal(Tokenizer(vocab, 77, cache_tables=True)(TEXTS), first(TEXTS))
+
+
+def test_a_long_lived_library_loads_the_text_tower_once(exported_here: Path, monkeypatch: pytest.MonkeyPatch) -> None:
+    """A server or notebook asking many new texts reuses the loaded encoder, and it still answers right."""
+    lib = Library()
+    loads: list[Path] = []
+    real = text_tower.load_in_background
+
+    def counted(folder: Path) -> Any:
+        loads.append(folder)
+        return real(folder)
+
+    monkeypatch.setattr(text_tower, "load_in_background", counted)
+    first = [r.path for r in lib.search("a photo of a red circle", top=3)]
+    second = [r.path for r in lib.search("a photo of a blue star", top=3)]
+    assert len(loads) == 1
+    assert Path(first[0]).name.startswith("red-circle") and Path(second[0]).name.startswith("blue-star")

@@ -18,6 +18,7 @@ from clipsearch.cli.common import err
 from clipsearch.cli.library_commands import duplicates, index, status
 from clipsearch.cli.model_commands import models
 from clipsearch.cli.search_commands import query, similar
+from clipsearch.cli.serve_commands import serve
 from clipsearch.cli.shard_commands import embed, merge
 from clipsearch.cli.tag_commands import tag, tags
 
@@ -36,7 +37,7 @@ def app() -> None:
     """Search your photos by what is in them, with CLIP, on your own machine."""
 
 
-for command in (index, query, similar, tag, tags, duplicates, status, embed, merge, models):
+for command in (index, query, similar, tag, tags, duplicates, status, serve, embed, merge, models):
     app.add_command(command)
 
 

@@ -294,6 +294,11 @@ class Store:
                 out[record.id] = record
         return out
 
+    def page_newest(self, offset: int, limit: int) -> list[int]:
+        """Ids of a page of photos, newest file first (browsing without a query)."""
+        return [int(r[0]) for r in self.db.execute("SELECT id FROM images ORDER BY mtime_ns DESC, id DESC "
+                                                   "LIMIT ? OFFSET ?", [limit, offset])]
+
     def iter_images(self) -> Iterator[ImageRecord]:
         """Every indexed photo, in id order (shards export them; duplicates read fingerprints)."""
         yield from self._records("ORDER BY id", [])

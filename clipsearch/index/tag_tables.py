@@ -87,6 +87,15 @@ class TagTables:
             ids = found if ids is None else ids & found
         return ids or set()
 
+    def page_with_tag(self, label: str, offset: int, limit: int) -> tuple[list[int], int]:
+        """(ids of a page of the photos carrying `label`, most confident first; how many carry it)."""
+        total = int(self.db.execute("SELECT count(DISTINCT image_id) FROM tags WHERE lower(label) = lower(?)",
+                                    [label]).fetchone()[0])
+        ids = [int(r[0]) for r in self.db.execute(
+            "SELECT image_id FROM tags WHERE lower(label) = lower(?) GROUP BY image_id ORDER BY max(score) DESC, "
+            "image_id LIMIT ? OFFSET ?", [label, limit, offset])]
+        return ids, total
+
     def all_tags(self) -> list[tuple[str, str, float, str]]:
         """(path, label, score, source) for every tag, by path then best score."""
         return [(os_path(p, raw), lab, float(sc), src) for p, raw, lab, sc, src in self.db.execute(

@@ -11,9 +11,9 @@ from pathlib import Path
 import numpy as np
 import open_clip
 import pytest
-from conftest import run_cli_without_model
+from conftest import TINY_MODEL, run_cli_without_model
 
-from clipsearch import Library, text_model
+from clipsearch import Library, models, text_model
 from clipsearch.embedder import Embedder
 from clipsearch.tokenizer import Tokenizer
 
@@ -45,9 +45,18 @@ def test_indexing_exports_a_verified_text_model(photo_dir: Path, tiny_embedder: 
     assert float(np.min(np.sum(got * want, axis=1))) > 0.995
     assert not text_model.available(lib.path, "another-model-sha")
     meta = json.loads((lib.path / text_model.FOLDER / "meta.json").read_text())
-    # int8 is kept only when it ranks like fp32; either way exactly one model file is left.
-    assert meta["verified_min_cosine"] >= 0.999 and "int8_min_cosine" in meta and "int8_overlap_at_10" in meta
-    assert [p.name for p in (lib.path / text_model.FOLDER).glob("*.onnx")] == [meta["file"]]
+    # Verified against open_clip at fp32 (not the Embedder's bf16 model), and the cosine recorded is
+    # that of the very files a query loads: the fp32 graph and its weights beside it.
+    assert meta["reference"] == "open_clip fp32" and meta["precision"] == "fp32"
+    assert meta["verified_min_cosine"] >= 0.9995
+    folder = lib.path / text_model.FOLDER
+    assert [p.name for p in folder.glob("*.onnx")] == [meta["file"]]
+    assert [p.name for p in folder.glob("*.data")] == [meta["file"] + ".data"]
+    # An export from before issue 15 (int8, no reference recorded) is not used: the next index replaces it.
+    old = {k: v for k, v in meta.items() if k != "reference"}
+    (folder / "meta.json").write_text(json.dumps(old))
+    assert not text_model.available(lib.path, tiny_embedder.identity.weights_sha256)
+    (folder / "meta.json").write_text(json.dumps(meta))
     # Saved with ONNX Runtime's optimisations applied, so a cold query's session skips that work.
     assert meta["preoptimized"] is True and meta["file"].endswith(".opt.onnx")
     # The token table is memory-mapped beside the graph, not inside it.
@@ -117,3 +126,16 @@ def test_cached_bpe_tables_give_the_same_ids(tmp_path: Path) -> None:
     tables.unlink()
     tables.mkdir()  # a file that can be neither read nor replaced: the tables are built in memory
     np.testing.assert_array_equal(Tokenizer(vocab, 77, cache_tables=True)(TEXTS), first(TEXTS))
+
+
+def test_the_export_reference_is_fp32_even_for_a_bf16_embedder() -> None:
+    """A bf16 Embedder has rounded its weights; the export and its check use the weights as stored."""
+    import torch
+
+    emb = Embedder(models.parse(TINY_MODEL), device="cpu", precision="bf16")
+    fp32 = text_model._fp32_model(emb)
+    stored = open_clip.create_model(TINY_MODEL, weights_only=True).state_dict()
+    assert next(emb.model.parameters()).dtype == torch.bfloat16
+    for name, tensor in fp32.state_dict().items():
+        assert tensor.dtype == stored[name].dtype
+        torch.testing.assert_close(tensor, stored[name], rtol=0, atol=0)

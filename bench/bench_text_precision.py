@@ -262,7 +262,7 @@ def main() -> None:
             for name, d in found.items():
                 row = agreement(d, ref, texts, imgs)
                 meta = json.loads((d / "meta.json").read_text())
-                row["graph_mb"] = (d / meta["file"]).stat().st_size / 1e6
+                row["graph_mb"] = sum(f.stat().st_size for f in d.glob(meta["file"] + "*")) / 1e6  # with .data
                 rows[name] = row
             for name, sec in cold(found, 3 if args.quick else args.cold_runs).items():
                 rows[name]["cold_s"] = sec

@@ -50,7 +50,7 @@ store = lib._open()
 recorded = store.model_identity()
 assert recorded is not None
 mark("open SQLite, check the text cache")
-text_vectors = lib._text_vectors(store, recorded, terms)
+text_vectors = lib._text_vectors(store, recorded, terms, [])
 index = VectorIndex.load(lib.path, store)
 mark("load FAISS (memory-mapped)")
 t0 = time.perf_counter()

@@ -63,8 +63,9 @@ def index_section(data: dict) -> str:
 
 DESIGN = """### What made it fast (measured while designing, 2 cores, ViT-B-32 random weights)
 
-- **JPEG draft decoding** (`Image.draft`, DCT-domain downscale to just above the model's input):
-  the decode column above is with it; a full decode of a 12 MP JPEG costs about 4× more.
+- **JPEG draft decoding** (`Image.draft`, DCT-domain downscale while 3× the model's input is left,
+  docs/fidelity.md): a full decode of a 12 MP JPEG costs about 2× more (4× with the earlier rule,
+  draft to just above the model's input, which the decode column above was measured with).
 - **Threads, not processes**, for decoding: with 120 camera photos a process pool (forkserver) ran at
   0.68× the thread pool's rate (27.5 vs 40.5 img/s), paying worker start-up and pixel transfer.
 - **Passive OpenMP waiting.** With OpenMP's default active wait, the model's idle threads spin between

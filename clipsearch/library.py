@@ -165,8 +165,7 @@ class Library:
             from clipsearch.model import text_export
 
             m = self._model
-            text_export.ensure(self.path, recorded, m.loaded, load_model, m.device, m.precision,
-                               lambda: store.sample_vectors(20_000), self._notify)
+            text_export.ensure(self.path, recorded, m.loaded, load_model, m.device, m.precision, self._notify)
         VectorIndex.load(self.path, store)  # refresh the FAISS cache now, not on the next query
         store.record_run(started, json.dumps(summary))
 

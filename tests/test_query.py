@@ -303,3 +303,22 @@ def test_a_library_reuses_its_faiss_index_until_the_index_changes(indexed: Libra
     loads.clear()
     found = {Path(r.path).name for r in indexed.search("a photo of a red circle", top=500, min_score=-1)}
     assert "new-red.png" in found and len(loads) == 1
+
+
+@pytest.mark.parametrize("text", ["12:30 lunch with friends", "3:2 photo", "1:1", "a 16:9 screenshot",
+                                  "16:9 wallpaper", "10:45pm train", "3 : 2 print", "2024: our trip to Rome",
+                                  "score 2:1", "1:1.5 scale model"])
+def test_times_ratios_and_years_are_not_weights(text: str) -> None:
+    """Lookalikes of `N:part` people type in captions stay one text part, weight 1, unchanged."""
+    (term,) = query.parse(text, IMAGE_EXTENSIONS)
+    assert (term.kind, term.value, term.weight) == ("text", text, 1.0)
+
+
+@pytest.mark.parametrize(("text", "value", "weight"), [
+    ("2:dog", "dog", 2.0), ("2: dog", "dog", 2.0), ("0.5:sunset", "sunset", 0.5), (".5 : sunset", "sunset", 0.5),
+    ("10:cats", "cats", 10.0), ("2:dog: the movie", "dog: the movie", 2.0), ("1.5:rain", "rain", 1.5)])
+def test_weights_are_a_small_number_a_colon_and_no_digit(text: str, value: str, weight: float) -> None:
+    (term,) = query.parse(text, IMAGE_EXTENSIONS)
+    assert (term.value, term.weight) == (value, weight)
+    both = query.parse(f"{text} + cat", IMAGE_EXTENSIONS)
+    assert [(t.value, t.weight) for t in both] == [(value, weight), ("cat", 1.0)]

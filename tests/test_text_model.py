@@ -17,7 +17,7 @@ import shapes
 from conftest import TINY_MODEL, run_cli_without_model
 
 from clipsearch import Library
-from clipsearch.model import text_tower
+from clipsearch.model import names, text_export, text_tower
 from clipsearch.model.embedder import Embedder
 from clipsearch.model.tokenizer import Tokenizer
 
@@ -69,9 +69,18 @@ def test_indexing_exports_a_verified_text_model(exported_here: Path, tiny_embedd
     assert float(np.min(np.sum(got * want, axis=1))) > 0.995
     assert not text_tower.available(lib.path, "another-model-sha")
     meta = json.loads((lib.path / text_tower.FOLDER / "meta.json").read_text())
-    # int8 is kept only when it ranks like fp32; either way exactly one model file is left.
-    assert meta["verified_min_cosine"] >= 0.999 and "int8_min_cosine" in meta and "int8_overlap_at_10" in meta
-    assert [p.name for p in (lib.path / text_tower.FOLDER).glob("*.onnx")] == [meta["file"]]
+    # Verified against open_clip at fp32 (not the Embedder's bf16 model), and the cosine recorded is
+    # that of the very files a query loads: the fp32 graph and its weights beside it.
+    assert meta["reference"] == "open_clip fp32" and meta["precision"] == "fp32"
+    assert meta["verified_min_cosine"] >= 0.9995
+    folder = lib.path / text_tower.FOLDER
+    assert [p.name for p in folder.glob("*.onnx")] == [meta["file"]]
+    assert [p.name for p in folder.glob("*.data")] == [meta["file"] + ".data"]
+    # An export from before issue 15 (int8, no reference recorded) is not used: the next index replaces it.
+    old = {k: v for k, v in meta.items() if k != "reference"}
+    (folder / "meta.json").write_text(json.dumps(old))
+    assert not text_tower.available(lib.path, tiny_embedder.identity.weights_sha256)
+    (folder / "meta.json").write_text(json.dumps(meta))
     # Saved with ONNX Runtime's optimisations applied, so a cold query's session skips that work.
     assert meta["preoptimized"] is True and meta["file"].endswith(".opt.onnx")
     # The token table is memory-mapped beside the graph, not inside it.
@@ -150,3 +159,16 @@ def test_a_long_lived_library_loads_the_text_tower_once(exported_here: Path, mon
     second = [r.path for r in lib.search("a photo of a blue star", top=3)]
     assert len(loads) == 1
     assert Path(first[0]).name.startswith("red-circle") and Path(second[0]).name.startswith("blue-star")
+
+
+def test_the_export_reference_is_fp32_even_for_a_bf16_embedder() -> None:
+    """A bf16 Embedder has rounded its weights; the export and its check use the weights as stored."""
+    import torch
+
+    emb = Embedder(names.parse(TINY_MODEL), device="cpu", precision="bf16")
+    fp32 = text_export._fp32_model(emb)
+    stored = open_clip.create_model(TINY_MODEL, weights_only=True).state_dict()
+    assert next(emb.model.parameters()).dtype == torch.bfloat16
+    for name, tensor in fp32.state_dict().items():
+        assert tensor.dtype == stored[name].dtype
+        torch.testing.assert_close(tensor, stored[name], rtol=0, atol=0)

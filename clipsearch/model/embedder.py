@@ -212,7 +212,8 @@ def _preprocess_from(model: Any) -> Preprocess:
     m = [float(v) for v in cfg.get("mean", (0.48145466, 0.4578275, 0.40821073))]
     s = [float(v) for v in cfg.get("std", (0.26862954, 0.26130258, 0.27577711))]
     return Preprocess(int(size), (m[0], m[1], m[2]), (s[0], s[1], s[2]),
-                      str(cfg.get("interpolation", "bicubic")), str(cfg.get("resize_mode", "shortest")))
+                      str(cfg.get("interpolation", "bicubic")), str(cfg.get("resize_mode", "shortest")),
+                      int(cfg.get("fill_color", 0) or 0))
 
 
 def _register_config(stem: str, model_cfg: dict[str, Any]) -> str:
@@ -251,7 +252,8 @@ def _load(spec: names.ModelSpec, weights: Path, device: str) -> tuple[Any, Prepr
         else:
             tag_cfg = open_clip.pretrained.get_pretrained_cfg(spec.arch, spec.tag) or {}
             # The weights come as a file path, so pass on what the tag would have set itself.
-            force = {k: tag_cfg[k] for k in ("mean", "std", "interpolation", "resize_mode") if k in tag_cfg}
+            force = {k: tag_cfg[k] for k in ("mean", "std", "interpolation", "resize_mode", "fill_color")
+                     if k in tag_cfg}
             model = open_clip.create_model(spec.arch, pretrained=str(weights), device=device, weights_only=True,
                                            force_quick_gelu=bool(tag_cfg.get("quick_gelu", False)),
                                            force_preprocess_cfg=force or None)

@@ -31,6 +31,7 @@ class Preprocess:
     std: tuple[float, float, float]
     interpolation: str = "bicubic"
     resize_mode: str = "shortest"
+    fill_color: int = 0  # the padding of resize_mode "longest"
 
 
 def check_same_model(recorded: ModelIdentity, wanted: ModelIdentity) -> None:

@@ -22,7 +22,12 @@ from clipsearch.errors import UsageError
 if TYPE_CHECKING:
     from clipsearch.index.store import Store
 
-_WEIGHT = re.compile(r"^\s*([+-]?(?:\d+(?:\.\d*)?|\.\d+))\s*:\s*(.*)$")
+# A weight is a plain number of at most two integer digits (2, 0.5, .5, 10) at the start of a part,
+# then a colon, then something that is not a digit. Times, ratios and scores ("12:30 lunch",
+# "3:2 photo", "1:1", "16:9") have a digit after the colon, and years ("2024: Rome") have four
+# digits, so they stay text; "2:dog" and "0.5: sunset" stay weights. Only a literal "2:dog" can no
+# longer be searched as text, which no caption needs.
+_WEIGHT = re.compile(r"^\s*([+-]?(?:\d{1,2}(?:\.\d*)?|\.\d+))\s*:(?!\s*\d)\s*(.*)$", re.DOTALL)
 _SPLIT = re.compile(r"(?:^|\s)([+-])(?=\s)")
 
 

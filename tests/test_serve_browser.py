@@ -114,7 +114,30 @@ def test_more_results_load_on_scroll(page: Any) -> None:
     page.wait_for_function("() => document.querySelector('#grid .tile img')?.alt.startsWith('red-circle')")
 
 
+def test_drop_a_photo_to_search_by_example(page: Any, site: tuple[gallery.Server, Path, Path]) -> None:
+    import base64
+
+    data = base64.b64encode((site[1] / "shapes" / "yellow-triangle-0.png").read_bytes()).decode()
+    page.goto(page.url.split("#")[0] + "#/")
+    # What the browser hands the page when a file is dropped on it: a drop event carrying the file.
+    transfer = page.evaluate_handle("""(b64) => {
+        const bytes = Uint8Array.from(atob(b64), c => c.charCodeAt(0));
+        const dt = new DataTransfer();
+        dt.items.add(new File([bytes], "query.png", { type: "image/png" }));
+        return dt;
+    }""", data)
+    page.dispatch_event("body", "drop", {"dataTransfer": transfer})
+    page.wait_for_selector("#example:not([hidden])")
+    page.wait_for_function("() => document.querySelector('#grid .tile img')?.alt === 'yellow-triangle-0.png'",
+                           timeout=120_000)  # the first image query loads the model in the server
+    page.click("#example-clear")
+    page.wait_for_selector("#example", state="hidden")
+
+
 def test_open_a_photo_and_more_like_this(page: Any) -> None:
+    page.goto(page.url.split("#")[0] + "#/?q=a+photo+of+a+red+circle")
+    page.wait_for_function("() => document.querySelector('#grid .tile img')?.alt.startsWith('red-circle')"
+                           " && document.querySelector('#relevance').textContent.includes('results')")
     page.click("#grid .tile >> nth=0")
     page.wait_for_selector("#view-photo:not([hidden])")
     page.wait_for_function("() => document.querySelector('#photo-name').textContent.startsWith('red-circle')")

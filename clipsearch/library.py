@@ -1,13 +1,7 @@
-"""`Library`: the public facade over one index folder and its model.
+"""`Library`: the public facade over one index folder and its model (README, "From Python").
 
 Each method is thin: it opens the store, takes the write lock when it writes, picks the encoder,
 and hands the work to the module that owns it (ingest/, search/, tags/). Nothing here prints.
-
-    from clipsearch import Library
-    lib = Library()                       # the default index, its recorded model
-    lib.index(["~/Photos"])
-    for hit in lib.search("my cute dog", top=5):
-        print(hit.score, hit.path)
 """
 
 from __future__ import annotations
@@ -25,6 +19,7 @@ from clipsearch import config, paths
 from clipsearch.config import DEFAULT_MAX_PIXELS
 from clipsearch.errors import ClipsearchError, IndexMissingError, ModelMismatchError, UsageError
 from clipsearch.formats import IMAGE_EXTENSIONS
+from clipsearch.index import roots as index_roots
 from clipsearch.index.lock import write_lock
 from clipsearch.index.records import now
 from clipsearch.index.status import Status, status
@@ -126,21 +121,24 @@ class Library:
               follow_symlinks: bool = False, include_hidden: bool = False, rebuild: bool = False,
               max_pixels: int = DEFAULT_MAX_PIXELS, wait: bool = False,
               progress: pipeline.Progress | None = None, ray: RayOptions | None = None) -> pipeline.IndexSummary:
-        """Add new and changed photos under `folders`, drop deleted ones, keep moved ones' vectors.
-
-        With `ray`, decoding and embedding run on a Ray cluster (ray_executor.py); the scan, the plan
-        and every commit stay here, so the index ends up the same either way.
-        """
+        """Add new and changed photos under `folders` (none: every root it knows), drop deleted ones,
+        keep moved ones' vectors. With `ray`, decoding and embedding run on Ray (ray_executor.py)."""
         from clipsearch.ingest import pipeline
 
-        roots = paths.existing(folders, "name at least one folder or photo to index")
+        given = [os.fspath(f) for f in folders]
+        roots: Iterable[str] = paths.existing(given, "name a folder or photo to index") if given else ()
+        vanished: list[str] = []
+        if not given:
+            Store.open(self.path).close()  # no index yet: that error, before the lock makes a folder
         executor = None
         if ray is not None:  # before anything is created: a missing extra leaves no trace
             from clipsearch.ingest.ray_executor import RayExecutor
 
             executor = RayExecutor(ray, self._device, self._precision)
-        with write_lock(self.path, wait), Store.open(self.path, create=True) as store:
+        with write_lock(self.path, wait), Store.open(self.path, create=bool(given)) as store:
             started = now()
+            if not given:  # the vanished roots are forgotten now, in their own transaction
+                roots, vanished = index_roots.rescan(store)
             remove_orphan_temps(self.path)
             self._check_asked_model(store.model_identity() if not rebuild else None,
                                     "pass --rebuild to re-embed every photo with the new model, or use another "
@@ -155,6 +153,8 @@ class Library:
 
             walk = pipeline.ScanOptions(tuple(exclude), follow_symlinks, include_hidden)
             summary = pipeline.index_roots(store, list(roots), walk, bound_embedder, max_pixels, progress, executor)
+            index_roots.remember(store, roots)
+            summary.vanished_roots = vanished
             self._finish_write(store, started, summary.as_dict(), load_model=False)
             return summary
 
@@ -384,6 +384,13 @@ class Library:
     def status(self) -> Status:
         with Store.open(self.path) as store:
             return status(self.path, store)
+
+    def forget_paths(self, targets: Iterable[str | os.PathLike[str]], wait: bool = False) -> index_roots.Forgotten:
+        """Remove photos at or under `targets` from the index (the files stay); the FAISS file follows."""
+        with write_lock(self.path, wait), Store.open(self.path) as store:
+            forgotten = index_roots.forget(store, paths.resolve_all(targets))
+            VectorIndex.load(self.path, store)
+            return forgotten
 
     def skipped(self) -> list[tuple[str, str, str]]:
         with Store.open(self.path) as store:

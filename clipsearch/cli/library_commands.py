@@ -13,7 +13,7 @@ from clipsearch.cli.options import PATH, device_option, index_option, json_optio
 
 
 @click.command()
-@click.argument("paths", type=PATH, nargs=-1, required=True)
+@click.argument("paths", type=PATH, nargs=-1)
 @click.option("--exclude", "-x", multiple=True, help="Skip files or folders matching this glob (repeatable).")
 @click.option("--follow-symlinks", is_flag=True, help="Follow symbolic links (each folder is visited once).")
 @click.option("--include-hidden", is_flag=True, help="Also index hidden files and folders.")
@@ -42,7 +42,11 @@ def index(paths: tuple[Path, ...], exclude: tuple[str, ...], follow_symlinks: bo
           rebuild: bool, wait: bool, max_megapixels: int, show_skipped: bool, quiet: bool, as_json: bool,
           index_path: Path | None, model: str | None, device: str | None, precision: str | None, ray: bool,
           ray_address: str | None, ray_workers: int | None, ray_cpus: float | None, ray_gpus: float) -> None:
-    """Add new and changed photos under PATHS to the index; forget deleted ones."""
+    """Add new and changed photos under PATHS to the index; forget deleted ones.
+
+    Without PATHS, every folder indexed before is scanned again, and the ones that are gone are
+    forgotten (`clipsearch status` lists them).
+    """
     from clipsearch.cli import render
 
     lib = library(index_path, model, device, precision)
@@ -63,6 +67,29 @@ def index(paths: tuple[Path, ...], exclude: tuple[str, ...], follow_symlinks: bo
         out.print(render.skipped_lines(summary.skipped_files), end="", markup=False)
     if not quiet:
         err.print(render.index_summary(summary), end="", markup=False)
+
+
+@click.command()
+@click.argument("paths", type=PATH, nargs=-1, required=True)
+@click.option("--wait", is_flag=True, help="Wait for a running index to finish instead of exiting with code 3.")
+@json_option
+@index_option
+@handles_errors
+def forget(paths: tuple[Path, ...], wait: bool, as_json: bool, index_path: Path | None) -> None:
+    """Remove the photos at or under PATHS from the index: records, vectors, tags. The files stay.
+
+    PATHS are folders or photos, which may no longer exist. Exits 1 when none of them was in the
+    index.
+    """
+    from clipsearch.cli import render
+
+    gone = library(index_path).forget_paths(paths, wait=wait)
+    if as_json:
+        print_json(gone.as_dict())
+    else:
+        err.print(render.forget_summary(gone), end="", markup=False)
+    if len(gone.unknown) == len(paths):
+        raise click.exceptions.Exit(1)
 
 
 @click.command()

@@ -18,6 +18,7 @@ from clipsearch.paths import display as display_path
 if TYPE_CHECKING:
     from rich.table import Table
 
+    from clipsearch.index.roots import Forgotten
     from clipsearch.ingest.pipeline import IndexSummary
     from clipsearch.library import Status
     from clipsearch.model.names import CatalogEntry
@@ -109,7 +110,25 @@ def index_summary(s: IndexSummary) -> str:
     if s.skipped:
         reasons = ", ".join(f"{reason}: {n}" for reason, n in s.skipped.most_common())
         out += f"Skipped ({reasons}) — `clipsearch status --show-skipped` lists them.\n"
+    if s.vanished_roots:
+        gone = ", ".join(short_path(r) for r in s.vanished_roots)
+        out += f"No longer there, so forgotten: {gone}.\n"
     return out
+
+
+def plural(n: int, word: str) -> str:
+    """"1 photo", "2 photos": the count with its noun."""
+    return f"{n} {word}" if n == 1 else f"{n} {word}s"
+
+
+def forget_summary(f: Forgotten) -> str:
+    lines = [f"nothing in the index at or under {short_path(u)}\n" for u in f.unknown]
+    if f.photos or f.skipped or f.roots or not f.unknown:
+        lines.append(f"Forgot {plural(f.photos, 'photo')}"
+                     + (f" and {f.skipped} skipped {'file' if f.skipped == 1 else 'files'}" if f.skipped else "")
+                     + (f"; no longer indexing {', '.join(short_path(r) for r in f.roots)}" if f.roots else "")
+                     + ". The files themselves were not touched.\n")
+    return "".join(lines)
 
 
 def skipped_lines(rows: Sequence[tuple[str, str, str]]) -> str:
@@ -130,6 +149,7 @@ def status_text(st: Status) -> str:
         f"text model:   {text}",
         f"last run:     {st.last_run_at or 'never'}",
     ]
+    lines += [f"{'roots:' if i == 0 else '':14}{short_path(r)}" for i, r in enumerate(st.roots)]
     return "\n".join(lines) + "\n"
 
 

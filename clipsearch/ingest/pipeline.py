@@ -49,6 +49,7 @@ class IndexSummary:
     embed_seconds: float = 0.0
     model_load_seconds: float = 0.0
     total: int = 0
+    vanished_roots: list[str] = field(default_factory=list)  # recorded roots gone, forgotten (index/roots.py)
 
     @property
     def images_per_second(self) -> float:
@@ -65,6 +66,7 @@ class IndexSummary:
             "images_per_second": round(self.images_per_second, 2),
             "skipped_files": [{"path": paths.display(p), "reason": r, "detail": d}
                               for p, r, d in self.skipped_files],
+            "vanished_roots": [paths.display(r) for r in self.vanished_roots],
         }
 
     def skip(self, path: str, reason: str, detail: str) -> None:

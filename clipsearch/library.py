@@ -329,22 +329,20 @@ class Library:
 
     def tag(self, folders: Iterable[str | os.PathLike[str]] = (), *, labels: list[zero_shot.Label] | None = None,
             template_set: str = "photo", top: int = 5, threshold: float | None = None, z: float = DEFAULT_Z,
-            write_xmp: bool = False, clear_xmp: bool = False, dry_run: bool = False,
+            write_xmp: bool = False, clear_xmp: bool = False, dry_run: bool = False, wait: bool = False,
             progress: pipeline.Progress | None = None) -> workflow.TagSummary:
-        """Zero-shot tags for indexed photos under `folders` (indexing them first), stored in SQLite.
-
-        With `write_xmp` the tags also go to XMP sidecars; `clear_xmp` removes clipsearch's tags from
-        them instead. `dry_run` computes and reports without writing tags or sidecars.
-        """
+        """Zero-shot tags for indexed photos under `folders` (indexing them first), stored in SQLite;
+        with `write_xmp` in XMP sidecars too. `clear_xmp` only removes clipsearch's tags from sidecars."""
         from clipsearch.tags import workflow, zero_shot
 
         given = [os.fspath(p) for p in folders]
-        if given:  # indexing only fills the index (never the photos), so a dry run does it too
-            self.index(given, progress=progress)
+        if given and not clear_xmp:  # indexing only fills the index (never the photos): dry runs do it too
+            self.index(given, wait=wait, progress=progress)
         request = workflow.TagRequest(labels if labels is not None else zero_shot.default_labels(),
                                       zero_shot.templates(template_set), top, threshold, z)
         with Store.open(self.path) as store:
             recorded = _require_model(store, self.path)
+            self._check_asked_model(recorded, "omit --model to use it")
             return workflow.tag(store, recorded, request, self._text_encoder(recorded), paths.resolve_all(given),
                                 write_xmp=write_xmp, clear_xmp=clear_xmp, dry_run=dry_run)
 

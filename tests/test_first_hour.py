@@ -1,0 +1,121 @@
+"""What a new user meets in the first hour (issue #17): folders that move, silence, narrow tables, typos."""
+
+from __future__ import annotations
+
+import json
+import shutil
+from pathlib import Path
+
+from click.testing import CliRunner
+
+from clipsearch.cli import app
+
+runner = CliRunner()
+
+
+def _two_folders(photo_dir: Path) -> tuple[Path, Path]:
+    """photo_dir/all split into two folders of 24 photos each."""
+    a, b = photo_dir / "a", photo_dir / "b"
+    a.mkdir()
+    b.mkdir()
+    for i, f in enumerate(sorted((photo_dir / "all").iterdir())):
+        shutil.move(f, (a if i % 2 else b) / f.name)
+    (photo_dir / "all").rmdir()
+    return a, b
+
+
+def test_forget_a_folder_and_a_photo_leaves_the_files(photo_dir: Path) -> None:
+    a, b = _two_folders(photo_dir)
+    assert runner.invoke(app, ["index", str(a), str(b), "-q"]).exit_code == 0
+    one = sorted(b.iterdir())[0]
+
+    gone = runner.invoke(app, ["forget", str(a), str(one)])
+    assert gone.exit_code == 0, gone.output
+    assert "Forgot 25 photos" in gone.stderr and "not touched" in gone.stderr
+    assert len(list(a.iterdir())) == 24 and one.exists()  # the photos themselves stay
+    st = json.loads(runner.invoke(app, ["status", "--json"]).stdout)
+    assert st["images"] == 23 and st["roots"] == [str(b)]
+    # Nothing of them comes back in searches: FAISS was refreshed from SQLite.
+    found = runner.invoke(app, ["query", "a photo of a red circle", "-n", "48", "--min-score", "-1", "-f", "paths"])
+    listed = found.stdout.splitlines()
+    assert len(listed) == 23 and not any(p.startswith(str(a)) for p in listed) and str(one) not in listed
+    assert runner.invoke(app, ["similar", str(one)]).exit_code == 2
+
+    again = runner.invoke(app, ["forget", str(a)])
+    assert again.exit_code == 1 and "nothing in the index" in again.stderr
+
+
+def test_index_without_paths_rescans_every_root_and_prunes_vanished_ones(photo_dir: Path) -> None:
+    a, b = _two_folders(photo_dir)
+    assert runner.invoke(app, ["index", str(a), "-q"]).exit_code == 0
+    assert runner.invoke(app, ["index", str(b), "-q"]).exit_code == 0
+    assert runner.invoke(app, ["index", str(b / sorted(p.name for p in b.iterdir())[0]), "-q"]).exit_code == 0
+    status = runner.invoke(app, ["status"]).stdout
+    assert f"roots:        {a}\n              {b}\n" in status  # a photo inside b adds no root
+
+    (b / "new").mkdir()
+    shutil.copy(sorted(a.iterdir())[0], b / "new" / "copy.png")
+    shutil.rmtree(a)
+    again = runner.invoke(app, ["index"])
+    assert again.exit_code == 0, again.output
+    assert "1 new" in again.stderr and f"No longer there, so forgotten: {a}." in again.stderr
+    st = json.loads(runner.invoke(app, ["status", "--json"]).stdout)
+    assert st["images"] == 25 and st["roots"] == [str(b)]
+
+
+def test_index_without_paths_needs_an_index(tmp_path: Path) -> None:
+    result = runner.invoke(app, ["index", "--index", str(tmp_path / "idx")])
+    assert result.exit_code == 3 and "no index at" in result.stderr
+    assert not (tmp_path / "idx").exists()
+
+
+def test_clear_xmp_only_clears(photo_dir: Path, tmp_path: Path) -> None:
+    labels = tmp_path / "labels.txt"
+    labels.write_text("my red things: a photo of something red\nmy blue things: a photo of something blue\n")
+    tagged = runner.invoke(app, ["tag", str(photo_dir), "--labels", str(labels), "--templates", "none",
+                                 "--threshold", "0.2", "--write-xmp"])
+    assert tagged.exit_code == 0, tagged.output
+    sidecars = sorted(photo_dir.rglob("*.xmp"))
+    assert sidecars and "my red things" in "".join(p.read_text() for p in sidecars)
+    counts_before = runner.invoke(app, ["tags", "--json"]).stdout
+
+    cleared = runner.invoke(app, ["tag", "--clear-xmp"])  # no --threshold asked for below 200 photos
+    assert cleared.exit_code == 0, cleared.output
+    assert f"cleared clipsearch's tags from {len(sidecars)} of {len(sidecars)} XMP sidecars" in cleared.stderr
+    assert "clipsearch" not in "".join(p.read_text() for p in sidecars)
+    assert runner.invoke(app, ["tags", "--json"]).stdout == counts_before  # the custom tags were not replaced
+
+    both = runner.invoke(app, ["tag", "--clear-xmp", "--write-xmp"])
+    assert both.exit_code == 2 and "only removes" in both.stderr
+
+
+def test_tag_refuses_another_model_and_can_wait(photo_dir: Path, isolated: Path) -> None:
+    import threading
+
+    from clipsearch import config
+    from clipsearch.index.lock import write_lock
+
+    assert runner.invoke(app, ["index", str(photo_dir), "-q"]).exit_code == 0
+    other = runner.invoke(app, ["tag", "--model", config.DEFAULT_MODEL, "--threshold", "0.2"])
+    assert other.exit_code == 4 and "was built with" in other.stderr
+
+    held, release = threading.Event(), threading.Event()
+
+    def hold() -> None:
+        with write_lock(isolated / "index", wait=False):
+            held.set()
+            release.wait(60)
+
+    holder = threading.Thread(target=hold)
+    holder.start()
+    held.wait(60)
+    try:
+        busy = runner.invoke(app, ["tag", str(photo_dir), "--threshold", "0.2", "--label", "red"])
+        assert busy.exit_code == 3 and "--wait" in busy.stderr
+        # Still held when the command starts: it succeeds only by waiting for the release.
+        threading.Timer(1.5, release.set).start()
+        waited = runner.invoke(app, ["tag", str(photo_dir), "--threshold", "0.2", "--label", "red", "--wait"])
+    finally:
+        release.set()
+        holder.join()
+    assert waited.exit_code == 0, waited.output

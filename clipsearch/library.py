@@ -126,8 +126,7 @@ class Library:
         from clipsearch.ingest import pipeline
 
         given = [os.fspath(f) for f in folders]
-        roots: Iterable[str] = paths.existing(given, "name a folder or photo to index") if given else ()
-        vanished: list[str] = []
+        roots, vanished = paths.existing(given, "name a folder or photo to index") if given else (), tuple[str, ...]()
         if not given:
             Store.open(self.path).close()  # no index yet: that error, before the lock makes a folder
         executor = None
@@ -154,7 +153,7 @@ class Library:
             walk = pipeline.ScanOptions(tuple(exclude), follow_symlinks, include_hidden)
             summary = pipeline.index_roots(store, list(roots), walk, bound_embedder, max_pixels, progress, executor)
             index_roots.remember(store, roots)
-            summary.vanished_roots = vanished
+            summary.vanished_roots = list(vanished)
             self._finish_write(store, started, summary.as_dict(), load_model=False)
             return summary
 
@@ -331,8 +330,7 @@ class Library:
             template_set: str = "photo", top: int = 5, threshold: float | None = None, z: float = DEFAULT_Z,
             write_xmp: bool = False, clear_xmp: bool = False, dry_run: bool = False, wait: bool = False,
             progress: pipeline.Progress | None = None) -> workflow.TagSummary:
-        """Zero-shot tags for indexed photos under `folders` (indexing them first), stored in SQLite;
-        with `write_xmp` in XMP sidecars too. `clear_xmp` only removes clipsearch's tags from sidecars."""
+        """Zero-shot tags for photos under `folders` (indexed first) in SQLite, and in sidecars with `write_xmp`."""
         from clipsearch.tags import workflow, zero_shot
 
         given = [os.fspath(p) for p in folders]
@@ -340,9 +338,8 @@ class Library:
             self.index(given, wait=wait, progress=progress)
         request = workflow.TagRequest(labels if labels is not None else zero_shot.default_labels(),
                                       zero_shot.templates(template_set), top, threshold, z)
-        with Store.open(self.path) as store:
+        with self._open() as store:  # a --model other than the index's is refused, as for queries
             recorded = _require_model(store, self.path)
-            self._check_asked_model(recorded, "omit --model to use it")
             return workflow.tag(store, recorded, request, self._text_encoder(recorded), paths.resolve_all(given),
                                 write_xmp=write_xmp, clear_xmp=clear_xmp, dry_run=dry_run)
 
@@ -386,9 +383,7 @@ class Library:
     def forget_paths(self, targets: Iterable[str | os.PathLike[str]], wait: bool = False) -> index_roots.Forgotten:
         """Remove photos at or under `targets` from the index (the files stay); the FAISS file follows."""
         with write_lock(self.path, wait), Store.open(self.path) as store:
-            forgotten = index_roots.forget(store, paths.resolve_all(targets))
-            VectorIndex.load(self.path, store)
-            return forgotten
+            return index_roots.forget(store, paths.resolve_all(targets))
 
     def skipped(self) -> list[tuple[str, str, str]]:
         with Store.open(self.path) as store:

@@ -16,6 +16,7 @@ from clipsearch import paths
 from clipsearch.errors import UsageError
 from clipsearch.index.records import now, os_path, path_columns
 from clipsearch.index.store import Store
+from clipsearch.index.vectors import VectorIndex
 
 
 @dataclass
@@ -53,7 +54,7 @@ def remember(store: Store, roots: Iterable[str]) -> None:
             current.append(root)
 
 
-def rescan(store: Store) -> tuple[list[str], list[str]]:
+def rescan(store: Store) -> tuple[tuple[str, ...], tuple[str, ...]]:
     """(roots that still exist, roots that vanished) for `clipsearch index` with no argument.
 
     What lay under a vanished root is forgotten now: its photos would otherwise keep coming back.
@@ -62,18 +63,18 @@ def rescan(store: Store) -> tuple[list[str], list[str]]:
     if not roots:
         raise UsageError("this index knows no folders yet (indexes made before clipsearch 0.x recorded them "
                          "have none); name them once: `clipsearch index FOLDER…`")
-    present = [r for r in roots if os.path.lexists(r)]
-    vanished = [r for r in roots if r not in present]
+    present = tuple(r for r in roots if os.path.lexists(r))
+    vanished = tuple(r for r in roots if r not in present)
     if vanished:
-        forget(store, vanished)
+        forget(store, vanished, refresh=False)  # the run refreshes the FAISS file when it ends
     return present, vanished
 
 
-def forget(store: Store, targets: Sequence[str]) -> Forgotten:
+def forget(store: Store, targets: Sequence[str], refresh: bool = True) -> Forgotten:
     """Remove every photo, skip and root at or under `targets` (absolute paths): one transaction.
 
-    Vectors and tags go with their images (ON DELETE CASCADE); the write generation moves on, so the
-    FAISS file is rebuilt from SQLite before the next search.
+    Vectors and tags go with their images (ON DELETE CASCADE); with `refresh` the FAISS file is
+    rebuilt from SQLite now (it would be before the next search anyway: the generation moved on).
     """
     result = Forgotten()
     images, skips, roots = _rows(store, "images", "id"), _rows(store, "skipped", "path"), known(store)
@@ -96,6 +97,8 @@ def forget(store: Store, targets: Sequence[str]) -> Forgotten:
         # Nested in this transaction as a savepoint: images (vectors, tags by cascade) and the generation.
         store.write_batch([], None, delete_ids=[int(i) for i in ids])
     result.photos, result.skipped = len(ids), len(skipped)
+    if refresh:
+        VectorIndex.load(store.path.parent, store)
     return result
 
 

@@ -119,3 +119,18 @@ def test_tag_refuses_another_model_and_can_wait(photo_dir: Path, isolated: Path)
         release.set()
         holder.join()
     assert waited.exit_code == 0, waited.output
+
+
+def test_readme_gets_a_new_user_started() -> None:
+    import tomllib
+
+    root = Path(__file__).parents[1]
+    readme = (root / "README.md").read_text()
+    # The two "Try it" commands, word for word as users have copied them.
+    assert ".venv/bin/pip install torch==2.14.1 torchvision==0.29.1 -e . && export CLIPSEARCH_HOME=" in readme
+    assert ".venv/bin/pip install torch==2.14.1 torchvision==0.29.1 -e '.[test,dev]' && .venv/bin/python -m pytest" \
+        in readme
+    assert "--index-url https://download.pytorch.org/whl/cpu" in readme and "source .venv/bin/activate" in readme
+    assert "pipx install ." in readme and "uv tool install ." in readme and "minutes" in readme
+    deps = tomllib.loads((root / "pyproject.toml").read_text())["project"]["dependencies"]
+    assert any(d.startswith("pillow-heif") for d in deps)  # HEIC out of the box, not an extra

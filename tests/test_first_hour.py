@@ -6,6 +6,7 @@ import json
 import shutil
 from pathlib import Path
 
+import pytest
 from click.testing import CliRunner
 
 from clipsearch.cli import app
@@ -134,3 +135,68 @@ def test_readme_gets_a_new_user_started() -> None:
     assert "pipx install ." in readme and "uv tool install ." in readme and "minutes" in readme
     deps = tomllib.loads((root / "pyproject.toml").read_text())["project"]["dependencies"]
     assert any(d.startswith("pillow-heif") for d in deps)  # HEIC out of the box, not an extra
+
+
+def test_the_progress_bar_says_the_model_is_loading(photo_dir: Path, isolated: Path) -> None:
+    """On a real terminal (a pty): the seconds of the model's load read as such, not as 0/48."""
+    import os
+    import pty
+    import subprocess
+    import sys
+
+    def on_a_terminal(*args: str) -> str:
+        main, sub = pty.openpty()
+        env = {**os.environ, "CLIPSEARCH_HOME": str(isolated), "COLUMNS": "100"}
+        proc = subprocess.Popen([sys.executable, "-m", "clipsearch", *args], stdin=sub, stdout=sub, stderr=sub,
+                                env=env)
+        os.close(sub)
+        seen = b""
+        while True:
+            try:
+                chunk = os.read(main, 65536)
+            except OSError:  # the pty closes when the process ends
+                break
+            if not chunk:
+                break
+            seen += chunk
+        proc.wait(300)
+        os.close(main)
+        return seen.decode("utf-8", "replace")
+
+    shown = on_a_terminal("index", str(photo_dir))
+    assert "loading the model…" in shown and "indexing" in shown
+    assert "model load" in shown and "embedding 48 photos" in shown and "48 photos in the index" in shown
+    (photo_dir / "all" / "blue-star-0.png").unlink()
+    shutil.copy(photo_dir / "all" / "red-circle-0.png", photo_dir / "all" / "copy.png")
+    assert on_a_terminal("index", str(photo_dir), "-q") == ""
+
+
+def test_quiet_means_silent_even_while_preparing_the_text_encoder(photo_dir: Path, text_model_on: None) -> None:
+    result = runner.invoke(app, ["index", str(photo_dir), "-q"])
+    assert result.exit_code == 0 and result.output == "" and result.stderr == ""
+    assert json.loads(runner.invoke(app, ["status", "--json"]).stdout)["text_model"]
+
+
+def test_no_network_fails_fast_and_models_download_gives_useful_advice(monkeypatch: pytest.MonkeyPatch,
+                                                                      photo_dir: Path) -> None:
+    import huggingface_hub
+
+    from clipsearch import config
+    from clipsearch.model import names
+
+    def never(**_: object) -> str:
+        raise AssertionError("the hub client was tried (and would retry for ~25 s)")
+
+    monkeypatch.delenv("HF_HUB_OFFLINE")
+    monkeypatch.setattr(names, "hub_reachable", lambda: False)
+    monkeypatch.setattr(huggingface_hub, "hf_hub_download", never)
+    index = runner.invoke(app, ["index", str(photo_dir), "--model", config.DEFAULT_MODEL])
+    assert index.exit_code == 4 and "could not reach the Hugging Face Hub" in index.stderr
+    assert "clipsearch models download" in index.stderr  # the advice that fits here
+    download = runner.invoke(app, ["models", "download", config.DEFAULT_MODEL])
+    assert download.exit_code == 4 and "could not download" in download.stderr
+    assert "clipsearch models download" not in download.stderr
+    monkeypatch.setenv("HF_HUB_OFFLINE", "1")
+    offline = runner.invoke(app, ["models", "download", config.DEFAULT_MODEL])
+    assert offline.exit_code == 4 and "HF_HUB_OFFLINE is set" in offline.stderr
+    assert "clipsearch models download" not in offline.stderr

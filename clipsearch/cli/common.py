@@ -104,10 +104,10 @@ def _write_crash_log(exc: BaseException) -> Path | None:
 
 
 def library(index: Path | None, model: str | None = None, device: str | None = None,
-            precision: str | None = None) -> Library:
+            precision: str | None = None, quiet: bool = False) -> Library:
     from clipsearch.library import Library
 
-    return Library(index, model=model, device=device, precision=precision, notify=note)
+    return Library(index, model=model, device=device, precision=precision, notify=None if quiet else note)
 
 
 def note(message: str) -> None:
@@ -138,16 +138,18 @@ class RichProgress:
             TimeRemainingColumn,
         )
 
+        self.verb = verb
         self.progress = Progress(
-            TextColumn(f"[bold]{verb}"), BarColumn(), MofNCompleteColumn(),
+            TextColumn("[bold]{task.description}"), BarColumn(), MofNCompleteColumn(),
             TextColumn("{task.fields[skipped]} skipped"), TimeElapsedColumn(), TextColumn("eta"),
             TimeRemainingColumn(), console=_STDERR.get(), transient=True,
             disable=quiet or not _STDERR.get().is_terminal)
         self.task = self.progress.add_task(verb, total=None, skipped=0)
 
     def found(self, total: int) -> None:
-        self.progress.update(self.task, total=total)
+        # The model loads between the scan and the first photo: seconds that would read as a stall.
+        self.progress.update(self.task, total=total, description="loading the model…" if total else self.verb)
 
     def advance(self, done: int, skipped: int) -> None:
-        self.progress.update(self.task, completed=done, skipped=skipped)
+        self.progress.update(self.task, completed=done, skipped=skipped, description=self.verb)
 

@@ -3,6 +3,7 @@
 from __future__ import annotations
 
 import sys
+import time
 from pathlib import Path
 
 import click
@@ -49,13 +50,14 @@ def index(paths: tuple[Path, ...], exclude: tuple[str, ...], follow_symlinks: bo
     """
     from clipsearch.cli import render
 
-    lib = library(index_path, model, device, precision)
+    lib = library(index_path, model, device, precision, quiet=quiet)
     progress = RichProgress(quiet or as_json)
     on_ray = None
     if ray or ray_address:
         from clipsearch.ingest.ray_executor import RayOptions
 
         on_ray = RayOptions(ray_address, ray_workers, ray_cpus, ray_gpus)
+    started = time.perf_counter()
     with progress.progress:
         summary = lib.index(paths, exclude=exclude, follow_symlinks=follow_symlinks, include_hidden=include_hidden,
                             rebuild=rebuild, wait=wait, max_pixels=max_megapixels * 1_000_000, progress=progress,
@@ -66,7 +68,7 @@ def index(paths: tuple[Path, ...], exclude: tuple[str, ...], follow_symlinks: bo
     if show_skipped and summary.skipped_files:
         out.print(render.skipped_lines(summary.skipped_files), end="", markup=False)
     if not quiet:
-        err.print(render.index_summary(summary), end="", markup=False)
+        err.print(render.index_summary(summary, time.perf_counter() - started), end="", markup=False)
 
 
 @click.command()

@@ -49,7 +49,7 @@ def models_download(model: str) -> None:
     from clipsearch.model import names as models_mod
 
     spec = models_mod.parse(model)
-    path = models_mod.resolve_weights(spec, download=True, notify=note)
+    path = models_mod.resolve_weights(spec, download=True, notify=note, downloading=True)
     out.print(f"{spec.name}: {path}", markup=False)
     out.print(f"sha256 {models_mod.sha256_of(path)}", markup=False)
 

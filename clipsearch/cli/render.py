@@ -101,12 +101,16 @@ def nothing_found(ranking: Ranking) -> str:
     return "no photos match"
 
 
-def index_summary(s: IndexSummary) -> str:
+def index_summary(s: IndexSummary, wall: float | None = None) -> str:
+    """The run in a line or three; `wall` is what the user waited (scan and FAISS refresh included)."""
     parts = [f"{s.new} new", f"{s.changed} changed", f"{s.moved} moved", f"{s.removed} removed",
              f"{s.unchanged} unchanged", f"{sum(s.skipped.values())} skipped"]
     line = ", ".join(parts)
-    rate = f", {s.images_per_second:.1f} images/s" if s.embedded else ""
-    out = f"Indexed in {s.seconds:.1f}s{rate}: {line}. {s.total} photos in the index.\n"
+    # The model's load is often most of a small run: reported apart, so the rate means something.
+    timing = (f" (model load {s.model_load_seconds:.1f}s, embedding {plural(s.embedded, 'photo')} "
+              f"{s.seconds - s.model_load_seconds:.1f}s, {s.images_per_second:.1f} images/s)") if s.embedded else ""
+    total = s.seconds if wall is None else wall
+    out = f"Indexed in {total:.1f}s{timing}: {line}. {plural(s.total, 'photo')} in the index.\n"
     if s.skipped:
         reasons = ", ".join(f"{reason}: {n}" for reason, n in s.skipped.most_common())
         out += f"Skipped ({reasons}) — `clipsearch status --show-skipped` lists them.\n"

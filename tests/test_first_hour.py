@@ -3,7 +3,12 @@
 from __future__ import annotations
 
 import json
+import os
+import pty
+import re
 import shutil
+import subprocess
+import sys
 from pathlib import Path
 
 import pytest
@@ -12,6 +17,28 @@ from click.testing import CliRunner
 from clipsearch.cli import app
 
 runner = CliRunner()
+
+
+def on_a_terminal(home: Path, *args: str, columns: int = 100, cwd: Path | None = None) -> str:
+    """`clipsearch ARGS` with a pseudo-terminal as stdin, stdout and stderr: what a user sees."""
+    main, sub = pty.openpty()
+    env = {**os.environ, "CLIPSEARCH_HOME": str(home), "COLUMNS": str(columns)}
+    proc = subprocess.Popen([sys.executable, "-m", "clipsearch", *args], stdin=sub, stdout=sub, stderr=sub,
+                            env=env, cwd=cwd)
+    os.close(sub)
+    seen = b""
+    while True:
+        try:
+            chunk = os.read(main, 65536)
+        except OSError:  # the pty closes when the process ends
+            break
+        if not chunk:
+            break
+        seen += chunk
+    proc.wait(300)
+    os.close(main)
+    text = seen.decode("utf-8", "replace").replace("\r\n", "\n")
+    return re.sub(r"\x1b\]8;[^\x1b]*\x1b\\|\x1b\[[0-9;?]*[A-Za-z]", "", text)  # links, colours, cursor moves
 
 
 def _two_folders(photo_dir: Path) -> tuple[Path, Path]:
@@ -139,36 +166,13 @@ def test_readme_gets_a_new_user_started() -> None:
 
 def test_the_progress_bar_says_the_model_is_loading(photo_dir: Path, isolated: Path) -> None:
     """On a real terminal (a pty): the seconds of the model's load read as such, not as 0/48."""
-    import os
-    import pty
-    import subprocess
-    import sys
 
-    def on_a_terminal(*args: str) -> str:
-        main, sub = pty.openpty()
-        env = {**os.environ, "CLIPSEARCH_HOME": str(isolated), "COLUMNS": "100"}
-        proc = subprocess.Popen([sys.executable, "-m", "clipsearch", *args], stdin=sub, stdout=sub, stderr=sub,
-                                env=env)
-        os.close(sub)
-        seen = b""
-        while True:
-            try:
-                chunk = os.read(main, 65536)
-            except OSError:  # the pty closes when the process ends
-                break
-            if not chunk:
-                break
-            seen += chunk
-        proc.wait(300)
-        os.close(main)
-        return seen.decode("utf-8", "replace")
-
-    shown = on_a_terminal("index", str(photo_dir))
+    shown = on_a_terminal(isolated, "index", str(photo_dir))
     assert "loading the model…" in shown and "indexing" in shown
     assert "model load" in shown and "embedding 48 photos" in shown and "48 photos in the index" in shown
     (photo_dir / "all" / "blue-star-0.png").unlink()
     shutil.copy(photo_dir / "all" / "red-circle-0.png", photo_dir / "all" / "copy.png")
-    assert on_a_terminal("index", str(photo_dir), "-q") == ""
+    assert on_a_terminal(isolated, "index", str(photo_dir), "-q") == ""
 
 
 def test_quiet_means_silent_even_while_preparing_the_text_encoder(photo_dir: Path, text_model_on: None) -> None:
@@ -200,3 +204,40 @@ def test_no_network_fails_fast_and_models_download_gives_useful_advice(monkeypat
     offline = runner.invoke(app, ["models", "download", config.DEFAULT_MODEL])
     assert offline.exit_code == 4 and "HF_HUB_OFFLINE is set" in offline.stderr
     assert "clipsearch models download" not in offline.stderr
+
+
+def _long_named(photo_dir: Path) -> Path:
+    deep = photo_dir / "a rather long folder name" / "and another one inside it" / "2024"
+    deep.mkdir(parents=True)
+    for f in sorted((photo_dir / "all").glob("red-*.png")):
+        shutil.copy(f, deep / f"holiday picture from the beach {f.name}")
+    return deep
+
+
+def test_narrow_terminals_keep_paths_whole_or_shorten_them_from_the_left(photo_dir: Path, isolated: Path) -> None:
+    deep = _long_named(photo_dir)
+    assert runner.invoke(app, ["index", str(photo_dir), "-q"]).exit_code == 0
+    shown = on_a_terminal(isolated, "query", "a photo of a red circle", "-n", "5", "--in", str(deep),
+                          columns=40, cwd=photo_dir)
+    rows = [line for line in shown.splitlines() if line[:1].isdigit()]
+    assert len(rows) == 5 and all(len(line) <= 40 for line in shown.splitlines())  # one line per result
+    assert all(".png" in line and "…" in line for line in rows)  # the file name's end, cut from the left
+    dups = on_a_terminal(isolated, "duplicates", columns=40, cwd=photo_dir)
+    lines = [line for line in dups.splitlines() if ".png" in line]
+    assert lines and all(len(line.rstrip()) <= 40 and line.rstrip().endswith(".png") for line in lines)
+    assert "keep" in dups
+    wide = on_a_terminal(isolated, "query", "a photo of a red circle", "-n", "3", columns=200, cwd=photo_dir)
+    assert "all/red-circle-0.png" in wide and str(photo_dir) not in wide  # relative under the current folder
+
+
+def test_a_table_in_a_pipe_never_breaks_a_name(photo_dir: Path) -> None:
+    deep = _long_named(photo_dir)
+    assert runner.invoke(app, ["index", str(photo_dir), "-q"]).exit_code == 0
+    table = runner.invoke(app, ["query", "a photo of a red circle", "-n", "5", "--in", str(deep), "-f", "table"],
+                          env={"COLUMNS": "40"})
+    names = [p.name for p in deep.iterdir()]
+    rows = [line for line in table.stdout.splitlines() if line[:1].isdigit()]
+    assert len(rows) == 5 and all(any(n in line for n in names) for line in rows)
+    assert all(str(deep) in line or "~" in line for line in rows)  # whole paths
+    dups = runner.invoke(app, ["duplicates", "-f", "table"], env={"COLUMNS": "40"})
+    assert sum(1 for line in dups.stdout.splitlines() if "holiday picture from the beach red-" in line) >= 4

@@ -125,6 +125,18 @@ def print_json(payload: object) -> None:
         sys.stdout.write(text + "\n")
 
 
+def print_table(table: Any) -> None:
+    """On a terminal as fitted to it; in a pipe as wide as the table is, so no path is ever broken."""
+    if out.is_terminal:
+        out.print(table)
+        return
+    from rich.console import Console
+
+    from clipsearch.cli.fit import width_of
+
+    Console(file=sys.stdout, width=width_of(table), highlight=False, color_system=None).print(table)
+
+
 class RichProgress:
     """Long work's progress, drawn on stderr; invisible when stderr is not a terminal."""
 

@@ -9,7 +9,7 @@ from pathlib import Path
 import click
 
 from clipsearch import paths as paths_mod
-from clipsearch.cli.common import RichProgress, err, handles_errors, library, out, print_json
+from clipsearch.cli.common import RichProgress, err, handles_errors, library, out, print_json, print_table
 from clipsearch.cli.options import PATH, device_option, index_option, json_option, model_option, precision_option
 
 
@@ -157,7 +157,7 @@ def duplicates(paths: tuple[Path, ...], similar: bool, threshold: float, similar
         sys.stdout.write(json.dumps({"schema_version": render.SCHEMA_VERSION,
                                      "groups": [g.as_dict() for g in groups]}, indent=2, ensure_ascii=False) + "\n")
     elif groups:
-        out.print(render.duplicates_table(groups))
+        print_table(render.duplicates_table(groups, out.width if out.is_terminal else None))
     if html is not None:
         thumbs = {m.id: lib.thumbnail_of(m.id, m.path, m.mtime_ns) for g in groups for m in g.members}
         html.write_text(render.duplicates_html(groups, thumbs), encoding="utf-8")

@@ -6,9 +6,10 @@ imported by the functions that build tables, so output for pipes does not pay fo
 
 from __future__ import annotations
 
+import datetime as dt
 import json
 import os
-from collections.abc import Mapping, Sequence
+from collections.abc import Callable, Mapping, Sequence
 from pathlib import Path
 from typing import TYPE_CHECKING
 from urllib.parse import quote
@@ -36,22 +37,30 @@ def human_bytes(n: float) -> str:
     return f"{n:.1f} GB"
 
 
-def results_table(results: Sequence[SearchResult]) -> Table:
-    from rich.table import Table
-    from rich.text import Text
+def results_table(results: Sequence[SearchResult], width: int | None = None) -> Table:
+    """The results in `width` cells (None: as wide as they are): size and date give way before paths."""
+    from clipsearch.cli import fit
 
-    table = Table(show_edge=False, pad_edge=False, header_style="bold", expand=False)
-    table.add_column("#", justify="right", style="dim", no_wrap=True)
-    table.add_column("score", justify="right", no_wrap=True)
-    table.add_column("path", overflow="fold", ratio=1)
-    table.add_column("date", style="dim", no_wrap=True)
-    table.add_column("size", justify="right", style="dim", no_wrap=True)
-    for r in results:
-        # The link carries the real path; the text is shortened with ~ so long paths still fit.
-        link = "file://" + quote(os.fsencode(r.path))
-        table.add_row(str(r.rank), f"{r.score:.3f}", Text(short_path(r.path), style=f"link {link}"),
-                      r.date[:10], human_bytes(r.size))
-    return table
+    def build(dropped: frozenset[str], path_text: Callable[[str], str]) -> Table:
+        from rich.table import Table
+        from rich.text import Text
+
+        table = Table(show_edge=False, pad_edge=False, header_style="bold", expand=False)
+        table.add_column("#", justify="right", style="dim", no_wrap=True)
+        table.add_column("score", justify="right", no_wrap=True)
+        table.add_column("path", overflow="fold")
+        for name in ("date", "size"):
+            if name not in dropped:
+                table.add_column(name, justify="right" if name == "size" else "left", style="dim", no_wrap=True)
+        for r in results:
+            # The link carries the real path; the text is shortened (relative, ~, then from the left).
+            link = "file://" + quote(os.fsencode(r.path))
+            extra = {"date": r.date[:10], "size": human_bytes(r.size)}
+            table.add_row(str(r.rank), f"{r.score:.3f}", Text(path_text(r.path), style=f"link {link}"),
+                          *(v for k, v in extra.items() if k not in dropped))
+        return table
+
+    return fit.fit(build, ("size", "date"), width)
 
 
 def short_path(path: str) -> str:
@@ -213,22 +222,33 @@ def contact_sheet(results: Sequence[SearchResult], thumbs: Sequence[Path | None]
     return _HTML.format(title=html.escape(title), meta=html.escape(meta), body=body)
 
 
-def duplicates_table(groups: Sequence[Group]) -> Table:
-    from rich.table import Table
-    from rich.text import Text
+def duplicates_table(groups: Sequence[Group], width: int | None = None) -> Table:
+    """Groups in `width` cells (None: as wide as they are); the paths are the last to give way."""
+    from clipsearch.cli import fit
 
-    table = Table(show_edge=False, pad_edge=False, header_style="bold")
-    for name in ("group", "tier", "keep", "path", "pixels", "date", "size", "cosine"):
-        right = name in ("group", "pixels", "size", "cosine")
-        table.add_column(name, justify="right" if right else "left", no_wrap=name != "path", overflow="fold",
-                         ratio=1 if name == "path" else None)
-    for n, g in enumerate(groups, start=1):
-        for i, m in enumerate(sorted(g.members, key=lambda m: m.id != g.keep.id)):
-            table.add_row(str(n) if i == 0 else "", g.tier if i == 0 else "", "keep" if m.id == g.keep.id else "",
-                          Text(short_path(m.path), style="bold" if m.id == g.keep.id else ""),
-                          f"{m.width}×{m.height}", (m.taken_at or "")[:10], human_bytes(m.size),
-                          f"{g.scores.get(m.id, 1.0):.3f}", end_section=i == len(g.members) - 1)
-    return table
+    columns = ("group", "tier", "keep", "path", "pixels", "date", "size", "cosine")
+
+    def build(dropped: frozenset[str], path_text: Callable[[str], str]) -> Table:
+        from rich.table import Table
+        from rich.text import Text
+
+        table = Table(show_edge=False, pad_edge=False, header_style="bold")
+        shown = [c for c in columns if c not in dropped]
+        for name in shown:
+            right = name in ("group", "pixels", "size", "cosine")
+            table.add_column(name, justify="right" if right else "left", no_wrap=name != "path", overflow="fold")
+        for n, g in enumerate(groups, start=1):
+            for i, m in enumerate(sorted(g.members, key=lambda m: m.id != g.keep.id)):
+                when = m.taken_at or dt.datetime.fromtimestamp(m.mtime_ns / 1e9).isoformat()  # file time, else
+                cells = {"group": str(n) if i == 0 else "", "tier": g.tier if i == 0 else "",
+                         "keep": "keep" if m.id == g.keep.id else "",
+                         "path": Text(path_text(m.path), style="bold" if m.id == g.keep.id else ""),
+                         "pixels": f"{m.width}×{m.height}", "date": when[:10], "size": human_bytes(m.size),
+                         "cosine": f"{g.scores.get(m.id, 1.0):.3f}"}
+                table.add_row(*(cells[c] for c in shown), end_section=i == len(g.members) - 1)
+        return table
+
+    return fit.fit(build, ("cosine", "size", "pixels", "date", "tier"), width)
 
 
 def duplicates_summary(groups: Sequence[Group]) -> str:

@@ -9,7 +9,7 @@ from typing import TYPE_CHECKING, Any, TypeVar
 
 import click
 
-from clipsearch.cli.common import err, escape, handles_errors, library, out
+from clipsearch.cli.common import err, escape, handles_errors, library, out, print_table
 from clipsearch.cli.options import PATH, device_option, index_option, model_option, precision_option
 
 if TYPE_CHECKING:
@@ -118,7 +118,7 @@ def _show(lib: Library, found: QueryResult, fmt: str, null: bool, html: Path | N
         _previews(lib, results)
     elif fmt == "table" or (fmt == "auto" and sys.stdout.isatty() and out.is_terminal):
         if results:
-            out.print(render.results_table(results))
+            print_table(render.results_table(results, out.width if out.is_terminal else None))
     else:
         sys.stdout.write(render.results_plain(results))
     sys.stdout.flush()

@@ -241,3 +241,55 @@ def test_a_table_in_a_pipe_never_breaks_a_name(photo_dir: Path) -> None:
     assert all(str(deep) in line or "~" in line for line in rows)  # whole paths
     dups = runner.invoke(app, ["duplicates", "-f", "table"], env={"COLUMNS": "40"})
     assert sum(1 for line in dups.stdout.splitlines() if "holiday picture from the beach red-" in line) >= 4
+
+
+def test_wrong_values_are_usage_errors(photo_dir: Path, tmp_path: Path) -> None:
+    assert runner.invoke(app, ["index", str(photo_dir), "-q"]).exit_code == 0
+    q = ["query", "a photo of a red circle"]
+    cases = {
+        "unknown --type jpgg": [*q, "--type", "png,jpgg"],
+        "--in": [*q, "--in", str(tmp_path / "nowhere")],
+        "is not before --before": [*q, "--after", "2021", "--before", "2020-06"],
+        "'banana' is not one of": [*q, "--device", "banana"],
+        "'fp8' is not one of": [*q, "--precision", "fp8"],
+        "does not combine with --format json": [*q, "-0", "-f", "json"],
+        "does not combine with --json": ["similar", str(photo_dir / "all" / "red-circle-0.png"), "-0", "--json"],
+    }
+    for expected, args in cases.items():
+        result = runner.invoke(app, args)
+        assert result.exit_code == 2, (args, result.output)
+        assert expected in result.stderr and result.stdout == "", (args, result.stderr)
+        assert result.stderr.splitlines()[-1].startswith("error: "), result.stderr  # never click's "Error:"
+    ok = runner.invoke(app, [*q, "--type", "PNG", "--device", "cpu", "--precision", "FP32", "-n", "1"])
+    assert ok.exit_code == 0, ok.output
+    dash = runner.invoke(app, ["query", "-red"])
+    assert dash.exit_code == 2 and 'clipsearch query -- "-red"' in dash.stderr
+    assert runner.invoke(app, ["query", "-n", "1", "--min-score", "-1", "--", "-red"]).exit_code == 0
+
+
+def test_one_non_image_file_says_why_nothing_was_indexed_and_status_agrees(tmp_path: Path) -> None:
+    readme = tmp_path / "README.md"
+    readme.write_text("# not a photo\n")
+    result = runner.invoke(app, ["index", str(readme)])
+    assert result.exit_code == 0, result.output
+    assert "Nothing was indexed" in result.stderr and ".md is not a photo format" in result.stderr
+    st = json.loads(runner.invoke(app, ["status", "--json", "--show-skipped"]).stdout)
+    assert st["skipped"] == {"not an image": 1} and st["skipped_files"][0]["path"] == str(readme)
+    readme.unlink()
+    runner.invoke(app, ["index", str(tmp_path), "-q"])  # gone: no longer counted
+    assert json.loads(runner.invoke(app, ["status", "--json"]).stdout)["skipped"] == {}
+
+
+def test_skip_counts_agree_between_the_summary_and_status(photo_dir: Path) -> None:
+    (photo_dir / "all" / "dangling.png").symlink_to(photo_dir / "nowhere.png")
+    (photo_dir / "all" / "empty.png").write_bytes(b"")
+    summary = json.loads(runner.invoke(app, ["index", str(photo_dir), "--json", "--follow-symlinks"]).stdout)
+    st = json.loads(runner.invoke(app, ["status", "--json"]).stdout)
+    assert summary["skipped"] == st["skipped"] and sum(st["skipped"].values()) == 2, (summary["skipped"], st)
+
+
+def test_the_cli_accepts_the_devices_and_precisions_the_embedder_does() -> None:
+    from clipsearch.cli import options
+    from clipsearch.model import embedder
+
+    assert set(options.DEVICES) == set(embedder.DEVICES) and set(options.PRECISIONS) == set(embedder.PRECISIONS)

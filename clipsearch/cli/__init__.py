@@ -10,6 +10,7 @@ through it, 0.15 s of each start, a third of a cold query's budget (measured, do
 from __future__ import annotations
 
 import sys
+from typing import Any
 
 import click
 
@@ -27,6 +28,12 @@ class _InOrder(click.Group):
 
     def list_commands(self, ctx: click.Context) -> list[str]:
         return list(self.commands)
+
+    def main(self, *args: Any, **kwargs: Any) -> Any:
+        """click's main, with usage errors as `error: …` lines like every other error (cli/usage.py)."""
+        from clipsearch.cli import usage
+
+        return usage.run_group(self, click.Group.main, args, kwargs)
 
 
 @click.group(cls=_InOrder, no_args_is_help=True, context_settings={"help_option_names": ["-h", "--help"]})

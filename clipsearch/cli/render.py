@@ -123,6 +123,10 @@ def index_summary(s: IndexSummary, wall: float | None = None) -> str:
     if s.skipped:
         reasons = ", ".join(f"{reason}: {n}" for reason, n in s.skipped.most_common())
         out += f"Skipped ({reasons}) — `clipsearch status --show-skipped` lists them.\n"
+    if not (s.new or s.changed or s.unchanged or s.moved):
+        why = "; ".join(f"{short_path(p)}: {r}" + (f" ({d})" if d else "") for p, r, d in s.skipped_files[:3])
+        out += (f"Nothing was indexed: {why}.\n" if why else "Nothing was indexed: no photos (jpg, png, heic, "
+                "webp, tiff, raw, …) were found; hidden files and folders need --include-hidden.\n")
     if s.vanished_roots:
         gone = ", ".join(short_path(r) for r in s.vanished_roots)
         out += f"No longer there, so forgotten: {gone}.\n"

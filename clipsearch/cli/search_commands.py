@@ -70,6 +70,7 @@ def query(text: str | None, image: tuple[Path, ...], add: tuple[str, ...], sub: 
 
     TEXT: words, an example photo's path, or parts like "beach + sunset - people" and "2:dog + cat".
     """
+    _check_output(fmt, as_json, null)
     lib = library(index_path, model, device, precision)
     found = lib.query(text, images=image, add=add, sub=sub, top=top,
                       **_filters(within, after, before, types, min_width), sort=sort, min_score=min_score, tags=tag)
@@ -85,10 +86,18 @@ def similar(photo: Path, top: int, within: tuple[Path, ...], after: str | None, 
             types: str | None, min_width: int, sort: str, min_score: float | None, fmt: str, as_json: bool,
             null: bool, html: Path | None, preview: bool, index_path: Path | None) -> None:
     """Photos most like PHOTO, an indexed photo, from its stored vector (no model needed)."""
+    _check_output(fmt, as_json, null)
     lib = library(index_path)
     found = lib.query(similar_to=photo, top=top, **_filters(within, after, before, types, min_width), sort=sort,
                       min_score=min_score)
     _show(lib, found, "json" if as_json else fmt, null, html, f"like {photo.name}", preview)
+
+
+def _check_output(fmt: str, as_json: bool, null: bool) -> None:
+    """One output format: -0 prints exact paths, so it cannot also be JSON or a table."""
+    if null and (as_json or fmt != "auto"):
+        raise click.UsageError(f"-0/--null prints NUL-separated paths; it does not combine with "
+                               f"{'--json' if as_json else '--format ' + fmt}")
 
 
 def _filters(within: tuple[Path, ...], after: str | None, before: str | None, types: str | None,

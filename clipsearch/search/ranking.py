@@ -12,6 +12,8 @@ from dataclasses import dataclass, field
 import numpy as np
 
 from clipsearch import paths
+from clipsearch.errors import UsageError
+from clipsearch.formats import IMAGE_EXTENSIONS
 from clipsearch.index.records import ImageRecord
 from clipsearch.index.store import Store
 from clipsearch.index.vectors import VectorIndex
@@ -69,8 +71,20 @@ class Filters:
     @classmethod
     def build(cls, within: Iterable[str | os.PathLike[str]] = (), after: dt.datetime | None = None,
               before: dt.datetime | None = None, formats: Iterable[str] = (), min_width: int = 0) -> Filters:
-        """Filters from what a user gave: folders as typed, extensions or format names."""
-        kinds = (f.lower().lstrip(".") for f in formats)
+        """Filters from what a user gave: folders as typed, extensions or format names.
+
+        A value that can match nothing is a usage error, not "no photos match".
+        """
+        kinds = [f.strip().lower().lstrip(".") for f in formats if f.strip()]
+        known = {e.lstrip(".") for e in IMAGE_EXTENSIONS} | set(FORMAT_ALIASES.values()) | {"mpo"}
+        if unknown := [k for k in kinds if k not in known]:
+            raise UsageError(f"unknown --type {', '.join(unknown)}: use extensions or format names such as "
+                             "jpg, png, heic, webp, tiff, gif")
+        for folder in within:
+            if not os.path.lexists(paths.resolve(folder)):
+                raise UsageError(f"--in {os.fspath(folder)}: no such folder")
+        if after is not None and before is not None and after >= before:
+            raise UsageError(f"--after {after.date()} is not before --before {before.date()}: nothing can match")
         return cls(paths.resolve_all(within), after, before, frozenset(FORMAT_ALIASES.get(k, k) for k in kinds),
                    min_width)
 

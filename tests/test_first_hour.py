@@ -293,3 +293,34 @@ def test_the_cli_accepts_the_devices_and_precisions_the_embedder_does() -> None:
     from clipsearch.model import embedder
 
     assert set(options.DEVICES) == set(embedder.DEVICES) and set(options.PRECISIONS) == set(embedder.PRECISIONS)
+
+
+def test_unwritable_html_is_a_usage_error_naming_the_path(photo_dir: Path, tmp_path: Path) -> None:
+    assert runner.invoke(app, ["index", str(photo_dir), "-q"]).exit_code == 0
+    for args in (["query", "a photo of a red circle"], ["duplicates"]):
+        bad = runner.invoke(app, [*args, "--html", "/nonexistent/dir/x.html"])
+        assert bad.exit_code == 2 and "cannot write the contact sheet /nonexistent/dir/x.html" in bad.stderr
+        assert bad.stdout == ""  # refused before any result was printed
+        folder = runner.invoke(app, [*args, "--html", str(tmp_path)])
+        assert folder.exit_code == 2 and "it is a folder" in folder.stderr
+    sheet = tmp_path / "sheet.html"
+    done = runner.invoke(app, ["query", "a photo of a red circle", "--html", str(sheet)])
+    assert done.exit_code == 0 and f"wrote the contact sheet {sheet}" in done.stderr and sheet.exists()
+
+
+def test_duplicates_html_and_summary(photo_dir: Path, tmp_path: Path) -> None:
+    evil = photo_dir / "all" / "holiday\u202egnp.exe.png"  # shows as "holidaygnp.exe.png" reversed
+    shutil.copy(photo_dir / "all" / "red-circle-0.png", evil)
+    assert runner.invoke(app, ["index", str(photo_dir), "-q"]).exit_code == 0
+    sheet = tmp_path / "dups.html"
+    result = runner.invoke(app, ["duplicates", "--html", str(sheet)])
+    assert result.exit_code == 0, result.output
+    assert "1 group (1 exact): 1 copy could go" in result.stderr
+    page = sheet.read_text()
+    assert "<title>clipsearch: duplicates</title>" in page and "\u202e" not in page and "\\u202e" in page
+    assert page.count('<a href="file://') == 2  # each thumbnail opens its photo
+    table = runner.invoke(app, ["duplicates", "-f", "table"]).stdout
+    assert re.search(r"\d{4}-\d\d-\d\d", table)  # the date column, file time without EXIF
+    runner.invoke(app, ["tag", "--label", "red", "--threshold", "0.2"])
+    tags = runner.invoke(app, ["tags"]).stdout.splitlines()
+    assert tags[0].split() == ["photos", "tag", "source"]

@@ -125,6 +125,28 @@ def print_json(payload: object) -> None:
         sys.stdout.write(text + "\n")
 
 
+def check_writable(path: Path | None, what: str) -> None:
+    """A file the user named for output: its folder must exist and take writes, checked before the work."""
+    if path is None:
+        return
+    folder = path.expanduser().absolute().parent
+    if not folder.is_dir():
+        raise fail(f"cannot write {what} {path}: no folder {folder}", 2)
+    if path.is_dir():
+        raise fail(f"cannot write {what} {path}: it is a folder", 2)
+    if not os.access(folder, os.W_OK) or (path.exists() and not os.access(path, os.W_OK)):
+        raise fail(f"cannot write {what} {path}: permission denied", 2)
+
+
+def write_user_file(path: Path, text: str, what: str) -> None:
+    """Write an output file the user named, and say where it went; a failure names the path (exit 2)."""
+    try:
+        path.expanduser().write_text(text, encoding="utf-8")
+    except OSError as exc:
+        raise fail(f"cannot write {what} {path}: {exc.strerror or exc}", 2) from None
+    err.print(f"wrote {what} {escape(str(path.expanduser().absolute()))}", markup=False)
+
+
 def print_table(table: Any) -> None:
     """On a terminal as fitted to it; in a pipe as wide as the table is, so no path is ever broken."""
     if out.is_terminal:

@@ -9,7 +9,17 @@ from pathlib import Path
 import click
 
 from clipsearch import paths as paths_mod
-from clipsearch.cli.common import RichProgress, err, handles_errors, library, out, print_json, print_table
+from clipsearch.cli.common import (
+    RichProgress,
+    check_writable,
+    err,
+    handles_errors,
+    library,
+    out,
+    print_json,
+    print_table,
+    write_user_file,
+)
 from clipsearch.cli.options import PATH, device_option, index_option, json_option, model_option, precision_option
 
 
@@ -146,6 +156,7 @@ def duplicates(paths: tuple[Path, ...], similar: bool, threshold: float, similar
 
     from clipsearch.cli import render
 
+    check_writable(html, "the contact sheet")
     lib = library(index_path)
     groups = lib.duplicates(paths, near_cosine=threshold, similar=similar, similar_cosine=similar_threshold,
                             similar_window_s=window)
@@ -160,7 +171,7 @@ def duplicates(paths: tuple[Path, ...], similar: bool, threshold: float, similar
         print_table(render.duplicates_table(groups, out.width if out.is_terminal else None))
     if html is not None:
         thumbs = {m.id: lib.thumbnail_of(m.id, m.path, m.mtime_ns) for g in groups for m in g.members}
-        html.write_text(render.duplicates_html(groups, thumbs), encoding="utf-8")
+        write_user_file(html, render.duplicates_html(groups, thumbs), "the contact sheet")
     if groups:
         err.print(render.duplicates_summary(groups), end="", markup=False)
     else:

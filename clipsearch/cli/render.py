@@ -133,9 +133,9 @@ def index_summary(s: IndexSummary, wall: float | None = None) -> str:
     return out
 
 
-def plural(n: int, word: str) -> str:
+def plural(n: int, word: str, many: str | None = None) -> str:
     """"1 photo", "2 photos": the count with its noun."""
-    return f"{n} {word}" if n == 1 else f"{n} {word}s"
+    return f"{n} {word}" if n == 1 else f"{n} {many or word + 's'}"
 
 
 def forget_summary(f: Forgotten) -> str:
@@ -205,6 +205,19 @@ figure.keep {{ border: 3px solid #2a7a2a; }} h2 {{ font-size: 1em; margin-top: 1
 """
 
 
+# Bidirectional controls (U+202A-202E, U+2066-2069, U+200E/F, U+061C) reorder the text around them:
+# a name can show "photo_gpj.exe" as "photo_exe.jpg". In HTML they are shown as escapes instead.
+_BIDI = {*range(0x202A, 0x202F), *range(0x2066, 0x206A), 0x200E, 0x200F, 0x061C}
+
+
+def html_path(path: str) -> str:
+    """A path for an HTML caption: escaped, with direction overrides visible as \\u202e and the like."""
+    import html
+
+    shown = "".join(f"\\u{ord(c):04x}" if ord(c) in _BIDI else c for c in display_path(path))
+    return html.escape(shown)
+
+
 def contact_sheet(results: Sequence[SearchResult], thumbs: Sequence[Path | None], title: str, meta: str) -> str:
     """A self-contained HTML page (thumbnails inlined) that opens in any browser, no server."""
     import base64
@@ -220,7 +233,7 @@ def contact_sheet(results: Sequence[SearchResult], thumbs: Sequence[Path | None]
         link = "file://" + quote(os.fsencode(r.path))
         figures.append(
             f'<figure><a href="{html.escape(link)}">{img}</a><figcaption><span class="score">#{r.rank} '
-            f'{r.score:.3f}</span> · {html.escape(r.date[:10])}<br>{html.escape(display_path(r.path))}'
+            f'{r.score:.3f}</span> · {html.escape(r.date[:10])}<br>{html_path(r.path)}'
             "</figcaption></figure>")
     body = '<div class="grid">\n' + "\n".join(figures) + "\n</div>"
     return _HTML.format(title=html.escape(title), meta=html.escape(meta), body=body)
@@ -259,11 +272,13 @@ def duplicates_summary(groups: Sequence[Group]) -> str:
     from collections import Counter
 
     tiers = Counter(g.tier for g in groups)
-    extra = sum(len(g.remove) for g in groups)
-    freed = sum(m.size for g in groups for m in g.remove)
+    # Similar shots are different pictures of one scene: for a person to choose, not copies that could go.
+    copies = [m for g in groups if g.tier != "similar" for m in g.remove]
+    alike = sum(len(g.remove) for g in groups if g.tier == "similar")
     parts = ", ".join(f"{n} {tier}" for tier, n in tiers.items())
-    return (f"{len(groups)} groups ({parts}): {extra} photos could go, {human_bytes(freed)}. "
-            "Nothing was deleted.\n")
+    choose = f"; {plural(alike, 'similar shot')} to choose from" if alike else ""
+    return (f"{plural(len(groups), 'group')} ({parts}): {plural(len(copies), 'copy', 'copies')} could go, "
+            f"{human_bytes(sum(m.size for m in copies))}{choose}. Nothing was deleted.\n")
 
 
 def duplicates_html(groups: Sequence[Group], thumbs: dict[int, Path | None]) -> str:
@@ -279,8 +294,9 @@ def duplicates_html(groups: Sequence[Group], thumbs: dict[int, Path | None]) -> 
             img = (f'<img src="data:image/jpeg;base64,{base64.b64encode(thumb.read_bytes()).decode()}" alt="">'
                    if thumb is not None else '<div class="missing">no preview</div>')
             mark = "keep" if m.id == g.keep.id else "copy"
-            figures.append(f'<figure class="{mark}">{img}<figcaption><b>{mark}</b> · {m.width}×{m.height} · '
-                           f'{human_bytes(m.size)}<br>{html.escape(display_path(m.path))}</figcaption></figure>')
+            link = html.escape("file://" + quote(os.fsencode(m.path)))
+            figures.append(f'<figure class="{mark}"><a href="{link}">{img}</a><figcaption><b>{mark}</b> · '
+                           f'{m.width}×{m.height} · {human_bytes(m.size)}<br>{html_path(m.path)}</figcaption></figure>')
         sections.append(f"<h2>Group {n}: {g.tier}</h2><div class=\"grid\">{''.join(figures)}</div>")
-    return _HTML.format(title="clipsearch: duplicates", meta=html.escape(duplicates_summary(groups).strip()),
+    return _HTML.format(title="duplicates", meta=html.escape(duplicates_summary(groups).strip()),
                         body="\n".join(sections))

@@ -9,7 +9,16 @@ from typing import TYPE_CHECKING, Any, TypeVar
 
 import click
 
-from clipsearch.cli.common import err, escape, handles_errors, library, out, print_table
+from clipsearch.cli.common import (
+    check_writable,
+    err,
+    escape,
+    handles_errors,
+    library,
+    out,
+    print_table,
+    write_user_file,
+)
 from clipsearch.cli.options import PATH, device_option, index_option, model_option, precision_option
 
 if TYPE_CHECKING:
@@ -71,6 +80,7 @@ def query(text: str | None, image: tuple[Path, ...], add: tuple[str, ...], sub: 
     TEXT: words, an example photo's path, or parts like "beach + sunset - people" and "2:dog + cat".
     """
     _check_output(fmt, as_json, null)
+    check_writable(html, "the contact sheet")
     lib = library(index_path, model, device, precision)
     found = lib.query(text, images=image, add=add, sub=sub, top=top,
                       **_filters(within, after, before, types, min_width), sort=sort, min_score=min_score, tags=tag)
@@ -87,6 +97,7 @@ def similar(photo: Path, top: int, within: tuple[Path, ...], after: str | None, 
             null: bool, html: Path | None, preview: bool, index_path: Path | None) -> None:
     """Photos most like PHOTO, an indexed photo, from its stored vector (no model needed)."""
     _check_output(fmt, as_json, null)
+    check_writable(html, "the contact sheet")
     lib = library(index_path)
     found = lib.query(similar_to=photo, top=top, **_filters(within, after, before, types, min_width), sort=sort,
                       min_score=min_score)
@@ -134,7 +145,7 @@ def _show(lib: Library, found: QueryResult, fmt: str, null: bool, html: Path | N
     if html is not None:
         thumbs = [lib.thumbnail(r) for r in results]
         meta = f"{len(results)} results · {render.cutoff_note(ranking) or 'no cutoff applied'}"
-        html.write_text(render.contact_sheet(results, thumbs, title, meta), encoding="utf-8")
+        write_user_file(html, render.contact_sheet(results, thumbs, title, meta), "the contact sheet")
     note = render.cutoff_note(ranking)
     if ranking.cut and note and sys.stderr.isatty():
         err.print(f"[dim]{escape(note)}[/]")

@@ -11,6 +11,7 @@ from click_default_group import DefaultGroup
 
 from clipsearch.cli.common import RichProgress, err, escape, fail, handles_errors, library, out, print_json
 from clipsearch.cli.options import PATH, index_option, json_option, model_option
+from clipsearch.cli.render import plural
 
 
 class _TagGroup(DefaultGroup):
@@ -98,10 +99,11 @@ def tag_apply(paths: tuple[Path, ...], labels_file: Path | None, label: tuple[st
         return
     top_counts = ", ".join(f"{k} {v}" for k, v in list(summary.counts.items())[:12])
     verb = "would tag" if dry_run else "tagged"
-    err.print(f"{verb} {summary.tagged} of {summary.photos} photos with {len(summary.counts)} of {summary.labels} "
-              f"labels ({summary.method} thresholds){': ' + top_counts if top_counts else ''}", markup=False)
+    err.print(f"{verb} {summary.tagged} of {plural(summary.photos, 'photo')} with {len(summary.counts)} of "
+              f"{plural(summary.labels, 'label')} ({summary.method} thresholds)"
+              f"{': ' + top_counts if top_counts else ''}", markup=False)
     if write_xmp or clear_xmp:
-        err.print(f"{'would change' if dry_run else 'changed'} {summary.sidecars_changed} XMP sidecars",
+        err.print(f"{'would change' if dry_run else 'changed'} {plural(summary.sidecars_changed, 'XMP sidecar')}",
                   markup=False)
         for problem in summary.sidecar_errors or []:
             err.print(f"[yellow]skipped sidecar:[/] {escape(problem)}")
@@ -154,8 +156,15 @@ def tags(ctx: click.Context, as_json: bool, index_path: Path | None) -> None:
     if as_json:
         print_json([{"label": lab, "source": src, "photos": n} for lab, src, n in counts])
         return
+    if not counts:
+        err.print("no tags yet; `clipsearch tag` adds them", markup=False)
+        return
+    from rich.cells import cell_len
+
+    wide = max(cell_len(lab) for lab, _, _ in counts)
+    out.print(f"[bold]{'photos':>7}  {'tag'.ljust(wide)}  source[/]")
     for lab, src, n in counts:
-        out.print(f"{n:>7}  {escape(lab)}  [dim]{src}[/]")
+        out.print(f"{n:>7}  {escape(lab)}{' ' * (wide - cell_len(lab))}  [dim]{src}[/]")
 
 
 @tags.command("export")

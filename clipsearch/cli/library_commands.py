@@ -76,7 +76,7 @@ def index(paths: tuple[Path, ...], exclude: tuple[str, ...], follow_symlinks: bo
         print_json(summary.as_dict())
         return
     if show_skipped and summary.skipped_files:
-        out.print(render.skipped_lines(summary.skipped_files), end="", markup=False)
+        sys.stdout.write(render.skipped_lines(summary.skipped_files))  # tabs kept: rich would expand them
     if not quiet:
         err.print(render.index_summary(summary, time.perf_counter() - started), end="", markup=False)
 
@@ -123,7 +123,7 @@ def status(show_skipped: bool, as_json: bool, index_path: Path | None) -> None:
         return
     out.print(render.status_text(st), end="", markup=False)
     if show_skipped:
-        out.print(render.skipped_lines(lib.skipped()), end="", markup=False)
+        sys.stdout.write(render.skipped_lines(lib.skipped()))  # tabs kept: rich would expand them
 
 
 @click.command()

@@ -11,6 +11,7 @@ import contextlib
 import datetime as dt
 import errno
 import os
+import re
 import struct
 import warnings
 from dataclasses import dataclass
@@ -209,7 +210,12 @@ def decode(path: str, pre: Preprocess, max_pixels: int = DEFAULT_MAX_PIXELS) -> 
     except IsADirectoryError as exc:
         raise SkipFile("not a file", "a folder with an image-like name") from exc
     except Image.DecompressionBombError as exc:
-        raise SkipFile("too many pixels", str(exc).split(" could be")[0][:120]) from exc
+        # Pillow's own words ("Image size (N pixels) exceeds limit of 178956970 pixels, could be…")
+        # are not for users: the size, and that it is past what is opened at all.
+        found = re.search(r"\((\d+) pixels\)", str(exc))
+        size = f"{int(found.group(1)) / 1e6:.0f} MP" if found else "the image"
+        raise SkipFile("too many pixels", f"{size}, past the size any image is opened at: a decompression-bomb "
+                       "guard") from exc
     except UnidentifiedImageError as exc:
         raise SkipFile("not an image", "no image format recognised the contents") from exc
     except OSError as exc:

@@ -337,3 +337,12 @@ def test_pillows_words_stay_out_of_skip_details(tmp_path: Path) -> None:
     line = result.stdout.strip()
     assert line.startswith("too many pixels\t") and "361 MP" in line
     assert "178956970" not in line and "Image size" not in line and not line.endswith(",")
+
+
+def test_help_wraps_between_words_and_is_not_cut() -> None:
+    for width in (60, 70, 80, 100):
+        for args in (["tag", "learn", "--help"], ["index", "--help"], ["query", "--help"]):
+            text = runner.invoke(app, args, terminal_width=width).stdout
+            assert not re.search(r"\w-\n", text), (width, args, text)  # no "--no-" / "text"
+    models = runner.invoke(app, ["models", "--help"], terminal_width=80).stdout
+    assert "(e.g." not in models and "download  Download MODEL's weights into the Hugging Face cache" in models

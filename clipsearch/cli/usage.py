@@ -1,5 +1,5 @@
 """Usage errors in the documented form: `error: …` in lower case, like every other error, with a hint
-where a common mistake is likely (a query that starts with '-')."""
+where a common mistake is likely (a query that starts with '-'); help text wrapped between words."""
 
 from __future__ import annotations
 
@@ -8,6 +8,20 @@ import sys
 from typing import Any
 
 import click
+import click.formatting
+
+_click_wrap = click.formatting.wrap_text
+_HYPHEN = "\ue000"  # a private-use character: textwrap sees a letter where there was a hyphen
+
+
+def _wrap_between_words(text: str, *args: Any, **kwargs: Any) -> str:
+    """click's help wrapping, but never inside a word: "--no-text" split as "--no-" / "text" reads as
+    two things. Hyphens stand in as a letter while wrapping (same width), then come back."""
+    return _click_wrap(text.replace("-", _HYPHEN), *args, **kwargs).replace(_HYPHEN, "-")
+
+
+# click's HelpFormatter looks wrap_text up in its module on each call: help wraps our way from here on.
+click.formatting.wrap_text = _wrap_between_words
 
 
 def run_group(group: click.Group, main: Any, args: Any, kwargs: dict[str, Any]) -> Any:

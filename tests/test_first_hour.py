@@ -346,3 +346,71 @@ def test_help_wraps_between_words_and_is_not_cut() -> None:
             assert not re.search(r"\w-\n", text), (width, args, text)  # no "--no-" / "text"
     models = runner.invoke(app, ["models", "--help"], terminal_width=80).stdout
     assert "(e.g." not in models and "download  Download MODEL's weights into the Hugging Face cache" in models
+
+
+def _jpeg_at(path: Path, colour: tuple[int, int, int], lat: float, lon: float) -> None:
+    """A JPEG with EXIF GPS as cameras write it: degrees, minutes, seconds and N/S, E/W."""
+    from PIL import Image
+
+    def dms(x: float) -> tuple[float, float, float]:
+        d, rest = int(abs(x)), (abs(x) - int(abs(x))) * 60
+        return (float(d), float(int(rest)), round((rest - int(rest)) * 60, 4))
+
+    exif = Image.Exif()
+    exif.get_ifd(0x8825).update({1: "N" if lat >= 0 else "S", 2: dms(lat), 3: "E" if lon >= 0 else "W", 4: dms(lon)})
+    Image.new("RGB", (96, 96), colour).save(path, "JPEG", exif=exif)
+
+
+def test_near_filters_by_the_recorded_gps(tmp_path: Path) -> None:
+    folder = tmp_path / "trip"
+    folder.mkdir()
+    _jpeg_at(folder / "paris.jpg", (200, 30, 30), 48.8584, 2.2945)      # the Eiffel tower
+    _jpeg_at(folder / "versailles.jpg", (190, 40, 30), 48.8049, 2.1204)  # ~14 km away
+    _jpeg_at(folder / "sydney.jpg", (210, 20, 40), -33.8568, 151.2153)
+    from PIL import Image
+
+    Image.new("RGB", (96, 96), (200, 30, 30)).save(folder / "nowhere.jpg")  # no GPS at all
+    assert runner.invoke(app, ["index", str(folder), "-q"]).exit_code == 0
+    q = ["query", "a photo of something red", "--min-score", "-1", "-f", "paths"]
+    near = runner.invoke(app, [*q, "--near", "48.858,2.294,5"])
+    assert near.exit_code == 0 and near.stdout == f"{folder / 'paris.jpg'}\n"
+    wider = runner.invoke(app, [*q, "--near", "48.858,2.294,20"]).stdout.splitlines()
+    assert sorted(Path(p).name for p in wider) == ["paris.jpg", "versailles.jpg"]
+    south = runner.invoke(app, ["similar", str(folder / "paris.jpg"), "--min-score", "-1", "-f", "paths",
+                                "--near", "-33.86,151.21,10"])
+    assert south.stdout == f"{folder / 'sydney.jpg'}\n"
+    for bad in ("48.8,2.2", "91,0,5", "a,b,c", "48.8,2.2,0"):
+        result = runner.invoke(app, [*q, "--near", bad])
+        assert result.exit_code == 2 and "--near" in result.stderr, bad
+
+
+def test_copy_link_and_open_the_results(photo_dir: Path, tmp_path: Path, monkeypatch: pytest.MonkeyPatch) -> None:
+    import time
+
+    assert runner.invoke(app, ["index", str(photo_dir), "-q"]).exit_code == 0
+    picked, linked = tmp_path / "picked", tmp_path / "linked"
+    (picked).mkdir()
+    (picked / "red-circle-0.png").write_bytes(b"mine")  # a name already taken is never overwritten
+    q = ["query", "a photo of a red circle", "-n", "3", "--min-score", "-1", "-f", "paths"]
+    result = runner.invoke(app, [*q, "--copy-to", str(picked), "--link-to", str(linked)])
+    assert result.exit_code == 0, result.output
+    assert f"copied 3 photos into {picked}" in result.stderr and f"linked 3 photos into {linked}" in result.stderr
+    assert (picked / "red-circle-0.png").read_bytes() == b"mine"
+    assert (picked / "red-circle-0 (2).png").read_bytes() == (photo_dir / "all" / "red-circle-0.png").read_bytes()
+    links = sorted(linked.iterdir())
+    assert len(links) == 3 and all(p.is_symlink() and p.resolve().parent == photo_dir / "all" for p in links)
+    bad = runner.invoke(app, [*q, "--copy-to", "/proc/no/such/dir"])
+    assert bad.exit_code == 2 and "--copy-to /proc/no/such/dir" in bad.stderr and bad.stdout == ""
+
+    bin_dir, opened = tmp_path / "bin", tmp_path / "opened.txt"
+    bin_dir.mkdir()
+    (bin_dir / "xdg-open").write_text(f"#!/bin/sh\necho \"$1\" > {opened}\n")
+    (bin_dir / "xdg-open").chmod(0o755)
+    monkeypatch.setenv("PATH", f"{bin_dir}{os.pathsep}{os.environ['PATH']}")
+    result = runner.invoke(app, [*q, "--open"])
+    assert result.exit_code == 0, result.output
+    for _ in range(300):  # the viewer starts detached; wait for it to have been called
+        if opened.exists() and opened.read_text():
+            break
+        time.sleep(0.1)
+    assert opened.read_text().strip() == result.stdout.splitlines()[0]

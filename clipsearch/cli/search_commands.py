@@ -40,6 +40,8 @@ def _result_options(fn: F) -> F:
                      "2020-01-01)."),
         click.option("--type", "types", help="Only these formats, comma-separated: jpg,png,heic,…"),
         click.option("--min-width", type=int, default=0, help="Only photos at least this many pixels wide."),
+        click.option("--near", metavar="LAT,LON,KM", help="Only photos taken within KM of this place (decimal "
+                     "degrees, from the photos' EXIF GPS), e.g. 48.858,2.294,5."),
         click.option("--sort", type=click.Choice(["score", "date"]), default="score", show_default=True,
                      help="score (best first) or date (newest first)."),
         click.option("--min-score", type=float, help="Fixed cosine cutoff instead of the adaptive one "
@@ -50,6 +52,12 @@ def _result_options(fn: F) -> F:
         click.option("--null", "-0", "null", is_flag=True, help="Exact paths separated by NUL, for `xargs -0`."),
         click.option("--html", type=PATH, help="Also write a contact sheet of the results (thumbnails, scores, "
                      "paths) to this HTML file."),
+        click.option("--copy-to", type=PATH, metavar="DIR", help="Also copy the results into DIR (made if "
+                     "missing; a name taken there gets ' (2)')."),
+        click.option("--link-to", type=PATH, metavar="DIR", help="Also symlink the results into DIR (made if "
+                     "missing)."),
+        click.option("--open", "open_best", is_flag=True, help="Also open the best result in the desktop's "
+                     "viewer."),
         click.option("--preview", is_flag=True, help="Show each result's picture in the terminal (kitty/iTerm2 "
                      "images, else coloured blocks)."),
     ]
@@ -72,19 +80,21 @@ def _result_options(fn: F) -> F:
 @handles_errors
 def query(text: str | None, image: tuple[Path, ...], add: tuple[str, ...], sub: tuple[str, ...], top: int,
           within: tuple[Path, ...], after: str | None, before: str | None, types: str | None, min_width: int,
-          sort: str, min_score: float | None, fmt: str, as_json: bool, null: bool, html: Path | None, preview: bool,
+          near: str | None, sort: str, min_score: float | None, fmt: str, as_json: bool, null: bool,
+          html: Path | None, copy_to: Path | None, link_to: Path | None, open_best: bool, preview: bool,
           tag: tuple[str, ...], index_path: Path | None, model: str | None, device: str | None,
           precision: str | None) -> None:
     """Find photos matching a text, example photos, or a mix. Exits 1 when nothing is relevant.
 
     TEXT: words, an example photo's path, or parts like "beach + sunset - people" and "2:dog + cat".
     """
-    _check_output(fmt, as_json, null)
+    _check_output(fmt, as_json, null, copy_to, link_to)
     check_writable(html, "the contact sheet")
     lib = library(index_path, model, device, precision)
-    found = lib.query(text, images=image, add=add, sub=sub, top=top,
-                      **_filters(within, after, before, types, min_width), sort=sort, min_score=min_score, tags=tag)
+    found = lib.query(text, images=image, add=add, sub=sub, top=top, sort=sort, min_score=min_score, tags=tag,
+                      **_filters(within, after, before, types, min_width, near))
     _show(lib, found, "json" if as_json else fmt, null, html, text or "similar photos", preview)
+    _act(found.results, copy_to, link_to, open_best)
 
 
 @click.command()
@@ -93,31 +103,49 @@ def query(text: str | None, image: tuple[Path, ...], add: tuple[str, ...], sub: 
 @index_option
 @handles_errors
 def similar(photo: Path, top: int, within: tuple[Path, ...], after: str | None, before: str | None,
-            types: str | None, min_width: int, sort: str, min_score: float | None, fmt: str, as_json: bool,
-            null: bool, html: Path | None, preview: bool, index_path: Path | None) -> None:
+            types: str | None, min_width: int, near: str | None, sort: str, min_score: float | None, fmt: str,
+            as_json: bool, null: bool, html: Path | None, copy_to: Path | None, link_to: Path | None,
+            open_best: bool, preview: bool, index_path: Path | None) -> None:
     """Photos most like PHOTO, an indexed photo, from its stored vector (no model needed)."""
-    _check_output(fmt, as_json, null)
+    _check_output(fmt, as_json, null, copy_to, link_to)
     check_writable(html, "the contact sheet")
     lib = library(index_path)
-    found = lib.query(similar_to=photo, top=top, **_filters(within, after, before, types, min_width), sort=sort,
+    found = lib.query(similar_to=photo, top=top, **_filters(within, after, before, types, min_width, near), sort=sort,
                       min_score=min_score)
     _show(lib, found, "json" if as_json else fmt, null, html, f"like {photo.name}", preview)
+    _act(found.results, copy_to, link_to, open_best)
 
 
-def _check_output(fmt: str, as_json: bool, null: bool) -> None:
-    """One output format: -0 prints exact paths, so it cannot also be JSON or a table."""
+def _check_output(fmt: str, as_json: bool, null: bool, copy_to: Path | None, link_to: Path | None) -> None:
+    """One output format (-0 prints exact paths, so it cannot also be JSON or a table); target folders
+    made now, so that a bad one is an error before the search."""
+    from clipsearch.cli import actions
+
     if null and (as_json or fmt != "auto"):
         raise click.UsageError(f"-0/--null prints NUL-separated paths; it does not combine with "
                                f"{'--json' if as_json else '--format ' + fmt}")
+    actions.prepare(copy_to, "--copy-to")
+    actions.prepare(link_to, "--link-to")
+
+
+def _act(results: list[SearchResult], copy_to: Path | None, link_to: Path | None, open_best: bool) -> None:
+    from clipsearch.cli import actions
+
+    if copy_to is not None:
+        actions.put([r.path for r in results], copy_to, link=False)
+    if link_to is not None:
+        actions.put([r.path for r in results], link_to, link=True)
+    if open_best and results:
+        actions.open_file(results[0].path)
 
 
 def _filters(within: tuple[Path, ...], after: str | None, before: str | None, types: str | None,
-             min_width: int) -> dict[str, Any]:
+             min_width: int, near: str | None) -> dict[str, Any]:
     from clipsearch.search.query import parse_date
 
     return {"within": within, "after": parse_date(after) if after else None,
             "before": parse_date(before) if before else None,
-            "formats": [t for t in (types or "").split(",") if t.strip()], "min_width": min_width}
+            "formats": [t for t in (types or "").split(",") if t.strip()], "min_width": min_width, "near": near}
 
 
 def _show(lib: Library, found: QueryResult, fmt: str, null: bool, html: Path | None, title: str,

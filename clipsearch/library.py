@@ -250,7 +250,8 @@ class Library:
               add: Iterable[str] = (), sub: Iterable[str] = (), top: int = 20,
               within: Iterable[str | os.PathLike[str]] = (), after: dt.datetime | None = None,
               before: dt.datetime | None = None, formats: Iterable[str] = (), min_width: int = 0,
-              near: str | None = None, min_score: float | None = None, z: float = DEFAULT_Z, sort: str = "score",
+              near: str | None = None, camera: str | None = None, min_score: float | None = None,
+              z: float = DEFAULT_Z, sort: str = "score",
               similar_to: str | os.PathLike[str] | None = None, tags: Iterable[str] = ()) -> ranking.QueryResult:
         """Search with everything the CLI offers: query arithmetic, filters, the relevance cutoff.
 
@@ -263,7 +264,7 @@ class Library:
             raise UsageError("--sort is score or date")
         terms = [] if similar_to is not None else query_mod.parse(
             text, IMAGE_EXTENSIONS, tuple(os.fspath(i) for i in images), tuple(add), tuple(sub))
-        filters = ranking.Filters.build(within, after, before, formats, min_width, near)
+        filters = ranking.Filters.build(within, after, before, formats, min_width, near, camera)
         with self._open() as store:
             recorded = _require_model(store, self.path)
             # The text encoder loads on a thread while FAISS loads here: they overlap on two cores.

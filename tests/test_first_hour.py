@@ -414,3 +414,27 @@ def test_copy_link_and_open_the_results(photo_dir: Path, tmp_path: Path, monkeyp
             break
         time.sleep(0.1)
     assert opened.read_text().strip() == result.stdout.splitlines()[0]
+
+
+def test_camera_filter_from_exif_make_and_model(tmp_path: Path) -> None:
+    from PIL import Image
+
+    folder = tmp_path / "cameras"
+    folder.mkdir()
+    for name, make, model in (("phone.jpg", "Apple", "iPhone 13"), ("canon.jpg", "Canon", "Canon EOS R5\0"),
+                              ("plain.jpg", "", "")):
+        exif = Image.Exif()
+        if make:
+            exif[0x010F], exif[0x0110] = make, model
+        Image.new("RGB", (96, 96), (200, 30, 30)).save(folder / name, "JPEG", exif=exif)
+    assert runner.invoke(app, ["index", str(folder), "-q"]).exit_code == 0
+    q = ["query", "a photo of something red", "--min-score", "-1", "-f", "paths"]
+    assert runner.invoke(app, [*q, "--camera", "iphone 13"]).stdout == f"{folder / 'phone.jpg'}\n"
+    assert runner.invoke(app, [*q, "--camera", "canon eos"]).stdout == f"{folder / 'canon.jpg'}\n"
+    assert runner.invoke(app, [*q, "--camera", "nikon"]).exit_code == 1
+    from clipsearch import config
+    from clipsearch.index.store import Store
+
+    with Store.open(config.index_dir()) as store:
+        records = {Path(r.path).name: r.camera for r in store.iter_images()}
+    assert records == {"phone.jpg": "Apple iPhone 13", "canon.jpg": "Canon EOS R5", "plain.jpg": None}

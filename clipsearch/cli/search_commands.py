@@ -40,6 +40,8 @@ def _result_options(fn: F) -> F:
                      "2020-01-01)."),
         click.option("--type", "types", help="Only these formats, comma-separated: jpg,png,heic,…"),
         click.option("--min-width", type=int, default=0, help="Only photos at least this many pixels wide."),
+        click.option("--camera", help="Only photos whose camera (EXIF make and model) contains this, e.g. "
+                     "'iphone 13' (case ignored)."),
         click.option("--near", metavar="LAT,LON,KM", help="Only photos taken within KM of this place (decimal "
                      "degrees, from the photos' EXIF GPS), e.g. 48.858,2.294,5."),
         click.option("--sort", type=click.Choice(["score", "date"]), default="score", show_default=True,
@@ -80,7 +82,8 @@ def _result_options(fn: F) -> F:
 @handles_errors
 def query(text: str | None, image: tuple[Path, ...], add: tuple[str, ...], sub: tuple[str, ...], top: int,
           within: tuple[Path, ...], after: str | None, before: str | None, types: str | None, min_width: int,
-          near: str | None, sort: str, min_score: float | None, fmt: str, as_json: bool, null: bool,
+          camera: str | None, near: str | None, sort: str, min_score: float | None, fmt: str, as_json: bool,
+          null: bool,
           html: Path | None, copy_to: Path | None, link_to: Path | None, open_best: bool, preview: bool,
           tag: tuple[str, ...], index_path: Path | None, model: str | None, device: str | None,
           precision: str | None) -> None:
@@ -92,7 +95,7 @@ def query(text: str | None, image: tuple[Path, ...], add: tuple[str, ...], sub: 
     check_writable(html, "the contact sheet")
     lib = library(index_path, model, device, precision)
     found = lib.query(text, images=image, add=add, sub=sub, top=top, sort=sort, min_score=min_score, tags=tag,
-                      **_filters(within, after, before, types, min_width, near))
+                      **_filters(within, after, before, types, min_width, camera, near))
     _show(lib, found, "json" if as_json else fmt, null, html, text or "similar photos", preview)
     _act(found.results, copy_to, link_to, open_best)
 
@@ -103,15 +106,15 @@ def query(text: str | None, image: tuple[Path, ...], add: tuple[str, ...], sub: 
 @index_option
 @handles_errors
 def similar(photo: Path, top: int, within: tuple[Path, ...], after: str | None, before: str | None,
-            types: str | None, min_width: int, near: str | None, sort: str, min_score: float | None, fmt: str,
-            as_json: bool, null: bool, html: Path | None, copy_to: Path | None, link_to: Path | None,
-            open_best: bool, preview: bool, index_path: Path | None) -> None:
+            types: str | None, min_width: int, camera: str | None, near: str | None, sort: str,
+            min_score: float | None, fmt: str, as_json: bool, null: bool, html: Path | None, copy_to: Path | None,
+            link_to: Path | None, open_best: bool, preview: bool, index_path: Path | None) -> None:
     """Photos most like PHOTO, an indexed photo, from its stored vector (no model needed)."""
     _check_output(fmt, as_json, null, copy_to, link_to)
     check_writable(html, "the contact sheet")
     lib = library(index_path)
-    found = lib.query(similar_to=photo, top=top, **_filters(within, after, before, types, min_width, near), sort=sort,
-                      min_score=min_score)
+    found = lib.query(similar_to=photo, top=top, sort=sort, min_score=min_score,
+                      **_filters(within, after, before, types, min_width, camera, near))
     _show(lib, found, "json" if as_json else fmt, null, html, f"like {photo.name}", preview)
     _act(found.results, copy_to, link_to, open_best)
 
@@ -140,12 +143,13 @@ def _act(results: list[SearchResult], copy_to: Path | None, link_to: Path | None
 
 
 def _filters(within: tuple[Path, ...], after: str | None, before: str | None, types: str | None,
-             min_width: int, near: str | None) -> dict[str, Any]:
+             min_width: int, camera: str | None, near: str | None) -> dict[str, Any]:
     from clipsearch.search.query import parse_date
 
     return {"within": within, "after": parse_date(after) if after else None,
             "before": parse_date(before) if before else None,
-            "formats": [t for t in (types or "").split(",") if t.strip()], "min_width": min_width, "near": near}
+            "formats": [t for t in (types or "").split(",") if t.strip()], "min_width": min_width,
+            "camera": camera, "near": near}
 
 
 def _show(lib: Library, found: QueryResult, fmt: str, null: bool, html: Path | None, title: str,

@@ -112,8 +112,13 @@ def m006_roots(db: sqlite3.Connection) -> None:
         )""")
 
 
+def m007_camera(db: sqlite3.Connection) -> None:
+    # EXIF make and model, for `--camera`; photos indexed before stay NULL until re-decoded.
+    db.execute("ALTER TABLE images ADD COLUMN camera TEXT")
+
+
 STEPS: list[Callable[[sqlite3.Connection], None]] = [m001_initial, m002_query_cache, m003_tags, m004_personal_tags,
-                                                     m005_image_count, m006_roots]
+                                                     m005_image_count, m006_roots, m007_camera]
 
 
 def applied(conn: sqlite3.Connection) -> list[str]:

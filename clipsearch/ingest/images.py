@@ -61,6 +61,7 @@ class Decoded:
     format: str
     taken_at: str | None = None  # ISO 8601, with offset when the camera recorded one
     gps: tuple[float, float] | None = None
+    camera: str | None = None  # EXIF Make and Model, e.g. "Apple iPhone 13"
 
 
 def heif_available() -> bool:
@@ -135,6 +136,17 @@ def _exif_gps(exif: Image.Exif) -> tuple[float, float] | None:
     if not (-90 <= la <= 90 and -180 <= lo <= 180):
         return None
     return (round(la, 7), round(lo, 7))
+
+
+def _camera(exif: Image.Exif) -> str | None:
+    """"Make Model" from EXIF, without the make twice ("Canon Canon EOS R5") or padding NULs."""
+    try:
+        make, model = (str(exif.get(tag) or "").replace("\0", " ").strip() for tag in (0x010F, 0x0110))
+    except Exception:  # noqa: BLE001 - metadata is optional, the pixels are not
+        return None
+    if make and model.lower().startswith(make.split()[0].lower()):
+        make = ""
+    return " ".join(p for p in (make, model) if p)[:120] or None
 
 
 def _metadata(exif: Image.Exif) -> tuple[str | None, tuple[float, float] | None]:
@@ -253,4 +265,4 @@ def _decode_open(img: Image.Image, pre: Preprocess, max_pixels: int) -> Decoded:
             orientation = 1
     if orientation in (5, 6, 7, 8):
         width, height = height, width
-    return Decoded(_fit(to_rgb(img), pre), width, height, fmt.lower() or "unknown", taken_at, gps)
+    return Decoded(_fit(to_rgb(img), pre), width, height, fmt.lower() or "unknown", taken_at, gps, _camera(exif))

@@ -89,11 +89,12 @@ class Filters:
     min_width: int = 0
     ids: frozenset[int] | None = None  # only these photos (e.g. those with a tag)
     near: tuple[float, float, float] | None = None  # (lat, lon, km): taken within km of there (EXIF GPS)
+    camera: str = ""  # lower case; the EXIF make and model must contain it
 
     @classmethod
     def build(cls, within: Iterable[str | os.PathLike[str]] = (), after: dt.datetime | None = None,
               before: dt.datetime | None = None, formats: Iterable[str] = (), min_width: int = 0,
-              near: str | None = None) -> Filters:
+              near: str | None = None, camera: str | None = None) -> Filters:
         """Filters from what a user gave: folders as typed, extensions or format names.
 
         A value that can match nothing is a usage error, not "no photos match".
@@ -109,7 +110,7 @@ class Filters:
         if after is not None and before is not None and after >= before:
             raise UsageError(f"--after {after.date()} is not before --before {before.date()}: nothing can match")
         return cls(paths.resolve_all(within), after, before, frozenset(FORMAT_ALIASES.get(k, k) for k in kinds),
-                   min_width, near=parse_near(near) if near else None)
+                   min_width, near=parse_near(near) if near else None, camera=(camera or "").strip().lower())
 
     def accepts(self, row: ImageRecord) -> bool:
         if self.ids is not None and row.id not in self.ids:
@@ -119,6 +120,8 @@ class Filters:
         if self.formats and (row.format or "") not in self.formats:
             return False
         if self.min_width and (row.width or 0) < self.min_width:
+            return False
+        if self.camera and self.camera not in (row.camera or "").lower():
             return False
         if self.near and (row.lat is None or row.lon is None or km_between(row.lat, row.lon, *self.near[:2])
                           > self.near[2]):

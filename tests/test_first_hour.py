@@ -71,6 +71,8 @@ def test_forget_a_folder_and_a_photo_leaves_the_files(photo_dir: Path) -> None:
 
     again = runner.invoke(app, ["forget", str(a)])
     assert again.exit_code == 1 and "nothing in the index" in again.stderr
+    assert f"note: {one} is still inside {b}" in gone.stderr  # honest: `index` would bring it back
+    assert "still inside" not in gone.stderr.split(str(one))[0]  # a, no longer a root, gets no such note
 
 
 def test_index_without_paths_rescans_every_root_and_prunes_vanished_ones(photo_dir: Path) -> None:

@@ -145,6 +145,8 @@ def forget_summary(f: Forgotten) -> str:
                      + (f" and {f.skipped} skipped {'file' if f.skipped == 1 else 'files'}" if f.skipped else "")
                      + (f"; no longer indexing {', '.join(short_path(r) for r in f.roots)}" if f.roots else "")
                      + ". The files themselves were not touched.\n")
+    lines += [f"note: {short_path(p)} is still inside {short_path(r)}, which stays indexed: the next `clipsearch "
+              f"index` adds it again (`--exclude` leaves it out)\n" for p, r in f.still_under]
     return "".join(lines)
 
 

@@ -27,10 +27,13 @@ class Forgotten:
     skipped: int = 0
     roots: list[str] = field(default_factory=list)
     unknown: list[str] = field(default_factory=list)  # named paths with nothing under them in the index
+    # (path, root): still on disk inside a root that stays, so the next `clipsearch index` brings it back
+    still_under: list[tuple[str, str]] = field(default_factory=list)
 
     def as_dict(self) -> dict[str, object]:
         return {"photos": self.photos, "skipped": self.skipped, "roots": [paths.display(r) for r in self.roots],
-                "unknown": [paths.display(u) for u in self.unknown]}
+                "unknown": [paths.display(u) for u in self.unknown],
+                "still_under_roots": [paths.display(p) for p, _ in self.still_under]}
 
 
 def known(store: Store) -> list[str]:
@@ -97,6 +100,11 @@ def forget(store: Store, targets: Sequence[str], refresh: bool = True) -> Forgot
         # Nested in this transaction as a savepoint: images (vectors, tags by cascade) and the generation.
         store.write_batch([], None, delete_ids=[int(i) for i in ids])
     result.photos, result.skipped = len(ids), len(skipped)
+    staying = [r for r in roots if r not in result.roots]
+    for target in targets:
+        keeper = next((r for r in staying if paths.under(target, [r])), None)
+        if keeper is not None and os.path.lexists(target) and target not in result.unknown:
+            result.still_under.append((target, keeper))
     if refresh:
         VectorIndex.load(store.path.parent, store)
     return result

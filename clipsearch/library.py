@@ -1,8 +1,8 @@
-"""`Library`: the public facade over one index folder and its model.
+"""`Library`: the public facade over one index folder and its model (README, "From Python").
 
 Each method is thin: it opens the store, takes the write lock when it writes, picks the encoder,
 and hands the work to the module that owns it (ingest/, search/, tags/). Nothing here prints.
-README.md shows it in use.
+README.md ("From Python") shows it in use.
 """
 
 from __future__ import annotations
@@ -22,6 +22,7 @@ from clipsearch.config import DEFAULT_MAX_PIXELS
 from clipsearch.encoders import Encoders
 from clipsearch.errors import IndexMissingError, UsageError
 from clipsearch.formats import IMAGE_EXTENSIONS
+from clipsearch.index import roots as index_roots
 from clipsearch.index.lock import write_lock
 from clipsearch.index.records import now
 from clipsearch.index.status import Status, status
@@ -75,21 +76,23 @@ class Library:
               follow_symlinks: bool = False, include_hidden: bool = False, rebuild: bool = False,
               max_pixels: int = DEFAULT_MAX_PIXELS, wait: bool = False,
               progress: pipeline.Progress | None = None, ray: RayOptions | None = None) -> pipeline.IndexSummary:
-        """Add new and changed photos under `folders`, drop deleted ones, keep moved ones' vectors.
-
-        With `ray`, decoding and embedding run on a Ray cluster (ray_executor.py); the scan, the plan
-        and every commit stay here, so the index ends up the same either way.
-        """
+        """Add new and changed photos under `folders` (none: every root it knows), drop deleted ones,
+        keep moved ones' vectors. With `ray`, decoding and embedding run on Ray (ray_executor.py)."""
         from clipsearch.ingest import pipeline
 
-        roots = paths.existing(folders, "name at least one folder or photo to index")
+        given = [os.fspath(f) for f in folders]
+        roots, vanished = paths.existing(given, "name a folder or photo to index") if given else (), tuple[str, ...]()
+        if not given:
+            Store.open(self.path).close()  # no index yet: that error, before the lock makes a folder
         executor = None
         if ray is not None:  # before anything is created: a missing extra leaves no trace
             from clipsearch.ingest.ray_executor import RayExecutor
 
             executor = RayExecutor(ray, self._model.device, self._model.precision)
-        with write_lock(self.path, wait), Store.open(self.path, create=True) as store:
+        with write_lock(self.path, wait), Store.open(self.path, create=bool(given)) as store:
             started = now()
+            if not given:  # the vanished roots are forgotten now, in their own transaction
+                roots, vanished = index_roots.rescan(store)
             remove_orphan_temps(self.path)
             self._model.check_asked(store.model_identity() if not rebuild else None,
                                     "pass --rebuild to re-embed every photo with the new model, or use another "
@@ -106,6 +109,8 @@ class Library:
 
             walk = pipeline.ScanOptions(tuple(exclude), follow_symlinks, include_hidden)
             summary = pipeline.index_roots(store, list(roots), walk, bound_embedder, max_pixels, progress, executor)
+            index_roots.remember(store, roots)
+            summary.vanished_roots = list(vanished)
             self._finish_write(store, started, summary.as_dict(), load_model=False)
             return summary
 
@@ -202,7 +207,8 @@ class Library:
               add: Iterable[str] = (), sub: Iterable[str] = (), top: int = 20,
               within: Iterable[str | os.PathLike[str]] = (), after: dt.datetime | None = None,
               before: dt.datetime | None = None, formats: Iterable[str] = (), min_width: int = 0,
-              min_score: float | None = None, z: float = DEFAULT_Z, sort: str = "score",
+              near: str | None = None, camera: str | None = None, min_score: float | None = None,
+              z: float = DEFAULT_Z, sort: str = "score",
               similar_to: str | os.PathLike[str] | None = None, tags: Iterable[str] = ()) -> ranking.QueryResult:
         """Search with everything the CLI offers: query arithmetic, filters, the relevance cutoff.
 
@@ -214,7 +220,7 @@ class Library:
         if sort not in ("score", "date"):
             raise UsageError("--sort is score or date")
         images, add, sub, wanted_tags = list(images), list(add), list(sub), [t for t in tags if t.strip()]
-        filters = ranking.Filters.build(within, after, before, formats, min_width)
+        filters = ranking.Filters.build(within, after, before, formats, min_width, near, camera)
         if similar_to is None and not (text or "").strip() and not (images or add or sub) and wanted_tags:
             with self._open(check_model=False) as store:  # `query --tag NAME` alone: the tagged photos
                 return ranking.tagged(store, wanted_tags, top, filters, sort)
@@ -289,21 +295,17 @@ class Library:
 
     def tag(self, folders: Iterable[str | os.PathLike[str]] = (), *, labels: list[zero_shot.Label] | None = None,
             template_set: str = "photo", top: int = 5, threshold: float | None = None, z: float = DEFAULT_Z,
-            write_xmp: bool = False, clear_xmp: bool = False, dry_run: bool = False,
+            write_xmp: bool = False, clear_xmp: bool = False, dry_run: bool = False, wait: bool = False,
             progress: pipeline.Progress | None = None) -> workflow.TagSummary:
-        """Zero-shot tags for indexed photos under `folders` (indexing them first), stored in SQLite.
-
-        With `write_xmp` the tags also go to XMP sidecars; `clear_xmp` removes clipsearch's tags from
-        them instead. `dry_run` computes and reports without writing tags or sidecars.
-        """
+        """Zero-shot tags for photos under `folders` (indexed first) in SQLite, and in sidecars with `write_xmp`."""
         from clipsearch.tags import workflow, zero_shot
 
         given = [os.fspath(p) for p in folders]
-        if given:  # indexing only fills the index (never the photos), so a dry run does it too
-            self.index(given, progress=progress)
+        if given and not clear_xmp:  # indexing only fills the index (never the photos): dry runs do it too
+            self.index(given, wait=wait, progress=progress)
         request = workflow.TagRequest(labels if labels is not None else zero_shot.default_labels(),
                                       zero_shot.templates(template_set), top, threshold, z)
-        with Store.open(self.path) as store:
+        with self._open() as store:  # a --model other than the index's is refused, as for queries
             recorded = _require_model(store, self.path)
             return workflow.tag(store, recorded, request, self._model.text(recorded), paths.resolve_all(given),
                                 write_xmp=write_xmp, clear_xmp=clear_xmp, dry_run=dry_run)
@@ -344,6 +346,11 @@ class Library:
     def status(self) -> Status:
         with Store.open(self.path) as store:
             return status(self.path, store)
+
+    def forget_paths(self, targets: Iterable[str | os.PathLike[str]], wait: bool = False) -> index_roots.Forgotten:
+        """Remove photos at or under `targets` from the index (the files stay); the FAISS file follows."""
+        with write_lock(self.path, wait), Store.open(self.path) as store:
+            return index_roots.forget(store, paths.resolve_all(targets))
 
     def skipped(self) -> list[tuple[str, str, str]]:
         with Store.open(self.path) as store:

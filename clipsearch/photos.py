@@ -13,6 +13,7 @@ from dataclasses import dataclass
 from typing import TYPE_CHECKING
 
 from clipsearch import paths
+from clipsearch.index import roots as index_roots
 from clipsearch.index.lock import write_lock
 from clipsearch.index.records import ImageRecord
 from clipsearch.index.store import Store
@@ -53,12 +54,12 @@ def browse(lib: Library, *, tag: str | None = None, offset: int = 0, limit: int 
 
 
 def roots(lib: Library) -> list[str]:
-    """The folders the index covers: the topmost folders that directly hold indexed photos.
-
-    Read back from the photos' paths; a root that holds photos only in subfolders comes back as
-    those subfolders.
-    """
+    """The folders the index covers: the roots `index` was given (index/roots.py), else, for an index
+    from before they were recorded, the topmost folders that directly hold indexed photos."""
     with Store.open(lib.path) as store:
+        recorded = index_roots.known(store)
+        if recorded:
+            return recorded
         folders = {os.path.dirname(p) for p in store.known_files()}
     top: list[str] = []
     for folder in sorted(folders):  # a parent sorts before its children

@@ -63,6 +63,7 @@ def test_download_goes_through_the_hub_and_reports_failure(monkeypatch: pytest.M
         raise ConnectionError("network unreachable")
 
     monkeypatch.delenv("HF_HUB_OFFLINE")
+    monkeypatch.setattr(names, "hub_reachable", lambda: True)  # past the quick probe, to the client
     monkeypatch.setattr(huggingface_hub, "hf_hub_download", refuse)
     with pytest.raises(ModelNotAvailableError, match="download failed: ConnectionError"):
         names.resolve_weights(names.parse(config.DEFAULT_MODEL))
@@ -75,6 +76,7 @@ def test_download_returns_the_cached_file(monkeypatch: pytest.MonkeyPatch, tmp_p
     weights = tmp_path / "open_clip_model.safetensors"
     weights.write_bytes(b"x")
     monkeypatch.delenv("HF_HUB_OFFLINE")
+    monkeypatch.setattr(names, "hub_reachable", lambda: True)  # past the quick probe, to the client
     monkeypatch.setattr(huggingface_hub, "hf_hub_download", lambda repo_id, filename, **_: str(weights))
     assert names.resolve_weights(names.parse(config.DEFAULT_MODEL)) == weights
 
@@ -132,6 +134,7 @@ def test_unreachable_hub_fails_once_with_a_short_reason(monkeypatch: pytest.Monk
         raise LocalEntryNotFoundError("cannot find the requested files in the local cache ... connection")
 
     monkeypatch.delenv("HF_HUB_OFFLINE")
+    monkeypatch.setattr(names, "hub_reachable", lambda: True)  # past the quick probe, to the client
     monkeypatch.setattr(huggingface_hub, "hf_hub_download", unreachable)
     with pytest.raises(ModelNotAvailableError, match="could not reach the Hugging Face Hub"):
         names.resolve_weights(names.parse(config.DEFAULT_MODEL))
@@ -153,5 +156,6 @@ def test_a_missing_safetensors_falls_back_to_the_checkpoint(monkeypatch: pytest.
         return str(weights)
 
     monkeypatch.delenv("HF_HUB_OFFLINE")
+    monkeypatch.setattr(names, "hub_reachable", lambda: True)  # past the quick probe, to the client
     monkeypatch.setattr(huggingface_hub, "hf_hub_download", only_bin)
     assert names.resolve_weights(names.parse(config.DEFAULT_MODEL)) == weights

@@ -10,12 +10,13 @@ through it, 0.15 s of each start, a third of a cold query's budget (measured, do
 from __future__ import annotations
 
 import sys
+from typing import Any
 
 import click
 
 from clipsearch._version import __version__
 from clipsearch.cli.common import err
-from clipsearch.cli.library_commands import duplicates, index, status
+from clipsearch.cli.library_commands import duplicates, forget, index, status
 from clipsearch.cli.model_commands import models
 from clipsearch.cli.search_commands import query, similar
 from clipsearch.cli.serve_commands import serve
@@ -29,6 +30,12 @@ class _InOrder(click.Group):
     def list_commands(self, ctx: click.Context) -> list[str]:
         return list(self.commands)
 
+    def main(self, *args: Any, **kwargs: Any) -> Any:
+        """click's main, with usage errors as `error: …` lines like every other error (cli/usage.py)."""
+        from clipsearch.cli import usage
+
+        return usage.run_group(self, click.Group.main, args, kwargs)
+
 
 @click.group(cls=_InOrder, no_args_is_help=True, context_settings={"help_option_names": ["-h", "--help"]})
 @click.version_option(__version__, "--version", prog_name="clipsearch", message="%(prog)s %(version)s",
@@ -37,7 +44,7 @@ def app() -> None:
     """Search your photos by what is in them, with CLIP, on your own machine."""
 
 
-for command in (index, query, similar, tag, tags, duplicates, status, serve, embed, merge, models):
+for command in (index, forget, query, similar, tag, tags, duplicates, status, serve, embed, merge, models):
     app.add_command(command)
 
 

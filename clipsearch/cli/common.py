@@ -104,10 +104,10 @@ def _write_crash_log(exc: BaseException) -> Path | None:
 
 
 def library(index: Path | None, model: str | None = None, device: str | None = None,
-            precision: str | None = None) -> Library:
+            precision: str | None = None, quiet: bool = False) -> Library:
     from clipsearch.library import Library
 
-    return Library(index, model=model, device=device, precision=precision, notify=note)
+    return Library(index, model=model, device=device, precision=precision, notify=None if quiet else note)
 
 
 def note(message: str) -> None:
@@ -125,6 +125,40 @@ def print_json(payload: object) -> None:
         sys.stdout.write(text + "\n")
 
 
+def check_writable(path: Path | None, what: str) -> None:
+    """A file the user named for output: its folder must exist and take writes, checked before the work."""
+    if path is None:
+        return
+    folder = path.expanduser().absolute().parent
+    if not folder.is_dir():
+        raise fail(f"cannot write {what} {path}: no folder {folder}", 2)
+    if path.is_dir():
+        raise fail(f"cannot write {what} {path}: it is a folder", 2)
+    if not os.access(folder, os.W_OK) or (path.exists() and not os.access(path, os.W_OK)):
+        raise fail(f"cannot write {what} {path}: permission denied", 2)
+
+
+def write_user_file(path: Path, text: str, what: str) -> None:
+    """Write an output file the user named, and say where it went; a failure names the path (exit 2)."""
+    try:
+        path.expanduser().write_text(text, encoding="utf-8")
+    except OSError as exc:
+        raise fail(f"cannot write {what} {path}: {exc.strerror or exc}", 2) from None
+    err.print(f"wrote {what} {escape(str(path.expanduser().absolute()))}", markup=False)
+
+
+def print_table(table: Any) -> None:
+    """On a terminal as fitted to it; in a pipe as wide as the table is, so no path is ever broken."""
+    if out.is_terminal:
+        out.print(table)
+        return
+    from rich.console import Console
+
+    from clipsearch.cli.fit import width_of
+
+    Console(file=sys.stdout, width=width_of(table), highlight=False, color_system=None).print(table)
+
+
 class RichProgress:
     """Long work's progress, drawn on stderr; invisible when stderr is not a terminal."""
 
@@ -138,16 +172,18 @@ class RichProgress:
             TimeRemainingColumn,
         )
 
+        self.verb = verb
         self.progress = Progress(
-            TextColumn(f"[bold]{verb}"), BarColumn(), MofNCompleteColumn(),
+            TextColumn("[bold]{task.description}"), BarColumn(), MofNCompleteColumn(),
             TextColumn("{task.fields[skipped]} skipped"), TimeElapsedColumn(), TextColumn("eta"),
             TimeRemainingColumn(), console=_STDERR.get(), transient=True,
             disable=quiet or not _STDERR.get().is_terminal)
         self.task = self.progress.add_task(verb, total=None, skipped=0)
 
     def found(self, total: int) -> None:
-        self.progress.update(self.task, total=total)
+        # The model loads between the scan and the first photo: seconds that would read as a stall.
+        self.progress.update(self.task, total=total, description="loading the model…" if total else self.verb)
 
     def advance(self, done: int, skipped: int) -> None:
-        self.progress.update(self.task, completed=done, skipped=skipped)
+        self.progress.update(self.task, completed=done, skipped=skipped, description=self.verb)
 

@@ -3,17 +3,28 @@
 from __future__ import annotations
 
 import sys
+import time
 from pathlib import Path
 
 import click
 
 from clipsearch import paths as paths_mod
-from clipsearch.cli.common import RichProgress, err, handles_errors, library, out, print_json
+from clipsearch.cli.common import (
+    RichProgress,
+    check_writable,
+    err,
+    handles_errors,
+    library,
+    out,
+    print_json,
+    print_table,
+    write_user_file,
+)
 from clipsearch.cli.options import PATH, device_option, index_option, json_option, model_option, precision_option
 
 
 @click.command()
-@click.argument("paths", type=PATH, nargs=-1, required=True)
+@click.argument("paths", type=PATH, nargs=-1)
 @click.option("--exclude", "-x", multiple=True, help="Skip files or folders matching this glob (repeatable).")
 @click.option("--follow-symlinks", is_flag=True, help="Follow symbolic links (each folder is visited once).")
 @click.option("--include-hidden", is_flag=True, help="Also index hidden files and folders.")
@@ -42,16 +53,21 @@ def index(paths: tuple[Path, ...], exclude: tuple[str, ...], follow_symlinks: bo
           rebuild: bool, wait: bool, max_megapixels: int, show_skipped: bool, quiet: bool, as_json: bool,
           index_path: Path | None, model: str | None, device: str | None, precision: str | None, ray: bool,
           ray_address: str | None, ray_workers: int | None, ray_cpus: float | None, ray_gpus: float) -> None:
-    """Add new and changed photos under PATHS to the index; forget deleted ones."""
+    """Add new and changed photos under PATHS to the index; forget deleted ones.
+
+    Without PATHS, every folder indexed before is scanned again, and the ones that are gone are
+    forgotten (`clipsearch status` lists them).
+    """
     from clipsearch.cli import render
 
-    lib = library(index_path, model, device, precision)
+    lib = library(index_path, model, device, precision, quiet=quiet)
     progress = RichProgress(quiet or as_json)
     on_ray = None
     if ray or ray_address:
         from clipsearch.ingest.ray_executor import RayOptions
 
         on_ray = RayOptions(ray_address, ray_workers, ray_cpus, ray_gpus)
+    started = time.perf_counter()
     with progress.progress:
         summary = lib.index(paths, exclude=exclude, follow_symlinks=follow_symlinks, include_hidden=include_hidden,
                             rebuild=rebuild, wait=wait, max_pixels=max_megapixels * 1_000_000, progress=progress,
@@ -60,9 +76,32 @@ def index(paths: tuple[Path, ...], exclude: tuple[str, ...], follow_symlinks: bo
         print_json(summary.as_dict())
         return
     if show_skipped and summary.skipped_files:
-        out.print(render.skipped_lines(summary.skipped_files), end="", markup=False)
+        sys.stdout.write(render.skipped_lines(summary.skipped_files))  # tabs kept: rich would expand them
     if not quiet:
-        err.print(render.index_summary(summary), end="", markup=False)
+        err.print(render.index_summary(summary, time.perf_counter() - started), end="", markup=False)
+
+
+@click.command()
+@click.argument("paths", type=PATH, nargs=-1, required=True)
+@click.option("--wait", is_flag=True, help="Wait for a running index to finish instead of exiting with code 3.")
+@json_option
+@index_option
+@handles_errors
+def forget(paths: tuple[Path, ...], wait: bool, as_json: bool, index_path: Path | None) -> None:
+    """Remove the photos at or under PATHS from the index: records, vectors, tags. The files stay.
+
+    PATHS are folders or photos, which may no longer exist. Exits 1 when none of them was in the
+    index.
+    """
+    from clipsearch.cli import render
+
+    gone = library(index_path).forget_paths(paths, wait=wait)
+    if as_json:
+        print_json(gone.as_dict())
+    else:
+        err.print(render.forget_summary(gone), end="", markup=False)
+    if len(gone.unknown) == len(paths):
+        raise click.exceptions.Exit(1)
 
 
 @click.command()
@@ -84,7 +123,7 @@ def status(show_skipped: bool, as_json: bool, index_path: Path | None) -> None:
         return
     out.print(render.status_text(st), end="", markup=False)
     if show_skipped:
-        out.print(render.skipped_lines(lib.skipped()), end="", markup=False)
+        sys.stdout.write(render.skipped_lines(lib.skipped()))  # tabs kept: rich would expand them
 
 
 @click.command()
@@ -117,6 +156,7 @@ def duplicates(paths: tuple[Path, ...], similar: bool, threshold: float, similar
 
     from clipsearch.cli import render
 
+    check_writable(html, "the contact sheet")
     lib = library(index_path)
     groups = lib.duplicates(paths, near_cosine=threshold, similar=similar, similar_cosine=similar_threshold,
                             similar_window_s=window)
@@ -128,10 +168,10 @@ def duplicates(paths: tuple[Path, ...], similar: bool, threshold: float, similar
         sys.stdout.write(json.dumps({"schema_version": render.SCHEMA_VERSION,
                                      "groups": [g.as_dict() for g in groups]}, indent=2, ensure_ascii=False) + "\n")
     elif groups:
-        out.print(render.duplicates_table(groups))
+        print_table(render.duplicates_table(groups, out.width if out.is_terminal else None))
     if html is not None:
         thumbs = {m.id: lib.thumbnail_of(m.id, m.path, m.mtime_ns) for g in groups for m in g.members}
-        html.write_text(render.duplicates_html(groups, thumbs), encoding="utf-8")
+        write_user_file(html, render.duplicates_html(groups, thumbs), "the contact sheet")
     if groups:
         err.print(render.duplicates_summary(groups), end="", markup=False)
     else:

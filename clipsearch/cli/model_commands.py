@@ -45,11 +45,14 @@ def models_list(as_json: bool) -> None:
 @click.argument("model")
 @handles_errors
 def models_download(model: str) -> None:
-    """Download MODEL's weights (e.g. ViT-B-32-256:datacomp_s34b_b86k) into the Hugging Face cache."""
+    """Download MODEL's weights into the Hugging Face cache; MODEL as in `clipsearch models list`.
+
+    For example: clipsearch models download ViT-B-32-256:datacomp_s34b_b86k
+    """
     from clipsearch.model import names as models_mod
 
     spec = models_mod.parse(model)
-    path = models_mod.resolve_weights(spec, download=True, notify=note)
+    path = models_mod.resolve_weights(spec, download=True, notify=note, downloading=True)
     out.print(f"{spec.name}: {path}", markup=False)
     out.print(f"sha256 {models_mod.sha256_of(path)}", markup=False)
 

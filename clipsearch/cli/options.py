@@ -22,7 +22,21 @@ index_option = _option("--index", "index_path", type=PATH,
 model_option = _option("--model", "-m", "model",
                        help="Model as ARCH:PRETRAINED, local-dir:/path or CONFIG.json:CHECKPOINT [default: "
                        "$CLIPSEARCH_MODEL, else the index's model, else ViT-B-32-256:datacomp_s34b_b86k].")
-device_option = _option("--device", help="auto, cpu, cuda or mps [default: auto: CUDA, then MPS, then CPU].")
-precision_option = _option("--precision", help="auto, fp32, bf16 or fp16 [default: fp16 on GPU; bf16 on CPUs "
-                           "with bf16 units, else fp32].")
+# As model/embedder.py accepts them (a test checks); checked here, at parsing, because a text query
+# never loads the model that would have refused a typo.
+DEVICES = ("auto", "cpu", "cuda", "mps")
+PRECISIONS = ("auto", "fp32", "bf16", "fp16")
+
+
+def _device(_ctx: click.Context, _param: click.Parameter, value: str | None) -> str | None:
+    if value is not None and value.lower() not in DEVICES and not value.lower().startswith("cuda:"):
+        raise click.BadParameter(f"{value!r} is not one of {', '.join(DEVICES)} (or cuda:N)")
+    return value
+
+
+device_option = _option("--device", callback=_device,
+                        help="auto, cpu, cuda (cuda:N) or mps [default: auto: CUDA, then MPS, then CPU].")
+precision_option = _option("--precision", type=click.Choice(PRECISIONS, case_sensitive=False),
+                           help="auto, fp32, bf16 or fp16 [default: fp16 on GPU; bf16 on CPUs with bf16 units, "
+                           "else fp32].")
 json_option = _option("--json", "as_json", is_flag=True, help="Print JSON instead of text.")

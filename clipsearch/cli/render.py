@@ -6,9 +6,10 @@ imported by the functions that build tables, so output for pipes does not pay fo
 
 from __future__ import annotations
 
+import datetime as dt
 import json
 import os
-from collections.abc import Mapping, Sequence
+from collections.abc import Callable, Mapping, Sequence
 from pathlib import Path
 from typing import TYPE_CHECKING
 from urllib.parse import quote
@@ -18,6 +19,7 @@ from clipsearch.paths import display as display_path
 if TYPE_CHECKING:
     from rich.table import Table
 
+    from clipsearch.index.roots import Forgotten
     from clipsearch.ingest.pipeline import IndexSummary
     from clipsearch.library import Status
     from clipsearch.model.names import CatalogEntry
@@ -35,22 +37,30 @@ def human_bytes(n: float) -> str:
     return f"{n:.1f} GB"
 
 
-def results_table(results: Sequence[SearchResult]) -> Table:
-    from rich.table import Table
-    from rich.text import Text
+def results_table(results: Sequence[SearchResult], width: int | None = None) -> Table:
+    """The results in `width` cells (None: as wide as they are): size and date give way before paths."""
+    from clipsearch.cli import fit
 
-    table = Table(show_edge=False, pad_edge=False, header_style="bold", expand=False)
-    table.add_column("#", justify="right", style="dim", no_wrap=True)
-    table.add_column("score", justify="right", no_wrap=True)
-    table.add_column("path", overflow="fold", ratio=1)
-    table.add_column("date", style="dim", no_wrap=True)
-    table.add_column("size", justify="right", style="dim", no_wrap=True)
-    for r in results:
-        # The link carries the real path; the text is shortened with ~ so long paths still fit.
-        link = "file://" + quote(os.fsencode(r.path))
-        table.add_row(str(r.rank), f"{r.score:.3f}", Text(short_path(r.path), style=f"link {link}"),
-                      r.date[:10], human_bytes(r.size))
-    return table
+    def build(dropped: frozenset[str], path_text: Callable[[str], str]) -> Table:
+        from rich.table import Table
+        from rich.text import Text
+
+        table = Table(show_edge=False, pad_edge=False, header_style="bold", expand=False)
+        table.add_column("#", justify="right", style="dim", no_wrap=True)
+        table.add_column("score", justify="right", no_wrap=True)
+        table.add_column("path", overflow="fold")
+        for name in ("date", "size"):
+            if name not in dropped:
+                table.add_column(name, justify="right" if name == "size" else "left", style="dim", no_wrap=True)
+        for r in results:
+            # The link carries the real path; the text is shortened (relative, ~, then from the left).
+            link = "file://" + quote(os.fsencode(r.path))
+            extra = {"date": r.date[:10], "size": human_bytes(r.size)}
+            table.add_row(str(r.rank), f"{r.score:.3f}", Text(path_text(r.path), style=f"link {link}"),
+                          *(v for k, v in extra.items() if k not in dropped))
+        return table
+
+    return fit.fit(build, ("size", "date"), width)
 
 
 def short_path(path: str) -> str:
@@ -115,16 +125,44 @@ def closest_heading(ranking: Ranking) -> str:
             "(--min-score -1 shows more):")
 
 
-def index_summary(s: IndexSummary) -> str:
+def index_summary(s: IndexSummary, wall: float | None = None) -> str:
+    """The run in a line or three; `wall` is what the user waited (scan and FAISS refresh included)."""
     parts = [f"{s.new} new", f"{s.changed} changed", f"{s.moved} moved", f"{s.removed} removed",
              f"{s.unchanged} unchanged", f"{sum(s.skipped.values())} skipped"]
     line = ", ".join(parts)
-    rate = f", {s.images_per_second:.1f} images/s" if s.embedded else ""
-    out = f"Indexed in {s.seconds:.1f}s{rate}: {line}. {s.total} photos in the index.\n"
+    # The model's load is often most of a small run: reported apart, so the rate means something.
+    timing = (f" (model load {s.model_load_seconds:.1f}s, embedding {plural(s.embedded, 'photo')} "
+              f"{s.seconds - s.model_load_seconds:.1f}s, {s.images_per_second:.1f} images/s)") if s.embedded else ""
+    total = s.seconds if wall is None else wall
+    out = f"Indexed in {total:.1f}s{timing}: {line}. {plural(s.total, 'photo')} in the index.\n"
     if s.skipped:
         reasons = ", ".join(f"{reason}: {n}" for reason, n in s.skipped.most_common())
         out += f"Skipped ({reasons}) — `clipsearch status --show-skipped` lists them.\n"
+    if not (s.new or s.changed or s.unchanged or s.moved):
+        why = "; ".join(f"{short_path(p)}: {r}" + (f" ({d})" if d else "") for p, r, d in s.skipped_files[:3])
+        out += (f"Nothing was indexed: {why}.\n" if why else "Nothing was indexed: no photos (jpg, png, heic, "
+                "webp, tiff, raw, …) were found; hidden files and folders need --include-hidden.\n")
+    if s.vanished_roots:
+        gone = ", ".join(short_path(r) for r in s.vanished_roots)
+        out += f"No longer there, so forgotten: {gone}.\n"
     return out
+
+
+def plural(n: int, word: str, many: str | None = None) -> str:
+    """"1 photo", "2 photos": the count with its noun."""
+    return f"{n} {word}" if n == 1 else f"{n} {many or word + 's'}"
+
+
+def forget_summary(f: Forgotten) -> str:
+    lines = [f"nothing in the index at or under {short_path(u)}\n" for u in f.unknown]
+    if f.photos or f.skipped or f.roots or not f.unknown:
+        lines.append(f"Forgot {plural(f.photos, 'photo')}"
+                     + (f" and {f.skipped} skipped {'file' if f.skipped == 1 else 'files'}" if f.skipped else "")
+                     + (f"; no longer indexing {', '.join(short_path(r) for r in f.roots)}" if f.roots else "")
+                     + ". The files themselves were not touched.\n")
+    lines += [f"note: {short_path(p)} is still inside {short_path(r)}, which stays indexed: the next `clipsearch "
+              f"index` adds it again (`--exclude` leaves it out)\n" for p, r in f.still_under]
+    return "".join(lines)
 
 
 def skipped_lines(rows: Sequence[tuple[str, str, str]]) -> str:
@@ -145,6 +183,7 @@ def status_text(st: Status) -> str:
         f"text model:   {text}",
         f"last run:     {st.last_run_at or 'never'}",
     ]
+    lines += [f"{'roots:' if i == 0 else '':14}{short_path(r)}" for i, r in enumerate(st.roots)]
     return "\n".join(lines) + "\n"
 
 
@@ -183,6 +222,19 @@ figure.keep {{ border: 3px solid #2a7a2a; }} h2 {{ font-size: 1em; margin-top: 1
 """
 
 
+# Bidirectional controls (U+202A-202E, U+2066-2069, U+200E/F, U+061C) reorder the text around them:
+# a name can show "photo_gpj.exe" as "photo_exe.jpg". In HTML they are shown as escapes instead.
+_BIDI = {*range(0x202A, 0x202F), *range(0x2066, 0x206A), 0x200E, 0x200F, 0x061C}
+
+
+def html_path(path: str) -> str:
+    """A path for an HTML caption: escaped, with direction overrides visible as \\u202e and the like."""
+    import html
+
+    shown = "".join(f"\\u{ord(c):04x}" if ord(c) in _BIDI else c for c in display_path(path))
+    return html.escape(shown)
+
+
 def contact_sheet(results: Sequence[SearchResult], thumbs: Sequence[Path | None], title: str, meta: str) -> str:
     """A self-contained HTML page (thumbnails inlined) that opens in any browser, no server."""
     import base64
@@ -198,39 +250,52 @@ def contact_sheet(results: Sequence[SearchResult], thumbs: Sequence[Path | None]
         link = "file://" + quote(os.fsencode(r.path))
         figures.append(
             f'<figure><a href="{html.escape(link)}">{img}</a><figcaption><span class="score">#{r.rank} '
-            f'{r.score:.3f}</span> · {html.escape(r.date[:10])}<br>{html.escape(display_path(r.path))}'
+            f'{r.score:.3f}</span> · {html.escape(r.date[:10])}<br>{html_path(r.path)}'
             "</figcaption></figure>")
     body = '<div class="grid">\n' + "\n".join(figures) + "\n</div>"
     return _HTML.format(title=html.escape(title), meta=html.escape(meta), body=body)
 
 
-def duplicates_table(groups: Sequence[Group]) -> Table:
-    from rich.table import Table
-    from rich.text import Text
+def duplicates_table(groups: Sequence[Group], width: int | None = None) -> Table:
+    """Groups in `width` cells (None: as wide as they are); the paths are the last to give way."""
+    from clipsearch.cli import fit
 
-    table = Table(show_edge=False, pad_edge=False, header_style="bold")
-    for name in ("group", "tier", "keep", "path", "pixels", "date", "size", "cosine"):
-        right = name in ("group", "pixels", "size", "cosine")
-        table.add_column(name, justify="right" if right else "left", no_wrap=name != "path", overflow="fold",
-                         ratio=1 if name == "path" else None)
-    for n, g in enumerate(groups, start=1):
-        for i, m in enumerate(sorted(g.members, key=lambda m: m.id != g.keep.id)):
-            table.add_row(str(n) if i == 0 else "", g.tier if i == 0 else "", "keep" if m.id == g.keep.id else "",
-                          Text(short_path(m.path), style="bold" if m.id == g.keep.id else ""),
-                          f"{m.width}×{m.height}", (m.taken_at or "")[:10], human_bytes(m.size),
-                          f"{g.scores.get(m.id, 1.0):.3f}", end_section=i == len(g.members) - 1)
-    return table
+    columns = ("group", "tier", "keep", "path", "pixels", "date", "size", "cosine")
+
+    def build(dropped: frozenset[str], path_text: Callable[[str], str]) -> Table:
+        from rich.table import Table
+        from rich.text import Text
+
+        table = Table(show_edge=False, pad_edge=False, header_style="bold")
+        shown = [c for c in columns if c not in dropped]
+        for name in shown:
+            right = name in ("group", "pixels", "size", "cosine")
+            table.add_column(name, justify="right" if right else "left", no_wrap=name != "path", overflow="fold")
+        for n, g in enumerate(groups, start=1):
+            for i, m in enumerate(sorted(g.members, key=lambda m: m.id != g.keep.id)):
+                when = m.taken_at or dt.datetime.fromtimestamp(m.mtime_ns / 1e9).isoformat()  # file time, else
+                cells = {"group": str(n) if i == 0 else "", "tier": g.tier if i == 0 else "",
+                         "keep": "keep" if m.id == g.keep.id else "",
+                         "path": Text(path_text(m.path), style="bold" if m.id == g.keep.id else ""),
+                         "pixels": f"{m.width}×{m.height}", "date": when[:10], "size": human_bytes(m.size),
+                         "cosine": f"{g.scores.get(m.id, 1.0):.3f}"}
+                table.add_row(*(cells[c] for c in shown), end_section=i == len(g.members) - 1)
+        return table
+
+    return fit.fit(build, ("cosine", "size", "pixels", "date", "tier"), width)
 
 
 def duplicates_summary(groups: Sequence[Group]) -> str:
     from collections import Counter
 
     tiers = Counter(g.tier for g in groups)
-    extra = sum(len(g.remove) for g in groups)
-    freed = sum(m.size for g in groups for m in g.remove)
+    # Similar shots are different pictures of one scene: for a person to choose, not copies that could go.
+    copies = [m for g in groups if g.tier != "similar" for m in g.remove]
+    alike = sum(len(g.remove) for g in groups if g.tier == "similar")
     parts = ", ".join(f"{n} {tier}" for tier, n in tiers.items())
-    return (f"{len(groups)} groups ({parts}): {extra} photos could go, {human_bytes(freed)}. "
-            "Nothing was deleted.\n")
+    choose = f"; {plural(alike, 'similar shot')} to choose from" if alike else ""
+    return (f"{plural(len(groups), 'group')} ({parts}): {plural(len(copies), 'copy', 'copies')} could go, "
+            f"{human_bytes(sum(m.size for m in copies))}{choose}. Nothing was deleted.\n")
 
 
 def duplicates_html(groups: Sequence[Group], thumbs: dict[int, Path | None]) -> str:
@@ -246,8 +311,9 @@ def duplicates_html(groups: Sequence[Group], thumbs: dict[int, Path | None]) -> 
             img = (f'<img src="data:image/jpeg;base64,{base64.b64encode(thumb.read_bytes()).decode()}" alt="">'
                    if thumb is not None else '<div class="missing">no preview</div>')
             mark = "keep" if m.id == g.keep.id else "copy"
-            figures.append(f'<figure class="{mark}">{img}<figcaption><b>{mark}</b> · {m.width}×{m.height} · '
-                           f'{human_bytes(m.size)}<br>{html.escape(display_path(m.path))}</figcaption></figure>')
+            link = html.escape("file://" + quote(os.fsencode(m.path)))
+            figures.append(f'<figure class="{mark}"><a href="{link}">{img}</a><figcaption><b>{mark}</b> · '
+                           f'{m.width}×{m.height} · {human_bytes(m.size)}<br>{html_path(m.path)}</figcaption></figure>')
         sections.append(f"<h2>Group {n}: {g.tier}</h2><div class=\"grid\">{''.join(figures)}</div>")
-    return _HTML.format(title="clipsearch: duplicates", meta=html.escape(duplicates_summary(groups).strip()),
+    return _HTML.format(title="duplicates", meta=html.escape(duplicates_summary(groups).strip()),
                         body="\n".join(sections))

@@ -9,7 +9,16 @@ from typing import TYPE_CHECKING, Any, TypeVar
 
 import click
 
-from clipsearch.cli.common import err, escape, handles_errors, library, out
+from clipsearch.cli.common import (
+    check_writable,
+    err,
+    escape,
+    handles_errors,
+    library,
+    out,
+    print_table,
+    write_user_file,
+)
 from clipsearch.cli.options import PATH, device_option, index_option, model_option, precision_option
 
 if TYPE_CHECKING:
@@ -31,6 +40,10 @@ def _result_options(fn: F) -> F:
                      "2020-01-01)."),
         click.option("--type", "types", help="Only these formats, comma-separated: jpg,png,heic,…"),
         click.option("--min-width", type=int, default=0, help="Only photos at least this many pixels wide."),
+        click.option("--camera", help="Only photos whose camera (EXIF make and model) contains this, e.g. "
+                     "'iphone 13' (case ignored)."),
+        click.option("--near", metavar="LAT,LON,KM", help="Only photos taken within KM of this place (decimal "
+                     "degrees, from the photos' EXIF GPS), e.g. 48.858,2.294,5."),
         click.option("--sort", type=click.Choice(["score", "date"]), default="score", show_default=True,
                      help="score (best first) or date (newest first)."),
         click.option("--min-score", type=float, help="Fixed cosine cutoff instead of the adaptive one "
@@ -41,6 +54,12 @@ def _result_options(fn: F) -> F:
         click.option("--null", "-0", "null", is_flag=True, help="Exact paths separated by NUL, for `xargs -0`."),
         click.option("--html", type=PATH, help="Also write a contact sheet of the results (thumbnails, scores, "
                      "paths) to this HTML file."),
+        click.option("--copy-to", type=PATH, metavar="DIR", help="Also copy the results into DIR (made if "
+                     "missing; a name taken there gets ' (2)')."),
+        click.option("--link-to", type=PATH, metavar="DIR", help="Also symlink the results into DIR (made if "
+                     "missing)."),
+        click.option("--open", "open_best", is_flag=True, help="Also open the best result in the desktop's "
+                     "viewer."),
         click.option("--preview", is_flag=True, help="Show each result's picture in the terminal (kitty/iTerm2 "
                      "images, else coloured blocks)."),
     ]
@@ -63,17 +82,22 @@ def _result_options(fn: F) -> F:
 @handles_errors
 def query(text: str | None, image: tuple[Path, ...], add: tuple[str, ...], sub: tuple[str, ...], top: int,
           within: tuple[Path, ...], after: str | None, before: str | None, types: str | None, min_width: int,
-          sort: str, min_score: float | None, fmt: str, as_json: bool, null: bool, html: Path | None, preview: bool,
+          camera: str | None, near: str | None, sort: str, min_score: float | None, fmt: str, as_json: bool,
+          null: bool,
+          html: Path | None, copy_to: Path | None, link_to: Path | None, open_best: bool, preview: bool,
           tag: tuple[str, ...], index_path: Path | None, model: str | None, device: str | None,
           precision: str | None) -> None:
     """Find photos matching a text, example photos, or a mix. Exits 1 when nothing is relevant.
 
     TEXT: words, an example photo's path, or parts like "beach + sunset - people" and "2:dog + cat".
     """
+    _check_output(fmt, as_json, null, copy_to, link_to)
+    check_writable(html, "the contact sheet")
     lib = library(index_path, model, device, precision)
-    found = lib.query(text, images=image, add=add, sub=sub, top=top,
-                      **_filters(within, after, before, types, min_width), sort=sort, min_score=min_score, tags=tag)
+    found = lib.query(text, images=image, add=add, sub=sub, top=top, sort=sort, min_score=min_score, tags=tag,
+                      **_filters(within, after, before, types, min_width, camera, near))
     _show(lib, found, "json" if as_json else fmt, null, html, text or "similar photos", preview)
+    _act(found.results, copy_to, link_to, open_best)
 
 
 @click.command()
@@ -82,22 +106,50 @@ def query(text: str | None, image: tuple[Path, ...], add: tuple[str, ...], sub: 
 @index_option
 @handles_errors
 def similar(photo: Path, top: int, within: tuple[Path, ...], after: str | None, before: str | None,
-            types: str | None, min_width: int, sort: str, min_score: float | None, fmt: str, as_json: bool,
-            null: bool, html: Path | None, preview: bool, index_path: Path | None) -> None:
+            types: str | None, min_width: int, camera: str | None, near: str | None, sort: str,
+            min_score: float | None, fmt: str, as_json: bool, null: bool, html: Path | None, copy_to: Path | None,
+            link_to: Path | None, open_best: bool, preview: bool, index_path: Path | None) -> None:
     """Photos most like PHOTO, an indexed photo, from its stored vector (no model needed)."""
+    _check_output(fmt, as_json, null, copy_to, link_to)
+    check_writable(html, "the contact sheet")
     lib = library(index_path)
-    found = lib.query(similar_to=photo, top=top, **_filters(within, after, before, types, min_width), sort=sort,
-                      min_score=min_score)
+    found = lib.query(similar_to=photo, top=top, sort=sort, min_score=min_score,
+                      **_filters(within, after, before, types, min_width, camera, near))
     _show(lib, found, "json" if as_json else fmt, null, html, f"like {photo.name}", preview)
+    _act(found.results, copy_to, link_to, open_best)
+
+
+def _check_output(fmt: str, as_json: bool, null: bool, copy_to: Path | None, link_to: Path | None) -> None:
+    """One output format (-0 prints exact paths, so it cannot also be JSON or a table); target folders
+    made now, so that a bad one is an error before the search."""
+    from clipsearch.cli import actions
+
+    if null and (as_json or fmt != "auto"):
+        raise click.UsageError(f"-0/--null prints NUL-separated paths; it does not combine with "
+                               f"{'--json' if as_json else '--format ' + fmt}")
+    actions.prepare(copy_to, "--copy-to")
+    actions.prepare(link_to, "--link-to")
+
+
+def _act(results: list[SearchResult], copy_to: Path | None, link_to: Path | None, open_best: bool) -> None:
+    from clipsearch.cli import actions
+
+    if copy_to is not None:
+        actions.put([r.path for r in results], copy_to, link=False)
+    if link_to is not None:
+        actions.put([r.path for r in results], link_to, link=True)
+    if open_best and results:
+        actions.open_file(results[0].path)
 
 
 def _filters(within: tuple[Path, ...], after: str | None, before: str | None, types: str | None,
-             min_width: int) -> dict[str, Any]:
+             min_width: int, camera: str | None, near: str | None) -> dict[str, Any]:
     from clipsearch.search.query import parse_date
 
     return {"within": within, "after": parse_date(after) if after else None,
             "before": parse_date(before) if before else None,
-            "formats": [t for t in (types or "").split(",") if t.strip()], "min_width": min_width}
+            "formats": [t for t in (types or "").split(",") if t.strip()], "min_width": min_width,
+            "camera": camera, "near": near}
 
 
 def _show(lib: Library, found: QueryResult, fmt: str, null: bool, html: Path | None, title: str,
@@ -119,14 +171,14 @@ def _show(lib: Library, found: QueryResult, fmt: str, null: bool, html: Path | N
         _previews(lib, results)
     elif fmt == "table" or (fmt == "auto" and sys.stdout.isatty() and out.is_terminal):
         if results:
-            out.print(render.results_table(results))
+            print_table(render.results_table(results, out.width if out.is_terminal else None))
     else:
         sys.stdout.write(render.results_plain(results))
     sys.stdout.flush()
     if html is not None:
         thumbs = [lib.thumbnail(r) for r in results]
         meta = f"{len(results)} results · {render.cutoff_note(ranking) or 'no cutoff applied'}"
-        html.write_text(render.contact_sheet(results, thumbs, title, meta), encoding="utf-8")
+        write_user_file(html, render.contact_sheet(results, thumbs, title, meta), "the contact sheet")
     note = render.cutoff_note(ranking)
     if ranking.cut and note and sys.stderr.isatty() and results:
         err.print(f"[dim]{escape(note)}[/]")

@@ -11,6 +11,7 @@ from click_default_group import DefaultGroup
 
 from clipsearch.cli.common import RichProgress, err, escape, fail, handles_errors, library, out, print_json
 from clipsearch.cli.options import PATH, index_option, json_option, model_option
+from clipsearch.cli.render import plural
 
 
 class _TagGroup(DefaultGroup):
@@ -51,13 +52,14 @@ def tag() -> None:
 @click.option("--clear-xmp", is_flag=True, help="Remove clipsearch's tags from XMP sidecars (other keywords stay).")
 @click.option("--dry-run", is_flag=True,
               help="Compute and report; write neither tags nor sidecars (new photos are still indexed).")
+@click.option("--wait", is_flag=True, help="Wait for a running index to finish instead of exiting with code 3.")
 @json_option
 @index_option
 @model_option
 @handles_errors
 def tag_apply(paths: tuple[Path, ...], labels_file: Path | None, label: tuple[str, ...], template_set: str,
-              top: int, threshold: float | None, write_xmp: bool, clear_xmp: bool, dry_run: bool, as_json: bool,
-              index_path: Path | None, model: str | None) -> None:
+              top: int, threshold: float | None, write_xmp: bool, clear_xmp: bool, dry_run: bool, wait: bool,
+              as_json: bool, index_path: Path | None, model: str | None) -> None:
     """Tag photos zero-shot from label texts; a photo gets every label that clearly fits, or none.
 
     PATHS are folders or photos to tag (indexed first) [default: the whole index]. Personal tags
@@ -65,6 +67,9 @@ def tag_apply(paths: tuple[Path, ...], labels_file: Path | None, label: tuple[st
     """
     from clipsearch.tags import zero_shot
 
+    if clear_xmp and (write_xmp or labels_file or label or threshold is not None):
+        raise fail("--clear-xmp only removes clipsearch's tags from sidecars; it takes no --write-xmp, labels "
+                   "or --threshold", 2)
     chosen: list[Any] | None
     if labels_file is not None:
         try:
@@ -82,16 +87,23 @@ def tag_apply(paths: tuple[Path, ...], labels_file: Path | None, label: tuple[st
     progress = RichProgress(as_json, verb="tagging")
     with progress.progress:
         summary = lib.tag(paths, labels=chosen, template_set=template_set, top=top, threshold=threshold,
-                          write_xmp=write_xmp, clear_xmp=clear_xmp, dry_run=dry_run, progress=progress)
+                          write_xmp=write_xmp, clear_xmp=clear_xmp, dry_run=dry_run, wait=wait, progress=progress)
     if as_json:
         print_json(summary.as_dict())
         return
+    if clear_xmp:
+        err.print(f"{'would clear' if dry_run else 'cleared'} clipsearch's tags from {summary.sidecars_changed} of "
+                  f"{summary.photos} XMP sidecars (the index keeps its tags; other keywords stay)", markup=False)
+        for problem in summary.sidecar_errors or []:
+            err.print(f"[yellow]skipped sidecar:[/] {escape(problem)}")
+        return
     top_counts = ", ".join(f"{k} {v}" for k, v in list(summary.counts.items())[:12])
     verb = "would tag" if dry_run else "tagged"
-    err.print(f"{verb} {summary.tagged} of {summary.photos} photos with {len(summary.counts)} of {summary.labels} "
-              f"labels ({summary.method} thresholds){': ' + top_counts if top_counts else ''}", markup=False)
+    err.print(f"{verb} {summary.tagged} of {plural(summary.photos, 'photo')} with {len(summary.counts)} of "
+              f"{plural(summary.labels, 'label')} ({summary.method} thresholds)"
+              f"{': ' + top_counts if top_counts else ''}", markup=False)
     if write_xmp or clear_xmp:
-        err.print(f"{'would change' if dry_run else 'changed'} {summary.sidecars_changed} XMP sidecars",
+        err.print(f"{'would change' if dry_run else 'changed'} {plural(summary.sidecars_changed, 'XMP sidecar')}",
                   markup=False)
         for problem in summary.sidecar_errors or []:
             err.print(f"[yellow]skipped sidecar:[/] {escape(problem)}")
@@ -144,8 +156,15 @@ def tags(ctx: click.Context, as_json: bool, index_path: Path | None) -> None:
     if as_json:
         print_json([{"label": lab, "source": src, "photos": n} for lab, src, n in counts])
         return
+    if not counts:
+        err.print("no tags yet; `clipsearch tag` adds them", markup=False)
+        return
+    from rich.cells import cell_len
+
+    wide = max(cell_len(lab) for lab, _, _ in counts)
+    out.print(f"[bold]{'photos':>7}  {'tag'.ljust(wide)}  source[/]")
     for lab, src, n in counts:
-        out.print(f"{n:>7}  {escape(lab)}  [dim]{src}[/]")
+        out.print(f"{n:>7}  {escape(lab)}{' ' * (wide - cell_len(lab))}  [dim]{src}[/]")
 
 
 @tags.command("export")

@@ -29,6 +29,7 @@ class ImageRecord:
     taken_at: str | None = None
     lat: float | None = None
     lon: float | None = None
+    camera: str | None = None  # EXIF make and model (schema step m007; none for photos indexed before)
     id: int = 0
 
     def fields(self) -> dict[str, Any]:
@@ -39,11 +40,13 @@ class ImageRecord:
 
     @classmethod
     def from_fields(cls, path: str, fields: dict[str, Any]) -> ImageRecord:
-        return cls(path=path, **{k: fields[k] for k in FIELDS})
+        # Shards written before the camera was recorded have no "camera": it is then unknown.
+        values: dict[str, Any] = {k: fields[k] if k != "camera" else fields.get(k) for k in FIELDS}
+        return cls(path=path, **values)
 
 
 # The columns of `fields()`, in table order.
-FIELDS = ("size", "mtime_ns", "fingerprint", "width", "height", "format", "taken_at", "lat", "lon")
+FIELDS = ("size", "mtime_ns", "fingerprint", "width", "height", "format", "taken_at", "lat", "lon", "camera")
 COLUMNS = ("path", *FIELDS)
 
 

@@ -102,8 +102,23 @@ def m005_image_count(db: sqlite3.Connection) -> None:
         UPDATE meta SET value = CAST(value AS INTEGER) - 1 WHERE key = 'image_count'; END""")
 
 
+def m006_roots(db: sqlite3.Connection) -> None:
+    # The folders and photos named to `index`, so that `clipsearch index` alone re-scans them all.
+    db.execute("""
+        CREATE TABLE roots (
+            path TEXT PRIMARY KEY,          -- absolute, printable; undecodable bytes as \\xNN
+            path_raw BLOB,                  -- the exact OS bytes, only when path cannot hold them
+            added_at TEXT NOT NULL
+        )""")
+
+
+def m007_camera(db: sqlite3.Connection) -> None:
+    # EXIF make and model, for `--camera`; photos indexed before stay NULL until re-decoded.
+    db.execute("ALTER TABLE images ADD COLUMN camera TEXT")
+
+
 STEPS: list[Callable[[sqlite3.Connection], None]] = [m001_initial, m002_query_cache, m003_tags, m004_personal_tags,
-                                                     m005_image_count]
+                                                     m005_image_count, m006_roots, m007_camera]
 
 
 def applied(conn: sqlite3.Connection) -> list[str]:

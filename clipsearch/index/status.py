@@ -6,10 +6,12 @@ import json
 from dataclasses import dataclass
 from pathlib import Path
 
+from clipsearch.index import roots
 from clipsearch.index.store import Store
 from clipsearch.index.vectors import cache_state
 from clipsearch.model import text_tower
 from clipsearch.model.identity import ModelIdentity
+from clipsearch.paths import display
 
 
 @dataclass(frozen=True)
@@ -23,6 +25,7 @@ class Status:
     last_run: dict[str, object] | None
     vector_cache: str
     text_model: bool = False  # queries can embed text without torch (text_tower.py)
+    roots: tuple[str, ...] = ()  # the folders and photos `clipsearch index` re-scans (roots.py)
 
     def as_dict(self) -> dict[str, object]:
         return {
@@ -32,7 +35,7 @@ class Status:
                 "weights_sha256": self.model.weights_sha256},
             "images": self.images, "skipped": self.skipped, "bytes_on_disk": self.bytes_on_disk,
             "last_run_at": self.last_run_at, "last_run": self.last_run, "vector_cache": self.vector_cache,
-            "text_model": self.text_model,
+            "text_model": self.text_model, "roots": [display(r) for r in self.roots],
         }
 
 
@@ -42,4 +45,5 @@ def status(folder: Path, store: Store) -> Status:
     model = store.model_identity()
     fast = model is not None and text_tower.available(folder, model.weights_sha256)
     return Status(folder, model, store.count(), store.skipped_counts(), size, last[0] if last else None,
-                  json.loads(last[1]) if last and last[1] else None, cache_state(folder, store.generation()), fast)
+                  json.loads(last[1]) if last and last[1] else None, cache_state(folder, store.generation()), fast,
+                  tuple(roots.known(store)))

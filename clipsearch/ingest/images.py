@@ -13,6 +13,7 @@ import datetime as dt
 import errno
 import math
 import os
+import re
 import struct
 import warnings
 from dataclasses import dataclass
@@ -69,6 +70,7 @@ class Decoded:
     format: str
     taken_at: str | None = None  # ISO 8601, with offset when the camera recorded one
     gps: tuple[float, float] | None = None
+    camera: str | None = None  # EXIF Make and Model, e.g. "Apple iPhone 13"
 
 
 def heif_available() -> bool:
@@ -143,6 +145,17 @@ def _exif_gps(exif: Image.Exif) -> tuple[float, float] | None:
     if not (-90 <= la <= 90 and -180 <= lo <= 180):
         return None
     return (round(la, 7), round(lo, 7))
+
+
+def _camera(exif: Image.Exif) -> str | None:
+    """"Make Model" from EXIF, without the make twice ("Canon Canon EOS R5") or padding NULs."""
+    try:
+        make, model = (str(exif.get(tag) or "").replace("\0", " ").strip() for tag in (0x010F, 0x0110))
+    except Exception:  # noqa: BLE001 - metadata is optional, the pixels are not
+        return None
+    if make and model.lower().startswith(make.split()[0].lower()):
+        make = ""
+    return " ".join(p for p in (make, model) if p)[:120] or None
 
 
 def _metadata(exif: Image.Exif) -> tuple[str | None, tuple[float, float] | None]:
@@ -240,7 +253,12 @@ def decode(path: str, pre: Preprocess, max_pixels: int = DEFAULT_MAX_PIXELS) -> 
     except IsADirectoryError as exc:
         raise SkipFile("not a file", "a folder with an image-like name") from exc
     except Image.DecompressionBombError as exc:
-        raise SkipFile("too many pixels", str(exc).split(" could be")[0][:120]) from exc
+        # Pillow's own words ("Image size (N pixels) exceeds limit of 178956970 pixels, could be…")
+        # are not for users: the size, and that it is past what is opened at all.
+        found = re.search(r"\((\d+) pixels\)", str(exc))
+        size = f"{int(found.group(1)) / 1e6:.0f} MP" if found else "the image"
+        raise SkipFile("too many pixels", f"{size}, past the size any image is opened at: a decompression-bomb "
+                       "guard") from exc
     except UnidentifiedImageError as exc:
         raise SkipFile("not an image", "no image format recognised the contents") from exc
     except OSError as exc:
@@ -280,4 +298,4 @@ def _decode_open(img: Image.Image, pre: Preprocess, max_pixels: int) -> Decoded:
             orientation = 1
     if orientation in (5, 6, 7, 8):
         width, height = height, width
-    return Decoded(_fit(to_rgb(img), pre), width, height, fmt.lower() or "unknown", taken_at, gps)
+    return Decoded(_fit(to_rgb(img), pre), width, height, fmt.lower() or "unknown", taken_at, gps, _camera(exif))

@@ -41,7 +41,8 @@ def decode_one(f: scan.FoundFile, pre: Preprocess, max_pixels: int) -> _Decoded:
 
 def record_of(f: scan.FoundFile, out: images.Decoded, fp: str) -> ImageRecord:
     lat, lon = out.gps if out.gps else (None, None)
-    return ImageRecord(f.path, f.size, f.mtime_ns, fp, out.width, out.height, out.format, out.taken_at, lat, lon)
+    return ImageRecord(f.path, f.size, f.mtime_ns, fp, out.width, out.height, out.format, out.taken_at, lat, lon,
+                       out.camera)
 
 
 def _ordered(pool: ThreadPoolExecutor, fn: Callable[[scan.FoundFile], _Decoded], items: list[scan.FoundFile],

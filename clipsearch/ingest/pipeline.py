@@ -10,6 +10,7 @@ the batch in flight, and the next run resumes.
 from __future__ import annotations
 
 import contextlib
+import os
 import time
 from collections import Counter
 from collections.abc import Callable, Generator
@@ -20,6 +21,7 @@ import numpy as np
 
 from clipsearch import paths
 from clipsearch.index.records import ImageRecord, SkipRecord
+from clipsearch.index.roots import drop_stale_skips
 from clipsearch.index.store import Store
 from clipsearch.ingest import scan
 from clipsearch.ingest.plan import plan
@@ -49,6 +51,7 @@ class IndexSummary:
     embed_seconds: float = 0.0
     model_load_seconds: float = 0.0
     total: int = 0
+    vanished_roots: list[str] = field(default_factory=list)  # recorded roots gone, forgotten (index/roots.py)
 
     @property
     def images_per_second(self) -> float:
@@ -65,6 +68,7 @@ class IndexSummary:
             "images_per_second": round(self.images_per_second, 2),
             "skipped_files": [{"path": paths.display(p), "reason": r, "detail": d}
                               for p, r, d in self.skipped_files],
+            "vanished_roots": [paths.display(r) for r in self.vanished_roots],
         }
 
     def skip(self, path: str, reason: str, detail: str) -> None:
@@ -159,13 +163,15 @@ def run(store: Store, get_embedder: Callable[[], Embedder], roots: list[str], fo
     summary = IndexSummary()
     p = plan(store, roots, found)
     summary.unchanged, summary.moved = p.unchanged, len(p.moves)
+    writer = BatchWriter(store)
     for path, reason, detail in scan_problems.skipped:
         summary.skip(path, reason, detail)
+        # Remembered like decoding failures, so that `status` counts what this summary counts.
+        writer.add_skip(SkipRecord(path, *_size_and_mtime(path), reason, detail))
     for s in p.skips:
         summary.skip(s.path, s.reason, s.detail)
     if progress:
         progress.found(len(p.todo))
-    writer = BatchWriter(store)
     if p.todo:
         t_load = time.perf_counter()
         embedder = get_embedder()
@@ -177,10 +183,20 @@ def run(store: Store, get_embedder: Callable[[], Embedder], roots: list[str], fo
         _commit_results(executor, p.todo, p.changed, embedder, max_pixels, writer, summary, progress)
         summary.embed_seconds = executor.embed_seconds
     writer.commit(delete_ids=p.removed_ids, moves=p.moves)
+    seen = {f.path for f in found} | {path for path, _, _ in scan_problems.skipped}
+    drop_stale_skips(store, roots, seen)  # a bad file since deleted or fixed is no longer counted
     summary.removed = len(p.removed_ids)
     summary.total = store.count()
     summary.seconds = time.perf_counter() - start
     return summary
+
+
+def _size_and_mtime(path: str) -> tuple[int, int]:
+    try:
+        st = os.lstat(path)
+    except OSError:
+        return 0, 0
+    return st.st_size, st.st_mtime_ns
 
 
 def _commit_results(executor: Executor, todo: list[scan.FoundFile], changed: set[str], embedder: Embedder,

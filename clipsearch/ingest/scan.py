@@ -58,8 +58,11 @@ def walk(roots: Sequence[str | os.PathLike[str]], exclude: tuple[str, ...] = (),
         except OSError as exc:
             raise UsageError(f"cannot read {root}: {exc.strerror}") from None
         if stat.S_ISREG(st.st_mode):
-            if os.path.splitext(top)[1].lower() in IMAGE_EXTENSIONS:
+            ext = os.path.splitext(top)[1].lower()
+            if ext in IMAGE_EXTENSIONS:
                 yield FoundFile(top, st.st_size, st.st_mtime_ns)
+            else:  # named by the user: say why it was passed over, rather than index nothing in silence
+                problems.add(top, "not an image", f"{ext or 'no extension'} is not a photo format clipsearch reads")
             continue
         yield from _walk_dir(top, exclude, follow_symlinks, include_hidden, problems, seen_dirs)
 

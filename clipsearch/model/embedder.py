@@ -97,13 +97,14 @@ class Embedder:
 
     def __init__(self, spec: names.ModelSpec, device: str | None = None, precision: str | None = None,
                  download: bool = True, notify: Callable[[str], None] | None = None) -> None:
+        # The weights first: a missing file is an error in a second, not after torch's import.
+        weights = names.resolve_weights(spec, download=download, notify=notify)
         _load_torch()
         import torch
 
         self.spec = spec
         self.device = pick_device(device)
         self.precision = pick_precision(precision, self.device)
-        weights = names.resolve_weights(spec, download=download, notify=notify)
         self.weights_path = weights
         self.model, self.preprocess, self.tokenizer = _load(spec, weights, self.device)
         self.model.eval()

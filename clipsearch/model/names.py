@@ -142,17 +142,58 @@ def _offline() -> bool:
     return os.environ.get("HF_HUB_OFFLINE", "").lower() in ("1", "true", "yes", "on")
 
 
-def _not_available(spec: ModelSpec, what: str, reason: str) -> ModelNotAvailableError:
+def _not_available(spec: ModelSpec, what: str, reason: str, downloading: bool = False) -> ModelNotAvailableError:
+    if downloading:  # the user ran `models download`: telling them to run it would be no help
+        return ModelNotAvailableError(
+            f"could not download the weights of {spec.name} ({reason}). Download them on a machine with "
+            "network and copy its Hugging Face cache, ~/.cache/huggingface, here, or use a local checkpoint: "
+            "--model local-dir:/path/to/folder")
     return ModelNotAvailableError(
         f"weights for {spec.name} are not on this machine ({what}; {reason}). Get them with "
         f"`clipsearch models download {spec.name}` on a machine with network (then copy the Hugging Face "
         "cache, ~/.cache/huggingface, here), or use a local checkpoint: --model local-dir:/path/to/folder")
 
 
-def resolve_weights(spec: ModelSpec, download: bool = True, notify: Callable[[str], None] | None = None) -> Path:
+PROXY_VARIABLES = ("HTTPS_PROXY", "https_proxy", "ALL_PROXY", "all_proxy")
+
+
+def hub_reachable(timeout: float = 1.5) -> bool:
+    """Whether the Hugging Face Hub's host answers a TCP connection within `timeout` seconds.
+
+    Without network the hub client retries for ~25 s before failing; this says so in about a
+    second. Behind a proxy the host is not reached directly, so the client is left to try.
+    """
+    import socket
+    import threading
+    from urllib.parse import urlsplit
+
+    if any(os.environ.get(v) for v in PROXY_VARIABLES):
+        return True
+    from huggingface_hub import constants
+
+    url = urlsplit(constants.ENDPOINT)
+    host, port = url.hostname or "huggingface.co", url.port or (80 if url.scheme == "http" else 443)
+    answered: list[bool] = []
+
+    def connect() -> None:  # on a thread: name resolution itself has no timeout
+        try:
+            socket.create_connection((host, port), timeout=timeout).close()
+            answered.append(True)
+        except OSError:
+            answered.append(False)
+
+    probe = threading.Thread(target=connect, daemon=True)
+    probe.start()
+    probe.join(timeout + 0.5)
+    return bool(answered and answered[0])
+
+
+def resolve_weights(spec: ModelSpec, download: bool = True, notify: Callable[[str], None] | None = None,
+                    downloading: bool = False) -> Path:
     """The local weights file for `spec`, downloading it into the Hugging Face cache when allowed.
 
     `notify` hears one line before a download starts, so a caller can tell the user why it waits.
+    `downloading`: the user asked for the download itself (`models download`), which the errors say.
     """
     found = cached_weights(spec)
     if found is not None:
@@ -171,14 +212,16 @@ def resolve_weights(spec: ModelSpec, download: bool = True, notify: Callable[[st
     what = f"{repo}/{names[0]} missing from the Hugging Face cache"
     if not download or _offline():
         reason = "HF_HUB_OFFLINE is set" if _offline() else "downloads are off"
-        raise _not_available(spec, what, reason)
+        raise _not_available(spec, what, reason, downloading)
+    if not hub_reachable():
+        raise _not_available(spec, what, "could not reach the Hugging Face Hub: no network?", downloading)
     if notify is not None:
         size = next((f", about {e.size_mb} MB" for e in CATALOG if e.name == spec.name), "")
         notify(f"downloading the weights of {spec.name} from the Hugging Face Hub{size} (once)")
-    return _download(spec, repo, names, what)
+    return _download(spec, repo, names, what, downloading)
 
 
-def _download(spec: ModelSpec, repo: str, names: list[str], what: str) -> Path:
+def _download(spec: ModelSpec, repo: str, names: list[str], what: str, downloading: bool) -> Path:
     import logging
 
     import huggingface_hub
@@ -194,14 +237,14 @@ def _download(spec: ModelSpec, repo: str, names: list[str], what: str) -> Path:
                 return Path(huggingface_hub.hf_hub_download(repo_id=repo, filename=name, library_name="clipsearch"))
             except LocalEntryNotFoundError:
                 # Not a missing file: the hub itself could not be reached, so other names won't help.
-                raise _not_available(spec, what, "could not reach the Hugging Face Hub") from None
+                raise _not_available(spec, what, "could not reach the Hugging Face Hub", downloading) from None
             except (GatedRepoError, RepositoryNotFoundError) as exc:
                 raise ModelError(f"{repo} is not available on the Hugging Face Hub ({type(exc).__name__})") from None
             except (OSError, ValueError) as exc:
                 if getattr(getattr(exc, "response", None), "status_code", None) == 404:
                     continue  # this file name is not in the repo; try the next one
                 raise _not_available(spec, what, f"download failed: {type(exc).__name__}: "
-                                     f"{str(exc).splitlines()[0][:160]}") from None
+                                     f"{str(exc).splitlines()[0][:160]}", downloading) from None
     finally:
         hub_logger.setLevel(level)
     raise ModelError(f"{repo} has none of {', '.join(names)}")

@@ -15,6 +15,8 @@ from dataclasses import dataclass, field
 import numpy as np
 
 from clipsearch import paths
+from clipsearch.errors import UsageError
+from clipsearch.formats import IMAGE_EXTENSIONS
 from clipsearch.index.records import ImageRecord
 from clipsearch.index.store import Store
 from clipsearch.index.vectors import VectorIndex
@@ -65,6 +67,27 @@ FORMAT_ALIASES = {"jpg": "jpeg", "jpe": "jpeg", "tif": "tiff", "heic": "heif", "
                   "ppm": "ppm", "pgm": "ppm", "pbm": "ppm"}
 
 
+def parse_near(text: str) -> tuple[float, float, float]:
+    """"LAT,LON,KM" (decimal degrees, as maps give them) -> (lat, lon, km), or a usage error."""
+    try:
+        lat, lon, km = (float(part) for part in text.split(","))
+    except ValueError:
+        raise UsageError(f"--near {text!r}: give LAT,LON,KM in decimal degrees, e.g. 48.858,2.294,5") from None
+    if not (-90 <= lat <= 90 and -180 <= lon <= 180 and km > 0):
+        raise UsageError(f"--near {text!r}: latitude -90..90, longitude -180..180, a radius above 0 km")
+    return lat, lon, km
+
+
+def km_between(lat1: float, lon1: float, lat2: float, lon2: float) -> float:
+    """Great-circle distance (haversine, mean Earth radius)."""
+    import math
+
+    p1, p2 = math.radians(lat1), math.radians(lat2)
+    a = (math.sin((p2 - p1) / 2) ** 2
+         + math.cos(p1) * math.cos(p2) * math.sin(math.radians(lon2 - lon1) / 2) ** 2)
+    return 2 * 6371.0088 * math.asin(min(1.0, math.sqrt(a)))
+
+
 @dataclass(frozen=True)
 class Filters:
     """What a result must be, besides relevant. Dates compare with the capture time, else mtime."""
@@ -75,14 +98,29 @@ class Filters:
     formats: frozenset[str] = frozenset()
     min_width: int = 0
     ids: frozenset[int] | None = None  # only these photos (e.g. those with a tag)
+    near: tuple[float, float, float] | None = None  # (lat, lon, km): taken within km of there (EXIF GPS)
+    camera: str = ""  # lower case; the EXIF make and model must contain it
 
     @classmethod
     def build(cls, within: Iterable[str | os.PathLike[str]] = (), after: dt.datetime | None = None,
-              before: dt.datetime | None = None, formats: Iterable[str] = (), min_width: int = 0) -> Filters:
-        """Filters from what a user gave: folders as typed, extensions or format names."""
-        kinds = (f.lower().lstrip(".") for f in formats)
+              before: dt.datetime | None = None, formats: Iterable[str] = (), min_width: int = 0,
+              near: str | None = None, camera: str | None = None) -> Filters:
+        """Filters from what a user gave: folders as typed, extensions or format names.
+
+        A value that can match nothing is a usage error, not "no photos match".
+        """
+        kinds = [f.strip().lower().lstrip(".") for f in formats if f.strip()]
+        known = {e.lstrip(".") for e in IMAGE_EXTENSIONS} | set(FORMAT_ALIASES.values()) | {"mpo"}
+        if unknown := [k for k in kinds if k not in known]:
+            raise UsageError(f"unknown --type {', '.join(unknown)}: use extensions or format names such as "
+                             "jpg, png, heic, webp, tiff, gif")
+        for folder in within:
+            if not os.path.lexists(paths.resolve(folder)):
+                raise UsageError(f"--in {os.fspath(folder)}: no such folder")
+        if after is not None and before is not None and after >= before:
+            raise UsageError(f"--after {after.date()} is not before --before {before.date()}: nothing can match")
         return cls(paths.resolve_all(within), after, before, frozenset(FORMAT_ALIASES.get(k, k) for k in kinds),
-                   min_width)
+                   min_width, near=parse_near(near) if near else None, camera=(camera or "").strip().lower())
 
     def accepts(self, row: ImageRecord) -> bool:
         if self.ids is not None and row.id not in self.ids:
@@ -92,6 +130,11 @@ class Filters:
         if self.formats and (row.format or "") not in self.formats:
             return False
         if self.min_width and (row.width or 0) < self.min_width:
+            return False
+        if self.camera and self.camera not in (row.camera or "").lower():
+            return False
+        if self.near and (row.lat is None or row.lon is None or km_between(row.lat, row.lon, *self.near[:2])
+                          > self.near[2]):
             return False
         if self.after or self.before:
             when = row_date(row)

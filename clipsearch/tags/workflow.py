@@ -70,7 +70,9 @@ def tag(store: Store, recorded: ModelIdentity, request: TagRequest, encoder: Cal
         roots: tuple[str, ...] = (), write_xmp: bool = False, clear_xmp: bool = False,
         dry_run: bool = False) -> TagSummary:
     """Tag the indexed photos under `roots` (all when empty); `encoder` is called only when the label
-    set's vectors are not cached for this model."""
+    set's vectors are not cached for this model. `clear_xmp` only clears the sidecars."""
+    if clear_xmp:
+        return clear_sidecars(store, roots, dry_run)
     set_id = zero_shot.label_set_id(request.labels, request.template_set)
     label_mat = label_matrix(store, recorded, request, set_id, encoder)
     # The alternatives text queries are weighed against (search/relevance.py), kept beside the labels:
@@ -99,6 +101,18 @@ def tag(store: Store, recorded: ModelIdentity, request: TagRequest, encoder: Cal
                          len(request.labels), cut.method)
     if write_xmp or clear_xmp:
         _sidecars([rows[i] for i in scope_ids], [[] if clear_xmp else c for c in combined], dry_run, summary)
+    return summary
+
+
+def clear_sidecars(store: Store, roots: tuple[str, ...], dry_run: bool) -> TagSummary:
+    """clipsearch's tags out of the sidecars of the photos under `roots` (all when empty), and nothing else:
+    no label is embedded, no threshold needed, the tags stored in the index and other keywords stay."""
+    from clipsearch.tags import xmp
+
+    records = [r for r in store.iter_images() if (not roots or paths.under(r.path, roots))
+               and xmp.sidecar_for(r.path).exists()]  # a photo without a sidecar has nothing to clear
+    summary = TagSummary(len(records), 0, {}, "", 0, "none")
+    _sidecars(records, [[] for _ in records], dry_run, summary)
     return summary
 
 

@@ -21,6 +21,7 @@ from clipsearch import config, paths
 from clipsearch.config import DEFAULT_MAX_PIXELS
 from clipsearch.errors import ClipsearchError, IndexMissingError, ModelMismatchError, UsageError
 from clipsearch.formats import IMAGE_EXTENSIONS
+from clipsearch.index.faults import guarded
 from clipsearch.index.lock import write_lock
 from clipsearch.index.records import now
 from clipsearch.index.status import Status, status
@@ -45,6 +46,7 @@ __all__ = ["Library", "Status"]
 TextEncoder = Any  # an Embedder or a text_tower.OnnxTextEncoder: both have embed_texts(list[str])
 
 
+@guarded  # read-only, damaged or vanishing index files end as ClipsearchErrors (index/faults.py)
 class Library:
     """One index folder and the model that goes with it.
 
@@ -197,11 +199,9 @@ class Library:
                             progress=progress)
 
     def _finish_write(self, store: Store, started: str, summary: dict[str, object], load_model: bool) -> None:
-        """After a write: the text tower for torch-free queries, a current FAISS file, the run's record.
-
-        The text tower comes from the model this run loaded, or with `load_model` from the index's
-        weights if they are on this machine already (never a download).
-        """
+        """After a write: the text tower for torch-free queries (from the model this run loaded, or with
+        `load_model` from the index's weights if they are here already, never a download), a current
+        FAISS file, the run's record."""
         if store.model_identity() is None and self._embedder is not None:
             store.bind_model(self._embedder.identity)
         recorded = store.model_identity()
@@ -211,7 +211,7 @@ class Library:
 
             text_export.ensure(self.path, recorded, self._embedder, load_model, self._device, self._precision,
                                lambda: store.sample_vectors(20_000), self._notify)
-        VectorIndex.load(self.path, store)  # refresh the FAISS cache now, not on the next query
+        VectorIndex.load(self.path, store, notify=self._notify)  # refresh the FAISS cache now, not at a query
         store.record_run(started, json.dumps(summary))
 
     # --- searching ------------------------------------------------------------------------------
@@ -233,7 +233,7 @@ class Library:
         cached = self._index
         if cached is not None and cached.still_current(store):
             return cached
-        self._index = VectorIndex.load(self.path, store)
+        self._index = VectorIndex.load(self.path, store, notify=self._notify)
         return self._index
 
     def search(self, text: str | None = None, *, image: str | os.PathLike[str] | None = None,

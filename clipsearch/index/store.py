@@ -18,7 +18,7 @@ import numpy as np
 
 from clipsearch import failpoints
 from clipsearch.errors import IndexMissingError, StorageError
-from clipsearch.index import schema
+from clipsearch.index import faults, schema
 from clipsearch.index.records import (
     COLUMNS,
     FIELDS,
@@ -48,23 +48,33 @@ class Store:
         self.db = db
         self.path = path
         self._savepoints = 0
+        self.read_only = False  # opened without write access (faults.py): queries only
         self.tags = TagTables(db, self.atomic)
 
     @classmethod
     def open(cls, folder: Path, create: bool = False) -> Store:
+        """The index's database; read-only (nothing created beside it) when the folder cannot be written."""
         path = folder / DB_NAME
-        if not path.exists() and not create:
-            raise IndexMissingError(f"no index at {folder}; build one with `clipsearch index FOLDER`")
-        folder.mkdir(parents=True, exist_ok=True)
-        conn = sqlite3.connect(str(path), timeout=30, isolation_level=None, check_same_thread=False)
+        if not path.exists():
+            if not create:
+                raise IndexMissingError(f"no index at {folder}; build one with `clipsearch index FOLDER`")
+            faults.create_atomically(path, lambda conn: schema.ensure(conn, folder))
+        faults.check_not_empty(path)
+        read_only = not faults.writable(folder)
+        conn = faults.connect(path, read_only)
         store = cls(conn, path)
+        store.read_only = read_only
         try:
             conn.execute("PRAGMA foreign_keys = ON")
             conn.execute("PRAGMA busy_timeout = 30000")
-            schema.ensure(conn, folder)
-            # NORMAL is durable across application crashes in WAL mode (only power loss can cost the
-            # last commits), and it keeps batched commits cheap.
-            conn.execute("PRAGMA synchronous = NORMAL")
+            schema.ensure(conn, folder, read_only)
+            if not read_only:
+                # NORMAL is durable across application crashes in WAL mode (only power loss can cost
+                # the last commits), and it keeps batched commits cheap.
+                conn.execute("PRAGMA synchronous = NORMAL")
+        except sqlite3.DatabaseError as exc:
+            conn.close()
+            raise faults.translate(exc, folder) or exc from exc
         except BaseException:
             conn.close()
             raise

@@ -9,6 +9,7 @@ from __future__ import annotations
 
 import contextlib
 import os
+from collections.abc import Callable
 from pathlib import Path
 from typing import Any
 
@@ -102,8 +103,13 @@ class VectorIndex:
         return cls(index, generation, backdrop)
 
     @classmethod
-    def load(cls, folder: Path, store: Store, save: bool = True) -> VectorIndex:
-        """The current index: read from disk when its generation matches SQLite, else rebuilt."""
+    def load(cls, folder: Path, store: Store, save: bool = True,
+             notify: Callable[[str], None] | None = None) -> VectorIndex:
+        """The current index: read from disk when its generation matches SQLite, else rebuilt.
+
+        A rebuilt index that cannot be saved (a read-only folder, a full disk: faiss raises
+        RuntimeError, not OSError) is searched from memory, and `notify` hears it once.
+        """
         generation = store.generation()
         path = _file_for(folder, generation)
         if path.exists():
@@ -120,9 +126,18 @@ class VectorIndex:
                 pass  # truncated or foreign file: rebuilt below
         built = cls.build(store)
         built._folder = folder
-        if save:
-            with contextlib.suppress(OSError):  # a read-only index folder still answers queries
+        if save and store.read_only:
+            if notify is not None:
+                notify(f"the index folder {folder} is read-only: searching a vector index built in memory from "
+                       "the database (slower; nothing is saved)")
+        elif save:
+            try:
                 built.save(folder)
+            except (OSError, RuntimeError) as exc:
+                if notify is not None:
+                    reason = str(exc).strip().splitlines()[-1][:160] if str(exc).strip() else type(exc).__name__
+                    notify(f"could not save the vector cache in {folder} ({reason}); searching a vector index "
+                           "built in memory from the database (nothing is lost; it is saved once there is room)")
         return built
 
     def still_current(self, store: Store) -> bool:

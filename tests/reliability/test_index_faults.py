@@ -1,0 +1,117 @@
+"""Faults around the index folder (issue #16): read-only, full, foreign, damaged, vanishing files.
+
+Each fault is injected for real where this machine allows it: a read-only bind mount or a tiny
+tmpfs in a private mount namespace (`unshare`), bytes written into the database. None may end in
+exit 70 ("internal error"); each ends as docs/reliability.md's fault table says.
+"""
+
+from __future__ import annotations
+
+import json
+import shutil
+import subprocess
+import sys
+from collections.abc import Iterator
+from pathlib import Path
+
+import pytest
+import shapes
+from click.testing import CliRunner
+from conftest import TINY_MODEL
+
+from clipsearch import Library
+
+runner = CliRunner()
+INTERNAL = 70
+
+
+@pytest.fixture(scope="module")
+def built(tmp_path_factory: pytest.TempPathFactory) -> Iterator[tuple[Path, Path]]:
+    """(photos, index) built once per module; tests work on copies of the index."""
+    root = tmp_path_factory.mktemp("built")
+    photos = root / "photos"
+    shapes.write_heldout(photos, per_class=1, seed=7)
+    with pytest.MonkeyPatch.context() as mp:
+        mp.setenv("CLIPSEARCH_HOME", str(root / "home"))
+        mp.setenv("CLIPSEARCH_TEXT_MODEL", "off")
+        mp.setenv("HF_HUB_OFFLINE", "1")
+        Library(index=root / "index", model=TINY_MODEL).index([photos])
+    yield photos, root / "index"
+
+
+@pytest.fixture
+def index_copy(built: tuple[Path, Path]) -> tuple[Path, Path]:
+    """(photos, the default index): a private copy of the built index where `Library()` looks."""
+    photos, source = built
+    target = Library().path
+    shutil.copytree(source, target)
+    return photos, target
+
+
+def _namespace_works() -> bool:
+    try:
+        return subprocess.run(["unshare", "-rm", "true"], capture_output=True, timeout=20).returncode == 0
+    except (OSError, subprocess.SubprocessError):
+        return False
+
+
+needs_namespace = pytest.mark.skipif(not _namespace_works(), reason="no private mount namespace here "
+                                     "(`unshare -rm` refused): a read-only or tiny filesystem cannot be made "
+                                     "without privileges, and chmod does not stop root")
+
+# Runs CLI commands in-process (one interpreter for all of them) and prints their exit codes and output.
+_RUNNER = """
+import json, sys
+from click.testing import CliRunner
+from clipsearch.cli import app
+out = []
+for args in json.loads(sys.argv[1]):
+    r = CliRunner().invoke(app, args)
+    out.append({"args": args, "code": r.exit_code, "stdout": r.stdout, "stderr": r.stderr})
+print("RESULTS" + json.dumps(out))
+"""
+
+
+def _in_namespace(setup: str, commands: list[list[str]]) -> list[dict[str, object]]:
+    """`commands` run after the shell `setup` (mounts) in a private mount namespace."""
+    script = f"{setup} && exec {sys.executable} -c \"$0\" \"$1\""
+    proc = subprocess.run(["unshare", "-rm", "sh", "-c", script, _RUNNER, json.dumps(commands)],
+                          capture_output=True, text=True, timeout=600)
+    assert "RESULTS" in proc.stdout, proc.stderr
+    results: list[dict[str, object]] = json.loads(proc.stdout.split("RESULTS", 1)[1])
+    return results
+
+
+def _tree(folder: Path) -> dict[str, bytes]:
+    return {str(p.relative_to(folder)): p.read_bytes() for p in sorted(folder.rglob("*")) if p.is_file()}
+
+
+# --- a read-only index folder ---------------------------------------------------------------------------------
+
+
+@needs_namespace
+def test_a_read_only_index_answers_reads_and_refuses_writes(index_copy: tuple[Path, Path]) -> None:
+    photos, folder = index_copy
+    for faiss_file in folder.glob("vectors.*"):
+        faiss_file.unlink()  # the cache must be rebuilt, in memory, where nothing can be saved
+    before = _tree(folder)
+    one = str(sorted(photos.rglob("*.png"))[0])
+    reads = [["query", "a photo of a red circle", "--top", "3"], ["similar", one, "--top", "3"], ["status"],
+             ["status", "--json"], ["duplicates"], ["tags"], ["tags", "export"]]
+    writes = [["index", str(photos)], ["tag", str(photos)], ["tag", "forget", "nothing"]]
+    q = f"'{folder}'"
+    results = _in_namespace(f"mount --bind {q} {q} && mount -o remount,bind,ro {q} && ! touch {q}/probe",
+                            reads + writes)
+    by_command = {" ".join(map(str, r["args"])): r for r in results}
+    for args in reads:
+        r = by_command[" ".join(args)]
+        # duplicates exits 1 when there are none: a documented answer, not a failure
+        assert r["code"] in ((0, 1) if args[0] == "duplicates" else (0,)), r
+    assert len(str(by_command["query a photo of a red circle --top 3"]["stdout"]).splitlines()) == 3
+    assert "read-only" in str(by_command["query a photo of a red circle --top 3"]["stderr"])
+    for args in writes:
+        r = by_command[" ".join(args)]
+        assert r["code"] == 3, r
+        lines = [line for line in str(r["stderr"]).splitlines() if line.startswith("error:")]
+        assert len(lines) == 1 and "read-only" in lines[0], r
+    assert _tree(folder) == before  # nothing written: no lock, no -shm, no FAISS file

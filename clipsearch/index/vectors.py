@@ -135,7 +135,8 @@ class VectorIndex:
                 built.save(folder)
             except (OSError, RuntimeError) as exc:
                 if notify is not None:
-                    reason = str(exc).strip().splitlines()[-1][:160] if str(exc).strip() else type(exc).__name__
+                    # faiss says only "write error" (a RuntimeError): the usual cause is named instead
+                    reason = exc.strerror if isinstance(exc, OSError) and exc.strerror else "the disk may be full"
                     notify(f"could not save the vector cache in {folder} ({reason}); searching a vector index "
                            "built in memory from the database (nothing is lost; it is saved once there is room)")
         return built

@@ -115,3 +115,34 @@ def test_a_read_only_index_answers_reads_and_refuses_writes(index_copy: tuple[Pa
         lines = [line for line in str(r["stderr"]).splitlines() if line.startswith("error:")]
         assert len(lines) == 1 and "read-only" in lines[0], r
     assert _tree(folder) == before  # nothing written: no lock, no -shm, no FAISS file
+
+
+# --- a full disk ----------------------------------------------------------------------------------------------
+
+
+@needs_namespace
+def test_a_full_disk_still_answers_queries_from_memory(index_copy: tuple[Path, Path], tmp_path: Path) -> None:
+    photos, folder = index_copy
+    for faiss_file in folder.glob("vectors.*"):
+        faiss_file.unlink()
+    new = tmp_path / "new"
+    new.mkdir()
+    shutil.copy(sorted(photos.rglob("*.png"))[0], new / "extra.png")
+    stash, q = tmp_path / "stash", f"'{folder}'"
+    shutil.copytree(folder, stash)
+    # A 1 MB tmpfs holding the index, filled up to 40 KB from the end: SQLite's -shm (32 KB) fits,
+    # the FAISS file (13 KB) does not.
+    setup = (f"mount -t tmpfs -o size=1m tmpfs {q} && cp -r '{stash}'/. {q} && "
+             f"{{ cat /dev/zero > {q}/filler 2>/dev/null; truncate -s -40K {q}/filler; }}")
+    one = str(sorted(photos.rglob("*.png"))[1])
+    results = _in_namespace(setup, [["index", str(new)], ["query", "a photo of a red circle", "--top", "3"],
+                                    ["similar", one, "--top", "3"], ["status"]])
+    index_run, query, similar, status = results
+    assert index_run["code"] in (0, 3) and (index_run["code"] == 0 or "intact" in str(index_run["stderr"])), index_run
+    for r in (query, similar):
+        assert r["code"] == 0, r
+        assert len(str(r["stdout"]).splitlines()) == 3
+        assert str(r["stderr"]).count("could not save the vector cache") == 1, r  # said once
+        assert "disk may be full" in str(r["stderr"])
+    assert status["code"] == 0 and "vector cache: missing" in str(status["stdout"]), status
+    assert not any(r["code"] == INTERNAL for r in results)

@@ -42,4 +42,4 @@ def status(folder: Path, store: Store) -> Status:
     model = store.model_identity()
     fast = model is not None and text_tower.available(folder, model.weights_sha256)
     return Status(folder, model, store.count(), store.skipped_counts(), size, last[0] if last else None,
-                  json.loads(last[1]) if last and last[1] else None, cache_state(folder, store.generation()), fast)
+                  json.loads(last[1]) if last and last[1] else None, cache_state(folder, store), fast)

@@ -20,6 +20,7 @@ from click.testing import CliRunner
 from conftest import TINY_MODEL
 
 from clipsearch import Library
+from clipsearch.cli import app
 
 runner = CliRunner()
 INTERNAL = 70
@@ -146,3 +147,26 @@ def test_a_full_disk_still_answers_queries_from_memory(index_copy: tuple[Path, P
         assert "disk may be full" in str(r["stderr"])
     assert status["code"] == 0 and "vector cache: missing" in str(status["stdout"]), status
     assert not any(r["code"] == INTERNAL for r in results)
+
+
+# --- a FAISS file from another index --------------------------------------------------------------------------
+
+
+def test_a_faiss_file_of_another_index_with_the_same_generation_and_count_is_not_used(
+        index_copy: tuple[Path, Path], tmp_path: Path) -> None:
+    photos, folder = index_copy
+    count = len(list(photos.rglob("*.png")))
+    others = tmp_path / "others"
+    shapes.write_heldout(others, per_class=1, seed=8)  # other photos, as many
+    other = Library(index=tmp_path / "other")
+    other.index([others])
+    assert other.status().images == count == Library().status().images
+    (mine,) = folder.glob("vectors.*.faiss")
+    (theirs,) = other.path.glob("vectors.*.faiss")
+    assert mine.name == theirs.name  # same generation: the name alone cannot tell them apart
+    expected = [(h.path, round(h.score, 5)) for h in Library().search("a photo of a yellow ring", top=10)]
+    shutil.copyfile(theirs, mine)
+    status = runner.invoke(app, ["status"])
+    assert status.exit_code == 0 and "vector cache: from another index" in status.stdout
+    assert [(h.path, round(h.score, 5)) for h in Library().search("a photo of a yellow ring", top=10)] == expected
+    assert "vector cache: current" in runner.invoke(app, ["status"]).stdout  # rebuilt and saved

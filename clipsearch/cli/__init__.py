@@ -15,7 +15,7 @@ import click
 
 from clipsearch._version import __version__
 from clipsearch.cli.common import err
-from clipsearch.cli.library_commands import duplicates, index, status
+from clipsearch.cli.library_commands import duplicates, index, repair, status
 from clipsearch.cli.model_commands import models
 from clipsearch.cli.search_commands import query, similar
 from clipsearch.cli.shard_commands import embed, merge
@@ -36,7 +36,7 @@ def app() -> None:
     """Search your photos by what is in them, with CLIP, on your own machine."""
 
 
-for command in (index, query, similar, tag, tags, duplicates, status, embed, merge, models):
+for command in (index, query, similar, tag, tags, duplicates, status, repair, embed, merge, models):
     app.add_command(command)
 
 

@@ -129,3 +129,26 @@ def _guard(fn: Callable[..., Any]) -> Callable[..., Any]:
             raise mapped from exc
 
     return wrapper
+
+
+# A damaged page is found only by reading it. SQLite's quick_check reads every page (about 1 ms per MB
+# here: 0.2 s at 200 MB), so writers, `status` and `duplicates` run it on databases up to this size;
+# beyond it, damage is still reported wherever a read meets it.
+QUICK_CHECK_MAX_BYTES = 1 << 30
+
+
+def check_intact(conn: sqlite3.Connection, path: Path) -> None:
+    """Raise IndexDamagedError when the database fails SQLite's quick_check (where that is cheap)."""
+    try:
+        size = path.stat().st_size
+    except OSError:
+        return
+    if size > QUICK_CHECK_MAX_BYTES:
+        return
+    try:
+        rows = [str(r[0]) for r in conn.execute("PRAGMA quick_check(3)").fetchall()]
+    except sqlite3.DatabaseError as exc:
+        raise translate(exc, path.parent) or exc from exc
+    if rows != ["ok"]:
+        raise IndexDamagedError(f"the index database {path} is damaged (SQLite's check: {'; '.join(rows)[:200]}); "
+                                f"{REPAIR_HINT}")

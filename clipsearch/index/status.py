@@ -6,6 +6,7 @@ import json
 from dataclasses import dataclass
 from pathlib import Path
 
+from clipsearch.index import faults
 from clipsearch.index.store import Store
 from clipsearch.index.vectors import cache_state
 from clipsearch.model import text_tower
@@ -37,6 +38,7 @@ class Status:
 
 
 def status(folder: Path, store: Store) -> Status:
+    faults.check_intact(store.db, store.path)  # a damaged database is not reported as healthy
     size = sum(p.stat().st_size for p in folder.rglob("*") if p.is_file())
     last = store.last_run()
     model = store.model_identity()

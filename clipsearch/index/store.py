@@ -68,6 +68,8 @@ class Store:
             conn.execute("PRAGMA foreign_keys = ON")
             conn.execute("PRAGMA busy_timeout = 30000")
             schema.ensure(conn, folder, read_only)
+            if create:  # a writer checks the pages before adding to them (faults.py: where cheap)
+                faults.check_intact(conn, path)
             if not read_only:
                 # NORMAL is durable across application crashes in WAL mode (only power loss can cost
                 # the last commits), and it keeps batched commits cheap.

@@ -8,7 +8,9 @@ exit 70 ("internal error"); each ends as docs/reliability.md's fault table says.
 from __future__ import annotations
 
 import json
+import os
 import shutil
+import sqlite3
 import subprocess
 import sys
 from collections.abc import Iterator
@@ -170,3 +172,59 @@ def test_a_faiss_file_of_another_index_with_the_same_generation_and_count_is_not
     assert status.exit_code == 0 and "vector cache: from another index" in status.stdout
     assert [(h.path, round(h.score, 5)) for h in Library().search("a photo of a yellow ring", top=10)] == expected
     assert "vector cache: current" in runner.invoke(app, ["status"]).stdout  # rebuilt and saved
+
+
+# --- a damaged database ---------------------------------------------------------------------------------------
+
+
+def _damage(db: Path, how: str) -> None:
+    data = bytearray(db.read_bytes())
+    if how == "middle":  # one page in the middle overwritten with random bytes
+        page = 4096
+        middle = (len(data) // page // 2) * page
+        data[middle:middle + page] = os.urandom(page)
+    elif how == "truncated":
+        data = data[: len(data) // 2]
+    elif how == "garbage":
+        data = bytearray(os.urandom(len(data)))
+    elif how == "empty":
+        data = bytearray()
+    db.write_bytes(bytes(data))
+
+
+@pytest.mark.parametrize("how", ["middle", "truncated", "garbage", "empty"])
+def test_a_damaged_database_is_reported_and_repaired(index_copy: tuple[Path, Path], how: str) -> None:
+    photos, folder = index_copy
+    count = len(list(photos.rglob("*.png")))
+    db = folder / "clipsearch.db"
+    _damage(db, how)
+    damaged = db.read_bytes()
+    codes = {}
+    for args in (["status"], ["index", str(photos)], ["duplicates"], ["index", str(photos), "--rebuild"],
+                 ["query", "a red circle"], ["similar", str(sorted(photos.rglob("*.png"))[0])], ["tags"]):
+        if args[0] == "query":  # the commands that refused wrote nothing (a query may cache its text)
+            assert db.read_bytes() == damaged
+        result = runner.invoke(app, args)
+        codes[args[0] + (" --rebuild" if "--rebuild" in args else "")] = result.exit_code
+        assert result.exit_code != INTERNAL, (args, result.stderr)
+        if result.exit_code == 3:
+            assert "damaged" in result.stderr and "clipsearch repair" in result.stderr, (args, result.stderr)
+    # The commands that check (or write) say so; an empty file is not a new index.
+    assert codes["status"] == codes["index"] == codes["duplicates"] == codes["index --rebuild"] == 3, codes
+    assert not list(folder.glob("*.tmp*"))
+
+    repaired = runner.invoke(app, ["repair"])
+    assert repaired.exit_code == 0 and "repaired" in repaired.stderr, repaired.stderr
+    (aside,) = folder.glob("clipsearch.damaged-*.db")
+    assert aside.stat().st_size == len(damaged)
+    assert runner.invoke(app, ["repair"]).stderr.startswith("the index at")  # now healthy: nothing to do
+    kept = Library().status().images
+    assert (0 < kept <= count) if how == "middle" else (kept < count)
+    again = runner.invoke(app, ["index", str(photos), "--json"])
+    assert again.exit_code == 0, again.stderr
+    summary = json.loads(again.stdout)
+    assert summary["new"] == count - kept and summary["unchanged"] == kept  # only the lost ones re-embedded
+    st = runner.invoke(app, ["status"])
+    assert st.exit_code == 0 and f"photos:       {count}" in st.stdout and "vector cache: current" in st.stdout
+    with sqlite3.connect(db) as conn:
+        assert conn.execute("PRAGMA integrity_check").fetchone()[0] == "ok"

@@ -228,3 +228,48 @@ def test_a_damaged_database_is_reported_and_repaired(index_copy: tuple[Path, Pat
     assert st.exit_code == 0 and f"photos:       {count}" in st.stdout and "vector cache: current" in st.stdout
     with sqlite3.connect(db) as conn:
         assert conn.execute("PRAGMA integrity_check").fetchone()[0] == "ok"
+
+
+# --- the -wal deleted under a running indexer ------------------------------------------------------------------
+
+
+def test_queries_while_the_wal_is_deleted_mid_run_end_cleanly(index_copy: tuple[Path, Path], tmp_path: Path) -> None:
+    import time
+
+    import numpy as np
+
+    photos, folder = index_copy
+    more = tmp_path / "more"
+    more.mkdir()
+    rng = np.random.default_rng(5)
+    for i in range(300):  # two commits: the -wal is deleted between them
+        shapes.sample(rng).image.save(more / f"m{i:04d}.png")
+    proc = subprocess.Popen([sys.executable, "-m", "clipsearch", "index", str(more), "-q"],
+                            stdout=subprocess.DEVNULL, stderr=subprocess.PIPE, text=True)
+    wal = folder / "clipsearch.db-wal"
+    deleted = False
+    codes: list[int] = []
+    one = str(sorted(photos.rglob("*.png"))[0])
+    try:
+        while proc.poll() is None:
+            if not deleted and wal.exists() and wal.stat().st_size > 0:
+                wal.unlink()
+                deleted = True
+            if deleted:
+                for args in (["similar", one, "--top", "3", "--min-score", "-1"],
+                             ["query", "a photo of a red circle", "--top", "3", "--min-score", "-1"]):
+                    result = runner.invoke(app, args)
+                    codes.append(result.exit_code)
+                    assert result.exit_code in (0, 3), (args, result.stderr)
+                    if result.exit_code == 3:
+                        assert "could not read the index" in result.stderr and "internal" not in result.stderr
+            else:
+                time.sleep(0.05)
+    finally:
+        proc.wait(timeout=600)
+    assert deleted and codes, "the indexer ended before its -wal could be deleted"
+    assert proc.returncode == 0, proc.stderr.read() if proc.stderr else ""
+    with sqlite3.connect(folder / "clipsearch.db") as conn:  # what the indexer committed is consistent
+        assert conn.execute("PRAGMA integrity_check").fetchone()[0] == "ok"
+    assert runner.invoke(app, ["status"]).exit_code == 0
+    print(f"-wal deleted mid-run: {len(codes)} commands, {codes.count(3)} exit 3, {codes.count(0)} exit 0")

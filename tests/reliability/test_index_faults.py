@@ -273,3 +273,32 @@ def test_queries_while_the_wal_is_deleted_mid_run_end_cleanly(index_copy: tuple[
         assert conn.execute("PRAGMA integrity_check").fetchone()[0] == "ok"
     assert runner.invoke(app, ["status"]).exit_code == 0
     print(f"-wal deleted mid-run: {len(codes)} commands, {codes.count(3)} exit 3, {codes.count(0)} exit 0")
+
+
+# --- a huge junk file ------------------------------------------------------------------------------------------
+
+
+def test_a_2gb_junk_file_named_jpg_is_skipped_without_being_read(tmp_path: Path, built: tuple[Path, Path]) -> None:
+    photos = tmp_path / "photos"
+    photos.mkdir()
+    shutil.copy(sorted(built[0].rglob("*.png"))[0], photos / "real.png")
+    with open(photos / "big.jpg", "wb") as f:  # sparse: 2 GB of zeros that cost no disk
+        f.truncate(2 * 1024 ** 3)
+    with open(photos / "big-with-a-jpeg-start.jpg", "wb") as f:  # starts like a JPEG, then nothing
+        f.write(b"\xff\xd8\xff\xe0")
+        f.truncate(2 * 1024 ** 3)
+    result = runner.invoke(app, ["index", str(photos), "--json"])
+    assert result.exit_code == 0, result.stderr
+    summary = json.loads(result.stdout)
+    assert summary["new"] == 1 and summary["skipped"] == {"not an image": 1, "too large": 1}
+    reasons = {Path(p).name: (r, d) for p, r, d in Library().skipped()}
+    assert reasons["big.jpg"][0] == "not an image" and "first bytes" in reasons["big.jpg"][1]
+    assert reasons["big-with-a-jpeg-start.jpg"] == ("too large", "2.1 GB is more than any .jpg within the 200 MP "
+                                                                 "limit can be")
+    # A small file that starts like a JPEG goes to the decoder, which finds it broken.
+    with open(photos / "small-junk.jpg", "wb") as f:
+        f.write(b"\xff\xd8\xff\xe0" + bytes(4096))
+    again = json.loads(runner.invoke(app, ["index", str(photos), "--json"]).stdout)
+    assert again["skipped"] == {"not an image": 2, "too large": 1}
+    details = {Path(p).name: d for p, r, d in Library().skipped()}
+    assert details["small-junk.jpg"] == "no image format recognised the contents"

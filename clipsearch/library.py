@@ -153,7 +153,7 @@ class Library:
 
             walk = pipeline.ScanOptions(tuple(exclude), follow_symlinks, include_hidden)
             summary = pipeline.index_roots(store, list(roots), walk, bound_embedder, max_pixels, progress, executor)
-            self._finish_write(store, started, summary.as_dict(), load_model=False)
+            self._finish_write(store, started, summary.as_dict(), load_model=True)  # a lost text model too
             return summary
 
     def merge(self, shard_folders: Iterable[str | os.PathLike[str]], *, remap: Iterable[str] = (),

@@ -275,13 +275,20 @@ def _ivf(index: Any) -> Any:
 
 
 def remove_orphan_temps(folder: Path) -> None:
-    """Delete temp files left by writers that were killed mid-write (their process is gone)."""
-    for tmp in folder.glob(f".{PREFIX}*.tmp"):
+    """Delete temp files and folders left by writers killed mid-write (their process is gone): FAISS
+    files, text-model exports (`.text-model.<pid>.tmp`), new or repaired databases."""
+    import shutil
+
+    patterns = (f".{PREFIX}*.tmp", ".text-model.*.tmp", ".clipsearch.db.*.tmp*")
+    for tmp in [found for pattern in patterns for found in folder.glob(pattern)]:
         try:
             pid = int(tmp.name.rsplit(".", 2)[1])
             os.kill(pid, 0)
         except ProcessLookupError:
             with contextlib.suppress(OSError):
-                tmp.unlink()
+                if tmp.is_dir() and not tmp.is_symlink():
+                    shutil.rmtree(tmp)
+                else:
+                    tmp.unlink()
         except (ValueError, PermissionError, OSError):
             continue

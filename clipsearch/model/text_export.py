@@ -25,6 +25,7 @@ from clipsearch.model.text_tower import (
     MIN_COSINE,
     TABLE_NAME,
     OnnxTextEncoder,
+    record_sizes,
     remove,
 )
 from clipsearch.model.tokenizer import VOCAB_NAME
@@ -107,7 +108,7 @@ def export(embedder: Any, index_dir: Path, backdrop: np.ndarray | None = None) -
         meta.update(_choose_int8(tmp, got, backdrop))
         (tmp / ("model.onnx" if meta["file"] != "model.onnx" else "model.int8.onnx")).unlink(missing_ok=True)
         meta.update(_preoptimize(tmp, meta["file"]))
-        (tmp / "meta.json").write_text(json.dumps(meta))
+        (tmp / "meta.json").write_text(json.dumps(record_sizes(tmp, meta)))
         remove(index_dir)
         os.replace(tmp, index_dir / FOLDER)
         return True

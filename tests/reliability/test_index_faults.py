@@ -302,3 +302,45 @@ def test_a_2gb_junk_file_named_jpg_is_skipped_without_being_read(tmp_path: Path,
     assert again["skipped"] == {"not an image": 2, "too large": 1}
     details = {Path(p).name: d for p, r, d in Library().skipped()}
     assert details["small-junk.jpg"] == "no image format recognised the contents"
+
+
+# --- a kill during the text-model export ----------------------------------------------------------------------
+
+
+def test_a_kill_during_the_text_model_export_is_cleaned_up_and_redone(
+        index_copy: tuple[Path, Path], monkeypatch: pytest.MonkeyPatch) -> None:
+    import signal
+    import time
+
+    from clipsearch.index.store import Store
+    from clipsearch.model import text_tower
+
+    photos, folder = index_copy
+    monkeypatch.setenv("CLIPSEARCH_TEXT_MODEL", "on")
+    # Nothing to index: the run goes straight to exporting the text model, and is killed during it.
+    proc = subprocess.Popen([sys.executable, "-m", "clipsearch", "index", str(photos), "-q"],
+                            stdout=subprocess.DEVNULL, stderr=subprocess.DEVNULL)
+    try:
+        while proc.poll() is None and not list(folder.glob(".text-model.*.tmp/*")):
+            time.sleep(0.02)
+        proc.send_signal(signal.SIGKILL)
+    finally:
+        proc.wait()
+    assert proc.returncode == -signal.SIGKILL, "the export ended before it could be killed"
+    assert list(folder.glob(".text-model.*.tmp")) and not (folder / "text-model").exists()
+    with Store.open(folder) as store:
+        sha = store.model_identity().weights_sha256  # type: ignore[union-attr]
+
+    again = runner.invoke(app, ["index", str(photos), "--json"])  # nothing changed since
+    assert again.exit_code == 0 and json.loads(again.stdout)["unchanged"] == len(list(photos.rglob("*.png")))
+    assert not list(folder.glob(".text-model.*")), "a dead writer's export was left behind"
+    assert text_tower.available(folder, sha)
+
+    meta = json.loads((folder / "text-model" / "meta.json").read_text())
+    model_file = folder / "text-model" / meta["file"]
+    size = model_file.stat().st_size
+    with open(model_file, "r+b") as f:  # broken: cut short
+        f.truncate(size // 2)
+    assert not text_tower.available(folder, sha)  # not used by queries meanwhile
+    assert runner.invoke(app, ["index", str(photos), "-q"]).exit_code == 0
+    assert text_tower.available(folder, sha) and model_file.stat().st_size == size

@@ -180,10 +180,11 @@ class Store:
 
     def write_batch(self, records: Sequence[ImageRecord], vectors: np.ndarray | None,
                     skips: Iterable[SkipRecord] = (), delete_ids: Iterable[int] = (),
-                    moves: Iterable[tuple[int, str, int, int]] = ()) -> list[int]:
-        """One transaction: upsert images with their vectors, record skips, delete, move. Returns ids."""
+                    moves: Iterable[tuple[int, str, int, int]] = (), forget_skips: Iterable[str] = ()) -> list[int]:
+        """One transaction: upsert images with their vectors, record skips, delete, move, forget the
+        skips of files that are gone. Returns ids."""
         try:
-            return self._write_batch(records, vectors, skips, delete_ids, moves)
+            return self._write_batch(records, vectors, skips, delete_ids, moves, forget_skips)
         except sqlite3.OperationalError as exc:
             # The transaction was rolled back: the index holds exactly what it held before.
             raise StorageError(f"could not write the index at {self.path.parent} ({exc}); nothing from this "
@@ -191,7 +192,7 @@ class Store:
 
     def _write_batch(self, records: Sequence[ImageRecord], vectors: np.ndarray | None,
                      skips: Iterable[SkipRecord], delete_ids: Iterable[int],
-                     moves: Iterable[tuple[int, str, int, int]]) -> list[int]:
+                     moves: Iterable[tuple[int, str, int, int]], forget_skips: Iterable[str] = ()) -> list[int]:
         ids: list[int] = []
         stamp = now()
         with self.atomic():
@@ -216,6 +217,8 @@ class Store:
                                 "WHERE id = ?", [text, raw, size, mtime_ns, stamp, image_id])
             for image_id in delete_ids:
                 self.db.execute("DELETE FROM images WHERE id = ?", [image_id])
+            for gone in forget_skips:
+                self.db.execute("DELETE FROM skipped WHERE path = ?", [path_columns(gone)[0]])
             self._bump_generation()
             failpoints.hit("commit")  # everything written, nothing committed yet
         return ids

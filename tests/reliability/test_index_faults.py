@@ -344,3 +344,29 @@ def test_a_kill_during_the_text_model_export_is_cleaned_up_and_redone(
     assert not text_tower.available(folder, sha)  # not used by queries meanwhile
     assert runner.invoke(app, ["index", str(photos), "-q"]).exit_code == 0
     assert text_tower.available(folder, sha) and model_file.stat().st_size == size
+
+
+# --- skip records of deleted files ----------------------------------------------------------------------------
+
+
+def test_skip_records_are_forgotten_with_the_files_they_describe(tmp_path: Path, built: tuple[Path, Path]) -> None:
+    photos, elsewhere = tmp_path / "photos", tmp_path / "elsewhere"
+    for folder in (photos, elsewhere):
+        folder.mkdir()
+        shutil.copy(sorted(built[0].rglob("*.png"))[0], folder / "real.png")
+    for i in range(4):
+        (photos / f"bad{i}.jpg").write_text(f"not a photo {i}")
+    (elsewhere / "bad.jpg").write_text("not a photo either")
+    assert runner.invoke(app, ["index", str(photos), str(elsewhere), "-q"]).exit_code == 0
+    assert Library().status().skipped == {"not an image": 5}
+    for i in range(3):
+        (photos / f"bad{i}.jpg").unlink()
+    result = runner.invoke(app, ["index", str(photos), "--json"])  # only this root: elsewhere's skip stays
+    assert result.exit_code == 0 and json.loads(result.stdout)["skipped"] == {"not an image": 1}
+    assert Library().status().skipped == {"not an image": 2}
+    assert sorted(Path(p).name for p, _, _ in Library().skipped()) == ["bad.jpg", "bad3.jpg"]
+    shutil.rmtree(elsewhere)
+    (tmp_path / "elsewhere").mkdir()
+    assert runner.invoke(app, ["index", str(photos), str(elsewhere), "-q"]).exit_code == 0
+    status = json.loads(runner.invoke(app, ["status", "--json"]).stdout)
+    assert status["skipped"] == {"not an image": 1} and status["images"] == 1

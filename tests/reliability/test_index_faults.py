@@ -370,3 +370,66 @@ def test_skip_records_are_forgotten_with_the_files_they_describe(tmp_path: Path,
     assert runner.invoke(app, ["index", str(photos), str(elsewhere), "-q"]).exit_code == 0
     status = json.loads(runner.invoke(app, ["status", "--json"]).stdout)
     assert status["skipped"] == {"not an image": 1} and status["images"] == 1
+
+
+# --- XMP sidecars: clipsearch's own tags only, the file's layout kept ------------------------------------------
+
+USER_SIDECAR = """<?xpacket begin="\ufeff" id="W5M0MpCehiHzreSzNTczkc9d"?>
+<!-- written by a photo manager -->
+<x:xmpmeta xmlns:x="adobe:ns:meta/" x:xmptk="Some Toolkit 1.0">
+ <rdf:RDF xmlns:rdf="http://www.w3.org/1999/02/22-rdf-syntax-ns#">
+  <rdf:Description rdf:about="" xmlns:xmpRights="http://ns.adobe.com/xap/1.0/rights/" xmpRights:Marked="True"/>
+  <rdf:Description rdf:about="" xmlns:dcx="http://purl.org/dc/elements/1.1/">
+   <!-- my own keywords -->
+   <dcx:subject><rdf:Bag><rdf:li>dog</rdf:li><rdf:li>holiday</rdf:li></rdf:Bag></dcx:subject>
+  </rdf:Description>
+ </rdf:RDF>
+</x:xmpmeta>
+""" + " " * 200 + """
+<?xpacket end="w"?>
+"""
+
+
+def test_xmp_clear_removes_exactly_what_clipsearch_wrote_and_keeps_the_layout(tmp_path: Path) -> None:
+    import xml.etree.ElementTree as ET
+
+    from clipsearch.tags import xmp
+
+    photo, fresh = tmp_path / "a.jpg", tmp_path / "b.jpg"
+    for p in (photo, fresh):
+        p.write_bytes(b"\xff\xd8\xff")
+    sidecar = tmp_path / "a.jpg.xmp"
+    sidecar.write_text(USER_SIDECAR, encoding="utf-8")
+    sidecar.chmod(0o600)
+    xmp.update(str(photo), ["dog", "cat"])  # "dog" is also the user's own keyword
+    text = sidecar.read_text(encoding="utf-8")
+    rdf = "{http://www.w3.org/1999/02/22-rdf-syntax-ns#}"
+    root = ET.fromstring(xmp._split(text)[1])
+    first, second = root.iter(f"{rdf}Description")
+    assert first.find("{http://purl.org/dc/elements/1.1/}subject") is None  # stays in the second one
+    subjects = [li.text for li in second.iter(f"{rdf}li")]
+    assert subjects.count("dog") == 1 and "cat" in subjects
+    assert "clipsearch|auto|cat" in [li.text for li in root.iter(f"{rdf}li")]
+    assert text.startswith('<?xpacket begin="\ufeff"') and text.endswith(" " * 200 + '\n<?xpacket end="w"?>\n')
+    assert "<!-- written by a photo manager -->" in text and "<!-- my own keywords -->" in text
+    assert "dcx:subject" in text and "xmpRights:Marked" in text and 'x:xmptk="Some Toolkit 1.0"' in text
+    assert sidecar.stat().st_mode & 0o777 == 0o600
+
+    xmp.update(str(photo), [])  # --clear-xmp
+    cleared = sidecar.read_text(encoding="utf-8")
+    assert "clipsearch" not in cleared and "cat" not in cleared
+    assert "<rdf:li>dog</rdf:li>" in cleared and "<rdf:li>holiday</rdf:li>" in cleared  # the user's stay
+    assert cleared.startswith('<?xpacket begin="\ufeff"') and "<!-- my own keywords -->" in cleared
+    assert sidecar.stat().st_mode & 0o777 == 0o600
+
+    path, changed = xmp.update(str(fresh), ["sunset"])  # a sidecar clipsearch creates ...
+    assert changed and path.exists() and "clipsearch|auto|sunset" in path.read_text(encoding="utf-8")
+    path, changed = xmp.update(str(fresh), [])  # ... is removed when clearing empties it
+    assert changed and not path.exists()
+    assert xmp.update(str(fresh), []) == (path, False) and not path.exists()  # and clearing again creates none
+    for hostile in ('<!DOCTYPE x [<!ENTITY e SYSTEM "file:///etc/passwd">]><x:xmpmeta xmlns:x="adobe:ns:meta/">'
+                    '&e;</x:xmpmeta>', '<x:xmpmeta xmlns:x="adobe:ns:meta/"><unclosed></x:xmpmeta>'):
+        (tmp_path / "b.jpg.xmp").write_text(hostile)
+        with pytest.raises(ValueError, match="not valid XML"):
+            xmp.update(str(fresh), ["x"])
+        assert (tmp_path / "b.jpg.xmp").read_text() == hostile

@@ -49,13 +49,15 @@ class Store:
         self.path = path
         self._savepoints = 0
         self.read_only = False  # opened without write access (faults.py): queries only
+        self._created = False  # made by this open: removed again if the first run fails before any write
         self.tags = TagTables(db, self.atomic)
 
     @classmethod
     def open(cls, folder: Path, create: bool = False) -> Store:
         """The index's database; read-only (nothing created beside it) when the folder cannot be written."""
         path = folder / DB_NAME
-        if not path.exists():
+        created = not path.exists()
+        if created:
             if not create:
                 raise IndexMissingError(f"no index at {folder}; build one with `clipsearch index FOLDER`")
             faults.create_atomically(path, lambda conn: schema.ensure(conn, folder))
@@ -64,6 +66,7 @@ class Store:
         conn = faults.connect(path, read_only)
         store = cls(conn, path)
         store.read_only = read_only
+        store._created = created
         try:
             conn.execute("PRAGMA foreign_keys = ON")
             conn.execute("PRAGMA busy_timeout = 30000")
@@ -117,7 +120,20 @@ class Store:
 
     def __exit__(self, kind: type[BaseException] | None, exc: BaseException | None,
                  tb: TracebackType | None) -> None:
+        # A new index whose first run failed before recording anything (say `--model garbage`) would
+        # be left as an empty database, a model-less index nobody asked for: it goes again.
+        forget = exc is not None and self._created and self._is_blank()
         self.close()
+        if forget:
+            for leftover in (self.path, self.path.with_name(self.path.name + "-wal"),
+                             self.path.with_name(self.path.name + "-shm")):
+                leftover.unlink(missing_ok=True)
+
+    def _is_blank(self) -> bool:
+        try:
+            return self.model_identity() is None and self.count() == 0
+        except sqlite3.Error:
+            return False
 
     # --- model identity -------------------------------------------------------------------------
 

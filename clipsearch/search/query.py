@@ -22,7 +22,11 @@ from clipsearch.errors import UsageError
 if TYPE_CHECKING:
     from clipsearch.index.store import Store
 
-_WEIGHT = re.compile(r"^\s*([+-]?(?:\d+(?:\.\d*)?|\.\d+))\s*:\s*(.*)$")
+_WEIGHT = re.compile(r"^\s*([+-]?(?:\d+(?:\.\d*)?|\.\d+)(?:[eE][+-]?\d+)?)\s*:\s*(.*)$")
+# A weight beyond this drowns every other part anyway, and one near float32's range overflows the
+# sum (a NumPy warning, then every score 0): refused as a usage error.
+MAX_WEIGHT = 1000.0
+_URL = re.compile(r"^[A-Za-z][A-Za-z0-9+.-]*://")
 _SPLIT = re.compile(r"(?:^|\s)([+-])(?=\s)")
 
 
@@ -47,6 +51,9 @@ def _term(raw: str, sign: float, image_exts: frozenset[str]) -> Term:
             weight = float(m.group(1))
         except ValueError:
             raise UsageError(f"malformed weight in query part {raw.strip()!r}") from None
+        if not abs(weight) <= MAX_WEIGHT:
+            raise UsageError(f"the weight {m.group(1)} in {raw.strip()!r} is out of range: use a number up to "
+                             f"{MAX_WEIGHT:g}")
         text = m.group(2).strip()
         if not text:
             raise UsageError(f"query part {raw.strip()!r} has a weight but nothing to weigh")
@@ -78,6 +85,9 @@ def parse(text: str | None, image_exts: frozenset[str], images: tuple[str, ...] 
     elif text is not None and not images:
         raise UsageError("the query is empty")
     for img in images:
+        if _URL.match(img):
+            raise UsageError(f"--image takes a photo file on this machine, not an address: {img!r}; download it "
+                             "first")
         path = paths.resolve(img)
         if not os.path.isfile(path):
             raise UsageError(f"query image not found: {img}")

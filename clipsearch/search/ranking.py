@@ -5,6 +5,7 @@ from __future__ import annotations
 
 import dataclasses
 import datetime as dt
+import math
 import os
 from collections.abc import Callable, Iterable
 from dataclasses import dataclass, field
@@ -12,6 +13,7 @@ from dataclasses import dataclass, field
 import numpy as np
 
 from clipsearch import paths
+from clipsearch.errors import UsageError
 from clipsearch.index.records import ImageRecord
 from clipsearch.index.store import Store
 from clipsearch.index.vectors import VectorIndex
@@ -134,6 +136,8 @@ def rank(store: Store, index: VectorIndex, query: np.ndarray, top: int, filters:
          min_score: float | None = None, z: float = DEFAULT_Z,
          exclude_ids: frozenset[int] = frozenset()) -> Ranking:
     """The `top` most relevant images for `query` (a normalised vector) that pass `filters`."""
+    if min_score is not None and not math.isfinite(min_score):  # NaN passes every comparison as False
+        raise UsageError(f"--min-score must be a number (a cosine, -1 to 1), not {min_score}")
     if top <= 0 or index.size == 0:
         return Ranking([], None, "none")
     cutoff: float | None

@@ -433,3 +433,53 @@ def test_xmp_clear_removes_exactly_what_clipsearch_wrote_and_keeps_the_layout(tm
         with pytest.raises(ValueError, match="not valid XML"):
             xmp.update(str(fresh), ["x"])
         assert (tmp_path / "b.jpg.xmp").read_text() == hostile
+
+
+# --- the small ones ---------------------------------------------------------------------------------------------
+
+
+def _png_header(width: int, height: int) -> bytes:
+    """A PNG that declares width x height 1-bit grey pixels and holds none."""
+    import struct
+    import zlib
+
+    ihdr = struct.pack(">IIBBBBB", width, height, 1, 0, 0, 0, 0)
+    chunk = b"IHDR" + ihdr
+    return (b"\x89PNG\r\n\x1a\n" + struct.pack(">I", len(ihdr)) + chunk + struct.pack(">I", zlib.crc32(chunk))
+            + b"\x00\x00\x00\x00IEND\xaeB`\x82")
+
+
+def test_the_pixel_limit_is_ours_not_pillows(tmp_path: Path) -> None:
+    from clipsearch.ingest import images
+    from clipsearch.model.identity import Preprocess
+
+    big = tmp_path / "big.png"
+    big.write_bytes(_png_header(19_000, 10_000))  # 190 MP: above Pillow's 179 MP, below our 200 MP default
+    pre = Preprocess(size=32, mean=(0.5, 0.5, 0.5), std=(0.5, 0.5, 0.5))
+    with pytest.raises(images.SkipFile) as within:
+        images.decode(str(big), pre)
+    assert within.value.reason != "too many pixels"  # reached the decoder: the file itself is broken
+    with pytest.raises(images.SkipFile) as over:
+        images.decode(str(big), pre, max_pixels=150_000_000)
+    assert over.value.reason == "too many pixels" and "150 MP" in over.value.detail
+
+
+def test_the_small_ones_are_usage_errors_with_clear_messages(index_copy: tuple[Path, Path], tmp_path: Path) -> None:
+    import warnings
+
+    photos, _ = index_copy
+    nan = runner.invoke(app, ["query", "a red circle", "--min-score", "nan"])
+    assert nan.exit_code == 2 and "--min-score" in nan.stderr
+    with warnings.catch_warnings():
+        warnings.simplefilter("error")  # a NumPy overflow warning would fail here
+        for weight in ("1e20", "99999999999999999999", "5e3"):
+            result = runner.invoke(app, ["query", f"{weight}:red + a circle"])
+            assert result.exit_code == 2 and "out of range" in result.stderr, (weight, result.stderr)
+        ok = runner.invoke(app, ["query", "2.5e1:a photo of a red circle + a circle", "--min-score", "-1", "-n", "3"])
+        assert ok.exit_code == 0 and len(ok.stdout.splitlines()) == 3
+    url = runner.invoke(app, ["query", "--image", "http://example.com/photo.jpg"])
+    assert url.exit_code == 2 and "not an address: 'http://example.com/photo.jpg'" in url.stderr
+    new = tmp_path / "new-index"
+    garbage = runner.invoke(app, ["index", str(photos), "--index", str(new), "--model", "garbage"])
+    assert garbage.exit_code in (2, 4) and "internal" not in garbage.stderr, garbage.stderr
+    assert not (new / "clipsearch.db").exists() and not list(new.glob("clipsearch.db*"))

@@ -74,6 +74,12 @@ def translate(exc: BaseException, folder: Path | None) -> ClipsearchError | None
             return StorageError(f"could not read the index{where} ({text}): a file of the index changed or "
                                 "vanished under this process (a deleted -wal, a disk gone away); rerun the command, "
                                 f"and if it keeps failing, `clipsearch status`; {REPAIR_HINT}")
+        if "locked" in text or "busy" in text:
+            return StorageError(f"the index{where} is busy ({text}): another process held SQLite's lock too long; "
+                                "rerun the command")
+        if "no such table" in text or "no such column" in text:
+            return IndexDamagedError(f"the index database{where} is missing parts of its schema ({text}); "
+                                     f"{REPAIR_HINT}")
         if "full" in text:
             return StorageError(f"could not write the index{where} ({text}); what was indexed before is intact")
         return StorageError(f"the index database{where} could not be used ({text}); {REPAIR_HINT}")

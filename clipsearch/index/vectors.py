@@ -45,6 +45,8 @@ def cache_state(folder: Path, store: Store) -> str:
         if index.ntotal == store.count() and reflects(index, store):
             return "current"
         return "from another index, rebuilt on next use"
+    if store.read_only:
+        return "not saved: built in memory by each command (the index folder is read-only)"
     return "stale, rebuilt on next use" if any(folder.glob(f"{PREFIX}*{SUFFIX}")) else "missing, rebuilt on next use"
 
 

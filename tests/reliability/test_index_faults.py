@@ -112,6 +112,7 @@ def test_a_read_only_index_answers_reads_and_refuses_writes(index_copy: tuple[Pa
         assert r["code"] in ((0, 1) if args[0] == "duplicates" else (0,)), r
     assert len(str(by_command["query a photo of a red circle --top 3"]["stdout"]).splitlines()) == 3
     assert "read-only" in str(by_command["query a photo of a red circle --top 3"]["stderr"])
+    assert "vector cache: not saved: built in memory" in str(by_command["status"]["stdout"])
     for args in writes:
         r = by_command[" ".join(args)]
         assert r["code"] == 3, r

@@ -163,13 +163,32 @@ def _readable(src: sqlite3.Connection, table: str, columns: list[str], summary: 
 
 
 def _next_readable(src: sqlite3.Connection, table: str, last: int) -> int | None:
-    """The first rowid beyond a damaged stretch that reads, seeking further each time; None at the end."""
-    base = max(last, 0)
-    for jump in range(MAX_JUMPS):
+    """The first rowid beyond a damaged stretch that reads; None at the end.
+
+    A seek into the damaged stretch fails, one beyond it succeeds: steps doubling from `last` find a
+    seek that succeeds, then halving finds the stretch's end, so only the damaged rows are lost.
+    """
+    def seek(after: int) -> tuple[bool, tuple[object, ...] | None]:
         try:
-            row = src.execute(f"SELECT rowid FROM {table} WHERE rowid > ? ORDER BY rowid LIMIT 1",
-                              [base + 2 ** jump]).fetchone()
+            return True, src.execute(f"SELECT rowid FROM {table} WHERE rowid > ? ORDER BY rowid LIMIT 1",
+                                     [after]).fetchone()
         except sqlite3.DatabaseError:
-            continue
-        return None if row is None else int(row[0])
-    return None
+            return False, None
+
+    low = max(last, 0)  # a seek from here failed
+    for jump in range(MAX_JUMPS):
+        high = low + 2 ** jump
+        ok, row = seek(high)
+        if ok:
+            break
+    else:
+        return None
+    low = high - 2 ** jump // 2 if jump else low  # the last step that failed (or `last` itself)
+    while high - low > 1:
+        middle = (low + high) // 2
+        ok, found = seek(middle)
+        if ok:
+            high, row = middle, found
+        else:
+            low = middle
+    return None if row is None else int(str(row[0]))

@@ -318,10 +318,12 @@ class Store:
         """(ids, matrix) of up to `count` stored vectors spread over the ids, by seeks (no full read):
         what a FAISS file must give back to be taken as this database's (vectors.py)."""
         dim = int(self.meta("embed_dim") or 0)
-        bounds = self.db.execute("SELECT min(image_id), max(image_id) FROM vectors").fetchone()
+        # Two statements: SQLite reads min() or max() alone from the index, both at once by a full scan.
+        first = self.db.execute("SELECT min(image_id) FROM vectors").fetchone()[0]
+        last = self.db.execute("SELECT max(image_id) FROM vectors").fetchone()[0]
         found: dict[int, bytes] = {}
-        if bounds[0] is not None:
-            for target in sorted({int(x) for x in np.linspace(bounds[0], bounds[1], count)}):
+        if first is not None:
+            for target in sorted({int(x) for x in np.linspace(first, last, count)}):
                 row = self.db.execute("SELECT image_id, vector FROM vectors WHERE image_id >= ? ORDER BY image_id "
                                       "LIMIT 1", [target]).fetchone()
                 found[int(row[0])] = row[1]

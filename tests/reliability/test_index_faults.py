@@ -491,3 +491,19 @@ def test_the_small_ones_are_usage_errors_with_clear_messages(index_copy: tuple[P
     garbage = runner.invoke(app, ["index", str(photos), "--index", str(new), "--model", "garbage"])
     assert garbage.exit_code in (2, 4) and "internal" not in garbage.stderr, garbage.stderr
     assert not (new / "clipsearch.db").exists() and not list(new.glob("clipsearch.db*"))
+
+
+def test_an_ivf_file_is_checked_against_the_database_too(index_copy: tuple[Path, Path], tmp_path: Path) -> None:
+    from clipsearch.index.store import Store
+    from clipsearch.index.vectors import VectorIndex, reflects
+
+    _, folder = index_copy
+    others = tmp_path / "others"
+    shapes.write_heldout(others, per_class=1, seed=8)
+    Library(index=tmp_path / "other").index([others])
+    with Store.open(folder) as mine, Store.open(tmp_path / "other") as theirs:
+        ivf = VectorIndex.build(mine, flat_limit=1)  # the large-library kind, on a small one
+        assert ivf.kind == "ivf-sq8"
+        assert reflects(ivf.index, mine) and not reflects(ivf.index, theirs)
+        flat = VectorIndex.build(theirs)
+        assert reflects(flat.index, theirs) and not reflects(flat.index, mine)

@@ -314,22 +314,6 @@ class Store:
             blobs[row[0]] = row[1]
         return np.frombuffer(b"".join(blobs.values()), dtype="<f4").reshape(len(blobs), -1).astype(np.float32)
 
-    def probe_vectors(self, count: int) -> tuple[np.ndarray, np.ndarray]:
-        """(ids, matrix) of up to `count` stored vectors spread over the ids, by seeks (no full read):
-        what a FAISS file must give back to be taken as this database's (vectors.py)."""
-        dim = int(self.meta("embed_dim") or 0)
-        # Two statements: SQLite reads min() or max() alone from the index, both at once by a full scan.
-        first = self.db.execute("SELECT min(image_id) FROM vectors").fetchone()[0]
-        last = self.db.execute("SELECT max(image_id) FROM vectors").fetchone()[0]
-        found: dict[int, bytes] = {}
-        if first is not None:
-            for target in sorted({int(x) for x in np.linspace(first, last, count)}):
-                row = self.db.execute("SELECT image_id, vector FROM vectors WHERE image_id >= ? ORDER BY image_id "
-                                      "LIMIT 1", [target]).fetchone()
-                found[int(row[0])] = row[1]
-        mat = np.frombuffer(b"".join(found.values()), dtype="<f4").reshape(len(found), dim).astype(np.float32)
-        return np.fromiter(found, dtype=np.int64, count=len(found)), mat
-
     def images(self, ids: Iterable[int]) -> dict[int, ImageRecord]:
         """The records of `ids` that exist, by id."""
         ids = list(ids)

@@ -234,7 +234,7 @@ def reflects(index: Any, store: Store) -> bool:
     and count (a copied or restored file): a few stored vectors, spread over the ids, must come back
     under their ids. Reconstructed exactly from a flat index; found by a search in an IVF one (its
     8-bit codes are approximate). A few seeks and one small search: well under a millisecond."""
-    ids, probes = store.probe_vectors(PROBES)
+    ids, probes = _probe_vectors(store, PROBES)
     if len(ids) == 0:
         return int(index.ntotal) == 0
     if _ivf(index) is None:
@@ -252,6 +252,22 @@ def reflects(index: Any, store: Store) -> bool:
         if len(hits) == 0 or scores[0][hits[0]] < IVF_SELF_SCORE:
             return False
     return True
+
+
+def _probe_vectors(store: Store, count: int) -> tuple[np.ndarray, np.ndarray]:
+    """(ids, matrix) of up to `count` stored vectors spread over the ids, by seeks (no full read)."""
+    dim = int(store.meta("embed_dim") or 0)
+    # Two statements: SQLite reads min() or max() alone from the index, both at once by a full scan.
+    first = store.db.execute("SELECT min(image_id) FROM vectors").fetchone()[0]
+    last = store.db.execute("SELECT max(image_id) FROM vectors").fetchone()[0]
+    found: dict[int, bytes] = {}
+    if first is not None:
+        for target in sorted({int(x) for x in np.linspace(first, last, count)}):
+            row = store.db.execute("SELECT image_id, vector FROM vectors WHERE image_id >= ? ORDER BY image_id "
+                                   "LIMIT 1", [target]).fetchone()
+            found[int(row[0])] = row[1]
+    mat = np.frombuffer(b"".join(found.values()), dtype="<f4").reshape(len(found), dim).astype(np.float32)
+    return np.fromiter(found, dtype=np.int64, count=len(found)), mat
 
 
 def _identity(path: Path) -> tuple[int, int, int]:

@@ -36,6 +36,14 @@ class StorageError(IndexUnavailableError):
     """The index could not be written (disk full, read-only, I/O error); what was there is intact."""
 
 
+class IndexReadOnlyError(StorageError):
+    """The index folder cannot be written (a read-only mount, a backup, no permission); reading works."""
+
+
+class IndexDamagedError(IndexUnavailableError):
+    """The index database is damaged (not a database, truncated, failing SQLite's checks); `clipsearch repair`."""
+
+
 class IndexSchemaError(IndexUnavailableError):
     """The index was written by a newer clipsearch; it is left untouched."""
 

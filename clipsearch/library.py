@@ -23,6 +23,7 @@ from clipsearch.encoders import Encoders
 from clipsearch.errors import IndexMissingError, UsageError
 from clipsearch.formats import IMAGE_EXTENSIONS
 from clipsearch.index import roots as index_roots
+from clipsearch.index.faults import guarded
 from clipsearch.index.lock import write_lock
 from clipsearch.index.records import now
 from clipsearch.index.status import Status, status
@@ -46,6 +47,7 @@ __all__ = ["Library", "Status"]
 
 
 
+@guarded  # read-only, damaged or vanishing index files end as ClipsearchErrors (index/faults.py)
 class Library:
     """One index folder and the model that goes with it.
 
@@ -111,7 +113,7 @@ class Library:
             summary = pipeline.index_roots(store, list(roots), walk, bound_embedder, max_pixels, progress, executor)
             index_roots.remember(store, roots)
             summary.vanished_roots = list(vanished)
-            self._finish_write(store, started, summary.as_dict(), load_model=False)
+            self._finish_write(store, started, summary.as_dict(), load_model=True)  # a lost text model too
             return summary
 
     def merge(self, shard_folders: Iterable[str | os.PathLike[str]], *, remap: Iterable[str] = (),
@@ -171,7 +173,7 @@ class Library:
 
             m = self._model
             text_export.ensure(self.path, recorded, m.loaded, load_model, m.device, m.precision, self._notify)
-        VectorIndex.load(self.path, store)  # refresh the FAISS cache now, not on the next query
+        VectorIndex.load(self.path, store, notify=self._notify)  # refresh the FAISS cache now, not at a query
         store.record_run(started, json.dumps(summary))
 
     # --- searching ------------------------------------------------------------------------------
@@ -193,7 +195,7 @@ class Library:
         cached = self._index
         if cached is not None and cached.still_current(store):
             return cached
-        self._index = VectorIndex.load(self.path, store)
+        self._index = VectorIndex.load(self.path, store, notify=self._notify)
         return self._index
 
     def search(self, text: str | None = None, *, image: str | os.PathLike[str] | None = None,

@@ -16,7 +16,7 @@ import click
 
 from clipsearch._version import __version__
 from clipsearch.cli.common import err
-from clipsearch.cli.library_commands import duplicates, forget, index, status
+from clipsearch.cli.library_commands import duplicates, forget, index, repair, status
 from clipsearch.cli.model_commands import models
 from clipsearch.cli.search_commands import query, similar
 from clipsearch.cli.serve_commands import serve
@@ -44,7 +44,8 @@ def app() -> None:
     """Search your photos by what is in them, with CLIP, on your own machine."""
 
 
-for command in (index, forget, query, similar, tag, tags, duplicates, status, serve, embed, merge, models):
+for command in (index, forget, query, similar, tag, tags, duplicates, status, repair, serve, embed, merge,
+                models):
     app.add_command(command)
 
 

@@ -79,6 +79,11 @@ def handles_errors(fn: F) -> F:
         except (click.exceptions.Exit, click.exceptions.Abort, click.ClickException, SystemExit):
             raise
         except Exception as exc:  # noqa: BLE001 - the last line of defence: never a raw traceback
+            from clipsearch.index.faults import translate
+
+            mapped = translate(exc, None)  # an index-file fault that reached here outside Library
+            if mapped is not None:
+                raise fail(str(mapped), mapped.exit_code) from None
             log = _write_crash_log(exc)
             where = f"; details in {log}" if log else ""
             raise fail(f"internal error ({type(exc).__name__}: {str(exc)[:200]}){where}. Please report it.",

@@ -177,3 +177,34 @@ def duplicates(paths: tuple[Path, ...], similar: bool, threshold: float, similar
     else:
         err.print("no duplicates found", markup=False)
         raise click.exceptions.Exit(1)
+
+
+@click.command()
+@click.option("--force", is_flag=True, help="Copy what is readable into a fresh database even if SQLite's checks pass.")
+@json_option
+@index_option
+@handles_errors
+def repair(force: bool, as_json: bool, index_path: Path | None) -> None:
+    """Salvage a damaged index: readable rows into a fresh database, the damaged file kept aside.
+
+    Photos that lost their vector are re-embedded by the next `clipsearch index`.
+    """
+    from clipsearch import config
+    from clipsearch.index import repair as repair_mod
+
+    summary = repair_mod.repair(config.index_dir(index_path), force=force)
+    if as_json:
+        print_json(summary.as_dict())
+        return
+    shown = paths_mod.display(str(summary.folder))
+    if summary.kept_aside is None:
+        err.print(f"the index at {shown} passes SQLite's checks; nothing to repair", markup=False)
+        return
+    rows = summary.rows
+    err.print(f"repaired the index at {shown} ({summary.problem or 'forced'}): kept {rows.get('images', 0)} photos "
+              f"with their vectors, {rows.get('tags', 0)} tags, {rows.get('skipped', 0)} skip records; "
+              f"{summary.dropped_images} photos lost their vector"
+              + ("; the model's identity was lost, so no vector could be kept" if summary.model_lost else ""),
+              markup=False)
+    err.print(f"the damaged file is kept as {paths_mod.display(str(summary.kept_aside))}; run `clipsearch index "
+              "FOLDER` to re-embed what was lost", markup=False)

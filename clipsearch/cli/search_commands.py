@@ -70,7 +70,9 @@ def _result_options(fn: F) -> F:
 
 @click.command()
 @click.argument("text", required=False)
-@click.option("--image", "-i", type=PATH, multiple=True, help="Find photos like this one (repeatable).")
+# A string, not a click.Path: pathlib would fold "http://host/x.jpg" into "http:/host/x.jpg" before the
+# library could say that an address is not a file.
+@click.option("--image", "-i", type=click.STRING, multiple=True, help="Find photos like this one (repeatable).")
 @click.option("--add", multiple=True, help="Add this text to the query (repeatable).")
 @click.option("--sub", multiple=True, help="Subtract this text from the query (repeatable).")
 @_result_options
@@ -80,7 +82,7 @@ def _result_options(fn: F) -> F:
 @device_option
 @precision_option
 @handles_errors
-def query(text: str | None, image: tuple[Path, ...], add: tuple[str, ...], sub: tuple[str, ...], top: int,
+def query(text: str | None, image: tuple[str, ...], add: tuple[str, ...], sub: tuple[str, ...], top: int,
           within: tuple[Path, ...], after: str | None, before: str | None, types: str | None, min_width: int,
           camera: str | None, near: str | None, sort: str, min_score: float | None, fmt: str, as_json: bool,
           null: bool,

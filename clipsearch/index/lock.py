@@ -22,13 +22,22 @@ def write_lock(folder: Path, wait: bool) -> Iterator[None]:
 
     import filelock
 
-    folder.mkdir(parents=True, exist_ok=True)
+    from clipsearch.index import faults
+
+    try:
+        folder.mkdir(parents=True, exist_ok=True)
+    except OSError as exc:
+        raise faults.translate(exc, folder) or exc from exc
+    if not faults.writable(folder):  # before the lock file: a read-only folder says so, not EROFS
+        raise faults.read_only_error(folder)
     lock = filelock.FileLock(str(folder / LOCK_NAME), timeout=-1 if wait else 0)
     try:
         lock.acquire()
-    except filelock.Timeout:
+    except filelock.Timeout:  # an OSError too: caught first
         raise IndexLockedError(f"the index at {folder} is being updated by {_owner(folder)}; "
                                "wait for it, or pass --wait") from None
+    except OSError as exc:
+        raise faults.translate(exc, folder) or exc from exc
     try:
         (folder / LOCK_OWNER).write_text(json.dumps({"pid": os.getpid(), "host": socket.gethostname(),
                                                      "since": now()}))

@@ -133,7 +133,7 @@ def applied(conn: sqlite3.Connection) -> list[str]:
     return [r[0] for r in rows]
 
 
-def ensure(conn: sqlite3.Connection, folder: Path) -> None:
+def ensure(conn: sqlite3.Connection, folder: Path, read_only: bool = False) -> None:
     """Refuse a newer schema untouched; bring an older (or new, empty) one up to date."""
     done = set(applied(conn))
     known = {step.__name__ for step in STEPS}
@@ -143,6 +143,10 @@ def ensure(conn: sqlite3.Connection, folder: Path) -> None:
             f"(schema steps {', '.join(sorted(done - known))}); upgrade clipsearch. Nothing was changed.")
     if known <= done:
         return
+    if read_only:
+        from clipsearch.index.faults import read_only_error
+
+        raise read_only_error(folder, "bring its database up to this clipsearch's schema")
     import sqlite_utils
     from sqlite_utils.migrations import Migrations
 

@@ -6,7 +6,7 @@ import json
 from dataclasses import dataclass
 from pathlib import Path
 
-from clipsearch.index import roots
+from clipsearch.index import faults, roots
 from clipsearch.index.store import Store
 from clipsearch.index.vectors import cache_state
 from clipsearch.model import text_tower
@@ -40,10 +40,11 @@ class Status:
 
 
 def status(folder: Path, store: Store) -> Status:
+    faults.check_intact(store.db, store.path)  # a damaged database is not reported as healthy
     size = sum(p.stat().st_size for p in folder.rglob("*") if p.is_file())
     last = store.last_run()
     model = store.model_identity()
     fast = model is not None and text_tower.available(folder, model.weights_sha256)
     return Status(folder, model, store.count(), store.skipped_counts(), size, last[0] if last else None,
-                  json.loads(last[1]) if last and last[1] else None, cache_state(folder, store.generation()), fast,
+                  json.loads(last[1]) if last and last[1] else None, cache_state(folder, store), fast,
                   tuple(roots.known(store)))

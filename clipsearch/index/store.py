@@ -18,7 +18,7 @@ import numpy as np
 
 from clipsearch import failpoints
 from clipsearch.errors import IndexMissingError, StorageError
-from clipsearch.index import schema
+from clipsearch.index import faults, schema
 from clipsearch.index.records import (
     COLUMNS,
     FIELDS,
@@ -48,23 +48,38 @@ class Store:
         self.db = db
         self.path = path
         self._savepoints = 0
+        self.read_only = False  # opened without write access (faults.py): queries only
+        self._created = False  # made by this open: removed again if the first run fails before any write
         self.tags = TagTables(db, self.atomic)
 
     @classmethod
     def open(cls, folder: Path, create: bool = False) -> Store:
+        """The index's database; read-only (nothing created beside it) when the folder cannot be written."""
         path = folder / DB_NAME
-        if not path.exists() and not create:
-            raise IndexMissingError(f"no index at {folder}; build one with `clipsearch index FOLDER`")
-        folder.mkdir(parents=True, exist_ok=True)
-        conn = sqlite3.connect(str(path), timeout=30, isolation_level=None, check_same_thread=False)
+        created = not path.exists()
+        if created:
+            if not create:
+                raise IndexMissingError(f"no index at {folder}; build one with `clipsearch index FOLDER`")
+            faults.create_atomically(path, lambda conn: schema.ensure(conn, folder))
+        faults.check_not_empty(path)
+        read_only = not faults.writable(folder)
+        conn = faults.connect(path, read_only)
         store = cls(conn, path)
+        store.read_only = read_only
+        store._created = created
         try:
             conn.execute("PRAGMA foreign_keys = ON")
             conn.execute("PRAGMA busy_timeout = 30000")
-            schema.ensure(conn, folder)
-            # NORMAL is durable across application crashes in WAL mode (only power loss can cost the
-            # last commits), and it keeps batched commits cheap.
-            conn.execute("PRAGMA synchronous = NORMAL")
+            schema.ensure(conn, folder, read_only)
+            if create:  # a writer checks the pages before adding to them (faults.py: where cheap)
+                faults.check_intact(conn, path)
+            if not read_only:
+                # NORMAL is durable across application crashes in WAL mode (only power loss can cost
+                # the last commits), and it keeps batched commits cheap.
+                conn.execute("PRAGMA synchronous = NORMAL")
+        except sqlite3.DatabaseError as exc:
+            conn.close()
+            raise faults.translate(exc, folder) or exc from exc
         except BaseException:
             conn.close()
             raise
@@ -105,7 +120,20 @@ class Store:
 
     def __exit__(self, kind: type[BaseException] | None, exc: BaseException | None,
                  tb: TracebackType | None) -> None:
+        # A new index whose first run failed before recording anything (say `--model garbage`) would
+        # be left as an empty database, a model-less index nobody asked for: it goes again.
+        forget = exc is not None and self._created and self._is_blank()
         self.close()
+        if forget:
+            for leftover in (self.path, self.path.with_name(self.path.name + "-wal"),
+                             self.path.with_name(self.path.name + "-shm")):
+                leftover.unlink(missing_ok=True)
+
+    def _is_blank(self) -> bool:
+        try:
+            return self.model_identity() is None and self.count() == 0
+        except sqlite3.Error:
+            return False
 
     # --- model identity -------------------------------------------------------------------------
 
@@ -168,10 +196,11 @@ class Store:
 
     def write_batch(self, records: Sequence[ImageRecord], vectors: np.ndarray | None,
                     skips: Iterable[SkipRecord] = (), delete_ids: Iterable[int] = (),
-                    moves: Iterable[tuple[int, str, int, int]] = ()) -> list[int]:
-        """One transaction: upsert images with their vectors, record skips, delete, move. Returns ids."""
+                    moves: Iterable[tuple[int, str, int, int]] = (), forget_skips: Iterable[str] = ()) -> list[int]:
+        """One transaction: upsert images with their vectors, record skips, delete, move, forget the
+        skips of files that are gone. Returns ids."""
         try:
-            return self._write_batch(records, vectors, skips, delete_ids, moves)
+            return self._write_batch(records, vectors, skips, delete_ids, moves, forget_skips)
         except sqlite3.OperationalError as exc:
             # The transaction was rolled back: the index holds exactly what it held before.
             raise StorageError(f"could not write the index at {self.path.parent} ({exc}); nothing from this "
@@ -179,7 +208,7 @@ class Store:
 
     def _write_batch(self, records: Sequence[ImageRecord], vectors: np.ndarray | None,
                      skips: Iterable[SkipRecord], delete_ids: Iterable[int],
-                     moves: Iterable[tuple[int, str, int, int]]) -> list[int]:
+                     moves: Iterable[tuple[int, str, int, int]], forget_skips: Iterable[str] = ()) -> list[int]:
         ids: list[int] = []
         stamp = now()
         with self.atomic():
@@ -204,6 +233,8 @@ class Store:
                                 "WHERE id = ?", [text, raw, size, mtime_ns, stamp, image_id])
             for image_id in delete_ids:
                 self.db.execute("DELETE FROM images WHERE id = ?", [image_id])
+            for gone in forget_skips:
+                self.db.execute("DELETE FROM skipped WHERE path = ?", [path_columns(gone)[0]])
             self._bump_generation()
             failpoints.hit("commit")  # everything written, nothing committed yet
         return ids

@@ -9,6 +9,7 @@ from __future__ import annotations
 
 import contextlib
 import os
+from collections.abc import Callable
 from pathlib import Path
 from typing import Any
 
@@ -33,10 +34,19 @@ BACKDROP_SUFFIX = ".backdrop.npy"
 BACKDROP_ROWS = 4096
 
 
-def cache_state(folder: Path, generation: int) -> str:
-    """How the FAISS file stands against SQLite's generation, in words for `status`."""
-    if _file_for(folder, generation).exists():
-        return "current"
+def cache_state(folder: Path, store: Store) -> str:
+    """How the FAISS file stands against SQLite (its generation, then its contents), in words for `status`."""
+    path = _file_for(folder, store.generation())
+    if path.exists():
+        try:
+            index = _read(path)
+        except RuntimeError:
+            return "damaged, rebuilt on next use"
+        if index.ntotal == store.count() and reflects(index, store):
+            return "current"
+        return "from another index, rebuilt on next use"
+    if store.read_only:
+        return "not saved: built in memory by each command (the index folder is read-only)"
     return "stale, rebuilt on next use" if any(folder.glob(f"{PREFIX}*{SUFFIX}")) else "missing, rebuilt on next use"
 
 
@@ -102,14 +112,19 @@ class VectorIndex:
         return cls(index, generation, backdrop)
 
     @classmethod
-    def load(cls, folder: Path, store: Store, save: bool = True) -> VectorIndex:
-        """The current index: read from disk when its generation matches SQLite, else rebuilt."""
+    def load(cls, folder: Path, store: Store, save: bool = True,
+             notify: Callable[[str], None] | None = None) -> VectorIndex:
+        """The current index: read from disk when its generation matches SQLite, else rebuilt.
+
+        A rebuilt index that cannot be saved (a read-only folder, a full disk: faiss raises
+        RuntimeError, not OSError) is searched from memory, and `notify` hears it once.
+        """
         generation = store.generation()
         path = _file_for(folder, generation)
         if path.exists():
             try:
                 index = _read(path)
-                if index.ntotal == store.count():
+                if index.ntotal == store.count() and reflects(index, store):
                     ivf = _ivf(index)
                     if ivf is not None:
                         ivf.nprobe = NPROBE
@@ -120,9 +135,19 @@ class VectorIndex:
                 pass  # truncated or foreign file: rebuilt below
         built = cls.build(store)
         built._folder = folder
-        if save:
-            with contextlib.suppress(OSError):  # a read-only index folder still answers queries
+        if save and store.read_only:
+            if notify is not None:
+                notify(f"the index folder {folder} is read-only: searching a vector index built in memory from "
+                       "the database (slower; nothing is saved)")
+        elif save:
+            try:
                 built.save(folder)
+            except (OSError, RuntimeError) as exc:
+                if notify is not None:
+                    # faiss says only "write error" (a RuntimeError): the usual cause is named instead
+                    reason = exc.strerror if isinstance(exc, OSError) and exc.strerror else "the disk may be full"
+                    notify(f"could not save the vector cache in {folder} ({reason}); searching a vector index "
+                           "built in memory from the database (nothing is lost; it is saved once there is room)")
         return built
 
     def still_current(self, store: Store) -> bool:
@@ -200,6 +225,51 @@ class VectorIndex:
         return scores, ids
 
 
+PROBES = 8
+IVF_SELF_SCORE = 0.97  # a stored vector against its own 8-bit code: measured >= 0.999 at 64 and 512 dims
+
+
+def reflects(index: Any, store: Store) -> bool:
+    """Whether a FAISS index holds this database's vectors, not another index's of the same generation
+    and count (a copied or restored file): a few stored vectors, spread over the ids, must come back
+    under their ids. Reconstructed exactly from a flat index; found by a search in an IVF one (its
+    8-bit codes are approximate). A few seeks and one small search: well under a millisecond."""
+    ids, probes = _probe_vectors(store, PROBES)
+    if len(ids) == 0:
+        return int(index.ntotal) == 0
+    if _ivf(index) is None:
+        try:
+            got = np.stack([index.reconstruct(int(i)) for i in ids])
+        except RuntimeError:  # an id it does not hold
+            return False
+        return bool(np.allclose(got, probes, atol=1e-5))
+    k = min(64, int(index.ntotal))
+    for j, image_id in enumerate(ids):
+        # One probe at a time: a batch of 8 wakes FAISS's thread pool, 2-7 ms here against 0.1 ms a probe.
+        scores, found = index.search(probes[j:j + 1], k)
+        hits = np.flatnonzero(found[0] == image_id)
+        # Its own vector under its id, as near as 8-bit codes allow (another index's photo is not it).
+        if len(hits) == 0 or scores[0][hits[0]] < IVF_SELF_SCORE:
+            return False
+    return True
+
+
+def _probe_vectors(store: Store, count: int) -> tuple[np.ndarray, np.ndarray]:
+    """(ids, matrix) of up to `count` stored vectors spread over the ids, by seeks (no full read)."""
+    dim = int(store.meta("embed_dim") or 0)
+    # Two statements: SQLite reads min() or max() alone from the index, both at once by a full scan.
+    first = store.db.execute("SELECT min(image_id) FROM vectors").fetchone()[0]
+    last = store.db.execute("SELECT max(image_id) FROM vectors").fetchone()[0]
+    found: dict[int, bytes] = {}
+    if first is not None:
+        for target in sorted({int(x) for x in np.linspace(first, last, count)}):
+            row = store.db.execute("SELECT image_id, vector FROM vectors WHERE image_id >= ? ORDER BY image_id "
+                                   "LIMIT 1", [target]).fetchone()
+            found[int(row[0])] = row[1]
+    mat = np.frombuffer(b"".join(found.values()), dtype="<f4").reshape(len(found), dim).astype(np.float32)
+    return np.fromiter(found, dtype=np.int64, count=len(found)), mat
+
+
 def _identity(path: Path) -> tuple[int, int, int]:
     st = path.stat()
     return st.st_ino, st.st_size, st.st_mtime_ns
@@ -231,13 +301,20 @@ def _ivf(index: Any) -> Any:
 
 
 def remove_orphan_temps(folder: Path) -> None:
-    """Delete temp files left by writers that were killed mid-write (their process is gone)."""
-    for tmp in folder.glob(f".{PREFIX}*.tmp"):
+    """Delete temp files and folders left by writers killed mid-write (their process is gone): FAISS
+    files, text-model exports (`.text-model.<pid>.tmp`), new or repaired databases."""
+    import shutil
+
+    patterns = (f".{PREFIX}*.tmp", ".text-model.*.tmp", ".clipsearch.db.*.tmp*")
+    for tmp in [found for pattern in patterns for found in folder.glob(pattern)]:
         try:
             pid = int(tmp.name.rsplit(".", 2)[1])
             os.kill(pid, 0)
         except ProcessLookupError:
             with contextlib.suppress(OSError):
-                tmp.unlink()
+                if tmp.is_dir() and not tmp.is_symlink():
+                    shutil.rmtree(tmp)
+                else:
+                    tmp.unlink()
         except (ValueError, PermissionError, OSError):
             continue

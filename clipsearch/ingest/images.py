@@ -24,6 +24,7 @@ from PIL import Image, ImageOps, UnidentifiedImageError
 
 from clipsearch.config import DEFAULT_MAX_PIXELS
 from clipsearch.formats import HEIF_EXTENSIONS, PILLOW_EXTENSIONS, RAW_EXTENSIONS
+from clipsearch.ingest import sanity
 from clipsearch.model.identity import Preprocess
 
 __all__ = ["DEFAULT_MAX_PIXELS", "PILLOW_EXTENSIONS"]
@@ -230,8 +231,16 @@ def decode(path: str, pre: Preprocess, max_pixels: int = DEFAULT_MAX_PIXELS) -> 
     """Read `path` into model-ready pixels and metadata, or raise SkipFile saying why not."""
     ext = os.path.splitext(path)[1].lower()
     try:
-        if os.path.getsize(path) == 0:
+        size = os.path.getsize(path)
+        if size == 0:
             raise SkipFile("empty file")
+        with open(path, "rb") as f:  # 16 bytes and the size, before any decoder scans the file
+            found = sanity.problem(f.read(16), ext, size, max_pixels)
+        if found is not None:
+            raise SkipFile(*found)
+        # Pillow refuses images above twice its own limit (179 MP by default) before ours applies:
+        # ours decides (a value every decoding thread sets alike).
+        Image.MAX_IMAGE_PIXELS = max(max_pixels, 1)
         if ext in RAW_EXTENSIONS:
             if not raw_available():
                 raise SkipFile("needs the raw extra", "pip install 'clipsearch[raw]'")
@@ -255,9 +264,9 @@ def decode(path: str, pre: Preprocess, max_pixels: int = DEFAULT_MAX_PIXELS) -> 
     except Image.DecompressionBombError as exc:
         # Pillow's own words ("Image size (N pixels) exceeds limit of 178956970 pixels, could be…")
         # are not for users: the size, and that it is past what is opened at all.
-        found = re.search(r"\((\d+) pixels\)", str(exc))
-        size = f"{int(found.group(1)) / 1e6:.0f} MP" if found else "the image"
-        raise SkipFile("too many pixels", f"{size}, past the size any image is opened at: a decompression-bomb "
+        pixels = re.search(r"\((\d+) pixels\)", str(exc))
+        megapixels = f"{int(pixels.group(1)) / 1e6:.0f} MP" if pixels else "the image"
+        raise SkipFile("too many pixels", f"{megapixels}, past the size any image is opened at: a decompression-bomb "
                        "guard") from exc
     except UnidentifiedImageError as exc:
         raise SkipFile("not an image", "no image format recognised the contents") from exc

@@ -127,10 +127,11 @@ class BatchWriter:
             self.commit()
 
     def commit(self, delete_ids: list[int] | tuple[()] = (),
-               moves: list[tuple[int, str, int, int]] | tuple[()] = ()) -> None:
-        if self.records or self.skips or delete_ids or moves:
+               moves: list[tuple[int, str, int, int]] | tuple[()] = (),
+               forget_skips: list[str] | tuple[()] = ()) -> None:
+        if self.records or self.skips or delete_ids or moves or forget_skips:
             self.store.write_batch(self.records, np.stack(self.vectors) if self.vectors else None, self.skips,
-                                   delete_ids=delete_ids, moves=moves)
+                                   delete_ids=delete_ids, moves=moves, forget_skips=forget_skips)
         self.records, self.vectors, self.skips = [], [], []
 
 
@@ -182,7 +183,7 @@ def run(store: Store, get_embedder: Callable[[], Embedder], roots: list[str], fo
             executor = LocalExecutor()
         _commit_results(executor, p.todo, p.changed, embedder, max_pixels, writer, summary, progress)
         summary.embed_seconds = executor.embed_seconds
-    writer.commit(delete_ids=p.removed_ids, moves=p.moves)
+    writer.commit(delete_ids=p.removed_ids, moves=p.moves, forget_skips=p.gone_skips)
     seen = {f.path for f in found} | {path for path, _, _ in scan_problems.skipped}
     drop_stale_skips(store, roots, seen)  # a bad file since deleted or fixed is no longer counted
     summary.removed = len(p.removed_ids)

@@ -36,6 +36,7 @@ class Plan:
     moves: list[tuple[int, str, int, int]] = field(default_factory=list)  # (id, new path, size, mtime_ns)
     removed_ids: list[int] = field(default_factory=list)
     skips: list[SkipRecord] = field(default_factory=list)  # known-bad files, unchanged since they were skipped
+    gone_skips: list[str] = field(default_factory=list)  # skip records of files no longer there: forgotten
     unchanged: int = 0
 
 
@@ -63,6 +64,8 @@ def plan(store: Store, roots: list[str], found: list[scan.FoundFile]) -> Plan:
         new_files.append(f)
     out.todo.extend(_match_moves(new_files, missing, out.moves))  # changed files first, then new ones
     out.removed_ids = [k.id for k in missing.values()]
+    # A skip record describes a file; with the file gone (under the roots scanned) it is forgotten too.
+    out.gone_skips = [p for p in skipped_before if p not in found_paths and paths.under(p, roots)]
     return out
 
 

@@ -18,8 +18,8 @@ def thumbnail(cache_dir: Path, image_id: int, path: str, mtime_ns: int) -> Path 
     target = cache_dir / f"{image_id}-{mtime_ns}.jpg"
     if target.exists():
         return target
-    cache_dir.mkdir(parents=True, exist_ok=True)
     try:
+        cache_dir.mkdir(parents=True, exist_ok=True)  # inside: a read-only index folder has no previews
         with Image.open(path) as img:
             if (img.format or "").upper() in ("JPEG", "MPO"):
                 img.draft("RGB", (SIZE, SIZE))

@@ -27,6 +27,7 @@ from clipsearch.model.text_tower import (
     REFERENCE,
     TABLE_NAME,
     OnnxTextEncoder,
+    record_sizes,
     remove,
 )
 from clipsearch.model.tokenizer import VOCAB_NAME
@@ -94,7 +95,7 @@ def export(embedder: Any, index_dir: Path, backdrop: np.ndarray | None = None) -
                      "reference": REFERENCE, "precision": "fp32"})
         if meta["verified_min_cosine"] < MIN_COSINE:
             return False
-        (tmp / "meta.json").write_text(json.dumps(meta))
+        (tmp / "meta.json").write_text(json.dumps(record_sizes(tmp, meta)))
         remove(index_dir)
         os.replace(tmp, index_dir / FOLDER)
         return True

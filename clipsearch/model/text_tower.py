@@ -37,15 +37,41 @@ CHECK_PROMPTS = [
 
 
 def available(index_dir: Path, weights_sha256: str) -> bool:
-    """True when index_dir holds a verified text model of exactly this model's weights."""
+    """True when index_dir holds a verified text model of exactly this model's weights, whole.
+
+    Whole: the files meta.json names are there, at the sizes it records (exports before sizes were
+    recorded: present and not empty), so a truncated or half-deleted model is re-exported by the
+    next `index` and meanwhile not used. A few stats, no reading.
+    """
     try:
         meta = json.loads((index_dir / FOLDER / "meta.json").read_text())
     except (OSError, ValueError):
         return False
     # Exports from before issue 15 (int8, checked against the bf16-cast model) do not count: the next
     # indexing run replaces them, queries meanwhile take the torch path.
-    return bool(meta.get("weights_sha256") == weights_sha256 and meta.get("verified_min_cosine")
-                and meta.get("reference") == REFERENCE)
+    if not (meta.get("weights_sha256") == weights_sha256 and meta.get("verified_min_cosine")
+            and meta.get("reference") == REFERENCE):
+        return False
+    sizes = meta.get("sizes") or {}
+    try:
+        for name in _files(meta):
+            size = (index_dir / FOLDER / name).stat().st_size
+            if size == 0 or sizes.get(name, size) != size:
+                return False
+    except OSError:
+        return False
+    return True
+
+
+def _files(meta: dict[str, Any]) -> list[str]:
+    """The files an export consists of, besides meta.json."""
+    graph = str(meta.get("file", "model.onnx"))
+    return [graph, f"{graph}.data", VOCAB_NAME] + ([TABLE_NAME] if meta.get("inputs") == "embedded" else [])
+
+
+def record_sizes(folder: Path, meta: dict[str, Any]) -> dict[str, Any]:
+    """`meta` with the sizes of its files, which `available` checks."""
+    return {**meta, "sizes": {name: (folder / name).stat().st_size for name in _files(meta)}}
 
 
 class OnnxTextEncoder:

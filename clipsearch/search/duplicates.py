@@ -25,6 +25,7 @@ import xxhash
 from PIL import Image
 
 from clipsearch import paths
+from clipsearch.index import faults
 from clipsearch.index.records import ImageRecord
 from clipsearch.index.store import Store
 from clipsearch.index.vectors import VectorIndex
@@ -114,6 +115,7 @@ def find(store: Store, index: VectorIndex, roots: tuple[str, ...] = (), near_cos
          near_dhash_bits: int = NEAR_DHASH_BITS, similar: bool = False, similar_cosine: float = SIMILAR_COSINE,
          similar_window_s: float = SIMILAR_WINDOW_S) -> list[Group]:
     """All duplicate groups among indexed photos under `roots` (everything when empty)."""
+    faults.check_intact(store.db, store.path)  # it reads every row anyway: damage is an error, not a gap
     ids, mat = store.all_vectors()
     rows = store.images(ids.tolist())
     scope = [i for i in ids.tolist() if i in rows and (not roots or paths.under(rows[i].path, roots))]

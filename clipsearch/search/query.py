@@ -27,7 +27,11 @@ if TYPE_CHECKING:
 # "3:2 photo", "1:1", "16:9") have a digit after the colon, and years ("2024: Rome") have four
 # digits, so they stay text; "2:dog" and "0.5: sunset" stay weights. Only a literal "2:dog" can no
 # longer be searched as text, which no caption needs.
-_WEIGHT = re.compile(r"^\s*([+-]?(?:\d{1,2}(?:\.\d*)?|\.\d+))\s*:(?!\s*\d)\s*(.*)$", re.DOTALL)
+_WEIGHT = re.compile(r"^\s*([+-]?(?:\d{1,2}(?:\.\d*)?|\.\d+)(?:[eE][+-]?\d+)?)\s*:(?!\s*\d)\s*(.*)$", re.DOTALL)
+# A weight beyond this drowns every other part anyway, and one near float32's range overflows the
+# sum (a NumPy warning, then every score 0): refused as a usage error.
+MAX_WEIGHT = 1000.0
+_URL = re.compile(r"^[A-Za-z][A-Za-z0-9+.-]*://")
 _SPLIT = re.compile(r"(?:^|\s)([+-])(?=\s)")
 
 
@@ -52,6 +56,9 @@ def _term(raw: str, sign: float, image_exts: frozenset[str]) -> Term:
             weight = float(m.group(1))
         except ValueError:
             raise UsageError(f"malformed weight in query part {raw.strip()!r}") from None
+        if not abs(weight) <= MAX_WEIGHT:
+            raise UsageError(f"the weight {m.group(1)} in {raw.strip()!r} is out of range: use a number up to "
+                             f"{MAX_WEIGHT:g}")
         text = m.group(2).strip()
         if not text:
             raise UsageError(f"query part {raw.strip()!r} has a weight but nothing to weigh")
@@ -83,6 +90,9 @@ def parse(text: str | None, image_exts: frozenset[str], images: tuple[str, ...] 
     elif text is not None and not images:
         raise UsageError("the query is empty")
     for img in images:
+        if _URL.match(img):
+            raise UsageError(f"--image takes a photo file on this machine, not an address: {img!r}; download it "
+                             "first")
         path = paths.resolve(img)
         if not os.path.isfile(path):
             raise UsageError(f"query image not found: {img}")

@@ -7,6 +7,7 @@ from __future__ import annotations
 import contextlib
 import dataclasses
 import datetime as dt
+import math
 import os
 import sqlite3
 from collections.abc import Callable, Iterable
@@ -197,6 +198,8 @@ def rank(store: Store, index: VectorIndex, query: np.ndarray, top: int, filters:
     instead, each result still marked `relevant` by the default decision. When nothing is relevant,
     `Ranking.closest` holds the `closest` best-scoring photos the filters allow.
     """
+    if min_score is not None and not math.isfinite(min_score):  # NaN passes every comparison as False
+        raise UsageError(f"--min-score must be a number (a cosine, -1 to 1), not {min_score}")
     if top <= 0 or index.size == 0:
         return Ranking([], None, "none")
     decide: Callable[[np.ndarray, np.ndarray], np.ndarray]

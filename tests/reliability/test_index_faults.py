@@ -99,7 +99,8 @@ def test_a_read_only_index_answers_reads_and_refuses_writes(index_copy: tuple[Pa
         faiss_file.unlink()  # the cache must be rebuilt, in memory, where nothing can be saved
     before = _tree(folder)
     one = str(sorted(photos.rglob("*.png"))[0])
-    reads = [["query", "a photo of a red circle", "--top", "3", "--min-score", "-1"], ["similar", one, "--top", "3"], ["status"],
+    reads = [["query", "a photo of a red circle", "--top", "3", "--min-score", "-1"], ["similar", one, "--top", "3"],
+             ["status"],
              ["status", "--json"], ["duplicates"], ["tags"], ["tags", "export"]]
     writes = [["index", str(photos)], ["tag", str(photos)], ["tag", "forget", "nothing"]]
     q = f"'{folder}'"
@@ -139,7 +140,8 @@ def test_a_full_disk_still_answers_queries_from_memory(index_copy: tuple[Path, P
     setup = (f"mount -t tmpfs -o size=1m tmpfs {q} && cp -r '{stash}'/. {q} && "
              f"{{ cat /dev/zero > {q}/filler 2>/dev/null; truncate -s -40K {q}/filler; }}")
     one = str(sorted(photos.rglob("*.png"))[1])
-    results = _in_namespace(setup, [["index", str(new)], ["query", "a photo of a red circle", "--top", "3", "--min-score", "-1"],
+    results = _in_namespace(setup, [["index", str(new)],
+                                    ["query", "a photo of a red circle", "--top", "3", "--min-score", "-1"],
                                     ["similar", one, "--top", "3"], ["status"]])
     index_run, query, similar, status = results
     assert index_run["code"] in (0, 3) and (index_run["code"] == 0 or "intact" in str(index_run["stderr"])), index_run

@@ -5,6 +5,7 @@ from __future__ import annotations
 import contextlib
 import os
 from pathlib import Path
+from typing import IO
 
 from PIL import Image, ImageOps
 
@@ -15,24 +16,31 @@ SIZE = 256
 
 def thumbnail(cache_dir: Path, image_id: int, path: str, mtime_ns: int) -> Path | None:
     """The cached preview of `path` (EXIF orientation applied), made when missing; None if unreadable."""
-    target = cache_dir / f"{image_id}-{mtime_ns}.jpg"
+    return preview(cache_dir, f"{image_id}-{mtime_ns}.jpg", f"{image_id}-*.jpg", path, SIZE, 82)
+
+
+def preview(cache_dir: Path, name: str, earlier: str, source: str | IO[bytes], size: int,
+            quality: int) -> Path | None:
+    """`source` as an upright JPEG of at most `size` px, cached as `name` in `cache_dir` and made
+    when missing; older previews of the same photo (the glob `earlier`) are removed. None if unreadable."""
+    target = cache_dir / name
     if target.exists():
         return target
     try:
         cache_dir.mkdir(parents=True, exist_ok=True)  # inside: a read-only index folder has no previews
-        with Image.open(path) as img:
+        with Image.open(source) as img:
             if (img.format or "").upper() in ("JPEG", "MPO"):
-                img.draft("RGB", (SIZE, SIZE))
+                img.draft("RGB", (size, size))
             img.load()
             shown = ImageOps.exif_transpose(img) or img
             rgb = images.to_rgb(shown)
-            rgb.thumbnail((SIZE, SIZE), Image.Resampling.LANCZOS)
+            rgb.thumbnail((size, size), Image.Resampling.LANCZOS)
             tmp = target.with_suffix(f".{os.getpid()}.tmp")
-            rgb.save(tmp, "JPEG", quality=82)
+            rgb.save(tmp, "JPEG", quality=quality)
             os.replace(tmp, target)
     except (OSError, ValueError, SyntaxError, Image.DecompressionBombError):
         return None
-    for old in cache_dir.glob(f"{image_id}-*.jpg"):  # previews of earlier versions of the file
+    for old in cache_dir.glob(earlier):  # previews of earlier versions of the file
         if old != target:
             with contextlib.suppress(OSError):
                 old.unlink()

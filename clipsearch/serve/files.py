@@ -9,16 +9,14 @@ Previews are written into the index folder, never beside the photos.
 
 from __future__ import annotations
 
-import contextlib
 import os
 from collections.abc import Iterator
 from pathlib import Path
 from typing import IO
 
-from PIL import Image, ImageOps
+from PIL import Image
 
 from clipsearch.index.records import ImageRecord
-from clipsearch.ingest import images
 
 VIEW_SIZE = 1600
 CHUNK = 256 * 1024
@@ -54,35 +52,23 @@ def iter_file(f: IO[bytes]) -> Iterator[bytes]:
 
 def view(cache_dir: Path, row: ImageRecord) -> Path | None:
     """A JPEG of the photo at most VIEW_SIZE px, upright (EXIF orientation applied), made once."""
-    target = cache_dir / f"{row.id}-{row.mtime_ns}-{VIEW_SIZE}.jpg"
-    if target.exists():
-        return target
+    from clipsearch.ingest import thumbnails
+
+    target = f"{row.id}-{row.mtime_ns}-{VIEW_SIZE}.jpg"
+    if (cache_dir / target).exists():
+        return cache_dir / target
     f = open_indexed(row)
     if f is None:
         return None
-    cache_dir.mkdir(parents=True, exist_ok=True)
-    try:
-        with f, Image.open(f) as img:
-            if (img.format or "").upper() in ("JPEG", "MPO"):
-                img.draft("RGB", (VIEW_SIZE, VIEW_SIZE))
-            img.load()
-            shown = ImageOps.exif_transpose(img) or img
-            rgb = images.to_rgb(shown)
-            rgb.thumbnail((VIEW_SIZE, VIEW_SIZE), Image.Resampling.LANCZOS)
-            tmp = target.with_suffix(f".{os.getpid()}.tmp")
-            rgb.save(tmp, "JPEG", quality=88)
-            os.replace(tmp, target)
-    except (OSError, ValueError, SyntaxError, Image.DecompressionBombError):
-        return None
-    for old in cache_dir.glob(f"{row.id}-*-{VIEW_SIZE}.jpg"):
-        if old != target:
-            with contextlib.suppress(OSError):
-                old.unlink()
-    return target
+    with f:
+        return thumbnails.preview(cache_dir, target, f"{row.id}-*-{VIEW_SIZE}.jpg", f, VIEW_SIZE, 88)
 
 
 def camera(row: ImageRecord) -> str | None:
-    """"Make Model" from the file's EXIF when it has one (the index does not store it)."""
+    """"Make Model" as the index recorded it, else from the file's EXIF (photos indexed before cameras
+    were recorded)."""
+    if row.camera:
+        return row.camera
     f = open_indexed(row)
     if f is None:
         return None

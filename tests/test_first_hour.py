@@ -112,7 +112,8 @@ def test_clear_xmp_only_clears(photo_dir: Path, tmp_path: Path) -> None:
     cleared = runner.invoke(app, ["tag", "--clear-xmp"])  # no --threshold asked for below 200 photos
     assert cleared.exit_code == 0, cleared.output
     assert f"cleared clipsearch's tags from {len(sidecars)} of {len(sidecars)} XMP sidecars" in cleared.stderr
-    assert "clipsearch" not in "".join(p.read_text() for p in sidecars)
+    # Sidecars clipsearch created hold nothing else, so they are removed (tags/xmp.py); any left has no tag of ours.
+    assert "clipsearch" not in "".join(p.read_text() for p in sidecars if p.exists())
     assert runner.invoke(app, ["tags", "--json"]).stdout == counts_before  # the custom tags were not replaced
 
     both = runner.invoke(app, ["tag", "--clear-xmp", "--write-xmp"])
@@ -337,7 +338,7 @@ def test_pillows_words_stay_out_of_skip_details(tmp_path: Path) -> None:
     result = runner.invoke(app, ["index", str(folder), "--show-skipped"])
     assert result.exit_code == 0, result.output
     line = result.stdout.strip()
-    assert line.startswith("too many pixels\t") and "361 MP" in line
+    assert line.startswith("too many pixels\t") and "19000x19000 is over the 200 MP limit" in line
     assert "178956970" not in line and "Image size" not in line and not line.endswith(",")
 
 

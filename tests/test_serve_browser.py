@@ -97,6 +97,15 @@ def test_type_a_query_and_see_the_right_thumbnails(page: Any) -> None:
     _shot(page, "serve-search.png")
 
 
+def test_only_the_relevant_photos_then_all_of_them_on_request(page: Any) -> None:
+    page.goto(page.url.split("#")[0] + "#/?q=a+photo+of+a+red+circle")
+    page.wait_for_function("() => /^2 results/.test(document.querySelector('#relevance').textContent)")
+    assert set(_tile_names(page)) == {"red-circle-0.png", "red-circle copy.png"}
+    page.click("#relevance .show-all")  # the CLI's --min-score -1, as a link
+    page.wait_for_function("() => document.querySelectorAll('#grid .tile').length > 2")
+    assert "all=1" in page.url and set(_tile_names(page)[:2]) == {"red-circle-0.png", "red-circle copy.png"}
+
+
 def test_more_results_load_on_scroll(page: Any) -> None:
     page.goto(page.url.split("#")[0] + "#/?q=a+photo+of+a+red+circle&all=1&limit=6")
     # Pages of 6 (the relevance line says "12+ results" while there are more), loaded to fill the screen.

@@ -106,6 +106,7 @@ function syncHash() {
 
 let typingTimer = null;
 function scheduleSearch() {
+  search.all = false;  // a new query or filter starts from the relevant photos again
   clearTimeout(typingTimer);
   typingTimer = setTimeout(() => { syncHash(); runSearch(); }, 120);
 }
@@ -144,7 +145,18 @@ function showResults(body, append) {
   search.loading = false;
   const rel = $("relevance");
   rel.classList.remove("error");
-  rel.textContent = body.results.length || append ? body.relevance : (body.nothing || body.relevance);
+  const text = body.results.length || append ? body.relevance : (body.nothing || body.relevance);
+  // The CLI's hint names its option; the page offers the same as a link.
+  const hint = /[;,]?\s*\(?--min-score -1 shows (them|more)\)?/;
+  rel.textContent = text.replace(hint, "");
+  if (hint.test(text) && !search.all) {
+    const all = document.createElement("a");
+    all.href = "#";
+    all.className = "show-all";
+    all.textContent = " · show them all";
+    all.addEventListener("click", (ev) => { ev.preventDefault(); search.all = true; syncHash(); runSearch(); });
+    rel.append(all);
+  }
   const grid = $("grid");
   const tiles = body.results.map(tile);
   if (append) grid.append(...tiles); else grid.replaceChildren(...tiles);

@@ -110,14 +110,5 @@ def forget(store: Store, targets: Sequence[str], refresh: bool = True) -> Forgot
     return result
 
 
-def drop_stale_skips(store: Store, roots: Sequence[str], seen: set[str]) -> None:
-    """Forget the skip records under `roots` of files this scan no longer saw (deleted, or now fine)."""
-    stale = [p for _, p in _rows(store, "skipped", "path") if paths.under(p, roots) and p not in seen]
-    if stale:
-        with store.atomic():
-            for path in stale:
-                store.db.execute("DELETE FROM skipped WHERE path = ?", [path_columns(path)[0]])
-
-
 def _rows(store: Store, table: str, key: str) -> list[tuple[Any, str]]:
     return [(k, os_path(p, raw)) for k, p, raw in store.db.execute(f"SELECT {key}, path, path_raw FROM {table}")]

@@ -21,7 +21,6 @@ import numpy as np
 
 from clipsearch import paths
 from clipsearch.index.records import ImageRecord, SkipRecord
-from clipsearch.index.roots import drop_stale_skips
 from clipsearch.index.store import Store
 from clipsearch.ingest import scan
 from clipsearch.ingest.plan import plan
@@ -162,7 +161,7 @@ def run(store: Store, get_embedder: Callable[[], Embedder], roots: list[str], fo
     """
     start = time.perf_counter()
     summary = IndexSummary()
-    p = plan(store, roots, found)
+    p = plan(store, roots, found, frozenset(path for path, _, _ in scan_problems.skipped))
     summary.unchanged, summary.moved = p.unchanged, len(p.moves)
     writer = BatchWriter(store)
     for path, reason, detail in scan_problems.skipped:
@@ -183,9 +182,8 @@ def run(store: Store, get_embedder: Callable[[], Embedder], roots: list[str], fo
             executor = LocalExecutor()
         _commit_results(executor, p.todo, p.changed, embedder, max_pixels, writer, summary, progress)
         summary.embed_seconds = executor.embed_seconds
+    # A bad file since deleted is forgotten with its skip record, so it is no longer counted.
     writer.commit(delete_ids=p.removed_ids, moves=p.moves, forget_skips=p.gone_skips)
-    seen = {f.path for f in found} | {path for path, _, _ in scan_problems.skipped}
-    drop_stale_skips(store, roots, seen)  # a bad file since deleted or fixed is no longer counted
     summary.removed = len(p.removed_ids)
     summary.total = store.count()
     summary.seconds = time.perf_counter() - start

@@ -40,8 +40,12 @@ class Plan:
     unchanged: int = 0
 
 
-def plan(store: Store, roots: list[str], found: list[scan.FoundFile]) -> Plan:
-    """Compare the scan under `roots` with what the index holds there (no decoding, no hashing)."""
+def plan(store: Store, roots: list[str], found: list[scan.FoundFile], reported: frozenset[str] = frozenset()) -> Plan:
+    """Compare the scan under `roots` with what the index holds there (no decoding, no hashing).
+
+    `reported` are the paths the scan itself passed over with a reason (a broken symlink): they are
+    still there, so their skip records stay.
+    """
     known = {p: k for p, k in store.known_files().items() if paths.under(p, roots)}
     skipped_before = store.skipped_unchanged()
     found_paths = {f.path for f in found}
@@ -65,7 +69,8 @@ def plan(store: Store, roots: list[str], found: list[scan.FoundFile]) -> Plan:
     out.todo.extend(_match_moves(new_files, missing, out.moves))  # changed files first, then new ones
     out.removed_ids = [k.id for k in missing.values()]
     # A skip record describes a file; with the file gone (under the roots scanned) it is forgotten too.
-    out.gone_skips = [p for p in skipped_before if p not in found_paths and paths.under(p, roots)]
+    out.gone_skips = [p for p in skipped_before
+                      if p not in found_paths and p not in reported and paths.under(p, roots)]
     return out
 
 

@@ -64,6 +64,7 @@ class Library:
                                notify)
         self._notify = notify
         self._index: VectorIndex | None = None  # kept between searches while its generation is current
+        self._alternatives: ranking.Alternatives | None = None  # likewise, for this model's text queries
 
     def model_spec(self) -> names.ModelSpec:
         """The model this library uses: the one asked for, else the index's, else the default."""
@@ -235,7 +236,8 @@ class Library:
                 terms, vector, exclude = self._stored_vector(store, similar_to)
                 index = self._vector_index(store)
             else:
-                alts = ranking.Alternatives.for_query(store, recorded.weights_sha256, terms, _vocabulary)
+                alts = ranking.Alternatives.for_query(store, recorded.weights_sha256, terms, _vocabulary,
+                                                      self._alternatives)
                 # The text encoder loads on a thread while FAISS loads here: they overlap on two cores.
                 text_vectors = self._text_vectors(store, recorded, terms, alts.to_embed)
                 index = self._vector_index(store)
@@ -243,6 +245,8 @@ class Library:
                 vector = query_mod.combine(terms, lambda t: known[t.value] if t.kind == "text" else
                                            self._model.embed_photo(recorded, t.value, "a query image"))
                 alternatives, exclude = alts.vectors(store, known), frozenset()
+                if alts.used:
+                    self._alternatives = alts
             if wanted_tags:
                 filters = dataclasses.replace(filters, ids=frozenset(store.tags.ids_with_tags(wanted_tags)))
             found = ranking.rank(store, index, vector, top, filters, min_score, z, exclude, alternatives,

@@ -296,12 +296,15 @@ class Alternatives:
     used: bool
 
     @classmethod
-    def for_query(cls, store: Store, weights_sha256: str, terms: list[Term],
-                  vocabulary: Callable[[], list[str]]) -> Alternatives:
+    def for_query(cls, store: Store, weights_sha256: str, terms: list[Term], vocabulary: Callable[[], list[str]],
+                  earlier: Alternatives | None = None) -> Alternatives:
+        """`earlier`: what a previous query of this process found, reused when it is this model's."""
         # Only a query that is one text is a description to compare with others; arithmetic and
         # example photos keep the robust cutoff (docs/search.md).
         if not (len(terms) == 1 and terms[0].kind == "text" and terms[0].weight > 0):
             return cls(weights_sha256, [], None, False)
+        if earlier is not None and earlier.weights_sha256 == weights_sha256 and earlier.kept is not None:
+            return earlier  # a warm process (the gallery) reads neither the vocabulary nor SQLite again
         prompts = relevance.background_prompts(vocabulary())
         kept = store.tags.label_vectors(weights_sha256, relevance.background_set_id(prompts), prompts)
         return cls(weights_sha256, prompts, kept, True)
@@ -313,7 +316,7 @@ class Alternatives:
     def vectors(self, store: Store, embedded: dict[str, np.ndarray]) -> np.ndarray | None:
         if not self.used or self.kept is not None:
             return self.kept
-        mat = np.stack([embedded[p] for p in self.prompts]).astype(np.float32)
+        mat = self.kept = np.stack([embedded[p] for p in self.prompts]).astype(np.float32)
         # A read-only or busy index still answers; it embeds the alternatives again next time.
         with contextlib.suppress(sqlite3.OperationalError):
             store.tags.save_label_vectors(self.weights_sha256, relevance.background_set_id(self.prompts),

@@ -60,11 +60,10 @@ def ensure(index_dir: Path, recorded: ModelIdentity, loaded: Any, may_load: bool
         remove(index_dir)
 
 
-def export(embedder: Any, index_dir: Path, backdrop: np.ndarray | None = None) -> bool:
+def export(embedder: Any, index_dir: Path) -> bool:
     """Export and verify the text tower of a loaded Embedder; False when the model is not eligible.
 
-    `backdrop` (some of the index's vectors) is accepted and unused since the weights stay fp32:
-    there is no quantised variant left to judge by its rankings (issue 15).
+    The weights stay fp32, so there is no quantised variant to judge by the index's rankings (issue 15).
     """
     import open_clip
     import torch

@@ -276,7 +276,7 @@ def tagged(store: Store, tags: list[str], top: int, filters: Filters, sort: str)
     rows = store.images(ids)
     allowed = sorted(((scores[i], rows[i]) for i in ids if i in rows and filters.accepts(rows[i])),
                      key=lambda sr: (-sr[0], sr[1].path))
-    results = [result_from_row(n + 1, sc, row) for n, (sc, row) in enumerate(allowed[:top])]
+    results = [_result(n + 1, sc, row) for n, (sc, row) in enumerate(allowed[:top])]
     if sort == "date":
         results = sort_by_date(results)
     return QueryResult([Term("tag", t, 1.0) for t in tags], results, Ranking(results, None, "tag"))
@@ -329,12 +329,8 @@ def sort_by_date(results: list[SearchResult], newest_first: bool = True) -> list
     return [dataclasses.replace(r, rank=n + 1) for n, r in enumerate(ordered)]
 
 
-def result_from_row(rank_: int, score: float, row: ImageRecord, relevant: bool = True) -> SearchResult:
-    """A result for a photo found some other way than by a vector (`query --tag`)."""
-    return _result(rank_, score, row, relevant)
-
-
 def _result(rank_: int, score: float, row: ImageRecord, relevant: bool = True) -> SearchResult:
+    """A result for a photo, found by its vector or another way (`query --tag`)."""
     modified = dt.datetime.fromtimestamp(row.mtime_ns / 1e9, tz=dt.timezone.utc).astimezone()
     return SearchResult(rank_, score, row.id, row.path, row.size, modified, row.taken_at, row.width, row.height,
                         row.format, relevant)

@@ -86,11 +86,7 @@ def build(arch: str, tmp: Path, n_images: int) -> tuple[Any, Any, np.ndarray]:
         photos += [Image.open(p).convert("RGB") for p, *_ in shapes.write_heldout(tmp / "shapes", 2, seed=7)]
     pix = []
     for i in range(n_images):
-        img = photos[i % len(photos)]
-        w, h = img.size
-        cw, ch = int(w * rng.uniform(0.4, 1.0)), int(h * rng.uniform(0.4, 1.0))
-        x, y = int(rng.integers(0, w - cw + 1)), int(rng.integers(0, h - ch + 1))
-        crop = img.crop((x, y, x + cw, y + ch))
+        crop = common.random_crop(photos[i % len(photos)], rng, 0.4)
         if rng.random() < 0.5:
             crop = ImageOps.mirror(crop)
         pix.append(images._fit(crop, pre))

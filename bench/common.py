@@ -52,6 +52,14 @@ def source_photos() -> list[Image.Image]:
     return out
 
 
+def random_crop(img: Image.Image, rng: np.random.Generator, smallest: float) -> Image.Image:
+    """A crop of `img` keeping between `smallest` and all of each side, placed at random."""
+    w, h = img.size
+    cw, ch = int(w * rng.uniform(smallest, 1.0)), int(h * rng.uniform(smallest, 1.0))
+    x, y = int(rng.integers(0, w - cw + 1)), int(rng.integers(0, h - ch + 1))
+    return img.crop((x, y, x + cw, y + ch))
+
+
 def make_photos(folder: Path, count: int, size: tuple[int, int], seed: int = 0) -> list[Path]:
     """`count` JPEGs (quality 90) at `size`, from the real photos with crops, flips and EXIF rotation."""
     folder.mkdir(parents=True, exist_ok=True)
@@ -64,11 +72,7 @@ def make_photos(folder: Path, count: int, size: tuple[int, int], seed: int = 0) 
     sources = source_photos()
     paths = []
     for i in range(count):
-        src = sources[i % len(sources)]
-        w, h = src.size
-        cw, ch = int(w * rng.uniform(0.7, 1.0)), int(h * rng.uniform(0.7, 1.0))
-        x, y = int(rng.integers(0, w - cw + 1)), int(rng.integers(0, h - ch + 1))
-        img = src.crop((x, y, x + cw, y + ch)).resize(size, Image.Resampling.BICUBIC)
+        img = random_crop(sources[i % len(sources)], rng, 0.7).resize(size, Image.Resampling.BICUBIC)
         # Sensor-like noise: upscaled smooth pictures would compress (and decode) unrealistically fast.
         noisy = np.asarray(img, dtype=np.int16) + rng.normal(0, 4, size=(size[1], size[0], 1)).astype(np.int16)
         img = Image.fromarray(np.clip(noisy, 0, 255).astype(np.uint8))

@@ -13,11 +13,12 @@ instead when there is one (darktable writes the former, Lightroom the latter).
 
 from __future__ import annotations
 
-import contextlib
 import os
 import re
 import xml.etree.ElementTree as ET
 from pathlib import Path
+
+from clipsearch import paths
 
 NS = {
     "x": "adobe:ns:meta/",
@@ -180,15 +181,12 @@ def update(photo: str, tags: list[str], dry_run: bool = False) -> tuple[Path, bo
         return path, existed
     changed = ET.tostring(root) != before
     if changed and not dry_run:
-        tmp = path.with_name(f".{path.name}.{os.getpid()}.tmp")
-        try:
+        def write(tmp: Path) -> None:
             tmp.write_bytes((prolog + ET.tostring(root, encoding="unicode") + epilog).encode("utf-8"))
             if existed:
                 os.chmod(tmp, path.stat().st_mode & 0o7777)  # a private sidecar stays private
-            os.replace(tmp, path)
-        finally:
-            with contextlib.suppress(FileNotFoundError):
-                tmp.unlink()
+
+        paths.replace_atomically(path, write)
     return path, changed
 
 

@@ -13,8 +13,21 @@ import shapes
 from clipsearch import Library
 from clipsearch.model.embedder import Embedder
 
+if os.environ.get("PYTEST_XDIST_WORKER"):
+    # The suite runs on one worker per core (pytest-xdist): one torch thread each, not two fighting per core.
+    os.environ.setdefault("OMP_NUM_THREADS", "1")
+
 TINY_MODEL_DIR = Path(__file__).parent / "fixtures" / "tiny-clip"
 TINY_MODEL = f"local-dir:{TINY_MODEL_DIR}"
+
+
+def pytest_collection_modifyitems(items: list[pytest.Item]) -> None:
+    """Keep a module whose fixtures are module-scoped on one xdist worker, so they are built once."""
+    for item in items:
+        info = getattr(item, "_fixtureinfo", None)
+        defs = info.name2fixturedefs.values() if info else ()
+        if any(d and d[-1].scope == "module" for d in defs):
+            item.add_marker(pytest.mark.xdist_group(item.module.__name__ if item.module else item.nodeid))
 
 
 @pytest.fixture(autouse=True)

@@ -7,11 +7,12 @@ README.md ("From Python") shows it in use.
 
 from __future__ import annotations
 
+import contextlib
 import dataclasses
 import datetime as dt
 import json
 import os
-from collections.abc import Callable, Iterable
+from collections.abc import Callable, Iterable, Iterator
 from pathlib import Path
 from typing import TYPE_CHECKING, Any
 
@@ -25,6 +26,7 @@ from clipsearch.formats import IMAGE_EXTENSIONS
 from clipsearch.index import roots as index_roots
 from clipsearch.index.faults import guarded
 from clipsearch.index.lock import write_lock
+from clipsearch.index.readers import KeptStores
 from clipsearch.index.records import now
 from clipsearch.index.status import Status, status
 from clipsearch.index.store import Store
@@ -46,7 +48,6 @@ if TYPE_CHECKING:
 __all__ = ["Library", "Status"]
 
 
-
 @guarded  # read-only, damaged or vanishing index files end as ClipsearchErrors (index/faults.py)
 class Library:
     """One index folder and the model that goes with it.
@@ -65,6 +66,7 @@ class Library:
         self._notify = notify
         self._index: VectorIndex | None = None  # kept between searches while its generation is current
         self._alternatives: ranking.Alternatives | None = None  # likewise, for this model's text queries
+        self._stores = KeptStores(self.path)
 
     def model_spec(self) -> names.ModelSpec:
         """The model this library uses: the one asked for, else the index's, else the default."""
@@ -179,17 +181,16 @@ class Library:
 
     # --- searching ------------------------------------------------------------------------------
 
-    def _open(self, check_model: bool = True) -> Store:
-        """The index's store, which must have photos (and, with `check_model`, the model asked for)."""
-        store = Store.open(self.path)
-        try:
+    @contextlib.contextmanager
+    def _open(self, check_model: bool = True) -> Iterator[Store]:
+        """The index's store, which must have photos (and, with `check_model`, the model asked for).
+
+        A Library that reads again reuses its thread's open store (index/readers.py)."""
+        with self._stores.reading() as store:
             recorded = _require_model(store, self.path)
             if check_model:
                 self._model.check_asked(recorded, "omit --model to use it")
-            return store
-        except BaseException:
-            store.close()
-            raise
+            yield store
 
     def _vector_index(self, store: Store) -> VectorIndex:
         """The FAISS index of SQLite's current generation; a process that searches again reuses it."""

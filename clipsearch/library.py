@@ -239,11 +239,13 @@ class Library:
             else:
                 alts = ranking.Alternatives.for_query(store, recorded.weights_sha256, terms, _vocabulary,
                                                       self._alternatives)
+                # Indexed photos among the query's images are their stored vectors: no model for them.
+                photos = self._model.indexed_photos(store, [t.value for t in terms if t.kind == "image"])
                 # The text encoder loads on a thread while FAISS loads here: they overlap on two cores.
-                text_vectors = self._text_vectors(store, recorded, terms, alts.to_embed)
+                text_vectors = self._text_vectors(store, recorded, terms, alts.to_embed, photos)
                 index = self._vector_index(store)
-                known = text_vectors()
-                vector = query_mod.combine(terms, lambda t: known[t.value] if t.kind == "text" else
+                known = {**text_vectors(), **photos}
+                vector = query_mod.combine(terms, lambda t: known[t.value] if t.value in known else
                                            self._model.embed_photo(recorded, t.value, "a query image"))
                 alternatives, exclude = alts.vectors(store, known), frozenset()
                 if alts.used:
@@ -267,9 +269,9 @@ class Library:
         return [query_mod.Term("indexed", path, 1.0)], store.vectors_of_ids([image_id])[0], frozenset({image_id})
 
     def _text_vectors(self, store: Store, recorded: ModelIdentity, terms: list[query_mod.Term],
-                      extra: list[str]) -> Callable[[], dict[str, np.ndarray]]:
+                      extra: list[str], photos: dict[str, np.ndarray]) -> Callable[[], dict[str, np.ndarray]]:
         """The query's texts (and `extra` texts) as vectors, when called; loading their encoder starts now."""
-        if any(t.kind == "image" for t in terms):  # the model loads anyway: it embeds the texts too
+        if any(t.kind == "image" and t.value not in photos for t in terms):  # the model loads: it embeds texts too
             return query_mod.text_vectors(store, recorded.weights_sha256, terms,
                                           lambda: lambda: self._model.checked(recorded), extra)
         return query_mod.text_vectors(store, recorded.weights_sha256, terms,
@@ -329,7 +331,7 @@ class Library:
             recorded = _require_model(store, self.path)
 
             def embed(path: str) -> np.ndarray:
-                return self._model.embed_photo(recorded, path, "an example")
+                return self._model.photo_vector(store, recorded, path, "an example")
 
             return workflow.learn(store, recorded, name, examples, negatives, embed,
                                   self._model.text(recorded) if use_text else None)

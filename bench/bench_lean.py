@@ -15,7 +15,6 @@ alternating, so both meet the same machine load; the ratios are what to read.
 from __future__ import annotations
 
 import argparse
-import os
 import shutil
 import statistics
 import subprocess
@@ -129,7 +128,7 @@ def main() -> None:
     cmd = [sys.executable, "-m", "clipsearch", "query", "--image", str(photo), "--index", str(folder), "-n", "5",
            "-f", "paths", "--min-score", "-1"]
     img: dict[str, list[tuple[float, float]]] = {k: [] for k in sources}
-    for name, src in sources.items():
+    for src in sources.values():
         timed(cmd, _env(src))  # bytecode and page cache warm, as on a used machine
     for _ in range(rounds):
         for name, src in sources.items():

@@ -6,7 +6,9 @@
   indexes of bench_query.py (random-weight ViT-B-32);
 - a cold `clipsearch query --image PHOTO` of an indexed photo: wall time and peak RSS (the baseline
   loads torch and the model to embed it; this checkout uses the stored vector);
-- the offline start: `clipsearch index` with a model that is not cached, HF_HUB_OFFLINE=1, to the error.
+- the offline start: `clipsearch index` with a model that is not cached, HF_HUB_OFFLINE=1, to the error;
+- with `--labels N`: the label cache's prompts through the index's ONNX text tower in the order the
+  baseline batched them against today's (by token length), N labels of bench_tagging.py's 1,000.
 
 Each figure runs in its own subprocess with PYTHONPATH set to one checkout, baseline and current
 alternating, so both meet the same machine load; the ratios are what to read.
@@ -102,12 +104,36 @@ def image_index(model_dir: Path, n: int) -> tuple[Path, Path]:
     return folder, photo
 
 
+def label_order(folder: Path, count: int, rounds: int) -> dict[str, float]:
+    """Seconds to embed `count` labels' prompts unsorted (the baseline's batches) and sorted by tokens."""
+    import bench_tagging
+
+    from clipsearch.model.text_tower import FOLDER, OnnxTextEncoder
+    from clipsearch.tags import zero_shot
+
+    enc = OnnxTextEncoder(folder / FOLDER)
+    labels = bench_tagging.labels(1000)[:: max(1, 1000 // count)][:count]
+    flat = [p for lab in labels for p in zero_shot.prompts_for(lab, zero_shot.PHOTO_TEMPLATES)]
+    before, after = [], []
+    for _ in range(rounds):
+        t = time.perf_counter()
+        unsorted = np.concatenate([enc.embed_texts(flat[i:i + 256]) for i in range(0, len(flat), 256)])
+        before.append(time.perf_counter() - t)
+        t = time.perf_counter()
+        zero_shot.label_vectors(labels, zero_shot.PHOTO_TEMPLATES, enc.embed_texts, enc.token_lengths)
+        after.append(time.perf_counter() - t)
+    del unsorted
+    return {"prompts": len(flat), "baseline_s": sum(before), "current_s": sum(after),
+            "speedup": sum(before) / sum(after)}
+
+
 def main() -> None:
     ap = argparse.ArgumentParser(description=__doc__.splitlines()[0])
     ap.add_argument("--baseline", type=Path, required=True, help="a checkout of the code to compare with")
     ap.add_argument("--quick", action="store_true", help="2,000 photos, the tiny model, 1 round")
     ap.add_argument("--sizes", default="10000,100000")
     ap.add_argument("--rounds", type=int, default=3)
+    ap.add_argument("--labels", type=int, default=0, help="also time the label cache's batching (N labels)")
     args = ap.parse_args()
     rounds = 1 if args.quick else args.rounds
     sizes = [2_000] if args.quick else [int(s) for s in args.sizes.split(",")]
@@ -149,6 +175,11 @@ def main() -> None:
         walls = [timed(off, env, ok=(4,))[0] for _ in range(rounds)]
     rows["offline_start_s"] = statistics.median(walls)
     print(f"offline start with an uncached model, to the error: {rows['offline_start_s']:.2f} s (current)")
+    if args.labels:
+        folder = bench_query.index_folder(sizes[-1], args.quick)
+        rows["label_order"] = got_labels = label_order(folder, args.labels, min(rounds, 2))
+        print(f"label cache, {got_labels['prompts']} prompts: baseline order {got_labels['baseline_s']:.1f} s, "
+              f"by token length {got_labels['current_s']:.1f} s ({got_labels['speedup']:.2f}x)")
     print(f"results: {common.save('lean' + ('-quick' if args.quick else ''), {'rows': rows})}")
 
 

@@ -7,7 +7,7 @@ the index recorded.
 
 from __future__ import annotations
 
-from collections.abc import Callable
+from collections.abc import Callable, Iterable
 from pathlib import Path
 from typing import TYPE_CHECKING, Any
 
@@ -90,8 +90,23 @@ class Encoders:
 
         return loaded
 
+    def indexed_photos(self, store: Store, photos: Iterable[str]) -> dict[str, np.ndarray]:
+        """Those of `photos` that the index holds (unchanged, or moved or copied: ingest/known.py),
+        as their stored vectors: they need no model."""
+        from clipsearch.ingest import known
+
+        found = {p: known.stored_vector(store, p) for p in set(photos)}
+        return {p: v for p, v in found.items() if v is not None}
+
+    def photo_vector(self, store: Store, recorded: ModelIdentity, path: str, purpose: str) -> np.ndarray:
+        """A photo as a vector: the stored one when the index holds it, else embedded (embed_photo)."""
+        stored = self.indexed_photos(store, [path]).get(path)
+        return stored if stored is not None else self.embed_photo(recorded, path, purpose)
+
     def embed_photo(self, recorded: ModelIdentity, path: str, purpose: str) -> np.ndarray:
-        """One photo from outside the index, decoded and embedded as indexing would."""
+        """One photo from outside the index, decoded and embedded as indexing would.
+
+        The one place a photo meets the model at query time (query images, `learn` examples)."""
         from clipsearch.ingest import images
 
         emb = self.checked(recorded)

@@ -7,11 +7,12 @@ README.md ("From Python") shows it in use.
 
 from __future__ import annotations
 
+import contextlib
 import dataclasses
 import datetime as dt
 import json
 import os
-from collections.abc import Callable, Iterable
+from collections.abc import Callable, Iterable, Iterator
 from pathlib import Path
 from typing import TYPE_CHECKING, Any
 
@@ -25,6 +26,7 @@ from clipsearch.formats import IMAGE_EXTENSIONS
 from clipsearch.index import roots as index_roots
 from clipsearch.index.faults import guarded
 from clipsearch.index.lock import write_lock
+from clipsearch.index.readers import KeptStores
 from clipsearch.index.records import now
 from clipsearch.index.status import Status, status
 from clipsearch.index.store import Store
@@ -46,7 +48,6 @@ if TYPE_CHECKING:
 __all__ = ["Library", "Status"]
 
 
-
 @guarded  # read-only, damaged or vanishing index files end as ClipsearchErrors (index/faults.py)
 class Library:
     """One index folder and the model that goes with it.
@@ -65,6 +66,7 @@ class Library:
         self._notify = notify
         self._index: VectorIndex | None = None  # kept between searches while its generation is current
         self._alternatives: ranking.Alternatives | None = None  # likewise, for this model's text queries
+        self._stores = KeptStores(self.path)
 
     def model_spec(self) -> names.ModelSpec:
         """The model this library uses: the one asked for, else the index's, else the default."""
@@ -179,17 +181,16 @@ class Library:
 
     # --- searching ------------------------------------------------------------------------------
 
-    def _open(self, check_model: bool = True) -> Store:
-        """The index's store, which must have photos (and, with `check_model`, the model asked for)."""
-        store = Store.open(self.path)
-        try:
+    @contextlib.contextmanager
+    def _open(self, check_model: bool = True) -> Iterator[Store]:
+        """The index's store, which must have photos (and, with `check_model`, the model asked for).
+
+        A Library that reads again reuses its thread's open store (index/readers.py)."""
+        with self._stores.reading() as store:
             recorded = _require_model(store, self.path)
             if check_model:
                 self._model.check_asked(recorded, "omit --model to use it")
-            return store
-        except BaseException:
-            store.close()
-            raise
+            yield store
 
     def _vector_index(self, store: Store) -> VectorIndex:
         """The FAISS index of SQLite's current generation; a process that searches again reuses it."""
@@ -238,11 +239,13 @@ class Library:
             else:
                 alts = ranking.Alternatives.for_query(store, recorded.weights_sha256, terms, _vocabulary,
                                                       self._alternatives)
+                # Indexed photos among the query's images are their stored vectors: no model for them.
+                photos = self._model.indexed_photos(store, [t.value for t in terms if t.kind == "image"])
                 # The text encoder loads on a thread while FAISS loads here: they overlap on two cores.
-                text_vectors = self._text_vectors(store, recorded, terms, alts.to_embed)
+                text_vectors = self._text_vectors(store, recorded, terms, alts.to_embed, photos)
                 index = self._vector_index(store)
-                known = text_vectors()
-                vector = query_mod.combine(terms, lambda t: known[t.value] if t.kind == "text" else
+                known = {**text_vectors(), **photos}
+                vector = query_mod.combine(terms, lambda t: known[t.value] if t.value in known else
                                            self._model.embed_photo(recorded, t.value, "a query image"))
                 alternatives, exclude = alts.vectors(store, known), frozenset()
                 if alts.used:
@@ -266,9 +269,9 @@ class Library:
         return [query_mod.Term("indexed", path, 1.0)], store.vectors_of_ids([image_id])[0], frozenset({image_id})
 
     def _text_vectors(self, store: Store, recorded: ModelIdentity, terms: list[query_mod.Term],
-                      extra: list[str]) -> Callable[[], dict[str, np.ndarray]]:
+                      extra: list[str], photos: dict[str, np.ndarray]) -> Callable[[], dict[str, np.ndarray]]:
         """The query's texts (and `extra` texts) as vectors, when called; loading their encoder starts now."""
-        if any(t.kind == "image" for t in terms):  # the model loads anyway: it embeds the texts too
+        if any(t.kind == "image" and t.value not in photos for t in terms):  # the model loads: it embeds texts too
             return query_mod.text_vectors(store, recorded.weights_sha256, terms,
                                           lambda: lambda: self._model.checked(recorded), extra)
         return query_mod.text_vectors(store, recorded.weights_sha256, terms,
@@ -328,7 +331,7 @@ class Library:
             recorded = _require_model(store, self.path)
 
             def embed(path: str) -> np.ndarray:
-                return self._model.embed_photo(recorded, path, "an example")
+                return self._model.photo_vector(store, recorded, path, "an example")
 
             return workflow.learn(store, recorded, name, examples, negatives, embed,
                                   self._model.text(recorded) if use_text else None)

@@ -345,6 +345,11 @@ class Store:
         row = self.db.execute("SELECT id FROM images WHERE path = ?", [path_columns(path)[0]]).fetchone()
         return int(row[0]) if row else None
 
+    def ids_with_content(self, size: int, fingerprint: str) -> list[int]:
+        """Photos of this size and fingerprint (ingest/plan.py): the same file, moved or copied."""
+        return [int(r[0]) for r in self.db.execute("SELECT id FROM images WHERE fingerprint = ? AND size = ? "
+                                                   "ORDER BY id", [fingerprint, size])]
+
     def iter_skipped(self) -> Iterator[tuple[str, str, str]]:
         for path, raw, reason, detail in self.db.execute(
                 "SELECT path, path_raw, reason, detail FROM skipped ORDER BY reason, path"):

@@ -99,6 +99,10 @@ class OnnxTextEncoder:
         self.table = (np.load(folder / TABLE_NAME, mmap_mode="r") if meta.get("inputs") == "embedded" else None)
         self.session = ort.InferenceSession(str(model), options, providers=["CPUExecutionProvider"])
 
+    def token_lengths(self, texts: list[str]) -> np.ndarray:
+        """Each text's tokens up to its end-of-text token: what one batch of them costs to run."""
+        return self.tokenizer(texts).argmax(axis=1) + 1  # the end token has the highest id
+
     def embed_texts(self, texts: list[str]) -> np.ndarray:
         tokens = self.tokenizer(texts)
         length = int(tokens.argmax(axis=1).max()) + 1  # the end token has the highest id

@@ -21,7 +21,7 @@ from clipsearch.formats import IMAGE_EXTENSIONS
 from clipsearch.index.records import ImageRecord
 from clipsearch.index.store import Store
 from clipsearch.index.vectors import VectorIndex
-from clipsearch.search import relevance
+from clipsearch.search import hits, relevance
 from clipsearch.search.query import Term
 from clipsearch.search.relevance import DEFAULT_Z, MIN_FOR_CUTOFF, adaptive_cutoff
 
@@ -223,45 +223,11 @@ def rank(store: Store, index: VectorIndex, query: np.ndarray, top: int, filters:
     if min_score is not None:
         floor = min(min_score, 1.0)
         method, cutoff = "min-score", floor
-    kept, cut, near = _collect(store, index, query, top, filters.accepts, decide, floor, min_score is not None,
+    kept, cut, near = hits.collect(store, index, query, top, filters.accepts, decide, floor, min_score is not None,
                                exclude_ids, closest, needs_vectors=alternatives is not None)
     results = [_result(n + 1, s, row, ok) for n, (s, row, ok) in enumerate(kept)]
     nearest = [] if results else [_result(n + 1, s, row, False) for n, (s, row, _) in enumerate(near)]
     return Ranking(results, cutoff, method, cut, stats, nearest)
-
-
-def _collect(store: Store, index: VectorIndex, query: np.ndarray, top: int, accepts: Callable[[ImageRecord], bool],
-             decide: Callable[[np.ndarray, np.ndarray], np.ndarray], floor: float | None, by_floor: bool,
-             exclude_ids: frozenset[int], closest: int, needs_vectors: bool = False
-             ) -> tuple[list[tuple[float, ImageRecord, bool]], int, list[tuple[float, ImageRecord, bool]]]:
-    """(kept, how many the decision removed, the closest few the filters allow).
-
-    `decide(vectors, scores)` says which hits are relevant; the hits' stored vectors are read only
-    when it `needs_vectors`.
-    """
-    k, seen = top + len(exclude_ids), 0
-    while True:
-        # Filters remove hits after the vector search: widen it until enough survive, the scores
-        # fall under the floor, relevance runs out, or the whole index has been seen.
-        fetch = min(index.size, k)
-        scores, ids = index.search(query.reshape(1, -1), fetch)
-        hits = [(float(s), int(i)) for s, i in zip(scores[0], ids[0], strict=True) if i >= 0 and i not in exclude_ids]
-        vecs = (store.vectors_of_ids([i for _, i in hits]) if hits and needs_vectors
-                else np.zeros((len(hits), len(query)), np.float32))
-        relevant = decide(vecs, np.asarray([s for s, _ in hits], dtype=np.float32)) if hits else np.zeros(0, bool)
-        rows = store.images(i for _, i in hits)
-        allowed = [(s, rows[i], bool(ok)) for (s, i), ok in zip(hits, relevant, strict=True)
-                   if i in rows and accepts(rows[i])]
-        kept = [(s, r, ok) for s, r, ok in allowed if (floor is not None and s >= floor if by_floor else ok)]
-        # Scores only fall from here: once a widening finds nothing relevant in its new part, or
-        # the scores drop under the floor, looking further cannot find more.
-        ran_out = not by_floor and seen > 0 and not bool(relevant[seen:].any())
-        exhausted = (fetch >= index.size or ran_out
-                     or (floor is not None and bool(hits) and hits[-1][0] < floor))
-        if len(kept) >= top or exhausted:
-            return kept[:top], max(0, min(top, len(allowed)) - len(kept)), allowed[:closest]
-        seen = len(hits)
-        k = max(fetch * 4, 256)
 
 
 def tagged(store: Store, tags: list[str], top: int, filters: Filters, sort: str) -> QueryResult:

@@ -123,7 +123,9 @@ def label_matrix(store: Store, recorded: ModelIdentity, request: TagRequest, set
     cached = store.tags.label_vectors(recorded.weights_sha256, set_id, names)
     if cached is not None:
         return cached
-    mat = zero_shot.label_vectors(request.labels, request.template_set, encoder().embed_texts)
+    enc = encoder()
+    mat = zero_shot.label_vectors(request.labels, request.template_set, enc.embed_texts,
+                                  getattr(enc, "token_lengths", None))
     store.tags.save_label_vectors(recorded.weights_sha256, set_id, names, mat)
     return mat
 

@@ -168,7 +168,7 @@ def test_the_export_reference_is_fp32_even_for_a_bf16_embedder() -> None:
     emb = Embedder(names.parse(TINY_MODEL), device="cpu", precision="bf16")
     fp32 = text_export._fp32_model(emb)
     stored = open_clip.create_model(TINY_MODEL, weights_only=True).state_dict()
-    assert next(emb.model.parameters()).dtype == torch.bfloat16
+    assert next(emb.model.visual.parameters()).dtype == torch.bfloat16
     for name, tensor in fp32.state_dict().items():
         assert tensor.dtype == stored[name].dtype
         torch.testing.assert_close(tensor, stored[name], rtol=0, atol=0)

@@ -91,17 +91,22 @@ def export(embedder: Any, index_dir: Path) -> bool:
         with torch.no_grad():
             # The reference is open_clip itself at fp32 (all 77 tokens, no cut), not the Embedder's
             # bf16-cast model: the recorded cosine is what a query really loses (issue 15).
-            ref = torch.nn.functional.normalize(fp32.encode_text(tok(CHECK_PROMPTS)).float(), dim=-1)
+            ref = torch.nn.functional.normalize(fp32.encode_text(tok(CHECK_PROMPTS)).float(), dim=-1).numpy()
+        # The torch copy of the tower goes before ONNX Runtime loads the exported one (twice, to check
+        # the optimised graph): never two copies of its weights at once (issue 22, peak RSS).
+        del fp32
+        import gc
+
+        gc.collect()
         meta["file"] = "model.onnx"
         meta.update(_preoptimize(tmp, "model.onnx"))
         (tmp / "meta.json").write_text(json.dumps(meta))
         got = OnnxTextEncoder(tmp).embed_texts(CHECK_PROMPTS)  # the files a query will load
-        meta.update({"verified_min_cosine": float(np.min(np.sum(ref.numpy() * got, axis=1))),
+        meta.update({"verified_min_cosine": float(np.min(np.sum(ref * got, axis=1))),
                      "reference": REFERENCE, "precision": "fp32"})
         if meta["verified_min_cosine"] < MIN_COSINE:
             return False
         (tmp / "meta.json").write_text(json.dumps(record_sizes(tmp, meta)))
-        del fp32, ref  # the tower's fp32 weights go before anything else is loaded
         remove(index_dir)
         os.replace(tmp, index_dir / FOLDER)
         _to_cache(sha, index_dir / FOLDER)

@@ -52,6 +52,27 @@ def run(tree: Path, args: list[str], home: Path) -> dict[str, float]:
             "model_load_s": float(summary.get("model_load_seconds", 0.0)), "embedded": summary["embedded"]}
 
 
+# Where an Embedder's construction goes, in a fresh process: importing torch and open_clip, then
+# the rest (building the model, reading and casting its weights; the sha256 is cached by then).
+SPLIT = ("import json, sys, time\n"
+         "t0 = time.perf_counter()\n"
+         "from clipsearch.model import embedder, names\n"
+         "embedder._load_torch(); import open_clip\n"
+         "t1 = time.perf_counter()\n"
+         "embedder.Embedder(names.parse(sys.argv[1]), 'cpu')\n"
+         "t2 = time.perf_counter()\n"
+         "import resource\n"
+         "print(json.dumps({'imports_s': t1 - t0, 'weights_s': t2 - t1,\n"
+         "                  'rss_mb': resource.getrusage(resource.RUSAGE_SELF).ru_maxrss / 1024}))\n")
+
+
+def load_split(tree: Path, model: str, home: Path) -> dict[str, float]:
+    env = {**os.environ, "PYTHONPATH": str(tree), "CLIPSEARCH_HOME": str(home), "HF_HUB_OFFLINE": "1"}
+    proc = subprocess.run([sys.executable, "-c", SPLIT, model], capture_output=True, text=True, env=env, check=True,
+                          cwd=home)  # not this folder: python -c would import the clipsearch here
+    return {k: float(v) for k, v in json.loads(proc.stdout.splitlines()[-1]).items()}
+
+
 def round_for(tree: Path, model: str, photos: list[Path], work: Path) -> dict[str, dict[str, float]]:
     home = work / "home"
     folder = work / "photos"
@@ -71,11 +92,24 @@ def main() -> None:
     ap.add_argument("--baseline", type=Path, required=True, help="a checkout of the code to compare against")
     ap.add_argument("--rounds", type=int, default=2)
     ap.add_argument("--quick", action="store_true", help="the tiny model, one round: checks the script runs")
+    ap.add_argument("--only-load", action="store_true", help="only the model-load split (imports vs weights)")
     args = ap.parse_args()
     model_dir = common.TINY if args.quick else common.random_model("ViT-B-32")
     model = f"local-dir:{model_dir}"
     photos = common.make_photos(common.CACHE / "photos" / "1600x1200-2", 2, common.PHONE)
     trees = {"baseline": args.baseline.resolve(), "this": HERE}
+    splits: dict[str, list[dict[str, float]]] = {k: [] for k in trees}
+    with tempfile.TemporaryDirectory() as tmp:
+        for _ in range(1 if args.quick else 3):
+            for name, tree in trees.items():
+                splits[name].append(load_split(tree, model, Path(tmp)))
+    best_split = {name: {k: min(r[k] for r in rs) for k in rs[0]} for name, rs in splits.items()}
+    for key in ("imports_s", "weights_s", "rss_mb"):
+        b, t = best_split["baseline"][key], best_split["this"][key]
+        print(f"Embedder() {key:10} {b:7.2f} -> {t:7.2f} (x{t / b:.2f})", flush=True)
+    if args.only_load:
+        print(f"results: {common.save('lean-load', {'model': model_dir.name, 'split': best_split, 'runs': splits})}")
+        return
     runs: dict[str, list[dict[str, dict[str, float]]]] = {k: [] for k in trees}
     for _ in range(1 if args.quick else args.rounds):
         for name, tree in trees.items():  # alternating: neighbours' load hits both alike
@@ -94,7 +128,8 @@ def main() -> None:
               f"{best['this']['model_load_s']:5.2f} s  peak RSS {best['baseline']['peak_rss_mb']:6.0f} -> "
               f"{best['this']['peak_rss_mb']:6.0f} MB (x{row['rss_ratio']:.2f})", flush=True)
     name = "lean" + ("-quick" if args.quick else "")
-    print(f"results: {common.save(name, {'model': 'tiny' if args.quick else 'ViT-B-32', 'rows': rows, 'runs': runs})}")
+    payload = {"model": "tiny" if args.quick else "ViT-B-32", "rows": rows, "runs": runs, "load_split": best_split}
+    print(f"results: {common.save(name, payload)}")
 
 
 if __name__ == "__main__":

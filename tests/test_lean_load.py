@@ -71,9 +71,11 @@ def test_a_second_index_of_the_same_weights_takes_the_cached_text_tower(
         raise AssertionError("exported again although the cache has these weights")
 
     monkeypatch.setattr(text_export, "_write_fp32", no_export)
-    lib = Library(index=isolated / "second")
+    notes: list[str] = []
+    lib = Library(index=isolated / "second", notify=notes.append)
     lib.index([photo_dir])
     assert text_tower.available(lib.path, cached[0].name)
+    assert not [n for n in notes if n.startswith("preparing the text encoder")]  # nothing slow to announce
     meta = (lib.path / text_tower.FOLDER / "meta.json")
     assert os.stat(meta).st_ino == os.stat(isolated / "cache" / "text-models" / cached[0].name / "text-model"
                                            / "meta.json").st_ino  # hard-linked, not a second copy

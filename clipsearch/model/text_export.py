@@ -55,15 +55,13 @@ def ensure(index_dir: Path, recorded: ModelIdentity, loaded: Any, may_load: bool
             check_same_model(recorded, emb.identity)
         except ClipsearchError:
             return
-    if notify is not None:
-        notify("preparing the text encoder that makes queries fast (once per index)")
     try:
-        export(emb, index_dir)
+        export(emb, index_dir, notify)
     except Exception:  # noqa: BLE001 - an exporter or runtime gap must never fail an indexing run
         remove(index_dir)
 
 
-def export(embedder: Any, index_dir: Path) -> bool:
+def export(embedder: Any, index_dir: Path, notify: Callable[[str], None] | None = None) -> bool:
     """Export and verify the text tower of a loaded Embedder; False when the model is not eligible.
 
     The weights stay fp32, so there is no quantised variant to judge by the index's rankings (issue 15).
@@ -81,6 +79,8 @@ def export(embedder: Any, index_dir: Path) -> bool:
     sha = embedder.identity.weights_sha256
     if _from_cache(sha, index_dir):
         return True
+    if notify is not None:  # only for a real export: one from the cache takes milliseconds
+        notify("preparing the text encoder that makes queries fast (once per model)")
     fp32 = _fp32_model(embedder)
     tmp = index_dir / f".{FOLDER}.{os.getpid()}.tmp"
     shutil.rmtree(tmp, ignore_errors=True)

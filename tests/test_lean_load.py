@@ -1,21 +1,19 @@
-"""Loading only the image tower (model/lean_load.py) answers exactly as open_clip's whole-model load,
-and the text-tower export is shared between indexes of the same weights."""
+"""Loading only the image tower (model/lean_load.py) answers exactly as open_clip's whole-model load.
+
+The text-tower export's cache is tested in test_text_model.py, beside the export it shares."""
 
 from __future__ import annotations
 
-import os
 import shutil
-import subprocess
 from pathlib import Path
 
 import numpy as np
 import pytest
 from conftest import TINY_MODEL
-from test_text_model import exported  # noqa: F401 - the session fixture this file shares
 
 from clipsearch import Library
 from clipsearch.model import embedder as embedder_mod
-from clipsearch.model import lean_load, names, text_export, text_tower
+from clipsearch.model import lean_load, names
 from clipsearch.model.embedder import Embedder
 
 
@@ -56,45 +54,6 @@ def test_a_checkpoint_that_is_not_plain_safetensors_loads_through_open_clip(tmp_
     lean = Embedder(names.parse(TINY_MODEL), device="cpu", precision="fp32")
     assert not emb.lean and lean.lean
     assert emb.identity.embed_dim == lean.identity.embed_dim
-
-
-def test_a_second_index_of_the_same_weights_takes_the_cached_text_tower(
-        exported: tuple[Path, Path, subprocess.CompletedProcess[str]],  # noqa: F811
-        isolated: Path, photo_dir: Path, monkeypatch: pytest.MonkeyPatch) -> None:
-    first_home = exported[1].parent
-    cached = list((first_home / "cache" / "text-models").iterdir())
-    assert len(cached) == 1 and text_tower.available(cached[0], cached[0].name)
-    shutil.copytree(first_home / "cache", isolated / "cache")
-    monkeypatch.setenv("CLIPSEARCH_TEXT_MODEL", "on")
-
-    def no_export(*args: object) -> None:
-        raise AssertionError("exported again although the cache has these weights")
-
-    monkeypatch.setattr(text_export, "_write_fp32", no_export)
-    notes: list[str] = []
-    lib = Library(index=isolated / "second", notify=notes.append)
-    lib.index([photo_dir])
-    assert text_tower.available(lib.path, cached[0].name)
-    assert not [n for n in notes if n.startswith("preparing the text encoder")]  # nothing slow to announce
-    meta = (lib.path / text_tower.FOLDER / "meta.json")
-    assert os.stat(meta).st_ino == os.stat(isolated / "cache" / "text-models" / cached[0].name / "text-model"
-                                           / "meta.json").st_ino  # hard-linked, not a second copy
-    assert not list(lib.path.glob(".text-model*"))
-    hits = lib.search("a photo of a purple ring", top=1)
-    assert Path(hits[0].path).name == "purple-ring-0.png"
-
-
-def test_a_damaged_cache_is_not_used(exported: tuple[Path, Path, subprocess.CompletedProcess[str]],  # noqa: F811
-                                     isolated: Path, photo_dir: Path, monkeypatch: pytest.MonkeyPatch) -> None:
-    shutil.copytree(exported[1].parent / "cache", isolated / "cache")
-    (sha_dir,) = (isolated / "cache" / "text-models").iterdir()
-    table = sha_dir / "text-model" / text_tower.TABLE_NAME
-    table.write_bytes(table.read_bytes()[:100])  # truncated
-    monkeypatch.setenv("CLIPSEARCH_TEXT_MODEL", "on")
-    lib = Library(index=isolated / "second")
-    lib.index([photo_dir])
-    assert text_tower.available(lib.path, sha_dir.name)  # exported anew, and the cache repaired
-    assert text_tower.available(sha_dir, sha_dir.name)
 
 
 def test_an_index_run_that_embeds_nothing_loads_no_model(photo_dir: Path, monkeypatch: pytest.MonkeyPatch) -> None:

@@ -23,6 +23,17 @@ def data_home() -> Path:
     return Path(user_data_dir("clipsearch", appauthor=False))
 
 
+def cache_home() -> Path:
+    """Rebuildable files shared between indexes (exported text towers): `<$CLIPSEARCH_HOME>/cache`
+    when that is set, else the platform's user cache dir."""
+    env = os.environ.get(ENV_HOME)
+    if env:
+        return Path(env).expanduser() / "cache"
+    from platformdirs import user_cache_dir
+
+    return Path(user_cache_dir("clipsearch", appauthor=False))
+
+
 def index_dir(explicit: str | os.PathLike[str] | None = None) -> Path:
     """The index folder: an explicit --index PATH, else `<data home>/index`."""
     if explicit:

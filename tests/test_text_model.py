@@ -168,7 +168,46 @@ def test_the_export_reference_is_fp32_even_for_a_bf16_embedder() -> None:
     emb = Embedder(names.parse(TINY_MODEL), device="cpu", precision="bf16")
     fp32 = text_export._fp32_model(emb)
     stored = open_clip.create_model(TINY_MODEL, weights_only=True).state_dict()
-    assert next(emb.model.parameters()).dtype == torch.bfloat16
+    assert next(emb.model.visual.parameters()).dtype == torch.bfloat16
     for name, tensor in fp32.state_dict().items():
         assert tensor.dtype == stored[name].dtype
         torch.testing.assert_close(tensor, stored[name], rtol=0, atol=0)
+
+
+def test_a_second_index_of_the_same_weights_takes_the_cached_text_tower(
+        exported: tuple[Path, Path, subprocess.CompletedProcess[str]],
+        isolated: Path, photo_dir: Path, monkeypatch: pytest.MonkeyPatch) -> None:
+    first_home = exported[1].parent
+    cached = list((first_home / "cache" / "text-models").iterdir())
+    assert len(cached) == 1 and text_tower.available(cached[0], cached[0].name)
+    shutil.copytree(first_home / "cache", isolated / "cache")
+    monkeypatch.setenv("CLIPSEARCH_TEXT_MODEL", "on")
+
+    def no_export(*args: object) -> None:
+        raise AssertionError("exported again although the cache has these weights")
+
+    monkeypatch.setattr(text_export, "_write_fp32", no_export)
+    notes: list[str] = []
+    lib = Library(index=isolated / "second", notify=notes.append)
+    lib.index([photo_dir])
+    assert text_tower.available(lib.path, cached[0].name)
+    assert not [n for n in notes if n.startswith("preparing the text encoder")]  # nothing slow to announce
+    meta = (lib.path / text_tower.FOLDER / "meta.json")
+    assert os.stat(meta).st_ino == os.stat(isolated / "cache" / "text-models" / cached[0].name / "text-model"
+                                           / "meta.json").st_ino  # hard-linked, not a second copy
+    assert not list(lib.path.glob(".text-model*"))
+    hits = lib.search("a photo of a purple ring", top=1)
+    assert Path(hits[0].path).name == "purple-ring-0.png"
+
+
+def test_a_damaged_cache_is_not_used(exported: tuple[Path, Path, subprocess.CompletedProcess[str]],
+                                     isolated: Path, photo_dir: Path, monkeypatch: pytest.MonkeyPatch) -> None:
+    shutil.copytree(exported[1].parent / "cache", isolated / "cache")
+    (sha_dir,) = (isolated / "cache" / "text-models").iterdir()
+    table = sha_dir / "text-model" / text_tower.TABLE_NAME
+    table.write_bytes(table.read_bytes()[:100])  # truncated
+    monkeypatch.setenv("CLIPSEARCH_TEXT_MODEL", "on")
+    lib = Library(index=isolated / "second")
+    lib.index([photo_dir])
+    assert text_tower.available(lib.path, sha_dir.name)  # exported anew, and the cache repaired
+    assert text_tower.available(sha_dir, sha_dir.name)

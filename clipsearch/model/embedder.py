@@ -106,10 +106,14 @@ class Embedder:
         self.device = pick_device(device)
         self.precision = pick_precision(precision, self.device)
         self.weights_path = weights
-        self.model, self.preprocess, self.tokenizer = _load(spec, weights, self.device)
-        self.model.eval()
         self.dtype = _dtype(self.precision)
-        if self.dtype != torch.float32:
+        # Only the image tower, read straight into the run's precision (lean_load.py); the text
+        # tower follows when a text is first embedded. Checkpoints that do not qualify load whole.
+        lean = _load_lean(spec, weights, self.device, self.dtype)
+        self.lean = lean is not None
+        self.model, self.preprocess, self.tokenizer = lean or _load(spec, weights, self.device)
+        self.model.eval()
+        if not self.lean and self.dtype != torch.float32:
             # Casting the weights is what makes bf16 fast on CPU; autocast alone copies too much.
             self.model.to(self.dtype)
         embed_dim = int(getattr(self.model, "embed_dim", 0) or _probe_dim(self.model, self.preprocess))
@@ -137,10 +141,21 @@ class Embedder:
 
         if not texts:
             return np.zeros((0, self.identity.embed_dim), dtype=np.float32)
+        model = self.text_model()
         with torch.inference_mode():
             tokens = self.tokenizer(texts).to(self.device)
-            feats = encode_texts(self.model, tokens)
+            feats = encode_texts(model, tokens)
             return _normalise(feats)
+
+
+    def text_model(self) -> Any:
+        """The model with its text tower loaded (read from the weights file on first use)."""
+        if self.lean:
+            from clipsearch.model import lean_load
+
+            if lean_load.TEXT not in lean_load.loaded_towers(self.model):
+                lean_load.materialise(self.model, self.weights_path, (lean_load.TEXT,), self.dtype, self.device)
+        return self.model
 
 
 def _normalise(feats: Any) -> np.ndarray:
@@ -200,7 +215,7 @@ def _probe_dim(model: Any, pre: Preprocess) -> int:
     import torch
 
     with torch.inference_mode():
-        p = next(model.parameters())
+        p = next(model.visual.parameters())  # the text tower may not be loaded (lean_load.py)
         out = model.encode_image(torch.zeros(1, 3, pre.size, pre.size, dtype=p.dtype, device=p.device))
     return int(out.shape[-1])
 
@@ -233,35 +248,59 @@ def _register_config(stem: str, model_cfg: dict[str, Any]) -> str:
 
 
 def _load(spec: names.ModelSpec, weights: Path, device: str) -> tuple[Any, Preprocess, Any]:
+    """open_clip's own loading: the whole model, weights in fp32."""
+    model, tokenizer = _create(spec, weights, device, load_weights=True)
+    return model, _preprocess_from(model), tokenizer
+
+
+def _load_lean(spec: names.ModelSpec, weights: Path, device: str,
+               dtype: torch.dtype) -> tuple[Any, Preprocess, Any] | None:
+    """The model as open_clip builds it, with only its image tower loaded, in `dtype`; None when the
+    checkpoint does not qualify (lean_load.py) and open_clip's own loading must do."""
+    from clipsearch.model import lean_load
+
+    if weights.suffix != ".safetensors":
+        return None
+    model, tokenizer = lean_load.skeleton(lambda: _create(spec, weights, "meta", load_weights=False))
+    try:
+        if not lean_load.eligible(model, weights):
+            return None
+        lean_load.materialise(model, weights, (lean_load.IMAGE,), dtype, device)
+    except (ValueError, OSError, RuntimeError):
+        return None  # open_clip's own path then loads it, or says why it cannot
+    return model, _preprocess_from(model), tokenizer
+
+
+def _create(spec: names.ModelSpec, weights: Path, device: str, load_weights: bool) -> tuple[Any, Any]:
     import open_clip
 
+    kw: dict[str, Any] = {"device": device, "weights_only": True, "load_weights": load_weights}
     try:
         if spec.kind == "local-dir":
             name = f"local-dir:{spec.path}"
-            model = open_clip.create_model(name, device=device, weights_only=True)
+            model = open_clip.create_model(name, **kw)
             tokenizer = open_clip.get_tokenizer(name)
         elif spec.kind == "hf-hub":
-            model = open_clip.create_model(spec.name, device=device, weights_only=True)
+            model = open_clip.create_model(spec.name, **kw)
             tokenizer = open_clip.get_tokenizer(spec.name)
         elif spec.kind == "config":
             cfg = json.loads(Path(spec.path).read_text())
             arch = _register_config(Path(spec.path).stem, cfg.get("model_cfg", cfg))
             force = cfg.get("preprocess_cfg") or None
-            model = open_clip.create_model(arch, pretrained=str(weights), device=device, weights_only=True,
-                                           force_preprocess_cfg=force)
+            model = open_clip.create_model(arch, pretrained=str(weights), force_preprocess_cfg=force, **kw)
             tokenizer = open_clip.get_tokenizer(arch)
         else:
             tag_cfg = open_clip.pretrained.get_pretrained_cfg(spec.arch, spec.tag) or {}
             # The weights come as a file path, so pass on what the tag would have set itself.
             force = {k: tag_cfg[k] for k in ("mean", "std", "interpolation", "resize_mode", "fill_color")
                      if k in tag_cfg}
-            model = open_clip.create_model(spec.arch, pretrained=str(weights), device=device, weights_only=True,
+            model = open_clip.create_model(spec.arch, pretrained=str(weights),
                                            force_quick_gelu=bool(tag_cfg.get("quick_gelu", False)),
-                                           force_preprocess_cfg=force or None)
+                                           force_preprocess_cfg=force or None, **kw)
             tokenizer = open_clip.get_tokenizer(spec.arch)
     except (RuntimeError, ValueError, KeyError, OSError) as exc:
         raise ModelError(f"could not load {spec.name} from {weights}: {str(exc).splitlines()[0][:300]}") from exc
-    return model, _preprocess_from(model), tokenizer
+    return model, tokenizer
 
 
 def runtime_summary() -> dict[str, str]:

@@ -8,6 +8,7 @@ kept. The weights stay fp32 (docs/fidelity.md says why).
 
 from __future__ import annotations
 
+import contextlib
 import json
 import os
 import shutil
@@ -18,6 +19,7 @@ from typing import Any
 
 import numpy as np
 
+from clipsearch import config
 from clipsearch.errors import ClipsearchError
 from clipsearch.model.identity import ModelIdentity, check_same_model
 from clipsearch.model.text_tower import (
@@ -27,6 +29,7 @@ from clipsearch.model.text_tower import (
     REFERENCE,
     TABLE_NAME,
     OnnxTextEncoder,
+    available,
     record_sizes,
     remove,
 )
@@ -52,15 +55,13 @@ def ensure(index_dir: Path, recorded: ModelIdentity, loaded: Any, may_load: bool
             check_same_model(recorded, emb.identity)
         except ClipsearchError:
             return
-    if notify is not None:
-        notify("preparing the text encoder that makes queries fast (once per index)")
     try:
-        export(emb, index_dir)
+        export(emb, index_dir, notify)
     except Exception:  # noqa: BLE001 - an exporter or runtime gap must never fail an indexing run
         remove(index_dir)
 
 
-def export(embedder: Any, index_dir: Path) -> bool:
+def export(embedder: Any, index_dir: Path, notify: Callable[[str], None] | None = None) -> bool:
     """Export and verify the text tower of a loaded Embedder; False when the model is not eligible.
 
     The weights stay fp32, so there is no quantised variant to judge by the index's rankings (issue 15).
@@ -75,6 +76,11 @@ def export(embedder: Any, index_dir: Path) -> bool:
     if (not isinstance(tok, open_clip.tokenizer.SimpleTokenizer) or tok.reduction_fn is not None
             or tok.clean_fn is not open_clip.tokenizer._clean_lower or not has_standard_text_tower(model)):
         return False  # other tokenizers and towers keep the torch path (the tokenizer port is CLIP's BPE)
+    sha = embedder.identity.weights_sha256
+    if _from_cache(sha, index_dir):
+        return True
+    if notify is not None:  # only for a real export: one from the cache takes milliseconds
+        notify("preparing the text encoder that makes queries fast (once per model)")
     fp32 = _fp32_model(embedder)
     tmp = index_dir / f".{FOLDER}.{os.getpid()}.tmp"
     shutil.rmtree(tmp, ignore_errors=True)
@@ -85,21 +91,78 @@ def export(embedder: Any, index_dir: Path) -> bool:
         with torch.no_grad():
             # The reference is open_clip itself at fp32 (all 77 tokens, no cut), not the Embedder's
             # bf16-cast model: the recorded cosine is what a query really loses (issue 15).
-            ref = torch.nn.functional.normalize(fp32.encode_text(tok(CHECK_PROMPTS)).float(), dim=-1)
+            ref = torch.nn.functional.normalize(fp32.encode_text(tok(CHECK_PROMPTS)).float(), dim=-1).numpy()
+        # The torch copy of the tower goes before ONNX Runtime loads the exported one (twice, to check
+        # the optimised graph): never two copies of its weights at once (issue 22, peak RSS).
+        del fp32
+        import gc
+
+        gc.collect()
         meta["file"] = "model.onnx"
         meta.update(_preoptimize(tmp, "model.onnx"))
         (tmp / "meta.json").write_text(json.dumps(meta))
         got = OnnxTextEncoder(tmp).embed_texts(CHECK_PROMPTS)  # the files a query will load
-        meta.update({"verified_min_cosine": float(np.min(np.sum(ref.numpy() * got, axis=1))),
+        meta.update({"verified_min_cosine": float(np.min(np.sum(ref * got, axis=1))),
                      "reference": REFERENCE, "precision": "fp32"})
         if meta["verified_min_cosine"] < MIN_COSINE:
             return False
         (tmp / "meta.json").write_text(json.dumps(record_sizes(tmp, meta)))
         remove(index_dir)
         os.replace(tmp, index_dir / FOLDER)
+        _to_cache(sha, index_dir / FOLDER)
         return True
     finally:
         shutil.rmtree(tmp, ignore_errors=True)
+
+
+def _cached(sha: str) -> Path:
+    """Where the verified export of the weights with this sha256 is kept for every index using them."""
+    return config.cache_home() / "text-models" / sha
+
+
+def _link_files(src: Path, dst: Path) -> None:
+    """dst (new) with src's files, hard-linked where the filesystem allows, else copied.
+
+    Links are safe: an export's files are never written in place, only replaced whole.
+    """
+    dst.mkdir(parents=True)
+    for f in src.iterdir():
+        try:
+            os.link(f, dst / f.name)
+        except OSError:
+            shutil.copyfile(f, dst / f.name)
+
+
+def _from_cache(sha: str, index_dir: Path) -> bool:
+    """Give the index the cached export of these weights, whole or not at all (a temporary folder
+    renamed into place). The cached copy was verified when it was made; `available` checks it is
+    whole (the sizes meta.json records)."""
+    if not available(_cached(sha), sha):
+        return False
+    tmp = index_dir / f".{FOLDER}.{os.getpid()}.tmp"
+    shutil.rmtree(tmp, ignore_errors=True)
+    try:
+        _link_files(_cached(sha) / FOLDER, tmp)
+        remove(index_dir)
+        os.replace(tmp, index_dir / FOLDER)
+    except OSError:
+        return False
+    finally:
+        shutil.rmtree(tmp, ignore_errors=True)
+    return available(index_dir, sha)
+
+
+def _to_cache(sha: str, folder: Path) -> None:
+    """Share a fresh export with later indexes of the same weights; a cache that cannot be written
+    only costs the next index its own export."""
+    target = _cached(sha)
+    tmp = target / f".{FOLDER}.{os.getpid()}.tmp"
+    with contextlib.suppress(OSError):
+        shutil.rmtree(tmp, ignore_errors=True)
+        _link_files(folder, tmp)
+        shutil.rmtree(target / FOLDER, ignore_errors=True)  # a damaged copy `available` refused
+        os.replace(tmp, target / FOLDER)
+    shutil.rmtree(tmp, ignore_errors=True)
 
 
 def _fp32_model(embedder: Any) -> Any:
@@ -110,8 +173,20 @@ def _fp32_model(embedder: Any) -> Any:
     """
     import copy
 
-    from clipsearch.model.embedder import _load
+    from clipsearch.model.embedder import _create, _load
 
+    if getattr(embedder, "lean", False):
+        # The text tower alone, read from the weights file in fp32 (lean_load.py): the image tower
+        # is never built a second time, so a bf16 run never holds two copies of the model.
+        import torch
+
+        from clipsearch.model import lean_load
+
+        spec, weights = embedder.spec, embedder.weights_path
+        model, _ = lean_load.skeleton(lambda: _create(spec, weights, "meta", load_weights=False))
+        model.visual = torch.nn.Identity()  # encode_text never runs it
+        lean_load.materialise(model, weights, (lean_load.TEXT,), torch.float32, "cpu")
+        return model.eval()
     if getattr(embedder, "precision", "fp32") == "fp32":
         return copy.deepcopy(embedder.model).float().cpu().eval()
     return _load(embedder.spec, embedder.weights_path, "cpu")[0].float().eval()

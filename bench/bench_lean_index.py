@@ -1,0 +1,136 @@
+"""Fixed costs of `index`: model load, the one-time text-tower export, peak memory (issue 22).
+
+    python bench/bench_lean_index.py --baseline /path/to/an/older/checkout [--rounds 2] [--quick]
+
+Each scenario runs `clipsearch index` in a fresh process for this tree and for the baseline tree
+(the same command with PYTHONPATH pointing at the other checkout), alternating, in the same run;
+the report gives each figure as this tree / baseline. Peak RSS is the child's own maximum resident
+set (getrusage RUSAGE_CHILDREN, read by a wrapper process that runs nothing else), not an estimate.
+The model is ViT-B-32 with random weights in the local-dir layout (common.random_model); every
+round starts with an empty CLIPSEARCH_HOME, so the text-tower cache starts empty too.
+
+Scenarios, in order, in one home: the first index of 1 photo (loads the model and exports the
+text tower), a second index of the same weights (the export cache's case), an index run with 1 new
+photo (model load only), an index run with nothing new (no model at all).
+"""
+
+from __future__ import annotations
+
+import argparse
+import json
+import os
+import shutil
+import subprocess
+import sys
+import tempfile
+import time
+from pathlib import Path
+
+sys.path.insert(0, str(Path(__file__).parent))
+import common
+
+HERE = Path(__file__).resolve().parent.parent
+# Runs `clipsearch ARGS` as a child and prints the child's peak RSS (kB) last on stderr.
+WRAPPER = ("import resource, subprocess, sys\n"
+           "rc = subprocess.run([sys.executable, '-m', 'clipsearch', *sys.argv[1:]]).returncode\n"
+           "print('peak-rss-kb', resource.getrusage(resource.RUSAGE_CHILDREN).ru_maxrss, file=sys.stderr)\n"
+           "sys.exit(rc)\n")
+SCENARIOS = ("first index, 1 photo", "second index, same weights", "1 new photo", "nothing new")
+
+
+def run(tree: Path, args: list[str], home: Path) -> dict[str, float]:
+    env = {**os.environ, "PYTHONPATH": str(tree), "CLIPSEARCH_HOME": str(home), "CLIPSEARCH_TEXT_MODEL": "on",
+           "HF_HUB_OFFLINE": "1"}
+    start = time.perf_counter()
+    proc = subprocess.run([sys.executable, "-c", WRAPPER, *args, "--json"], capture_output=True, text=True,
+                          env=env, check=False, cwd=home)
+    wall = time.perf_counter() - start
+    if proc.returncode != 0:
+        raise RuntimeError(f"{tree}: clipsearch {' '.join(args)} failed: {proc.stderr[-2000:]}")
+    summary = json.loads(proc.stdout)
+    return {"wall_s": wall, "peak_rss_mb": common.peak_rss_mb(proc),
+            "model_load_s": float(summary.get("model_load_seconds", 0.0)), "embedded": summary["embedded"]}
+
+
+# Where an Embedder's construction goes, in a fresh process: importing torch and open_clip, then
+# the rest (building the model, reading and casting its weights; the sha256 is cached by then).
+SPLIT = ("import json, sys, time\n"
+         "t0 = time.perf_counter()\n"
+         "from clipsearch.model import embedder, names\n"
+         "embedder._load_torch(); import open_clip\n"
+         "t1 = time.perf_counter()\n"
+         "embedder.Embedder(names.parse(sys.argv[1]), 'cpu')\n"
+         "t2 = time.perf_counter()\n"
+         "import resource\n"
+         "print(json.dumps({'imports_s': t1 - t0, 'weights_s': t2 - t1,\n"
+         "                  'rss_mb': resource.getrusage(resource.RUSAGE_SELF).ru_maxrss / 1024}))\n")
+
+
+def load_split(tree: Path, model: str, home: Path) -> dict[str, float]:
+    env = {**os.environ, "PYTHONPATH": str(tree), "CLIPSEARCH_HOME": str(home), "HF_HUB_OFFLINE": "1"}
+    proc = subprocess.run([sys.executable, "-c", SPLIT, model], capture_output=True, text=True, env=env, check=True,
+                          cwd=home)  # not this folder: python -c would import the clipsearch here
+    return {k: float(v) for k, v in json.loads(proc.stdout.splitlines()[-1]).items()}
+
+
+def round_for(tree: Path, model: str, photos: list[Path], work: Path) -> dict[str, dict[str, float]]:
+    home = work / "home"
+    folder = work / "photos"
+    home.mkdir(parents=True)
+    folder.mkdir(parents=True)
+    shutil.copy(photos[0], folder / photos[0].name)
+    out = {SCENARIOS[0]: run(tree, ["index", str(folder), "--index", str(home / "a"), "--model", model], home)}
+    out[SCENARIOS[1]] = run(tree, ["index", str(folder), "--index", str(home / "b"), "--model", model], home)
+    shutil.copy(photos[1], folder / photos[1].name)
+    out[SCENARIOS[2]] = run(tree, ["index", str(folder), "--index", str(home / "a")], home)
+    out[SCENARIOS[3]] = run(tree, ["index", str(folder), "--index", str(home / "a")], home)
+    return out
+
+
+def main() -> None:
+    ap = argparse.ArgumentParser(description=__doc__.splitlines()[0])
+    ap.add_argument("--baseline", type=Path, required=True, help="a checkout of the code to compare against")
+    ap.add_argument("--rounds", type=int, default=2)
+    ap.add_argument("--quick", action="store_true", help="the tiny model, one round: checks the script runs")
+    ap.add_argument("--only-load", action="store_true", help="only the model-load split (imports vs weights)")
+    args = ap.parse_args()
+    model_dir = common.TINY if args.quick else common.random_model("ViT-B-32")
+    model = f"local-dir:{model_dir}"
+    photos = common.make_photos(common.CACHE / "photos" / "1600x1200-2", 2, common.PHONE)
+    trees = {"baseline": args.baseline.resolve(), "this": HERE}
+    splits: dict[str, list[dict[str, float]]] = {k: [] for k in trees}
+    with tempfile.TemporaryDirectory() as tmp:
+        for _ in range(1 if args.quick else 3):
+            for name, tree in trees.items():
+                splits[name].append(load_split(tree, model, Path(tmp)))
+    best_split = {name: {k: min(r[k] for r in rs) for k in rs[0]} for name, rs in splits.items()}
+    for key in ("imports_s", "weights_s", "rss_mb"):
+        b, t = best_split["baseline"][key], best_split["this"][key]
+        print(f"Embedder() {key:10} {b:7.2f} -> {t:7.2f} (x{t / b:.2f})", flush=True)
+    if args.only_load:
+        print(f"results: {common.save('lean-load', {'model': model_dir.name, 'split': best_split, 'runs': splits})}")
+        return
+    runs: dict[str, list[dict[str, dict[str, float]]]] = {k: [] for k in trees}
+    for _ in range(1 if args.quick else args.rounds):
+        for name, tree in trees.items():  # alternating: neighbours' load hits both alike
+            with tempfile.TemporaryDirectory() as tmp:
+                runs[name].append(round_for(tree, model, photos, Path(tmp)))
+    rows = []
+    for scenario in SCENARIOS:
+        best = {name: {k: min(r[scenario][k] for r in rs) for k in ("wall_s", "peak_rss_mb", "model_load_s")}
+                for name, rs in runs.items()}
+        row = {"scenario": scenario, **{f"{name}_{k}": v for name, b in best.items() for k, v in b.items()},
+               "wall_ratio": best["this"]["wall_s"] / best["baseline"]["wall_s"],
+               "rss_ratio": best["this"]["peak_rss_mb"] / best["baseline"]["peak_rss_mb"]}
+        rows.append(row)
+        print(f"{scenario:28} wall {best['baseline']['wall_s']:6.2f} -> {best['this']['wall_s']:6.2f} s "
+              f"(x{row['wall_ratio']:.2f})  model load {best['baseline']['model_load_s']:5.2f} -> "
+              f"{best['this']['model_load_s']:5.2f} s  peak RSS {best['baseline']['peak_rss_mb']:6.0f} -> "
+              f"{best['this']['peak_rss_mb']:6.0f} MB (x{row['rss_ratio']:.2f})", flush=True)
+    name = "lean-index" + ("-quick" if args.quick else "")
+    payload = {"model": "tiny" if args.quick else "ViT-B-32", "rows": rows, "runs": runs, "load_split": best_split}
+    print(f"results: {common.save(name, payload)}")
+
+
+if __name__ == "__main__":
+    main()

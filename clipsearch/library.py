@@ -268,7 +268,8 @@ class Library:
     def _text_vectors(self, store: Store, recorded: ModelIdentity, terms: list[query_mod.Term],
                       extra: list[str]) -> Callable[[], dict[str, np.ndarray]]:
         """The query's texts (and `extra` texts) as vectors, when called; loading their encoder starts now."""
-        if any(t.kind == "image" for t in terms):  # the model loads anyway: it embeds the texts too
+        if any(t.kind == "image" for t in terms) and not self._model.image_tower_ready(recorded):
+            # The model loads anyway (no exported image tower): it embeds the texts too.
             return query_mod.text_vectors(store, recorded.weights_sha256, terms,
                                           lambda: lambda: self._model.checked(recorded), extra)
         return query_mod.text_vectors(store, recorded.weights_sha256, terms,

@@ -16,7 +16,7 @@ from dataclasses import dataclass
 import numpy as np
 
 from clipsearch.index.records import ImageRecord, SkipRecord
-from clipsearch.ingest import images, scan
+from clipsearch.ingest import images, pool_size, scan
 from clipsearch.ingest.pipeline import Result
 from clipsearch.ingest.plan import fingerprint
 from clipsearch.model.embedder import Embedder
@@ -66,30 +66,48 @@ def embed_files(files: list[scan.FoundFile], embedder: Embedder, max_pixels: int
                 timing: list[float] | None = None) -> Iterator[Result]:
     """Decode in a thread pool and embed in batches of BATCH; one Result per file, in order.
 
-    Decoding runs ahead of the model (bounded look-ahead) so both overlap. `timing`, when given,
-    collects the seconds spent in the model.
+    Decoding runs ahead of the model (bounded look-ahead) so both overlap. How many decodes run at
+    once is set from the first batches' measured rates (pool_size.py) unless `workers` fixes it.
+    `timing`, when given, collects the seconds spent in the model.
     """
     pre = embedder.preprocess
-    n_workers = workers or max(1, min(8, os.cpu_count() or 1))
+    cores = os.cpu_count() or 1
+    device = str(getattr(embedder, "device", "cpu"))
+    n_workers = workers or pool_size.upper_bound(cores, device)
+    gate = pool_size.Gate(workers or pool_size.start_workers(cores, device))
+    decode_s: list[float] = []  # per photo, in the workers (list.append is atomic)
+    model_s: list[float] = []
+    embedded = 0
     waiting: list[Result] = []  # in file order; embedded ones get their vector when their batch runs
     pixels: list[np.ndarray] = []
     to_fill: list[Result] = []
 
+    def decode_gated(f: scan.FoundFile) -> _Decoded:
+        with gate.slot():
+            t = time.perf_counter()
+            out = decode_one(f, pre, max_pixels)
+            decode_s.append(time.perf_counter() - t)
+            return out
+
     def embed_waiting() -> Iterator[Result]:
-        nonlocal waiting, pixels, to_fill
+        nonlocal waiting, pixels, to_fill, embedded
         if pixels:
             t = time.perf_counter()
             vecs = embedder.embed_images(np.stack(pixels))
+            model_s.append(time.perf_counter() - t)
             if timing is not None:
-                timing.append(time.perf_counter() - t)
+                timing.append(model_s[-1])
+            before, embedded = embedded, embedded + len(pixels)
+            if workers is None and before < pool_size.MEASURE_AFTER <= embedded:
+                gate.set(pool_size.decode_workers(cores, device, sum(decode_s) / max(1, len(decode_s)),
+                                                  sum(model_s) / embedded))
             for r, v in zip(to_fill, vecs, strict=True):
                 r.vector = v
         yield from waiting
         waiting, pixels, to_fill = [], [], []
 
     with ThreadPoolExecutor(n_workers, thread_name_prefix="clipsearch-decode") as pool:
-        decoded = _ordered(pool, lambda f: decode_one(f, pre, max_pixels), files,
-                           window=max(4 * BATCH, 8 * n_workers))
+        decoded = _ordered(pool, decode_gated, files, window=max(4 * BATCH, 8 * n_workers))
         for f, out, fp in decoded:
             if isinstance(out, images.SkipFile):
                 waiting.append(Result(f, skip=SkipRecord(f.path, f.size, f.mtime_ns, out.reason, out.detail)))

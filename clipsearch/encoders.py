@@ -15,8 +15,8 @@ import numpy as np
 
 from clipsearch import config, paths
 from clipsearch.errors import ClipsearchError, ModelMismatchError, UsageError
-from clipsearch.index.store import Store
-from clipsearch.model import names, text_tower
+from clipsearch.index.store import DB_NAME, Store
+from clipsearch.model import image_tower, names, text_tower
 from clipsearch.model.identity import ModelIdentity, check_same_model
 
 if TYPE_CHECKING:
@@ -40,6 +40,7 @@ class Encoders:
         # The exported text tower once loaded, with the weights it belongs to: a process that asks
         # many new texts (a server, a notebook) loads it once instead of once a query (60-150 ms).
         self._text_tower: tuple[str, text_tower.OnnxTextEncoder] | None = None
+        self._image_tower: tuple[str, image_tower.OnnxImageEncoder] | None = None
 
     def spec(self) -> names.ModelSpec:
         """The model asked for, else the index's, else the default."""
@@ -103,15 +104,48 @@ class Encoders:
         stored = self.indexed_photos(store, [path]).get(path)
         return stored if stored is not None else self.embed_photo(recorded, path, purpose)
 
+    def image_tower_ready(self, recorded: ModelIdentity) -> bool:
+        """Whether photos from outside the index embed without torch (an exported image tower)."""
+        return image_tower.available(self.index_dir, recorded.weights_sha256)
+
+    def _onnx_images(self, recorded: ModelIdentity) -> image_tower.OnnxImageEncoder | None:
+        """The exported image tower of these weights, loaded once; None where there is none (or it fails)."""
+        kept = self._image_tower
+        if kept is not None and kept[0] == recorded.weights_sha256:
+            return kept[1]
+        if not self.image_tower_ready(recorded):
+            return None
+        try:
+            encoder = image_tower.OnnxImageEncoder(self.index_dir / image_tower.FOLDER)
+        except Exception:  # noqa: BLE001 - a runtime gap costs speed, not the query: torch answers
+            return None
+        self._image_tower = (recorded.weights_sha256, encoder)
+        return encoder
+
     def embed_photo(self, recorded: ModelIdentity, path: str, purpose: str) -> np.ndarray:
         """One photo from outside the index, decoded and embedded as indexing would.
 
-        The one place a photo meets the model at query time (query images, `learn` examples)."""
+        The one place a photo meets the model at query time (query images, `learn` examples), and the
+        one place that picks how: the exported ONNX image tower when the index has one (no
+        torch), else the model itself, which then starts the tower's export in the background so
+        the next such query needs no torch (image_export.py says why not at index time).
+        """
         from clipsearch.ingest import images
 
-        emb = self.checked(recorded)
+        onnx = self._onnx_images(recorded)
+        if onnx is not None:
+            pre, embed = onnx.preprocess, onnx.embed_images
+        else:
+            emb = self.checked(recorded)
+            pre, embed = emb.preprocess, emb.embed_images
         try:
-            decoded = images.decode(path, emb.preprocess)
+            decoded = images.decode(path, pre)
         except images.SkipFile as skip:
             raise UsageError(f"cannot use {paths.display(path)} as {purpose}: {skip}") from None
-        return emb.embed_images(decoded.pixels[None])[0]
+        vector = embed(decoded.pixels[None])[0]
+        if onnx is None:
+            from clipsearch.model import image_export
+
+            if image_export.enabled() and (self.index_dir / DB_NAME).exists():
+                image_export.start_in_background(self.index_dir, recorded.name, recorded.weights_sha256)
+        return vector

@@ -271,7 +271,9 @@ class Library:
     def _text_vectors(self, store: Store, recorded: ModelIdentity, terms: list[query_mod.Term],
                       extra: list[str], photos: dict[str, np.ndarray]) -> Callable[[], dict[str, np.ndarray]]:
         """The query's texts (and `extra` texts) as vectors, when called; loading their encoder starts now."""
-        if any(t.kind == "image" and t.value not in photos for t in terms):  # the model loads: it embeds texts too
+        needs_model = any(t.kind == "image" and t.value not in photos for t in terms)
+        if needs_model and not self._model.image_tower_ready(recorded):
+            # The model loads anyway (a new photo and no exported image tower): it embeds the texts too.
             return query_mod.text_vectors(store, recorded.weights_sha256, terms,
                                           lambda: lambda: self._model.checked(recorded), extra)
         return query_mod.text_vectors(store, recorded.weights_sha256, terms,

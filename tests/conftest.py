@@ -42,6 +42,8 @@ def isolated(tmp_path: Path, monkeypatch: pytest.MonkeyPatch) -> Path:
     monkeypatch.setenv("NO_COLOR", "1")
     # Exporting the ONNX text tower adds ~5 s to every index; the tests that are about it turn it on.
     monkeypatch.setenv("CLIPSEARCH_TEXT_MODEL", "off")
+    # Likewise the image tower's background export after a torch-answered image query (image_export.py).
+    monkeypatch.setenv("CLIPSEARCH_IMAGE_MODEL", "off")
     return home
 
 

@@ -72,6 +72,8 @@ class Decoded:
     taken_at: str | None = None  # ISO 8601, with offset when the camera recorded one
     gps: tuple[float, float] | None = None
     camera: str | None = None  # EXIF Make and Model, e.g. "Apple iPhone 13"
+    # decode(pixels=False) of a JPEG: pixels left to the GPU (gpu_decode.py), the file's bytes here.
+    jpeg_data: bytes | None = None
 
 
 def heif_available() -> bool:
@@ -227,8 +229,11 @@ def to_rgb(img: Image.Image) -> Image.Image:
     return img.convert("RGB")
 
 
-def decode(path: str, pre: Preprocess, max_pixels: int = DEFAULT_MAX_PIXELS) -> Decoded:
-    """Read `path` into model-ready pixels and metadata, or raise SkipFile saying why not."""
+def decode(path: str, pre: Preprocess, max_pixels: int = DEFAULT_MAX_PIXELS, pixels: bool = True) -> Decoded:
+    """Read `path` into model-ready pixels and metadata, or raise SkipFile saying why not.
+
+    With `pixels=False` a JPEG's pixels are not decoded: `jpeg_data` holds the file for the GPU
+    (every other check and the metadata are as usual); other formats decode as always."""
     ext = os.path.splitext(path)[1].lower()
     try:
         size = os.path.getsize(path)
@@ -252,7 +257,11 @@ def decode(path: str, pre: Preprocess, max_pixels: int = DEFAULT_MAX_PIXELS) -> 
                 _register_heif()
             img = Image.open(path)
         with img:
-            return _decode_open(img, pre, max_pixels)
+            decoded = _decode_open(img, pre, max_pixels, pixels)
+        if decoded.jpeg_data is not None:
+            with open(path, "rb") as f:
+                decoded.jpeg_data = f.read()
+        return decoded
     except SkipFile:
         raise
     except FileNotFoundError as exc:
@@ -264,8 +273,8 @@ def decode(path: str, pre: Preprocess, max_pixels: int = DEFAULT_MAX_PIXELS) -> 
     except Image.DecompressionBombError as exc:
         # Pillow's own words ("Image size (N pixels) exceeds limit of 178956970 pixels, could be…")
         # are not for users: the size, and that it is past what is opened at all.
-        pixels = re.search(r"\((\d+) pixels\)", str(exc))
-        megapixels = f"{int(pixels.group(1)) / 1e6:.0f} MP" if pixels else "the image"
+        count = re.search(r"\((\d+) pixels\)", str(exc))
+        megapixels = f"{int(count.group(1)) / 1e6:.0f} MP" if count else "the image"
         raise SkipFile("too many pixels", f"{megapixels}, past the size any image is opened at: a decompression-bomb "
                        "guard") from exc
     except UnidentifiedImageError as exc:
@@ -278,7 +287,7 @@ def decode(path: str, pre: Preprocess, max_pixels: int = DEFAULT_MAX_PIXELS) -> 
         raise SkipFile("corrupt or truncated", f"{type(exc).__name__}: {str(exc)[:140]}") from exc
 
 
-def _decode_open(img: Image.Image, pre: Preprocess, max_pixels: int) -> Decoded:
+def _decode_open(img: Image.Image, pre: Preprocess, max_pixels: int, pixels: bool = True) -> Decoded:
     fmt = (img.format or "").upper()
     if fmt == "MPO":  # phones' multi-picture JPEGs: a JPEG to every user, and draft() works on them
         fmt = "JPEG"
@@ -294,6 +303,10 @@ def _decode_open(img: Image.Image, pre: Preprocess, max_pixels: int) -> Decoded:
     except (TypeError, ValueError):
         orientation = 1
     taken_at, gps = _metadata(exif)
+    if fmt == "JPEG" and not pixels:
+        if orientation in (5, 6, 7, 8):
+            width, height = height, width
+        return Decoded(np.zeros((0, 0, 3), np.uint8), width, height, "jpeg", taken_at, gps, _camera(exif), b"")
     if fmt == "JPEG":
         # Draft picks the largest DCT scale (1/2, 1/4, 1/8) that keeps both sides at least the size
         # asked for: DRAFT_MARGIN x the model size, so the final resize still shrinks by that much.

@@ -16,7 +16,7 @@ from dataclasses import dataclass
 import numpy as np
 
 from clipsearch.index.records import ImageRecord, SkipRecord
-from clipsearch.ingest import images, scan
+from clipsearch.ingest import gpu_decode, images, pool_size, scan
 from clipsearch.ingest.pipeline import Result
 from clipsearch.ingest.plan import fingerprint
 from clipsearch.model.embedder import Embedder
@@ -27,10 +27,10 @@ BATCH = 32
 _Decoded = tuple[scan.FoundFile, images.Decoded | images.SkipFile, str]
 
 
-def decode_one(f: scan.FoundFile, pre: Preprocess, max_pixels: int) -> _Decoded:
-    """Decode and fingerprint one file (in a worker thread)."""
+def decode_one(f: scan.FoundFile, pre: Preprocess, max_pixels: int, pixels: bool = True) -> _Decoded:
+    """Decode and fingerprint one file (in a worker thread); `pixels=False`: JPEGs' left to the GPU."""
     try:
-        decoded = images.decode(f.path, pre, max_pixels)
+        decoded = images.decode(f.path, pre, max_pixels, pixels)
         return f, decoded, fingerprint(f.path, f.size)
     except images.SkipFile as skip:
         return f, skip, ""
@@ -66,36 +66,78 @@ def embed_files(files: list[scan.FoundFile], embedder: Embedder, max_pixels: int
                 timing: list[float] | None = None) -> Iterator[Result]:
     """Decode in a thread pool and embed in batches of BATCH; one Result per file, in order.
 
-    Decoding runs ahead of the model (bounded look-ahead) so both overlap. `timing`, when given,
-    collects the seconds spent in the model.
+    Decoding runs ahead of the model (bounded look-ahead) so both overlap. How many decodes run at
+    once is set from the first batches' measured rates (pool_size.py) unless `workers` fixes it.
+    `timing`, when given, collects the seconds spent in the model.
     """
     pre = embedder.preprocess
-    n_workers = workers or max(1, min(8, os.cpu_count() or 1))
+    cores = os.cpu_count() or 1
+    device = str(getattr(embedder, "device", "cpu"))
+    n_workers = workers or pool_size.upper_bound(cores, device)
+    gate = pool_size.Gate(workers or pool_size.start_workers(cores, device))
+    on_gpu = gpu_decode.usable(device, pre)  # JPEG pixels decoded in batches by nvJPEG (gpu_decode.py)
+    decode_s: list[float] = []  # per photo, in the workers (list.append is atomic)
+    model_s: list[float] = []
+    embedded = 0
     waiting: list[Result] = []  # in file order; embedded ones get their vector when their batch runs
     pixels: list[np.ndarray] = []
     to_fill: list[Result] = []
 
+    def decode_gated(f: scan.FoundFile) -> _Decoded:
+        with gate.slot():
+            t = time.perf_counter()
+            out = decode_one(f, pre, max_pixels, pixels=not on_gpu)
+            decode_s.append(time.perf_counter() - t)
+            return out
+
+    gpu_waiting: list[tuple[int, images.Decoded]] = []  # (index in pixels, header-only decode)
+
+    def fill_from_gpu() -> None:
+        nonlocal pixels, to_fill
+        at = [i for i, _ in gpu_waiting]
+        got = gpu_decode.fill([to_fill[i].file.path for i in at], [d for _, d in gpu_waiting], pre, device,
+                              max_pixels)
+        failed = set()
+        for i, px in zip(at, got, strict=True):
+            if isinstance(px, images.SkipFile):
+                r = to_fill[i]
+                r.record, r.skip = None, SkipRecord(r.file.path, r.file.size, r.file.mtime_ns, px.reason, px.detail)
+                failed.add(i)
+            else:
+                pixels[i] = px
+        gpu_waiting.clear()
+        pixels = [p for i, p in enumerate(pixels) if i not in failed]
+        to_fill = [r for i, r in enumerate(to_fill) if i not in failed]
+
     def embed_waiting() -> Iterator[Result]:
-        nonlocal waiting, pixels, to_fill
+        nonlocal waiting, pixels, to_fill, embedded
+        if gpu_waiting:
+            fill_from_gpu()
         if pixels:
             t = time.perf_counter()
             vecs = embedder.embed_images(np.stack(pixels))
+            model_s.append(time.perf_counter() - t)
             if timing is not None:
-                timing.append(time.perf_counter() - t)
+                timing.append(model_s[-1])
+            before, embedded = embedded, embedded + len(pixels)
+            if workers is None and before < pool_size.MEASURE_AFTER <= embedded:
+                gate.set(pool_size.decode_workers(cores, device, sum(decode_s) / max(1, len(decode_s)),
+                                                  sum(model_s) / embedded))
             for r, v in zip(to_fill, vecs, strict=True):
                 r.vector = v
         yield from waiting
         waiting, pixels, to_fill = [], [], []
 
     with ThreadPoolExecutor(n_workers, thread_name_prefix="clipsearch-decode") as pool:
-        decoded = _ordered(pool, lambda f: decode_one(f, pre, max_pixels), files,
-                           window=max(4 * BATCH, 8 * n_workers))
+        decoded = _ordered(pool, decode_gated, files, window=max(4 * BATCH, 8 * n_workers))
         for f, out, fp in decoded:
             if isinstance(out, images.SkipFile):
                 waiting.append(Result(f, skip=SkipRecord(f.path, f.size, f.mtime_ns, out.reason, out.detail)))
                 continue
             result = Result(f, record=record_of(f, out, fp))
             waiting.append(result)
+            if out.jpeg_data is not None:
+                gpu_waiting.append((len(pixels), out))
             to_fill.append(result)
             pixels.append(out.pixels)
             if len(pixels) >= BATCH:

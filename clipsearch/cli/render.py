@@ -197,11 +197,12 @@ def models_table(entries: Sequence[CatalogEntry], cached: dict[str, bool], defau
     table.add_column("size", justify="right", no_wrap=True)
     table.add_column("CPU speed", no_wrap=True)
     table.add_column("ImageNet", justify="right", no_wrap=True)
+    table.add_column("languages")
     table.add_column("here", no_wrap=True)
     for e in entries:
         name = Text(e.name, style="bold" if e.name == default else "")
-        table.add_row(name, f"{e.size_mb} MB", e.speed, f"{e.imagenet_zero_shot:.1f}%",
-                      "cached" if cached.get(e.name) else "-")
+        imagenet = "-" if e.imagenet_zero_shot is None else f"{e.imagenet_zero_shot:.1f}%"
+        table.add_row(name, f"{e.size_mb} MB", e.speed, imagenet, e.languages, "cached" if cached.get(e.name) else "-")
     return table
 
 

@@ -105,16 +105,22 @@ class Thresholds:
 
 def thresholds(mat: np.ndarray, labels_mat: np.ndarray, z: float = DEFAULT_Z,
                fixed: float | None = None, background: np.ndarray | None = None,
-               logit_scale: float = relevance.DEFAULT_LOGIT_SCALE) -> Thresholds:
+               logit_scale: float = relevance.DEFAULT_LOGIT_SCALE, logit_bias: float | None = None) -> Thresholds:
     """Per-label cutoffs: `fixed` for all, or each label's robust background over the library,
     lowered to the edge of the label's own cluster where the label set shows one (docs/tagging.md).
 
     With `background` (relevance.background_prompts' vectors) a photo must also give the label at
     least the likelihood of an average alternative text, as CLIP's zero-shot softmax weighs them.
-    None is above 1.0, the largest cosine.
+    None is above 1.0, the largest cosine. A sigmoid-loss model (`logit_bias`, SigLIP) calibrates
+    itself: a label is given where the model's own probability sigmoid(scale * cos + bias) reaches
+    0.5, the cosine -bias / scale, with no statistics of the library needed.
     """
     if fixed is not None:
         return Thresholds(np.full(len(labels_mat), fixed, dtype=np.float32), "fixed")
+    if logit_bias is not None:
+        at_half = (np.log(relevance.MIN_PROBABILITY / (1 - relevance.MIN_PROBABILITY)) - logit_bias) / logit_scale
+        return Thresholds(np.full(len(labels_mat), min(float(at_half), 1.0), dtype=np.float32),
+                          f"sigmoid (probability >= {relevance.MIN_PROBABILITY:g})")
     if len(mat) < MIN_FOR_CUTOFF:
         raise UsageError(f"automatic thresholds need at least {MIN_FOR_CUTOFF} indexed photos to learn what "
                          f"'unrelated' scores; this index has {len(mat)}. Pass --threshold COSINE instead")

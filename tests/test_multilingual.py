@@ -45,9 +45,10 @@ def test_token_ids_identical_to_open_clip(context_length: int) -> None:
 
 @pytest.fixture(scope="module")
 def ml_index(tmp_path_factory: pytest.TempPathFactory) -> tuple[Path, Path, subprocess.CompletedProcess[str]]:
-    """(photos, index home, the run): 48 held-out shapes indexed once through the CLI, text export on."""
+    """(photos, index home, the run): 240 held-out shapes (5 a class; tags want 200) indexed once
+    through the CLI, text export on."""
     photos = tmp_path_factory.mktemp("ml-photos")
-    shapes.write_heldout(photos / "all", per_class=1, seed=99)
+    shapes.write_heldout(photos / "all", per_class=5, seed=99)
     home = tmp_path_factory.mktemp("ml-home")
     env = {**os.environ, "CLIPSEARCH_HOME": str(home), "CLIPSEARCH_MODEL": ML_MODEL, "HF_HUB_OFFLINE": "1",
            "CLIPSEARCH_TEXT_MODEL": "on", "NO_COLOR": "1"}
@@ -82,14 +83,15 @@ def test_korean_and_english_queries_rank_the_same_pictures_first(ml_here: Path) 
     for color, shape in [(c, s) for c in shapes.COLORS for s in shapes.SHAPES]:
         ko = lib.search(f"{KO_COLORS[color]} {KO_SHAPES[shape]}", top=1, min_score=-1)
         en = lib.search(f"a photo of a {color} {shape}", top=1, min_score=-1)
-        agree += ko[0].path == en[0].path
-        right += Path(ko[0].path).name == f"{color}-{shape}-0.png"
-    assert agree >= 0.6 * 48 and right >= 0.5 * 48, (agree, right)
+        ko_class, en_class = (Path(found[0].path).name.rsplit("-", 1)[0] for found in (ko, en))
+        agree += ko_class == en_class
+        right += ko_class == f"{color}-{shape}"
+    assert agree >= 0.6 * 48 and right >= 0.6 * 48, (agree, right)
 
 
 def test_a_korean_query_needs_no_torch(ml_here: Path, isolated: Path) -> None:
     result = run_cli_without_model(["query", "빨간 원", "-n", "1", "-f", "paths", "--min-score", "-1"], isolated)
-    assert Path(result.stdout.strip()).name == "red-circle-0.png"
+    assert Path(result.stdout.strip()).name.startswith("red-circle-")
     assert "note:" not in result.stderr  # the model reads Korean
 
 
@@ -102,8 +104,11 @@ def test_tags_from_korean_labels(ml_here: Path) -> None:
     with Store.open(lib.path) as store:
         ids = {p: i for i, p in store.db.execute("SELECT id, path FROM images")}
         tags = store.tags.tags_of(list(ids.values()))
-    right = sum(KO_COLORS[Path(p).name.split("-")[0]] in {lab for lab, _, _ in tags[i]} for p, i in ids.items())
-    assert right >= 0.75 * len(ids), right
+    given = {p: {lab for lab, _, _ in tags[i]} for p, i in ids.items()}
+    right = sum(KO_COLORS[Path(p).name.split("-")[0]] in found for p, found in given.items())
+    wrong = sum(bool(found - {KO_COLORS[Path(p).name.split("-")[0]]}) for p, found in given.items())
+    # The tiny multilingual model is weaker than the English one (61 % 48-way against ~85 %).
+    assert right >= 0.6 * len(ids) and wrong <= 0.25 * len(ids), (right, wrong)
 
 
 def test_a_korean_query_against_an_english_model_says_which_model_reads_it(shared_index: Path,
@@ -165,8 +170,21 @@ def test_multilingual_weights_are_asked_of_their_hub_file(entry: names.CatalogEn
 def test_a_sigmoid_model_decides_by_its_own_probability(ml_here: Path) -> None:
     from clipsearch.search import relevance
 
-    found = Library().query("빨간 원", top=5)
-    assert found.ranking.method == "sigmoid"
-    assert all(r.probability is not None and r.probability >= relevance.MIN_PROBABILITY for r in found.results)
+    lib = Library()
+    found = lib.query("빨간 원", top=5)
+    assert found.ranking.method == "zero-shot or sigmoid" and found.ranking.stats["logit_bias"] < 0
+    assert all(r.probability is not None for r in found.results)
     shown = json.loads(runner.invoke(app, ["query", "빨간 원", "--json", "--min-score", "-1", "-n", "3"]).stdout)
     assert all(0 <= r["probability"] <= 1 for r in shown["results"])
+    # A photo the model itself gives probability >= 0.5 is admitted even where the alternatives outvote it.
+    from clipsearch.index.store import Store
+    from clipsearch.index.vectors import VectorIndex
+    from clipsearch.search import ranking
+
+    with Store.open(lib.path) as store:
+        _, mat = store.all_vectors()
+        query, index = mat[0], VectorIndex.load(lib.path, store)
+        alternatives = np.stack([query] * 3)  # identical alternatives: the query can never take half
+        plain = ranking.rank(store, index, query, 3, alternatives=alternatives, logit_scale=10.0)
+        sure = ranking.rank(store, index, query, 3, alternatives=alternatives, logit_scale=10.0, logit_bias=0.0)
+    assert not plain.results and sure.results and sure.results[0].probability >= relevance.MIN_PROBABILITY

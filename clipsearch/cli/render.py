@@ -95,11 +95,7 @@ def results_jsonl(results: Sequence[SearchResult], relevance: bool = False) -> s
 
 
 def cutoff_note(ranking: Ranking) -> str:
-    if ranking.method == "sigmoid":  # a SigLIP model's own per-pair probability (relevance.py)
-        if not ranking.cut:
-            return "relevance: the model gives each photo a probability ≥ 0.5 of matching"
-        return f"{ranking.cut} more the model gives under 0.5 probability; --min-score -1 shows them"
-    if ranking.method == "zero-shot":
+    if ranking.method.startswith("zero-shot"):
         if not ranking.cut:
             return "relevance: the query describes each photo better than the alternatives"
         return (f"{ranking.cut} more that don't stand out (other descriptions fit them better); "
@@ -114,10 +110,7 @@ def cutoff_note(ranking: Ranking) -> str:
 
 
 def nothing_found(ranking: Ranking) -> str:
-    if ranking.method == "sigmoid" and (ranking.cut or ranking.closest):
-        return ("the model gives no photo a probability ≥ 0.5 of matching this query; "
-                "--min-score -1 shows the closest photos anyway")
-    if ranking.method == "zero-shot" and (ranking.cut or ranking.closest):
+    if ranking.method.startswith("zero-shot") and (ranking.cut or ranking.closest):
         return ("nothing stands out for this query (other descriptions fit every photo better); "
                 "--min-score -1 shows the closest photos anyway")
     if ranking.cutoff is not None and (ranking.cut or ranking.closest):

@@ -2,9 +2,10 @@
 
 open_clip's HFTokenizer wraps transformers' AutoTokenizer, which imports torch. A fast tokenizer is a
 `tokenizer.json` run by the Rust `tokenizers` library; saved next to the exported text tower at index
-time (text_export.py), it gives the query path the same ids as open_clip: the same whitespace
-cleaning, `<s> ... </s>` from the file's post-processor, truncation to the context length (special
-tokens kept) and right padding with the pad id (tests/test_multilingual.py checks them id for id).
+time (text_export.py), it gives the query path the same ids as open_clip: the same cleaning (ftfy,
+HTML entities, whitespace), `<s> ... </s>` from the file's post-processor, truncation to the context
+length (special tokens kept) and right padding with the pad id (tests/test_multilingual.py checks them
+id for id).
 """
 
 from __future__ import annotations
@@ -12,6 +13,8 @@ from __future__ import annotations
 from pathlib import Path
 
 import numpy as np
+
+from clipsearch.model.tokenizer import clean_whitespace
 
 TOKENIZER_NAME = "tokenizer.json"
 
@@ -30,7 +33,7 @@ class HFTokenizer:
         self.tokenizer.enable_padding(pad_id=pad_id, length=context_length)
 
     def __call__(self, texts: list[str]) -> np.ndarray:
-        cleaned = [" ".join(t.split()) for t in texts]  # open_clip's _clean_whitespace
+        cleaned = [clean_whitespace(t) for t in texts]  # open_clip's HFTokenizer default (clean='whitespace')
         encoded = self.tokenizer.encode_batch(cleaned)
         return np.asarray([e.ids for e in encoded], dtype=np.int64).reshape(len(texts), self.context_length)
 

@@ -37,11 +37,8 @@ def scripts_of(text: str) -> list[str]:
 def is_multilingual(model_name: str) -> bool:
     """True when the model's name, or for a local folder its Hugging Face text tower, is a multilingual
     family. Unknown local models with open_clip's CLIP text tower count as English (what CLIP BPE models are)."""
-    lowered = model_name.lower()
-    if any(m in lowered for m in MULTILINGUAL_MARKERS):
-        return True
-    if not model_name.startswith("local-dir:"):
-        return False
+    if not model_name.startswith("local-dir:"):  # a folder's path says nothing (it may be called anything)
+        return any(m in model_name.lower() for m in MULTILINGUAL_MARKERS)
     folder = Path(model_name[len("local-dir:"):])
     try:
         text_cfg = json.loads((folder / "open_clip_config.json").read_text()).get("model_cfg", {}).get("text_cfg", {})

@@ -202,8 +202,8 @@ def rank(store: Store, index: VectorIndex, query: np.ndarray, top: int, filters:
     per photo by CLIP's zero-shot comparison; without them (image queries, `similar`) the robust
     cutoff decides, capped at a near-copy's score. `min_score` shows what scores at least that
     instead, each result still marked `relevant` by the default decision. When nothing is relevant,
-    `Ranking.closest` holds the `closest` best-scoring photos the filters allow. A sigmoid-loss
-    model's `logit_bias` makes a text query's decision its own per-pair probability (>= 0.5).
+    `Ranking.closest` holds the `closest` best-scoring photos the filters allow. With a sigmoid-loss
+    model's `logit_bias` a text query also admits every photo the model itself gives probability >= 0.5.
     """
     if min_score is not None and not math.isfinite(min_score):  # NaN passes every comparison as False
         raise UsageError(f"--min-score must be a number (a cosine, -1 to 1), not {min_score}")
@@ -212,22 +212,21 @@ def rank(store: Store, index: VectorIndex, query: np.ndarray, top: int, filters:
     decide: Callable[[np.ndarray, np.ndarray], np.ndarray]
     stats: dict[str, float]
     sigmoid = alternatives is not None and logit_bias is not None
-    if sigmoid:
-        method, cutoff = "sigmoid", None
-        stats = {"logit_scale": logit_scale, "logit_bias": float(logit_bias or 0.0),
-                 "min_probability": relevance.MIN_PROBABILITY}
-
-        def decide(vecs: np.ndarray, scores: np.ndarray) -> np.ndarray:
-            probability = relevance.pair_probability(vecs @ query, logit_scale, float(logit_bias or 0.0))
-            return np.asarray(probability >= relevance.MIN_PROBABILITY)
-    elif alternatives is not None:
+    if alternatives is not None:
         alts = relevance.alternatives(query, alternatives)
-        method, cutoff = "zero-shot", None
+        method, cutoff = "zero-shot" + (" or sigmoid" if sigmoid else ""), None
         stats = {"logit_scale": logit_scale, "alternatives": float(len(alts)), "min_share": relevance.MIN_SHARE}
+        if sigmoid:
+            stats.update({"logit_bias": float(logit_bias or 0.0), "min_probability": relevance.MIN_PROBABILITY})
 
         def decide(vecs: np.ndarray, scores: np.ndarray) -> np.ndarray:
             # Exact cosines from the stored vectors: an IVF index's scores are quantised.
-            return relevance.query_share(vecs @ query, vecs @ alts.T, logit_scale) >= relevance.MIN_SHARE
+            exact = vecs @ query
+            ok = relevance.query_share(exact, vecs @ alts.T, logit_scale) >= relevance.MIN_SHARE
+            if sigmoid:  # the model's own probability admits a photo; it cannot veto one (relevance.py)
+                ok |= relevance.pair_probability(exact, logit_scale, float(logit_bias or 0.0)) >= \
+                    relevance.MIN_PROBABILITY
+            return np.asarray(ok)
     else:
         robust, stats = adaptive_cutoff(query, index.sample(store), z, index.size)
         cutoff = relevance.cap(robust)

@@ -77,10 +77,8 @@ def tag(store: Store, recorded: ModelIdentity, request: TagRequest, encoder: Cal
     label_mat = label_matrix(store, recorded, request, set_id, encoder)
     # The alternatives text queries are weighed against (search/relevance.py), kept beside the labels:
     # a label must be at least as likely as an average one of them.
-    # A sigmoid-loss model's own probability decides instead (zero_shot.thresholds).
-    bias = relevance.logit_bias_of(store.meta("logit_bias"))
-    background = (None if request.threshold is not None or bias is not None
-                  else _background(store, recorded, encoder))
+    background = None if request.threshold is not None else _background(store, recorded, encoder)
+    bias = relevance.logit_bias_of(store.meta("logit_bias"))  # a sigmoid-loss model's probability admits too
     ids, mat = store.all_vectors()
     cut = zero_shot.thresholds(mat, label_mat, request.z, request.threshold, background,
                                relevance.logit_scale_of(store.meta("logit_scale")), bias)

@@ -168,6 +168,13 @@ def encode_texts(model: Any, tokens: torch.Tensor) -> torch.Tensor:
     The standard text tower is causal and pools at the end token, so the padding after it changes
     nothing but costs most of the work (prompts are 10-13 tokens of 77).
     """
+    hf_pad = getattr(getattr(getattr(model, "text", None), "config", None), "pad_token_id", None)
+    if hf_pad is not None and not has_standard_text_tower(model):
+        # A Hugging Face tower (XLM-R, NLLB) masks its padding out of attention and pooling: cutting it
+        # is exact too, and saves most of the work (random-weight xlm-roberta-base, one Korean query on
+        # 2 busy cores: 1266 ms at 77 columns, 62 ms cut).
+        length = max(2, int((tokens != hf_pad).sum(dim=1).max().item()))
+        return model.encode_text(tokens[:, :length])
     if not has_standard_text_tower(model):
         return model.encode_text(tokens)
     length = int(tokens.argmax(dim=1).max().item()) + 1

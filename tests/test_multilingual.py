@@ -188,3 +188,40 @@ def test_a_sigmoid_model_decides_by_its_own_probability(ml_here: Path) -> None:
         plain = ranking.rank(store, index, query, 3, alternatives=alternatives, logit_scale=10.0)
         sure = ranking.rank(store, index, query, 3, alternatives=alternatives, logit_scale=10.0, logit_bias=0.0)
     assert not plain.results and sure.results and sure.results[0].probability >= relevance.MIN_PROBABILITY
+
+
+@pytest.mark.heavy
+def test_xlm_roberta_base_vit_b_32_true_architecture_loads_and_exports(tmp_path: Path) -> None:
+    """Random weights of the real xlm-roberta-base-ViT-B-32 (366 M parameters) through the local-dir
+    path, and its text tower exported and verified (about a minute and 3 GB on 2 cores)."""
+    import torch
+    from safetensors.torch import save_file
+    from transformers import XLMRobertaConfig
+
+    from clipsearch.model import text_export
+
+    folder = tmp_path / "xlmr-b32"
+    folder.mkdir()
+    # xlm-roberta-base's published config.json values, written here: nothing is downloaded.
+    XLMRobertaConfig(vocab_size=250002, hidden_size=768, num_hidden_layers=12, num_attention_heads=12,
+                     intermediate_size=3072, max_position_embeddings=514, type_vocab_size=1, pad_token_id=1,
+                     bos_token_id=0, eos_token_id=2, layer_norm_eps=1e-5).save_pretrained(folder)
+    for name in ("tokenizer.json", "tokenizer_config.json"):
+        shutil.copy(ML_DIR / name, folder / name)
+    cfg = open_clip.get_model_config("xlm-roberta-base-ViT-B-32")
+    cfg["text_cfg"].update({"hf_model_name": "xlm-roberta-base", "hf_model_pretrained": False})
+    cfg_local = {**cfg, "text_cfg": {**cfg["text_cfg"], "hf_model_name": str(folder)}}
+    torch.manual_seed(0)
+    model = open_clip.model.CustomTextCLIP(**cfg_local)
+    assert sum(p.numel() for p in model.parameters()) > 360e6
+    save_file({k: v.contiguous() for k, v in model.state_dict().items()}, str(folder / names.SAFETENSORS_NAME))
+    del model
+    # The config records the hub name, as a real export would: clipsearch points it at the folder.
+    (folder / "open_clip_config.json").write_text(json.dumps({"model_cfg": cfg, "preprocess_cfg": {"size": 224}}))
+    emb = Embedder(names.parse(f"local-dir:{folder}"), "cpu", "fp32", download=False)
+    assert emb.identity.embed_dim == 512 and emb.embed_texts(["귀여운 우리 강아지"]).shape == (1, 512)
+    index = tmp_path / "index"
+    index.mkdir()
+    assert text_export.export(emb, index)
+    meta = json.loads((index / text_tower.FOLDER / "meta.json").read_text())
+    assert meta["tokenizer"] == "hf" and meta["verified_min_cosine"] >= text_tower.MIN_COSINE

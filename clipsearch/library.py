@@ -31,7 +31,7 @@ from clipsearch.index.records import now
 from clipsearch.index.status import Status, status
 from clipsearch.index.store import Store
 from clipsearch.index.vectors import VectorIndex, remove_orphan_temps
-from clipsearch.model import names, text_tower
+from clipsearch.model import languages, names, text_tower
 from clipsearch.model.identity import ModelIdentity
 from clipsearch.search import query as query_mod
 from clipsearch.search import ranking, relevance
@@ -110,6 +110,8 @@ class Library:
                 store.bind_model(emb.identity)
                 if store.meta("logit_scale") is None:  # text queries' relevance decision reads it
                     store.set_meta("logit_scale", repr(emb.logit_scale))
+                if emb.logit_bias is not None and store.meta("logit_bias") is None:  # a SigLIP model's
+                    store.set_meta("logit_bias", repr(emb.logit_bias))
                 return emb
 
             walk = pipeline.ScanOptions(tuple(exclude), follow_symlinks, include_hidden)
@@ -253,10 +255,12 @@ class Library:
             if wanted_tags:
                 filters = dataclasses.replace(filters, ids=frozenset(store.tags.ids_with_tags(wanted_tags)))
             found = ranking.rank(store, index, vector, top, filters, min_score, z, exclude, alternatives,
-                                 relevance.logit_scale_of(store.meta("logit_scale")))
+                                 relevance.logit_scale_of(store.meta("logit_scale")),
+                                 logit_bias=relevance.logit_bias_of(store.meta("logit_bias")))
             if sort == "date":
                 found.results = ranking.sort_by_date(found.results)
-            return ranking.QueryResult(terms, found.results, found)
+            note = languages.note_for([t.value for t in terms if t.kind == "text"], recorded.name)
+            return ranking.QueryResult(terms, found.results, found, [note] if note else [])
 
     def _stored_vector(self, store: Store, photo: str | os.PathLike[str]
                        ) -> tuple[list[query_mod.Term], np.ndarray, frozenset[int]]:

@@ -23,6 +23,7 @@ def models() -> None:
 def models_list(as_json: bool) -> None:
     """Recommended models: size, CPU speed class, ImageNet zero-shot accuracy, whether cached here."""
     from clipsearch.cli import render
+    from clipsearch.model import languages
     from clipsearch.model import names as models_mod
 
     cached = {}
@@ -37,6 +38,8 @@ def models_list(as_json: bool) -> None:
         return
     out.print(render.models_table(models_mod.CATALOG, cached, config.DEFAULT_MODEL))
     out.print(f"\nDefault: {config.DEFAULT_MODEL}. ImageNet: zero-shot top-1 accuracy.\n"
+              f"For queries in other languages than English: {languages.RECOMMENDED}\n"
+              "(pip install 'clipsearch[multilingual]'; docs/models.md).\n"
               "Any open_clip model works too: --model ARCH:PRETRAINED, local-dir:/path,\n"
               "or CONFIG.json:CHECKPOINT.", markup=False)
 

@@ -95,7 +95,7 @@ def results_jsonl(results: Sequence[SearchResult], relevance: bool = False) -> s
 
 
 def cutoff_note(ranking: Ranking) -> str:
-    if ranking.method == "zero-shot":
+    if ranking.method.startswith("zero-shot"):
         if not ranking.cut:
             return "relevance: the query describes each photo better than the alternatives"
         return (f"{ranking.cut} more that don't stand out (other descriptions fit them better); "
@@ -110,7 +110,7 @@ def cutoff_note(ranking: Ranking) -> str:
 
 
 def nothing_found(ranking: Ranking) -> str:
-    if ranking.method == "zero-shot" and (ranking.cut or ranking.closest):
+    if ranking.method.startswith("zero-shot") and (ranking.cut or ranking.closest):
         return ("nothing stands out for this query (other descriptions fit every photo better); "
                 "--min-score -1 shows the closest photos anyway")
     if ranking.cutoff is not None and (ranking.cut or ranking.closest):
@@ -197,11 +197,12 @@ def models_table(entries: Sequence[CatalogEntry], cached: dict[str, bool], defau
     table.add_column("size", justify="right", no_wrap=True)
     table.add_column("CPU speed", no_wrap=True)
     table.add_column("ImageNet", justify="right", no_wrap=True)
+    table.add_column("languages")
     table.add_column("here", no_wrap=True)
     for e in entries:
         name = Text(e.name, style="bold" if e.name == default else "")
-        table.add_row(name, f"{e.size_mb} MB", e.speed, f"{e.imagenet_zero_shot:.1f}%",
-                      "cached" if cached.get(e.name) else "-")
+        imagenet = "-" if e.imagenet_zero_shot is None else f"{e.imagenet_zero_shot:.1f}%"
+        table.add_row(name, f"{e.size_mb} MB", e.speed, imagenet, e.languages, "cached" if cached.get(e.name) else "-")
     return table
 
 

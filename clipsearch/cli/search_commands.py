@@ -98,6 +98,8 @@ def query(text: str | None, image: tuple[str, ...], add: tuple[str, ...], sub: t
     lib = library(index_path, model, device, precision)
     found = lib.query(text, images=image, add=add, sub=sub, top=top, sort=sort, min_score=min_score, tags=tag,
                       **_filters(within, after, before, types, min_width, camera, near))
+    for line in found.notes:  # e.g. a Korean query against an English-only model
+        err.print(f"note: {escape(line)}")
     _show(lib, found, "json" if as_json else fmt, null, html, text or "similar photos", preview)
     _act(found.results, copy_to, link_to, open_best)
 

@@ -136,6 +136,9 @@ def merge(store: Store, shards: list[Shard], remap: Sequence[tuple[str, str]] = 
     scale = shards[0].description["model"].get("logit_scale")  # absent in shards of older versions
     if scale is not None and store.meta("logit_scale") is None:
         store.set_meta("logit_scale", repr(float(scale)))
+    bias = shards[0].description["model"].get("logit_bias")  # sigmoid-loss (SigLIP) models only
+    if bias is not None and store.meta("logit_bias") is None:
+        store.set_meta("logit_bias", repr(float(bias)))
     best = _newest_copies(shards, remap, summary)
     known = store.known_files()
     skipped_before = store.skipped_unchanged()

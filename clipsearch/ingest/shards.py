@@ -127,6 +127,8 @@ def embed(folders: list[str], shard: tuple[int, int], out: str | os.PathLike[str
             with Store.open(partial / "index", create=True) as store:
                 store.bind_model(embedder.identity)
                 store.set_meta("logit_scale", repr(embedder.logit_scale))  # text queries' relevance reads it
+                if getattr(embedder, "logit_bias", None) is not None:  # sigmoid-loss (SigLIP) models
+                    store.set_meta("logit_bias", repr(embedder.logit_bias))
                 summary = pipeline.run(store, lambda: embedder, roots, mine, scan.ScanProblems(), max_pixels,
                                        progress)
                 embedded = summary.embedded
@@ -194,7 +196,8 @@ def _export(store: Store, folder: Path, seq: dict[str, int], identity: ModelIden
     description = {
         "format": FORMAT, "format_version": FORMAT_VERSION, "clipsearch": __version__,
         "model": {"name": identity.name, "embed_dim": identity.embed_dim, "weights_sha256": identity.weights_sha256,
-                  **({"logit_scale": float(scale)} if (scale := store.meta("logit_scale")) else {})},
+                  **({"logit_scale": float(scale)} if (scale := store.meta("logit_scale")) else {}),
+                  **({"logit_bias": float(bias)} if (bias := store.meta("logit_bias")) else {})},
         "shard": {"index": shard[0], "count": shard[1]}, "roots": roots, "images": len(records),
         "skipped": dict(Counter(sk.reason for _, sk in skips)), "created_at": now(), "host": socket.gethostname()}
     def write(tmp: Path) -> None:

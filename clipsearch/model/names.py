@@ -13,6 +13,7 @@ from pathlib import Path
 
 from clipsearch import config
 from clipsearch.errors import ModelError, ModelNotAvailableError, UsageError
+from clipsearch.model import languages
 
 LOCAL_DIR = "local-dir:"
 HF_HUB = "hf-hub:"
@@ -69,9 +70,12 @@ class CatalogEntry:
     name: str
     size_mb: int
     speed: str
-    imagenet_zero_shot: float
+    imagenet_zero_shot: float | None  # None: not in open_clip's published results table
     note: str
     hf_hub: str  # where open_clip's registry says the weights live; kept here so listing needs no torch
+    languages: str = "English"
+    # The query path without torch (ONNX text tower, text_export.py): False where only the torch path works.
+    fast_queries: bool = True
 
 
 # ImageNet zero-shot top-1 from open_clip's published results; sizes are the fp32 weight files.
@@ -86,6 +90,25 @@ CATALOG: tuple[CatalogEntry, ...] = (
                  "laion/CLIP-ViT-B-16-DataComp.XL-s13B-b90K/"),
     CatalogEntry("ViT-L-14:datacomp_xl_s13b_b90k", 1710, "slow", 79.2, "best here; wants a GPU",
                  "laion/CLIP-ViT-L-14-DataComp.XL-s13B-b90K/"),
+    # Multilingual families (docs/models.md): Hugging Face text towers, `pip install 'clipsearch[multilingual]'`.
+    # Sizes are fp32 parameter counts x 4 bytes; speed classes from docs/models.md's measurements.
+    CatalogEntry(languages.RECOMMENDED, 1466, "fast", 62.4,
+                 "recommended for non-English queries: ViT-B-32 images, XLM-RoBERTa text",
+                 "laion/CLIP-ViT-B-32-xlm-roberta-base-laion5B-s13B-b90k/", "~100 (XLM-R)"),
+    CatalogEntry("xlm-roberta-large-ViT-H-14:frozen_laion5b_s13b_b90k", 4770, "slow", 77.0,
+                 "best multilingual accuracy; wants a GPU",
+                 "laion/CLIP-ViT-H-14-frozen-xlm-roberta-large-laion5B-s13B-b90k/", "~100 (XLM-R)"),
+    CatalogEntry("nllb-clip-base:v1", 2004, "fast", None, "NLLB text encoder: also low-resource languages",
+                 "visheratin/nllb-clip-base-oc/", "201 (NLLB-200)"),
+    CatalogEntry("nllb-clip-large:v1", 5600, "slow", None, "NLLB-1.3B text, ViT-H-14 images; wants a GPU",
+                 "visheratin/nllb-clip-large-oc/", "201 (NLLB-200)"),
+    CatalogEntry("nllb-clip-base-siglip:v1", 2028, "medium", None, "sigmoid loss: scores are probabilities",
+                 "visheratin/nllb-clip-base-siglip/", "201 (NLLB-200)"),
+    CatalogEntry("nllb-clip-large-siglip:v1", 4780, "slow", None, "sigmoid loss, SO400M images; wants a GPU",
+                 "visheratin/nllb-clip-large-siglip/", "201 (NLLB-200)"),
+    CatalogEntry("ViT-B-16-SigLIP-i18n-256:webli", 1480, "medium", None,
+                 "multilingual SigLIP; queries take the torch path (no ONNX export yet)",
+                 "timm/ViT-B-16-SigLIP-i18n-256/", "~100 (WebLI)", fast_queries=False),
 )
 
 

@@ -1,7 +1,8 @@
 """Exporting a loaded model's text tower to ONNX at index time, verified against open_clip.
 
 The export is what makes text queries torch-free (text_tower.py runs it). It is optional: a model
-whose tokenizer or text tower is not open_clip's standard CLIP kind keeps the torch path, and a
+whose tokenizer or text tower is neither open_clip's standard CLIP kind nor a Hugging Face text tower
+with a fast tokenizer (XLM-RoBERTa, NLLB: hf_tokenizer.py) keeps the torch path, and a
 graph that does not answer like open_clip at fp32 (cosine >= 0.9995 on the check prompts) is not
 kept. The weights stay fp32 (docs/fidelity.md says why).
 """
@@ -21,6 +22,7 @@ import numpy as np
 
 from clipsearch import config
 from clipsearch.errors import ClipsearchError
+from clipsearch.model.hf_tokenizer import TOKENIZER_NAME
 from clipsearch.model.identity import ModelIdentity, check_same_model
 from clipsearch.model.text_tower import (
     CHECK_PROMPTS,
@@ -73,9 +75,11 @@ def export(embedder: Any, index_dir: Path, notify: Callable[[str], None] | None 
 
     tok = embedder.tokenizer
     model = embedder.model
-    if (not isinstance(tok, open_clip.tokenizer.SimpleTokenizer) or tok.reduction_fn is not None
-            or tok.clean_fn is not open_clip.tokenizer._clean_lower or not has_standard_text_tower(model)):
-        return False  # other tokenizers and towers keep the torch path (the tokenizer port is CLIP's BPE)
+    kind = ("clip" if (isinstance(tok, open_clip.tokenizer.SimpleTokenizer) and tok.reduction_fn is None
+                       and tok.clean_fn is open_clip.tokenizer._clean_lower and has_standard_text_tower(model))
+            else "hf" if has_hf_text_tower(model, tok) else None)
+    if kind is None:
+        return False  # other tokenizers and towers keep the torch path
     sha = embedder.identity.weights_sha256
     if _from_cache(sha, index_dir):
         return True
@@ -87,7 +91,7 @@ def export(embedder: Any, index_dir: Path, notify: Callable[[str], None] | None 
     tmp.mkdir(parents=True)
     try:
         meta: dict[str, Any] = {"weights_sha256": embedder.identity.weights_sha256, "model": embedder.identity.name}
-        _write_fp32(fp32, tok, tmp, meta)
+        (_write_fp32 if kind == "clip" else _write_hf)(fp32, tok, tmp, meta)
         with torch.no_grad():
             # The reference is open_clip itself at fp32 (all 77 tokens, no cut), not the Embedder's
             # bf16-cast model: the recorded cosine is what a query really loses (issue 15).
@@ -215,6 +219,37 @@ def _write_fp32(fp32: Any, tok: Any, folder: Path, meta: dict[str, Any]) -> None
     np.save(folder / TABLE_NAME, fp32.token_embedding.weight.detach().numpy().astype(np.float16))
     shutil.copyfile(Path(open_clip.tokenizer.default_bpe()), folder / VOCAB_NAME)
     meta.update({"context_length": int(tok.context_length), "inputs": "embedded"})
+    (folder / "meta.json").write_text(json.dumps(meta))
+
+
+def has_hf_text_tower(model: Any, tok: Any) -> bool:
+    """A Hugging Face text tower (open_clip's HFTextEncoder) with a plain fast tokenizer: the kind
+    hf_tokenizer.py reproduces without torch (no 'clips' mode, no stripped separators)."""
+    import open_clip
+    from open_clip.hf_model import HFTextEncoder
+
+    return (isinstance(tok, open_clip.tokenizer.HFTokenizer) and not tok.tokenizer_mode
+            and not tok.strip_sep_token and tok.clean_fn is open_clip.tokenizer._clean_whitespace
+            and getattr(tok.tokenizer, "backend_tokenizer", None) is not None
+            and isinstance(getattr(model, "text", None), HFTextEncoder) and not model.text.output_tokens)
+
+
+def _write_hf(fp32: Any, tok: Any, folder: Path, meta: dict[str, Any]) -> None:
+    """The HF text tower as one fp32 graph over token ids (the tower masks its own padding), its
+    tokenizer.json and meta.json, in folder."""
+    import torch
+
+    sample = tok(["a photo of a dog", "빨간 원", "two people on a beach at sunset"])[:, :8]
+    with torch.no_grad(), warnings.catch_warnings():
+        warnings.simplefilter("ignore")
+        batch, length = torch.export.Dim("batch", max=4096), torch.export.Dim("length", min=2,
+                                                                               max=int(tok.context_length))
+        torch.onnx.export(fp32.text.eval(), (sample,), str(folder / "model.onnx"), input_names=["tokens"],
+                          output_names=["features"], dynamic_shapes=({0: batch, 1: length},),
+                          dynamo=True, external_data=True, verbose=False)
+    tok.tokenizer.backend_tokenizer.save(str(folder / TOKENIZER_NAME))
+    meta.update({"context_length": int(tok.context_length), "inputs": "tokens", "tokenizer": "hf",
+                 "pad_id": int(tok.tokenizer.pad_token_id)})
     (folder / "meta.json").write_text(json.dumps(meta))
 
 

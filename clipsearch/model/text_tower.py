@@ -23,6 +23,7 @@ from typing import Any
 
 import numpy as np
 
+from clipsearch.model.hf_tokenizer import TOKENIZER_NAME, HFTokenizer, cut_length
 from clipsearch.model.tokenizer import VOCAB_NAME, Tokenizer
 
 FOLDER = "text-model"
@@ -66,7 +67,8 @@ def available(index_dir: Path, weights_sha256: str) -> bool:
 def _files(meta: dict[str, Any]) -> list[str]:
     """The files an export consists of, besides meta.json."""
     graph = str(meta.get("file", "model.onnx"))
-    return [graph, f"{graph}.data", VOCAB_NAME] + ([TABLE_NAME] if meta.get("inputs") == "embedded" else [])
+    vocab = TOKENIZER_NAME if meta.get("tokenizer") == "hf" else VOCAB_NAME
+    return [graph, f"{graph}.data", vocab] + ([TABLE_NAME] if meta.get("inputs") == "embedded" else [])
 
 
 def record_sizes(folder: Path, meta: dict[str, Any]) -> dict[str, Any]:
@@ -82,7 +84,12 @@ class OnnxTextEncoder:
         import onnxruntime as ort
 
         meta = json.loads((folder / "meta.json").read_text())
-        self.tokenizer = Tokenizer(folder / VOCAB_NAME, int(meta["context_length"]), cache_tables=True)
+        # Hugging Face text towers (XLM-RoBERTa...) pad with their pad id; CLIP's end token has the highest id.
+        self.pad_id: int | None = int(meta["pad_id"]) if meta.get("tokenizer") == "hf" else None
+        self.tokenizer: Tokenizer | HFTokenizer = (
+            HFTokenizer(folder / TOKENIZER_NAME, int(meta["context_length"]), int(meta["pad_id"]))
+            if self.pad_id is not None else Tokenizer(folder / VOCAB_NAME, int(meta["context_length"]),
+                                                      cache_tables=True))
         options = ort.SessionOptions()
         options.log_severity_level = 3
         # Idle worker threads spin by default, burning the core the rest of a query needs (measured:
@@ -105,7 +112,8 @@ class OnnxTextEncoder:
 
     def embed_texts(self, texts: list[str]) -> np.ndarray:
         tokens = self.tokenizer(texts)
-        length = int(tokens.argmax(axis=1).max()) + 1  # the end token has the highest id
+        length = (cut_length(tokens, self.pad_id) if self.pad_id is not None
+                  else int(tokens.argmax(axis=1).max()) + 1)  # the end token has the highest id
         tokens = tokens[:, :length]
         feeds = {"tokens": tokens}
         if self.table is not None:

@@ -48,6 +48,11 @@ def _is_plain(text: str) -> bool:
 
 
 def _clean(text: str) -> str:
+    return clean_whitespace(text).lower()
+
+
+def clean_whitespace(text: str) -> str:
+    """open_clip's `_clean_whitespace` (basic_clean, then whitespace): hf_tokenizer.py uses it too."""
     # ftfy repairs mojibake, control characters and entities; printable ASCII without '&' has none of
     # them (checked on random strings), so the usual English query skips importing it (~50 ms cold).
     if not (_is_plain(text) and "&" not in text):
@@ -55,7 +60,7 @@ def _clean(text: str) -> str:
 
         text = ftfy.fix_text(text)
     text = html.unescape(html.unescape(text)).strip()
-    return " ".join(text.split()).strip().lower()
+    return " ".join(text.split()).strip()
 
 
 def _build_tables(vocab_path: Path) -> tuple[dict[str, int], dict[tuple[str, str], int]]:

@@ -41,6 +41,7 @@ class SearchResult:
     height: int | None
     format: str | None
     relevant: bool = True  # what the default decision says, also when --min-score shows more
+    probability: float | None = None  # a sigmoid-loss (SigLIP) model's probability that the text matches
 
     @property
     def when(self) -> dt.datetime:
@@ -60,6 +61,8 @@ class SearchResult:
             "taken_at": self.taken_at, "width": self.width, "height": self.height, "format": self.format}
         if relevance:
             out["relevant"] = self.relevant
+        if self.probability is not None:
+            out["probability"] = round(self.probability, 6)
         return out
 
 
@@ -153,6 +156,9 @@ class QueryResult:
     terms: list[Term]
     results: list[SearchResult]
     ranking: Ranking
+    # Things the user should hear about this query (the CLI prints them on stderr): e.g. a query in a
+    # script the index's model cannot read (model/languages.py).
+    notes: list[str] = field(default_factory=list)
 
 
 @dataclass
@@ -189,14 +195,15 @@ def row_date(row: ImageRecord) -> dt.datetime:
 def rank(store: Store, index: VectorIndex, query: np.ndarray, top: int, filters: Filters = Filters(),
          min_score: float | None = None, z: float = DEFAULT_Z, exclude_ids: frozenset[int] = frozenset(),
          alternatives: np.ndarray | None = None, logit_scale: float = relevance.DEFAULT_LOGIT_SCALE,
-         closest: int = 5) -> Ranking:
+         closest: int = 5, logit_bias: float | None = None) -> Ranking:
     """The `top` most relevant images for `query` (a normalised vector) that pass `filters`.
 
     `alternatives` (texts' vectors, relevance.background_prompts) makes it a text query, decided
     per photo by CLIP's zero-shot comparison; without them (image queries, `similar`) the robust
     cutoff decides, capped at a near-copy's score. `min_score` shows what scores at least that
     instead, each result still marked `relevant` by the default decision. When nothing is relevant,
-    `Ranking.closest` holds the `closest` best-scoring photos the filters allow.
+    `Ranking.closest` holds the `closest` best-scoring photos the filters allow. With a sigmoid-loss
+    model's `logit_bias` a text query also admits every photo the model itself gives probability >= 0.5.
     """
     if min_score is not None and not math.isfinite(min_score):  # NaN passes every comparison as False
         raise UsageError(f"--min-score must be a number (a cosine, -1 to 1), not {min_score}")
@@ -204,14 +211,22 @@ def rank(store: Store, index: VectorIndex, query: np.ndarray, top: int, filters:
         return Ranking([], None, "none")
     decide: Callable[[np.ndarray, np.ndarray], np.ndarray]
     stats: dict[str, float]
+    sigmoid = alternatives is not None and logit_bias is not None
     if alternatives is not None:
         alts = relevance.alternatives(query, alternatives)
-        method, cutoff = "zero-shot", None
+        method, cutoff = "zero-shot" + (" or sigmoid" if sigmoid else ""), None
         stats = {"logit_scale": logit_scale, "alternatives": float(len(alts)), "min_share": relevance.MIN_SHARE}
+        if sigmoid:
+            stats.update({"logit_bias": float(logit_bias or 0.0), "min_probability": relevance.MIN_PROBABILITY})
 
         def decide(vecs: np.ndarray, scores: np.ndarray) -> np.ndarray:
             # Exact cosines from the stored vectors: an IVF index's scores are quantised.
-            return relevance.query_share(vecs @ query, vecs @ alts.T, logit_scale) >= relevance.MIN_SHARE
+            exact = vecs @ query
+            ok = relevance.query_share(exact, vecs @ alts.T, logit_scale) >= relevance.MIN_SHARE
+            if sigmoid:  # the model's own probability admits a photo; it cannot veto one (relevance.py)
+                ok |= relevance.pair_probability(exact, logit_scale, float(logit_bias or 0.0)) >= \
+                    relevance.MIN_PROBABILITY
+            return np.asarray(ok)
     else:
         robust, stats = adaptive_cutoff(query, index.sample(store), z, index.size)
         cutoff = relevance.cap(robust)
@@ -227,6 +242,12 @@ def rank(store: Store, index: VectorIndex, query: np.ndarray, top: int, filters:
                                exclude_ids, closest, needs_vectors=alternatives is not None)
     results = [_result(n + 1, s, row, ok) for n, (s, row, ok) in enumerate(kept)]
     nearest = [] if results else [_result(n + 1, s, row, False) for n, (s, row, _) in enumerate(near)]
+    if sigmoid:  # shown with each result (JSON `probability`): what the decision read
+        def with_probability(r: SearchResult) -> SearchResult:
+            p = relevance.pair_probability(np.asarray([r.score]), logit_scale, float(logit_bias or 0.0))
+            return dataclasses.replace(r, probability=float(p[0]))
+
+        results, nearest = [with_probability(r) for r in results], [with_probability(r) for r in nearest]
     return Ranking(results, cutoff, method, cut, stats, nearest)
 
 

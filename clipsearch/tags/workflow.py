@@ -78,9 +78,10 @@ def tag(store: Store, recorded: ModelIdentity, request: TagRequest, encoder: Cal
     # The alternatives text queries are weighed against (search/relevance.py), kept beside the labels:
     # a label must be at least as likely as an average one of them.
     background = None if request.threshold is not None else _background(store, recorded, encoder)
+    bias = relevance.logit_bias_of(store.meta("logit_bias"))  # a sigmoid-loss model's probability admits too
     ids, mat = store.all_vectors()
     cut = zero_shot.thresholds(mat, label_mat, request.z, request.threshold, background,
-                               relevance.logit_scale_of(store.meta("logit_scale")))
+                               relevance.logit_scale_of(store.meta("logit_scale")), bias)
     # Photo rows are read only when a scope or sidecars need them (100k rows cost ~0.8 s).
     rows = store.images(ids.tolist()) if roots or write_xmp or clear_xmp else {}
     in_scope = [n for n, i in enumerate(ids.tolist()) if not roots or paths.under(rows[i].path, roots)]

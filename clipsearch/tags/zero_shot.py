@@ -116,20 +116,35 @@ class Thresholds:
     background: np.ndarray | None = None
     keep: np.ndarray | None = None
     logit_scale: float = relevance.DEFAULT_LOGIT_SCALE
+    sure: float | None = None  # a sigmoid-loss model's cosine of probability 0.5: passes the check too
 
 
 def thresholds(mat: np.ndarray, labels_mat: np.ndarray, z: float = DEFAULT_Z,
                fixed: float | None = None, background: np.ndarray | None = None,
-               logit_scale: float = relevance.DEFAULT_LOGIT_SCALE) -> Thresholds:
+               logit_scale: float = relevance.DEFAULT_LOGIT_SCALE, logit_bias: float | None = None) -> Thresholds:
     """Per-label cutoffs: `fixed` for all, or each label's robust background over the library,
     lowered to the edge of the label's own cluster where the label set shows one (docs/tagging.md).
 
     With `background` (relevance.background_prompts' vectors) a photo must also give the label at
     least the likelihood of an average alternative text, as CLIP's zero-shot softmax weighs them.
-    None is above 1.0, the largest cosine.
+    None is above 1.0, the largest cosine. A sigmoid-loss model (`logit_bias`, SigLIP) also gives
+    every label its own probability sigmoid(scale * cos + bias) reaches 0.5 at (the cosine
+    -bias / scale): that much admits a label whatever the statistics say (relevance.MIN_PROBABILITY).
     """
     if fixed is not None:
         return Thresholds(np.full(len(labels_mat), fixed, dtype=np.float32), "fixed")
+    found = _calibrated(mat, labels_mat, z, background, logit_scale)
+    if logit_bias is None:
+        return found
+    found.sure = float((np.log(relevance.MIN_PROBABILITY / (1 - relevance.MIN_PROBABILITY)) - logit_bias)
+                       / logit_scale)
+    found.values = np.minimum(found.values, np.float32(found.sure))
+    found.method += f", or model probability >= {relevance.MIN_PROBABILITY:g}"
+    return found
+
+
+def _calibrated(mat: np.ndarray, labels_mat: np.ndarray, z: float, background: np.ndarray | None,
+                logit_scale: float) -> Thresholds:
     if len(mat) < MIN_FOR_CUTOFF:
         raise UsageError(f"automatic thresholds need at least {MIN_FOR_CUTOFF} indexed photos to learn what "
                          f"'unrelated' scores; this index has {len(mat)}. Pass --threshold COSINE instead")
@@ -191,6 +206,8 @@ def assign(mat: np.ndarray, labels_mat: np.ndarray, cut: Thresholds, top: int) -
         if cut.background is not None and cut.keep is not None:
             likely = relevance.beats_average_alternative(scores, chunk_mat @ cut.background.T, cut.keep,
                                                          cut.logit_scale)
+            if cut.sure is not None:
+                likely |= scores >= cut.sure
             margin = np.where(likely, margin, -np.inf)
         passing_rows = np.flatnonzero((margin >= 0).any(axis=1))
         chunk: list[list[tuple[int, float]]] = [[] for _ in range(len(scores))]

@@ -23,6 +23,7 @@ from clipsearch.encoders import Encoders
 from clipsearch.errors import IndexMissingError, UsageError
 from clipsearch.formats import IMAGE_EXTENSIONS
 from clipsearch.index import roots as index_roots
+from clipsearch.index import video_tables
 from clipsearch.index.faults import guarded
 from clipsearch.index.lock import write_lock
 from clipsearch.index.records import now
@@ -212,11 +213,13 @@ class Library:
               before: dt.datetime | None = None, formats: Iterable[str] = (), min_width: int = 0,
               near: str | None = None, camera: str | None = None, min_score: float | None = None,
               z: float = DEFAULT_Z, sort: str = "score",
-              similar_to: str | os.PathLike[str] | None = None, tags: Iterable[str] = ()) -> ranking.QueryResult:
+              similar_to: str | os.PathLike[str] | None = None, tags: Iterable[str] = (),
+              all_moments: bool = False) -> ranking.QueryResult:
         """Search with everything the CLI offers: query arithmetic, filters, the relevance cutoff.
 
         `text` may combine parts: "beach + sunset - people", "2:dog + cat", or image paths.
         `similar_to` names an indexed photo whose stored vector is the query (no re-embedding).
+        A video appears once, at its best moment; `all_moments` lists each matching moment.
         """
         if top < 1:
             raise UsageError("--top must be at least 1")
@@ -250,7 +253,7 @@ class Library:
             if wanted_tags:
                 filters = dataclasses.replace(filters, ids=frozenset(store.tags.ids_with_tags(wanted_tags)))
             found = ranking.rank(store, index, vector, top, filters, min_score, z, exclude, alternatives,
-                                 relevance.logit_scale_of(store.meta("logit_scale")))
+                                 relevance.logit_scale_of(store.meta("logit_scale")), all_moments=all_moments)
             if sort == "date":
                 found.results = ranking.sort_by_date(found.results)
             return ranking.QueryResult(terms, found.results, found)
@@ -260,6 +263,8 @@ class Library:
         """An indexed photo as the query: its stored vector, and itself left out of the results."""
         path = paths.resolve(photo)
         image_id = store.id_for_path(path)
+        if image_id is None:  # VIDEO#t=SECONDS: the video's kept frame nearest that moment
+            image_id = video_tables.frame_near(store.db, path)
         if image_id is None:
             raise UsageError(f"{paths.display(path)} is not in the index; index it first, or use "
                              "`clipsearch query --image` for a photo from elsewhere")
@@ -295,7 +300,13 @@ class Library:
         return thumbnails.thumbnail(self.path / "thumbs", image_id, path, mtime_ns)
 
     def thumbnail(self, result: ranking.SearchResult) -> Path | None:
-        return self.thumbnail_of(result.id, result.path, int(result.modified.timestamp() * 1e9))
+        """A result's preview; a video's is its frame at the result's moment (decoded again)."""
+        from clipsearch.ingest import thumbnails
+
+        mtime_ns = int(result.modified.timestamp() * 1e9)
+        if result.time is not None:
+            return thumbnails.video_thumbnail(self.path / "thumbs", result.id, result.path, mtime_ns, result.time)
+        return thumbnails.thumbnail(self.path / "thumbs", result.id, result.path, mtime_ns)
 
     # --- tags -----------------------------------------------------------------------------------
 
@@ -377,3 +388,4 @@ def _vocabulary() -> list[str]:
     from clipsearch.tags import zero_shot
 
     return [lab.name for lab in zero_shot.default_labels()]
+

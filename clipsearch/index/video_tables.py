@@ -8,6 +8,7 @@ frames, their vectors and tags (ON DELETE CASCADE). docs/video.md.
 
 from __future__ import annotations
 
+import math
 import sqlite3
 from collections.abc import Iterable
 
@@ -72,3 +73,18 @@ def video_ids(db: sqlite3.Connection) -> set[int]:
     """Every row id that belongs to a video (its own row and its frames): the `--type` filter."""
     return {int(i) for (i,) in db.execute("SELECT image_id FROM videos UNION ALL "
                                           "SELECT id FROM images WHERE video_id IS NOT NULL")}
+
+
+def frame_near(db: sqlite3.Connection, moment: str) -> int | None:
+    """The row id of the kept frame nearest a moment written `VIDEO#t=SECONDS` (`similar`)."""
+    video_path, _, at = moment.rpartition("#t=")
+    try:
+        time_s = float(at)
+    except ValueError:
+        return None
+    if not video_path or not math.isfinite(time_s):
+        return None
+    row = db.execute("SELECT f.id FROM images v JOIN images f ON f.id = v.id OR f.video_id = v.id "
+                     "WHERE v.path = ? AND v.video_id IS NULL ORDER BY abs(coalesce(f.time_s, 0) - ?) LIMIT 1",
+                     [path_columns(video_path)[0], time_s]).fetchone()
+    return int(row[0]) if row else None

@@ -15,8 +15,8 @@ from dataclasses import dataclass
 
 import numpy as np
 
-from clipsearch.index.records import ImageRecord, SkipRecord
 from clipsearch.formats import is_video
+from clipsearch.index.records import ImageRecord, SkipRecord
 from clipsearch.ingest import images, scan, videos
 from clipsearch.ingest.pipeline import Result
 from clipsearch.ingest.plan import fingerprint

@@ -20,6 +20,7 @@ from typing import Protocol
 import numpy as np
 
 from clipsearch import paths
+from clipsearch.index import video_tables
 from clipsearch.index.records import ImageRecord, SkipRecord, VideoFrames
 from clipsearch.index.store import Store
 from clipsearch.ingest import scan
@@ -194,7 +195,7 @@ def run(store: Store, get_embedder: Callable[[], Embedder], roots: list[str], fo
     # A bad file since deleted is forgotten with its skip record, so it is no longer counted.
     writer.commit(delete_ids=p.removed_ids, moves=p.moves, forget_skips=p.gone_skips)
     summary.removed = len(p.removed_ids)
-    summary.total = store.count()
+    summary.total = store.count() - video_tables.counts(store.db)[1]  # files: a video's later frames are rows
     summary.seconds = time.perf_counter() - start
     return summary
 

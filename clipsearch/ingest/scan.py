@@ -62,7 +62,8 @@ def walk(roots: Sequence[str | os.PathLike[str]], exclude: tuple[str, ...] = (),
             if ext in INDEXED_EXTENSIONS:
                 yield FoundFile(top, st.st_size, st.st_mtime_ns)
             else:  # named by the user: say why it was passed over, rather than index nothing in silence
-                problems.add(top, "not an image", f"{ext or 'no extension'} is not a photo format (nor a video) clipsearch reads")
+                problems.add(top, "not an image",
+                             f"{ext or 'no extension'} is not a photo format (nor a video) clipsearch reads")
             continue
         yield from _walk_dir(top, exclude, follow_symlinks, include_hidden, problems, seen_dirs)
 

@@ -19,6 +19,25 @@ def thumbnail(cache_dir: Path, image_id: int, path: str, mtime_ns: int) -> Path 
     return preview(cache_dir, f"{image_id}-{mtime_ns}.jpg", f"{image_id}-*.jpg", path, SIZE, 82)
 
 
+def video_thumbnail(cache_dir: Path, row_id: int, path: str, mtime_ns: int, time_s: float) -> Path | None:
+    """A video's frame at `time_s` as a cached preview: decoded again from the video (frames are not
+    stored as images, docs/video.md); None when it cannot be read or PyAV is missing."""
+    import io
+
+    from clipsearch.ingest import videos
+
+    name = f"{row_id}-{mtime_ns}.jpg"
+    if (cache_dir / name).exists():
+        return cache_dir / name
+    frame = videos.frame_at(path, time_s, SIZE)
+    if frame is None:
+        return None
+    data = io.BytesIO()
+    frame.save(data, "JPEG", quality=90)
+    data.seek(0)
+    return preview(cache_dir, name, f"{row_id}-*.jpg", data, SIZE, 82)
+
+
 def preview(cache_dir: Path, name: str, earlier: str, source: str | IO[bytes], size: int,
             quality: int) -> Path | None:
     """`source` as an upright JPEG of at most `size` px, cached as `name` in `cache_dir` and made

@@ -19,6 +19,7 @@ from typing import Any
 import numpy as np
 from PIL import Image
 
+from clipsearch.formats import NO_DECODER, NO_DECODER_DETAIL
 from clipsearch.index.records import ImageRecord, VideoFrames
 from clipsearch.ingest import scan
 from clipsearch.ingest.images import SkipFile, _fit
@@ -29,8 +30,6 @@ SAMPLE_FPS = 2.0  # frames looked at per second of video
 KEEP_BELOW = 0.92  # a frame is kept when its cosine to the last kept frame is below this
 MAX_PER_MINUTE = 30  # kept frames per minute of video at most
 BATCH = 16
-NO_DECODER = "video decoder missing"
-NO_DECODER_DETAIL = "install the video extra: pip install 'clipsearch[video]' (PyAV)"
 
 
 def available() -> bool:
@@ -91,11 +90,13 @@ def sample(path: str, pre: Preprocess, meta: _Meta) -> Iterator[tuple[float, np.
         elif container.duration:
             meta.duration_s = container.duration / 1_000_000
         meta.taken_at = _creation_time({**container.metadata, **stream.metadata})
+        # Times count from the stream's first frame (MPEG-TS starts at an arbitrary clock).
+        start = float(stream.start_time * stream.time_base) if stream.start_time and stream.time_base else 0.0
         next_t = 0.0
         seen = 0
         try:
             for frame in container.decode(stream):
-                t = float(frame.time) if frame.time is not None else seen / (meta.fps or 30.0)
+                t = float(frame.time) - start if frame.time is not None else seen / (meta.fps or 30.0)
                 seen += 1
                 if t + 1e-6 < next_t:
                     continue
@@ -111,7 +112,7 @@ def sample(path: str, pre: Preprocess, meta: _Meta) -> Iterator[tuple[float, np.
 
 
 def _pixels(frame: Any, pre: Preprocess, meta: _Meta) -> np.ndarray:
-    rotation = int(round(getattr(frame, "rotation", 0) or 0)) % 360
+    rotation = round(getattr(frame, "rotation", 0) or 0) % 360
     meta.rotation = rotation
     w, h = _input_size(frame.width, frame.height, pre)
     rgb = frame.to_ndarray(width=w, height=h, format="rgb24")
@@ -173,3 +174,38 @@ def index_video(f: scan.FoundFile, fp: str, embedder: Embedder,
     frames = VideoFrames(tuple(times[i] for i in kept), matrix[kept], meta.duration_s,
                          meta.fps if meta.fps and math.isfinite(meta.fps) else None, meta.rotation, note)
     return record, frames
+
+
+def frame_at(path: str, time_s: float, size: int) -> Image.Image | None:
+    """The upright frame shown at `time_s`, at most `size` px, for previews; None if unreadable."""
+    if not available():
+        return None
+    import av
+
+    try:
+        img = _decode_at(path, time_s, seek=True) or _decode_at(path, time_s, seek=False)
+    except (av.error.FFmpegError, IndexError, OSError, ValueError):
+        return None
+    if img is not None:
+        img.thumbnail((size, size))
+    return img
+
+
+def _decode_at(path: str, time_s: float, seek: bool) -> Image.Image | None:
+    """The first frame at or after `time_s` (from the stream's start), upright; a seek that finds
+    nothing (some files' indexes) is retried by decoding from the start."""
+    import av
+
+    with av.open(path, metadata_errors="ignore") as container:
+        stream = container.streams.video[0]
+        base = stream.time_base
+        start = float(stream.start_time * base) if stream.start_time and base else 0.0
+        if seek and base is not None and time_s > 0:
+            container.seek(int((time_s + start) / base), stream=stream, backward=True)
+        for frame in container.decode(stream):
+            if frame.time is None or frame.time - start + 1e-3 >= time_s:
+                img = frame.to_image()
+                rotation = round(getattr(frame, "rotation", 0) or 0) % 360
+                # PIL turns counter-clockwise, as the display matrix does.
+                return img.rotate(rotation, expand=True) if rotation else img
+    return None

@@ -17,11 +17,11 @@ import numpy as np
 
 from clipsearch import paths
 from clipsearch.errors import UsageError
-from clipsearch.formats import IMAGE_EXTENSIONS
+from clipsearch.formats import IMAGE_EXTENSIONS, VIDEO_EXTENSIONS
 from clipsearch.index.records import ImageRecord
 from clipsearch.index.store import Store
 from clipsearch.index.vectors import VectorIndex
-from clipsearch.search import relevance
+from clipsearch.search import moments, relevance
 from clipsearch.search.query import Term
 from clipsearch.search.relevance import DEFAULT_Z, MIN_FOR_CUTOFF, adaptive_cutoff
 
@@ -41,6 +41,17 @@ class SearchResult:
     height: int | None
     format: str | None
     relevant: bool = True  # what the default decision says, also when --min-score shows more
+    time: float | None = None  # a video's moment, in seconds; None for photos
+    moments: tuple[tuple[float, float], ...] = ()  # the video's other relevant moments: (time, score)
+
+    @property
+    def kind(self) -> str:
+        return "photo" if self.time is None else "video"
+
+    @property
+    def link(self) -> str:
+        """The path, with a media fragment at a video's moment (`clip.mp4#t=12.5`)."""
+        return self.path if self.time is None else f"{self.path}#t={self.time:g}"
 
     @property
     def when(self) -> dt.datetime:
@@ -57,7 +68,11 @@ class SearchResult:
         out: dict[str, object] = {
             "rank": self.rank, "score": round(self.score, 6), "id": self.id, "path": self.path,
             "size": self.size, "modified": self.modified.isoformat(timespec="seconds"),
-            "taken_at": self.taken_at, "width": self.width, "height": self.height, "format": self.format}
+            "taken_at": self.taken_at, "width": self.width, "height": self.height, "format": self.format,
+            "type": self.kind}
+        if self.time is not None:
+            out["time"] = round(self.time, 3)
+            out["moments"] = [{"time": round(t, 3), "score": round(s, 6)} for t, s in self.moments]
         if relevance:
             out["relevant"] = self.relevant
         return out
@@ -66,6 +81,14 @@ class SearchResult:
 # What users type for --type, as the formats the index records (Pillow's names, lower-cased).
 FORMAT_ALIASES = {"jpg": "jpeg", "jpe": "jpeg", "tif": "tiff", "heic": "heif", "jp2": "jpeg2000",
                   "ppm": "ppm", "pgm": "ppm", "pbm": "ppm"}
+
+
+VIDEO_FORMATS = frozenset(e.lstrip(".") for e in VIDEO_EXTENSIONS)  # a video's row records its extension
+
+
+def _format_wanted(fmt: str, wanted: frozenset[str]) -> bool:
+    video = fmt in VIDEO_FORMATS
+    return fmt in wanted or ("video" in wanted and video) or ("photo" in wanted and not video)
 
 
 def parse_near(text: str) -> tuple[float, float, float]:
@@ -111,10 +134,11 @@ class Filters:
         A value that can match nothing is a usage error, not "no photos match".
         """
         kinds = [f.strip().lower().lstrip(".") for f in formats if f.strip()]
-        known = {e.lstrip(".") for e in IMAGE_EXTENSIONS} | set(FORMAT_ALIASES.values()) | {"mpo"}
+        known = ({e.lstrip(".") for e in IMAGE_EXTENSIONS} | set(FORMAT_ALIASES.values()) | {"mpo"}
+                 | VIDEO_FORMATS | {"video", "photo"})
         if unknown := [k for k in kinds if k not in known]:
-            raise UsageError(f"unknown --type {', '.join(unknown)}: use extensions or format names such as "
-                             "jpg, png, heic, webp, tiff, gif")
+            raise UsageError(f"unknown --type {', '.join(unknown)}: use video, photo, extensions or format names "
+                             "such as jpg, png, heic, webp, tiff, gif, mp4")
         for folder in within:
             if not os.path.lexists(paths.resolve(folder)):
                 raise UsageError(f"--in {os.fspath(folder)}: no such folder")
@@ -128,7 +152,7 @@ class Filters:
             return False
         if self.within and not paths.under(row.path, self.within):
             return False
-        if self.formats and (row.format or "") not in self.formats:
+        if self.formats and not _format_wanted(row.format or "", self.formats):
             return False
         if self.min_width and (row.width or 0) < self.min_width:
             return False
@@ -189,14 +213,15 @@ def row_date(row: ImageRecord) -> dt.datetime:
 def rank(store: Store, index: VectorIndex, query: np.ndarray, top: int, filters: Filters = Filters(),
          min_score: float | None = None, z: float = DEFAULT_Z, exclude_ids: frozenset[int] = frozenset(),
          alternatives: np.ndarray | None = None, logit_scale: float = relevance.DEFAULT_LOGIT_SCALE,
-         closest: int = 5) -> Ranking:
+         closest: int = 5, all_moments: bool = False) -> Ranking:
     """The `top` most relevant images for `query` (a normalised vector) that pass `filters`.
 
     `alternatives` (texts' vectors, relevance.background_prompts) makes it a text query, decided
     per photo by CLIP's zero-shot comparison; without them (image queries, `similar`) the robust
     cutoff decides, capped at a near-copy's score. `min_score` shows what scores at least that
     instead, each result still marked `relevant` by the default decision. When nothing is relevant,
-    `Ranking.closest` holds the `closest` best-scoring photos the filters allow.
+    `Ranking.closest` holds the `closest` best-scoring photos the filters allow. A video appears once,
+    at its best moment, unless `all_moments` lists each of its matching moments (moments.py).
     """
     if min_score is not None and not math.isfinite(min_score):  # NaN passes every comparison as False
         raise UsageError(f"--min-score must be a number (a cosine, -1 to 1), not {min_score}")
@@ -223,17 +248,28 @@ def rank(store: Store, index: VectorIndex, query: np.ndarray, top: int, filters:
     if min_score is not None:
         floor = min(min_score, 1.0)
         method, cutoff = "min-score", floor
+    grouped = moments.Grouped()
     kept, cut, near = _collect(store, index, query, top, filters.accepts, decide, floor, min_score is not None,
-                               exclude_ids, closest, needs_vectors=alternatives is not None)
-    results = [_result(n + 1, s, row, ok) for n, (s, row, ok) in enumerate(kept)]
-    nearest = [] if results else [_result(n + 1, s, row, False) for n, (s, row, _) in enumerate(near)]
+                               exclude_ids, closest, alternatives is not None, grouped, all_moments)
+
+    def result(n: int, s: float, row: ImageRecord, ok: bool) -> SearchResult:
+        m = grouped.moment.get(row.id)
+        out = _result(n + 1, s, row, ok)
+        return out if m is None else dataclasses.replace(out, time=m.time_s,
+                                                         moments=tuple(grouped.others.get(row.id, ())))
+
+    results = [result(n, s, row, ok) for n, (s, row, ok) in enumerate(kept)]
+    nearest = [] if results else [result(n, s, row, False) for n, (s, row, _) in enumerate(near)]
     return Ranking(results, cutoff, method, cut, stats, nearest)
+
+
+Hit = tuple[float, ImageRecord, bool]  # (score, row, relevant)
 
 
 def _collect(store: Store, index: VectorIndex, query: np.ndarray, top: int, accepts: Callable[[ImageRecord], bool],
              decide: Callable[[np.ndarray, np.ndarray], np.ndarray], floor: float | None, by_floor: bool,
-             exclude_ids: frozenset[int], closest: int, needs_vectors: bool = False
-             ) -> tuple[list[tuple[float, ImageRecord, bool]], int, list[tuple[float, ImageRecord, bool]]]:
+             exclude_ids: frozenset[int], closest: int, needs_vectors: bool, grouped: moments.Grouped,
+             all_moments: bool) -> tuple[list[Hit], int, list[Hit]]:
     """(kept, how many the decision removed, the closest few the filters allow).
 
     `decide(vectors, scores)` says which hits are relevant; the hits' stored vectors are read only
@@ -250,8 +286,9 @@ def _collect(store: Store, index: VectorIndex, query: np.ndarray, top: int, acce
                 else np.zeros((len(hits), len(query)), np.float32))
         relevant = decide(vecs, np.asarray([s for s, _ in hits], dtype=np.float32)) if hits else np.zeros(0, bool)
         rows = store.images(i for _, i in hits)
-        allowed = [(s, rows[i], bool(ok)) for (s, i), ok in zip(hits, relevant, strict=True)
-                   if i in rows and accepts(rows[i])]
+        found = moments.group(store, [(s, rows[i], bool(ok)) for (s, i), ok in zip(hits, relevant, strict=True)
+                                      if i in rows and accepts(rows[i])], all_moments)
+        grouped.moment, grouped.others, allowed = found.moment, found.others, found.hits
         kept = [(s, r, ok) for s, r, ok in allowed if (floor is not None and s >= floor if by_floor else ok)]
         # Scores only fall from here: once a widening finds nothing relevant in its new part, or
         # the scores drop under the floor, looking further cannot find more.

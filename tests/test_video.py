@@ -11,6 +11,7 @@ import shutil
 import sqlite3
 from pathlib import Path
 
+import numpy as np
 import pytest
 import videos
 from click.testing import CliRunner
@@ -148,3 +149,16 @@ def test_without_pyav_videos_are_skipped_with_one_clear_note(clips: Path, tmp_pa
     out = _index(str(photo_dir))
     assert "48 new" in out and "3 videos skipped: no video decoder" in out and "clipsearch[video]" in out, out
     assert out.count("pip install") == 1
+
+
+def test_ray_carries_a_videos_frames_back_to_the_driver(clips: Path, tiny_embedder: object) -> None:
+    from clipsearch.ingest import local_executor, ray_executor, scan
+
+    clip = clips / "plain.mp4"
+    files = [scan.FoundFile(str(clip), clip.stat().st_size, clip.stat().st_mtime_ns)]
+    results = list(local_executor.embed_files(files, tiny_embedder, 10**8))  # type: ignore[arg-type]
+    batch = ray_executor.encode(results, np.arange(1), 64)
+    (_, back), = ray_executor.decode(batch, files)
+    assert results[0].video is not None and back.video is not None
+    assert back.video.times == results[0].video.times and len(back.video.times) >= 2
+    np.testing.assert_allclose(back.video.vectors, results[0].video.vectors, atol=1e-6)

@@ -162,3 +162,14 @@ def test_ray_carries_a_videos_frames_back_to_the_driver(clips: Path, tiny_embedd
     assert results[0].video is not None and back.video is not None
     assert back.video.times == results[0].video.times and len(back.video.times) >= 2
     np.testing.assert_allclose(back.video.vectors, results[0].video.vectors, atol=1e-6)
+
+
+def test_a_videos_frames_tag_the_video_and_duplicates_compare_files_not_moments(library: Path) -> None:
+    from clipsearch.tags.workflow import fold_frames
+
+    ids, tags = fold_frames([1, 2, 3, 9], [[("red", 0.3)], [("blue", 0.4), ("red", 0.2)], [("cat", 0.5)], []],
+                            {2: 1, 9: 7})
+    assert ids == [1, 3] and tags == [[("blue", 0.4), ("red", 0.3)], [("cat", 0.5)]]
+    dupes = runner.invoke(app, ["duplicates", "--similar", "--json"])
+    assert dupes.exit_code in (0, 1), dupes.output
+    assert "#t=" not in dupes.stdout

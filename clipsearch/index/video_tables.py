@@ -88,3 +88,8 @@ def frame_near(db: sqlite3.Connection, moment: str) -> int | None:
                      "WHERE v.path = ? AND v.video_id IS NULL ORDER BY abs(coalesce(f.time_s, 0) - ?) LIMIT 1",
                      [path_columns(video_path)[0], time_s]).fetchone()
     return int(row[0]) if row else None
+
+
+def frame_owners(db: sqlite3.Connection) -> dict[int, int]:
+    """Each later frame's row id -> its video's row id (tagging folds frames into their video)."""
+    return {int(f): int(v) for f, v in db.execute("SELECT id, video_id FROM images WHERE video_id IS NOT NULL")}

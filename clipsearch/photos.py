@@ -14,6 +14,7 @@ from typing import TYPE_CHECKING
 
 from clipsearch import paths
 from clipsearch.index import roots as index_roots
+from clipsearch.index import video_tables
 from clipsearch.index.lock import write_lock
 from clipsearch.index.records import ImageRecord
 from clipsearch.index.store import Store
@@ -48,7 +49,8 @@ def browse(lib: Library, *, tag: str | None = None, offset: int = 0, limit: int 
         if tag:
             ids, total = store.tags.page_with_tag(tag, offset, limit)
         else:
-            ids, total = store.page_newest(offset, limit), store.count()
+            # Files: a video's later frames are rows, not files of their own (docs/video.md).
+            ids, total = store.page_newest(offset, limit), store.count() - video_tables.counts(store.db)[1]
         rows = store.images(ids)
         return [rows[i] for i in ids if i in rows], total
 

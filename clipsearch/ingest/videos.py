@@ -2,8 +2,9 @@
 
 Frames are decoded at SAMPLE_FPS at most (every frame is decoded, as H.264 requires, but only
 the sampled ones are converted, straight to the model's input size by FFmpeg's scaler), rotated
-as the stream's display matrix says, embedded in batches, and kept when their cosine to the last
-kept frame falls below KEEP_BELOW, at most MAX_PER_MINUTE a minute and always at least one per
+as the stream's display matrix says. A sample whose 8x8 colour means have not moved by GATE since
+the last embedded one is not embedded at all (the model costs more than decoding); the others are
+embedded in batches and kept when their cosine to the last kept frame falls below KEEP_BELOW, at most MAX_PER_MINUTE a minute and always at least one per
 video. docs/video.md gives the measurements behind the numbers. PyAV (`clipsearch[video]`) is
 imported only when a video is met; without it videos are skipped with that reason.
 """
@@ -27,6 +28,7 @@ from clipsearch.model.embedder import Embedder
 from clipsearch.model.identity import Preprocess
 
 SAMPLE_FPS = 2.0  # frames looked at per second of video
+GATE = 8.0  # a sample is embedded only when its 8x8 colour means moved this much (of 255) since the last one
 KEEP_BELOW = 0.92  # a frame is kept when its cosine to the last kept frame is below this
 MAX_PER_MINUTE = 30  # kept frames per minute of video at most
 BATCH = 16
@@ -121,6 +123,12 @@ def _pixels(frame: Any, pre: Preprocess, meta: _Meta) -> np.ndarray:
     return _fit(Image.fromarray(rgb), pre)
 
 
+def signature(pixels: np.ndarray) -> np.ndarray:
+    """The 8x8 grid of mean colours of model-ready pixels: what the embedding gate compares."""
+    s = pixels.shape[0] // 8 * 8
+    return pixels[:s, :s].reshape(8, s // 8, 8, s // 8, 3).mean(axis=(1, 3))
+
+
 def choose(times: list[float], vectors: np.ndarray) -> list[int]:
     """Indices of the frames kept: the first, then each that differs enough from the last kept one,
     MAX_PER_MINUTE per minute of video at most."""
@@ -156,7 +164,12 @@ def index_video(f: scan.FoundFile, fp: str, embedder: Embedder,
                 timing.append(time.perf_counter() - t0)
             batch.clear()
 
+    last_sig: np.ndarray | None = None
     for t, pixels in sample(f.path, embedder.preprocess, meta):
+        sig = signature(pixels)
+        if last_sig is not None and float(np.abs(sig - last_sig).mean()) < GATE:
+            continue  # the picture has not changed enough for the model to see anything new
+        last_sig = sig
         times.append(t)
         batch.append(pixels)
         if len(batch) >= BATCH:

@@ -1,12 +1,13 @@
 """Indexing one video: frames sampled cheaply, embedded, and kept only where the content changes.
 
-Frames are decoded at SAMPLE_FPS at most (every frame is decoded, as H.264 requires, but only
-the sampled ones are converted, straight to the model's input size by FFmpeg's scaler), rotated
-as the stream's display matrix says. A sample whose 8x8 colour means have not moved by GATE since
-the last embedded one is not embedded at all (the model costs more than decoding); the others are
-embedded in batches and kept when their cosine to the last kept frame falls below KEEP_BELOW, at most MAX_PER_MINUTE a minute and always at least one per
-video. docs/video.md gives the measurements behind the numbers. PyAV (`clipsearch[video]`) is
-imported only when a video is met; without it videos are skipped with that reason.
+Frames are decoded at SAMPLE_FPS at most (every frame is decoded, as H.264 requires, but only the
+sampled ones are converted, straight to the model's input size by FFmpeg's scaler), rotated as
+the stream's display matrix says. A sample whose 8x8 colour means have not moved by GATE since the
+last embedded one is not embedded at all (the model costs more than decoding); the others are
+embedded in batches and kept when their cosine to the last kept frame falls below KEEP_BELOW, at
+most MAX_PER_MINUTE a minute and always at least one per video. docs/video.md gives the
+measurements behind the numbers. PyAV (`clipsearch[video]`) is imported only when a video is met;
+without it videos are skipped with that reason.
 """
 
 from __future__ import annotations

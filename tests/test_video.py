@@ -173,3 +173,18 @@ def test_a_videos_frames_tag_the_video_and_duplicates_compare_files_not_moments(
     dupes = runner.invoke(app, ["duplicates", "--similar", "--json"])
     assert dupes.exit_code in (0, 1), dupes.output
     assert "#t=" not in dupes.stdout
+
+
+def test_the_display_matrix_is_applied_so_frames_are_embedded_upright(tmp_path: Path, tiny_embedder: object) -> None:
+    from clipsearch.ingest import videos as decoder
+
+    segments = [("white", "triangle", 1.0)]
+    plain = videos.write_clip(tmp_path / "plain.mp4", segments, size=(64, 64), seed=7)
+    turned = videos.write_clip(tmp_path / "turned.mp4", segments, size=(64, 64), seed=7, rotate=90)
+    pre = tiny_embedder.preprocess  # type: ignore[attr-defined]
+    meta = decoder._Meta()
+    a = next(iter(decoder.sample(str(plain), pre, decoder._Meta())))[1].astype(float)
+    b = next(iter(decoder.sample(str(turned), pre, meta)))[1].astype(float)
+    assert meta.rotation == 90
+    diffs = [float(np.abs(np.rot90(a, k) - b).mean()) for k in range(4)]
+    assert int(np.argmin(diffs)) == 0, diffs  # upright as recorded, not as stored

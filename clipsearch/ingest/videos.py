@@ -32,7 +32,7 @@ SAMPLE_FPS = 2.0  # frames looked at per second of video
 GATE = 8.0  # a sample is embedded only when its 8x8 colour means moved this much (of 255) since the last one
 KEEP_BELOW = 0.92  # a frame is kept when its cosine to the last kept frame is below this
 MAX_PER_MINUTE = 30  # kept frames per minute of video at most
-BATCH = 16
+BATCH = 8  # small: the model starts on a video's first changes while the rest decodes
 
 
 def available() -> bool:
@@ -151,31 +151,37 @@ def index_video(f: scan.FoundFile, fp: str, embedder: Embedder,
     if not available():
         raise SkipFile(NO_DECODER, NO_DECODER_DETAIL)
     import time
+    from concurrent.futures import Future, ThreadPoolExecutor
 
     meta = _Meta()
     times: list[float] = []
-    vecs: list[np.ndarray] = []
+    pending: list[Future[np.ndarray]] = []
     batch: list[np.ndarray] = []
 
-    def flush() -> None:
-        if batch:
-            t0 = time.perf_counter()
-            vecs.extend(embedder.embed_images(np.stack(batch)))
-            if timing is not None:
-                timing.append(time.perf_counter() - t0)
-            batch.clear()
+    def embed(pixels: np.ndarray) -> np.ndarray:
+        t0 = time.perf_counter()
+        out = embedder.embed_images(pixels)
+        if timing is not None:
+            timing.append(time.perf_counter() - t0)
+        return out
 
-    last_sig: np.ndarray | None = None
-    for t, pixels in sample(f.path, embedder.preprocess, meta):
-        sig = signature(pixels)
-        if last_sig is not None and float(np.abs(sig - last_sig).mean()) < GATE:
-            continue  # the picture has not changed enough for the model to see anything new
-        last_sig = sig
-        times.append(t)
-        batch.append(pixels)
-        if len(batch) >= BATCH:
-            flush()
-    flush()
+    # The model runs on its own thread while decoding goes on (both release the GIL): on 2 cores
+    # neither keeps both busy alone.
+    with ThreadPoolExecutor(1, thread_name_prefix="clipsearch-video-embed") as pool:
+        last_sig: np.ndarray | None = None
+        for t, pixels in sample(f.path, embedder.preprocess, meta):
+            sig = signature(pixels)
+            if last_sig is not None and float(np.abs(sig - last_sig).mean()) < GATE:
+                continue  # the picture has not changed enough for the model to see anything new
+            last_sig = sig
+            times.append(t)
+            batch.append(pixels)
+            if len(batch) >= BATCH:
+                pending.append(pool.submit(embed, np.stack(batch)))
+                batch = []
+        if batch:
+            pending.append(pool.submit(embed, np.stack(batch)))
+        vecs = [v for future in pending for v in future.result()]
     matrix = np.stack(vecs).astype(np.float32)
     kept = choose(times, matrix)
     note = ""

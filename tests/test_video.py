@@ -188,3 +188,15 @@ def test_the_display_matrix_is_applied_so_frames_are_embedded_upright(tmp_path: 
     assert meta.rotation == 90
     diffs = [float(np.abs(np.rot90(a, k) - b).mean()) for k in range(4)]
     assert int(np.argmin(diffs)) == 0, diffs  # upright as recorded, not as stored
+
+
+def test_pyav_is_imported_only_when_a_video_is_seen(photo_dir: Path, isolated: Path) -> None:
+    import os
+    import subprocess
+    import sys
+
+    code = ("import sys\nfrom clipsearch import Library\nLibrary().index([sys.argv[1]])\n"
+            "assert 'av' not in sys.modules, 'PyAV was imported for photos'")
+    result = subprocess.run([sys.executable, "-c", code, str(photo_dir)], capture_output=True, text=True,
+                            timeout=300, env={**os.environ, "CLIPSEARCH_HOME": str(isolated)})
+    assert result.returncode == 0, result.stderr

@@ -21,7 +21,7 @@ from clipsearch import config, paths
 from clipsearch.config import DEFAULT_MAX_PIXELS
 from clipsearch.encoders import Encoders
 from clipsearch.errors import IndexMissingError, UsageError
-from clipsearch.formats import IMAGE_EXTENSIONS
+from clipsearch.formats import IMAGE_EXTENSIONS, is_video
 from clipsearch.index import roots as index_roots
 from clipsearch.index import video_tables
 from clipsearch.index.faults import guarded
@@ -294,9 +294,15 @@ class Library:
                 similar_window_s=duplicates.SIMILAR_WINDOW_S if similar_window_s is None else similar_window_s)
 
     def thumbnail_of(self, image_id: int, path: str, mtime_ns: int) -> Path | None:
-        """A cached 256 px JPEG preview of an indexed photo (made on first use), or None when unreadable."""
+        """A cached 256 px JPEG preview of an indexed photo (made on first use), or None when unreadable.
+        A video's row (or a frame's, `VIDEO#t=SECONDS`) shows its frame at that moment."""
         from clipsearch.ingest import thumbnails
 
+        video, mark, at = path.rpartition("#t=")
+        if mark and is_video(video) and at.replace(".", "", 1).isdigit():
+            return thumbnails.video_thumbnail(self.path / "thumbs", image_id, video, mtime_ns, float(at))
+        if is_video(path):
+            return thumbnails.video_thumbnail(self.path / "thumbs", image_id, path, mtime_ns, 0.0)
         return thumbnails.thumbnail(self.path / "thumbs", image_id, path, mtime_ns)
 
     def thumbnail(self, result: ranking.SearchResult) -> Path | None:

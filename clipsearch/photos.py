@@ -7,12 +7,14 @@ SQL they need lives in the store.
 
 from __future__ import annotations
 
+import dataclasses
 import os
 from collections.abc import Iterable
 from dataclasses import dataclass
 from typing import TYPE_CHECKING
 
 from clipsearch import paths
+from clipsearch.formats import is_video
 from clipsearch.index import roots as index_roots
 from clipsearch.index import video_tables
 from clipsearch.index.lock import write_lock
@@ -37,6 +39,13 @@ def photo(lib: Library, image_id: int) -> Photo | None:
     with Store.open(lib.path) as store:
         row = store.images([image_id]).get(image_id)
         return None if row is None else Photo(row, store.tags.tags_of([image_id])[image_id])
+
+
+def file_row(row: ImageRecord) -> ImageRecord:
+    """The row of the file behind `row`: a video frame's (`VIDEO#t=SECONDS`) is its video's, with the
+    same size and mtime, so the gallery's checks that a file is the one indexed still apply."""
+    video, mark, _ = row.path.rpartition("#t=")
+    return dataclasses.replace(row, path=video) if mark and is_video(video) else row
 
 
 def browse(lib: Library, *, tag: str | None = None, offset: int = 0, limit: int = 60

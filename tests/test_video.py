@@ -200,3 +200,25 @@ def test_pyav_is_imported_only_when_a_video_is_seen(photo_dir: Path, isolated: P
     result = subprocess.run([sys.executable, "-c", code, str(photo_dir)], capture_output=True, text=True,
                             timeout=300, env={**os.environ, "CLIPSEARCH_HOME": str(isolated)})
     assert result.returncode == 0, result.stderr
+
+
+def test_the_gallery_shows_a_moments_frame_and_serves_only_the_indexed_video(library: Path) -> None:
+    from conftest import TINY_MODEL
+    from starlette.testclient import TestClient
+
+    from clipsearch.serve import Gallery, create_app
+    from clipsearch.serve.security import COOKIE
+
+    index = Path(str(json.loads(runner.invoke(app, ["status", "--json"]).stdout)["index"]))
+    g = Gallery(index, model=TINY_MODEL)
+    with TestClient(create_app(g), base_url="http://127.0.0.1:8765") as client:
+        client.cookies.set(COOKIE, g.token)
+        found = client.get("/api/search", params={"q": "a blue square", "type": "video"}).json()["results"]
+        assert sorted(r["name"] for r in found) == ["plain.mp4", "sound.mkv", "turned.mov"]
+        frame = next(r for r in found if r["name"] == "plain.mp4")
+        assert client.get(f"/api/photo/{frame['id']}/thumb").headers["content-type"] == "image/jpeg"
+        video = client.get(f"/api/photo/{frame['id']}/original")
+        assert video.status_code == 200 and video.headers["content-type"] == "video/mp4"
+        assert video.content == (library / "clips" / "plain.mp4").read_bytes()
+        (library / "clips" / "plain.mp4").write_bytes(b"changed since")  # not the file that was indexed
+        assert client.get(f"/api/photo/{frame['id']}/original").status_code == 404

@@ -61,7 +61,7 @@ async def _thumb(gallery: Gallery, request: Request) -> Response:
         cached = gallery.path / "thumbs" / f"{row.id}-{row.mtime_ns}.jpg"
         if cached.exists():
             return cached
-        f = files.open_indexed(row)  # only the file that was indexed, not whatever is at its path now
+        f = files.open_indexed(photos.file_row(row))  # only the file that was indexed, not what is there now
         if f is None:
             return None
         f.close()
@@ -80,7 +80,7 @@ async def _view(gallery: Gallery, request: Request) -> Response:
 
 async def _original(gallery: Gallery, request: Request) -> Response:
     found = await run_in_threadpool(photos.photo, gallery.reader, request.path_params["id"])
-    f = None if found is None else files.open_indexed(found.row)
+    f = None if found is None else files.open_indexed(photos.file_row(found.row))  # a frame: its video
     if found is None or f is None:
         return json_reply({"error": "this photo's file is gone or has changed since it was indexed"}, 404)
     media = files.MEDIA_TYPES.get(found.row.format or "", "application/octet-stream")

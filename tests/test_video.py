@@ -220,5 +220,9 @@ def test_the_gallery_shows_a_moments_frame_and_serves_only_the_indexed_video(lib
         video = client.get(f"/api/photo/{frame['id']}/original")
         assert video.status_code == 200 and video.headers["content-type"] == "video/mp4"
         assert video.content == (library / "clips" / "plain.mp4").read_bytes()
+        info = client.get(f"/api/photo/{frame['id']}").json()
+        assert info["name"] == "plain.mp4" and 3.0 <= info["time"] < 6.0 and info["available"]
+        assert frame["type"] == "video" and frame["time"] == info["time"]
+        assert client.get(f"/api/photo/{frame['id']}/view").headers["content-type"] == "image/jpeg"
         (library / "clips" / "plain.mp4").write_bytes(b"changed since")  # not the file that was indexed
         assert client.get(f"/api/photo/{frame['id']}/original").status_code == 404

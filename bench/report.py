@@ -222,6 +222,28 @@ def serve_section(data: dict) -> str:
     return "\n".join(lines)
 
 
+def video_section(data: dict) -> str:
+    w, h = data["size"]
+    lines = ["## Video indexing", "", f"Machine: {_machine(data['machine'])}.", "",
+             f"`bench/bench_video.py`: phone-like {w}x{h} H.264 clips at {data['fps']} fps (High profile, B-frames),",
+             "panning over scikit-image's photographs with a cut every 5 s, indexed by `videos.index_video` with",
+             f"{data['model']}. **Limit** is measured in the same run: decoding alone at the sizes used (the same",
+             "sampler, no model) plus the model's time per kept frame; **of limit** = limit ÷ index time.",
+             f"Frames are sampled at {data['sample_fps']:g} fps and kept below cosine {data['keep_below']}"
+             " (docs/video.md).", "",
+             "| clip | video s | sampled | kept | kept/min | decode s | model ms/frame | limit s | index s "
+             "| real time × | **of limit** |",
+             "|---|---|---|---|---|---|---|---|---|---|---|"]
+    for r in data["rows"]:
+        lines.append(f"| {r['clip']} | {r['seconds']:g} | {r['sampled']} | {r['kept']} | {r['kept_per_minute']:.0f} | "
+                     f"{r['decode_s']:.2f} | {r['model_s_per_frame'] * 1000:.1f} | {r['limit_s']:.2f} | "
+                     f"{r['index_s']:.2f} | {r['rtf']:.1f} | **{r['of_limit']:.2f}** |")
+    s = data["summary"]
+    lines += ["", f"Mean: {s['rtf']:.1f}× real time, **{s['of_limit']:.2f} of the limit** (target ≥ 0.8), "
+              f"{s['kept_per_minute']:.0f} frames kept per minute of video.", ""]
+    return "\n".join(lines)
+
+
 def _kept_sections(generated: str) -> list[str]:
     """Sections of the current doc that no result file generates (written by hand with their own
     script, e.g. the fault checks of bench_faults.py): kept as they are, after the generated ones."""
@@ -242,7 +264,8 @@ def _kept_sections(generated: str) -> list[str]:
 def main() -> None:
     parts = [INTRO]
     for name, render in (("index", index_section), ("reindex", reindex_section), ("query", query_section),
-                         ("tagging", tagging_section), ("ray", ray_section), ("serve", serve_section)):
+                         ("tagging", tagging_section), ("ray", ray_section), ("serve", serve_section),
+                         ("video", video_section)):
         data = _load(name)
         if data is None:
             print(f"no bench/results/{name}.json: run bench/bench_{name}.py", file=sys.stderr)

@@ -24,6 +24,7 @@ from clipsearch.encoders import Encoders
 from clipsearch.errors import IndexMissingError, UsageError
 from clipsearch.formats import IMAGE_EXTENSIONS
 from clipsearch.index import roots as index_roots
+from clipsearch.index import video_tables
 from clipsearch.index.faults import guarded
 from clipsearch.index.lock import write_lock
 from clipsearch.index.readers import KeptStores
@@ -215,11 +216,13 @@ class Library:
               before: dt.datetime | None = None, formats: Iterable[str] = (), min_width: int = 0,
               near: str | None = None, camera: str | None = None, min_score: float | None = None,
               z: float = DEFAULT_Z, sort: str = "score",
-              similar_to: str | os.PathLike[str] | None = None, tags: Iterable[str] = ()) -> ranking.QueryResult:
+              similar_to: str | os.PathLike[str] | None = None, tags: Iterable[str] = (),
+              all_moments: bool = False) -> ranking.QueryResult:
         """Search with everything the CLI offers: query arithmetic, filters, the relevance cutoff.
 
         `text` may combine parts: "beach + sunset - people", "2:dog + cat", or image paths.
         `similar_to` names an indexed photo whose stored vector is the query (no re-embedding).
+        A video appears once, at its best moment; `all_moments` lists each matching moment.
         """
         if top < 1:
             raise UsageError("--top must be at least 1")
@@ -256,6 +259,7 @@ class Library:
                 filters = dataclasses.replace(filters, ids=frozenset(store.tags.ids_with_tags(wanted_tags)))
             found = ranking.rank(store, index, vector, top, filters, min_score, z, exclude, alternatives,
                                  relevance.logit_scale_of(store.meta("logit_scale")),
+                                 all_moments=all_moments,
                                  logit_bias=relevance.logit_bias_of(store.meta("logit_bias")))
             if sort == "date":
                 found.results = ranking.sort_by_date(found.results)
@@ -267,6 +271,8 @@ class Library:
         """An indexed photo as the query: its stored vector, and itself left out of the results."""
         path = paths.resolve(photo)
         image_id = store.id_for_path(path)
+        if image_id is None:  # VIDEO#t=SECONDS: the video's kept frame nearest that moment
+            image_id = video_tables.frame_near(store.db, path)
         if image_id is None:
             raise UsageError(f"{paths.display(path)} is not in the index; index it first, or use "
                              "`clipsearch query --image` for a photo from elsewhere")
@@ -298,13 +304,18 @@ class Library:
                 similar_window_s=duplicates.SIMILAR_WINDOW_S if similar_window_s is None else similar_window_s)
 
     def thumbnail_of(self, image_id: int, path: str, mtime_ns: int) -> Path | None:
-        """A cached 256 px JPEG preview of an indexed photo (made on first use), or None when unreadable."""
+        """A cached 256 px JPEG preview of an indexed photo (made on first use), or None when unreadable.
+        A video's row (or a frame's, `VIDEO#t=SECONDS`) shows its frame at that moment."""
         from clipsearch.ingest import thumbnails
 
-        return thumbnails.thumbnail(self.path / "thumbs", image_id, path, mtime_ns)
+        return thumbnails.of_row(self.path / "thumbs", image_id, path, mtime_ns)
 
     def thumbnail(self, result: ranking.SearchResult) -> Path | None:
-        return self.thumbnail_of(result.id, result.path, int(result.modified.timestamp() * 1e9))
+        """A result's preview; a video's is its frame at the result's moment (decoded again)."""
+        from clipsearch.ingest import thumbnails
+
+        return thumbnails.of_row(self.path / "thumbs", result.id, result.path, int(result.modified.timestamp() * 1e9),
+                                 result.time)
 
     # --- tags -----------------------------------------------------------------------------------
 

@@ -7,13 +7,16 @@ SQL they need lives in the store.
 
 from __future__ import annotations
 
+import dataclasses
 import os
 from collections.abc import Iterable
 from dataclasses import dataclass
 from typing import TYPE_CHECKING
 
 from clipsearch import paths
+from clipsearch.formats import is_video
 from clipsearch.index import roots as index_roots
+from clipsearch.index import video_tables
 from clipsearch.index.lock import write_lock
 from clipsearch.index.records import ImageRecord
 from clipsearch.index.store import Store
@@ -38,6 +41,13 @@ def photo(lib: Library, image_id: int) -> Photo | None:
         return None if row is None else Photo(row, store.tags.tags_of([image_id])[image_id])
 
 
+def file_row(row: ImageRecord) -> ImageRecord:
+    """The row of the file behind `row`: a video frame's (`VIDEO#t=SECONDS`) is its video's, with the
+    same size and mtime, so the gallery's checks that a file is the one indexed still apply."""
+    video, mark, _ = row.path.rpartition("#t=")
+    return dataclasses.replace(row, path=video) if mark and is_video(video) else row
+
+
 def browse(lib: Library, *, tag: str | None = None, offset: int = 0, limit: int = 60
            ) -> tuple[list[ImageRecord], int]:
     """A page of photos without a query, and how many there are in all.
@@ -48,7 +58,8 @@ def browse(lib: Library, *, tag: str | None = None, offset: int = 0, limit: int 
         if tag:
             ids, total = store.tags.page_with_tag(tag, offset, limit)
         else:
-            ids, total = store.page_newest(offset, limit), store.count()
+            # Files: a video's later frames are rows, not files of their own (docs/video.md).
+            ids, total = store.page_newest(offset, limit), store.count() - video_tables.counts(store.db)[1]
         rows = store.images(ids)
         return [rows[i] for i in ids if i in rows], total
 

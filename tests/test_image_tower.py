@@ -19,7 +19,7 @@ from clipsearch import Library
 from clipsearch.ingest import images
 from clipsearch.model import image_export, image_tower
 from clipsearch.model.embedder import Embedder
-from clipsearch.model.text_export import _fp32_model
+from clipsearch.model.text_export import fp32_model
 
 
 @pytest.fixture(scope="module")
@@ -50,7 +50,7 @@ def _open_clip_vector(embedder: Embedder, path: Path) -> np.ndarray:
     tf = image_transform(pre.size, is_train=False, mean=pre.mean, std=pre.std)
     with torch.no_grad():
         x = tf(Image.open(path).convert("RGB"))[None]
-        v = _fp32_model(embedder).encode_image(x)
+        v = fp32_model(embedder, "image").encode_image(x)
     return torch.nn.functional.normalize(v, dim=-1)[0].numpy()
 
 

@@ -166,7 +166,7 @@ def test_the_export_reference_is_fp32_even_for_a_bf16_embedder() -> None:
     import torch
 
     emb = Embedder(names.parse(TINY_MODEL), device="cpu", precision="bf16")
-    fp32 = text_export._fp32_model(emb)
+    fp32 = text_export.fp32_model(emb)
     stored = open_clip.create_model(TINY_MODEL, weights_only=True).state_dict()
     assert next(emb.model.visual.parameters()).dtype == torch.bfloat16
     for name, tensor in fp32.state_dict().items():

@@ -14,6 +14,7 @@ from pathlib import Path
 from typing import TYPE_CHECKING
 from urllib.parse import quote
 
+from clipsearch.formats import NO_DECODER, NO_DECODER_DETAIL
 from clipsearch.paths import display as display_path
 
 if TYPE_CHECKING:
@@ -54,13 +55,28 @@ def results_table(results: Sequence[SearchResult], width: int | None = None) -> 
                 table.add_column(name, justify="right" if name == "size" else "left", style="dim", no_wrap=True)
         for r in results:
             # The link carries the real path; the text is shortened (relative, ~, then from the left).
-            link = "file://" + quote(os.fsencode(r.path))
+            link = file_link(r)
             extra = {"date": r.date[:10], "size": human_bytes(r.size)}
-            table.add_row(str(r.rank), f"{r.score:.3f}", Text(path_text(r.path), style=f"link {link}"),
+            shown = path_text(r.path) + ("" if r.time is None else f" @ {clock(r.time)}")
+            table.add_row(str(r.rank), f"{r.score:.3f}", Text(shown, style=f"link {link}"),
                           *(v for k, v in extra.items() if k not in dropped))
         return table
 
     return fit.fit(build, ("size", "date"), width)
+
+
+def clock(seconds: float) -> str:
+    """A video's moment as m:ss.s (h:mm:ss past an hour)."""
+    minutes, secs = divmod(seconds, 60)
+    if minutes >= 60:
+        return f"{int(minutes // 60)}:{int(minutes % 60):02d}:{int(secs):02d}"
+    return f"{int(minutes)}:{secs:04.1f}"
+
+
+def file_link(r: SearchResult) -> str:
+    """A file:// address; a video's carries its moment as a media fragment (#t=SECONDS)."""
+    link = "file://" + quote(os.fsencode(r.path))
+    return link if r.time is None else f"{link}#t={r.time:.3f}"
 
 
 def short_path(path: str) -> str:
@@ -70,8 +86,9 @@ def short_path(path: str) -> str:
 
 
 def results_plain(results: Sequence[SearchResult]) -> str:
-    """score<TAB>path lines: the default when stdout is not a terminal."""
-    return "".join(f"{r.score:.4f}\t{display_path(r.path)}\n" for r in results)
+    """score<TAB>path lines (a video's adds <TAB>its moment in seconds): the default in a pipe."""
+    return "".join(f"{r.score:.4f}\t{display_path(r.path)}" + ("" if r.time is None else f"\t{r.time:.3f}")
+                   + "\n" for r in results)
 
 
 def results_paths(results: Sequence[SearchResult], null: bool = False) -> str:
@@ -135,6 +152,13 @@ def index_summary(s: IndexSummary, wall: float | None = None) -> str:
               f"{s.seconds - s.model_load_seconds:.1f}s, {s.images_per_second:.1f} images/s)") if s.embedded else ""
     total = s.seconds if wall is None else wall
     out = f"Indexed in {total:.1f}s{timing}: {line}. {plural(s.total, 'photo')} in the index.\n"
+    if s.videos:
+        out += f"Videos: {plural(s.videos, 'video')} indexed, {plural(s.video_frames, 'moment')} kept.\n"
+    for path, note in s.video_notes:
+        out += f"Partly decoded, the frames before kept: {short_path(path)}: {note}.\n"
+    if s.skipped.get(NO_DECODER):
+        out += (f"{plural(s.skipped[NO_DECODER], 'video')} skipped: no video decoder; "
+                f"{NO_DECODER_DETAIL}.\n")
     if s.skipped:
         reasons = ", ".join(f"{reason}: {n}" for reason, n in s.skipped.most_common())
         out += f"Skipped ({reasons}) — `clipsearch status --show-skipped` lists them.\n"
@@ -176,6 +200,7 @@ def status_text(st: Status) -> str:
         f"index:        {st.path}",
         f"model:        {model}",
         f"photos:       {st.images}",
+        *([f"videos:       {st.videos} ({plural(st.video_frames, 'moment')} kept)"] if st.videos else []),
         f"skipped:      {sum(st.skipped.values())}"
         + (f" ({', '.join(f'{r}: {n}' for r, n in st.skipped.items())})" if st.skipped else ""),
         f"size on disk: {human_bytes(st.bytes_on_disk)}",
@@ -248,10 +273,11 @@ def contact_sheet(results: Sequence[SearchResult], thumbs: Sequence[Path | None]
             img = f'<img src="data:image/jpeg;base64,{data}" alt="">'
         else:
             img = '<div class="missing">no preview</div>'
-        link = "file://" + quote(os.fsencode(r.path))
+        link = file_link(r)
+        moment = "" if r.time is None else f" · at {clock(r.time)}"
         figures.append(
             f'<figure><a href="{html.escape(link)}">{img}</a><figcaption><span class="score">#{r.rank} '
-            f'{r.score:.3f}</span> · {html.escape(r.date[:10])}<br>{html_path(r.path)}'
+            f'{r.score:.3f}</span> · {html.escape(r.date[:10])}{moment}<br>{html_path(r.path)}'
             "</figcaption></figure>")
     body = '<div class="grid">\n' + "\n".join(figures) + "\n</div>"
     return _HTML.format(title=html.escape(title), meta=html.escape(meta), body=body)

@@ -38,7 +38,8 @@ def _result_options(fn: F) -> F:
                      "capture time, else file time)."),
         click.option("--before", help="Taken before this date (same forms; --before 2020 means before "
                      "2020-01-01)."),
-        click.option("--type", "types", help="Only these formats, comma-separated: jpg,png,heic,…"),
+        click.option("--type", "types", help="Only these formats, comma-separated: jpg,png,heic,mp4,…; or "
+                     "'video' / 'photo'."),
         click.option("--min-width", type=int, default=0, help="Only photos at least this many pixels wide."),
         click.option("--camera", help="Only photos whose camera (EXIF make and model) contains this, e.g. "
                      "'iphone 13' (case ignored)."),
@@ -77,6 +78,8 @@ def _result_options(fn: F) -> F:
 @click.option("--sub", multiple=True, help="Subtract this text from the query (repeatable).")
 @_result_options
 @click.option("--tag", multiple=True, help="Only photos with this tag (repeatable: all of them).")
+@click.option("--moments", "all_moments", is_flag=True, help="List every matching moment of a video, not only "
+              "its best one.")
 @index_option
 @model_option
 @device_option
@@ -87,8 +90,8 @@ def query(text: str | None, image: tuple[str, ...], add: tuple[str, ...], sub: t
           camera: str | None, near: str | None, sort: str, min_score: float | None, fmt: str, as_json: bool,
           null: bool,
           html: Path | None, copy_to: Path | None, link_to: Path | None, open_best: bool, preview: bool,
-          tag: tuple[str, ...], index_path: Path | None, model: str | None, device: str | None,
-          precision: str | None) -> None:
+          tag: tuple[str, ...], all_moments: bool, index_path: Path | None, model: str | None,
+          device: str | None, precision: str | None) -> None:
     """Find photos matching a text, example photos, or a mix. Exits 1 when nothing is relevant.
 
     TEXT: words, an example photo's path, or parts like "beach + sunset - people" and "2:dog + cat".
@@ -97,7 +100,7 @@ def query(text: str | None, image: tuple[str, ...], add: tuple[str, ...], sub: t
     check_writable(html, "the contact sheet")
     lib = library(index_path, model, device, precision)
     found = lib.query(text, images=image, add=add, sub=sub, top=top, sort=sort, min_score=min_score, tags=tag,
-                      **_filters(within, after, before, types, min_width, camera, near))
+                      all_moments=all_moments, **_filters(within, after, before, types, min_width, camera, near))
     for line in found.notes:  # e.g. a Korean query against an English-only model
         err.print(f"note: {escape(line)}")
     _show(lib, found, "json" if as_json else fmt, null, html, text or "similar photos", preview)
@@ -113,7 +116,10 @@ def similar(photo: Path, top: int, within: tuple[Path, ...], after: str | None, 
             types: str | None, min_width: int, camera: str | None, near: str | None, sort: str,
             min_score: float | None, fmt: str, as_json: bool, null: bool, html: Path | None, copy_to: Path | None,
             link_to: Path | None, open_best: bool, preview: bool, index_path: Path | None) -> None:
-    """Photos most like PHOTO, an indexed photo, from its stored vector (no model needed)."""
+    """Photos most like PHOTO, an indexed photo, from its stored vector (no model needed).
+
+    PHOTO may be a video's moment, VIDEO#t=SECONDS: the kept frame nearest that time is the query.
+    """
     _check_output(fmt, as_json, null, copy_to, link_to)
     check_writable(html, "the contact sheet")
     lib = library(index_path)

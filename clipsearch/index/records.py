@@ -94,3 +94,32 @@ def decode_vector(blob: bytes) -> np.ndarray:
 def now() -> str:
     """The timestamps the index records: UTC, to the second."""
     return dt.datetime.now(dt.timezone.utc).isoformat(timespec="seconds")
+
+
+@dataclass(frozen=True)
+class VideoFrames:
+    """What a video adds to its `ImageRecord`: its metadata and its kept frames (schema step m008).
+
+    `times[0]`/`vectors[0]` are the frame the video's own row holds; the others become frame rows.
+    """
+
+    times: tuple[float, ...]
+    vectors: np.ndarray  # (frames, dim) float32, L2-normalised
+    duration_s: float | None = None
+    fps: float | None = None
+    rotation: int = 0
+    note: str = ""  # set when only part of the video could be decoded
+
+
+@dataclass(frozen=True)
+class Moment:
+    """Where a row sits in a video: the video's row id and path, and the frame's time in seconds."""
+
+    video_id: int
+    path: str
+    time_s: float
+
+
+def frame_path(video_path: str, time_s: float) -> str:
+    """A frame row's path: the video's with a media fragment, unique and readable (`clip.mp4#t=12.500`)."""
+    return f"{video_path}#t={time_s:.3f}"

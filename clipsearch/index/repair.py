@@ -24,7 +24,8 @@ from clipsearch.index.lock import write_lock
 
 DB_NAME = "clipsearch.db"
 # Copied in this order, so that what refers to an image comes after the images.
-TABLES = ["meta", "images", "vectors", "skipped", "runs", "query_cache", "label_vectors", "personal_tags", "tags"]
+TABLES = ["meta", "images", "vectors", "videos", "skipped", "runs", "query_cache", "label_vectors", "personal_tags",
+          "tags"]
 MODEL_KEYS = ("model_name", "embed_dim", "weights_sha256")
 DERIVED_KEYS = ("image_count", "generation")  # recomputed in the new database
 MAX_JUMPS = 48  # 2**48 rowids ahead: past anything SQLite ever assigned here
@@ -113,7 +114,7 @@ def _salvage(source: Path, target: Path, summary: RepairSummary) -> None:
                 dst.execute("INSERT OR REPLACE INTO meta(key, value) VALUES (?, ?)", [key, value])
         summary.rows["meta"] = len(meta)
         for table in TABLES[1:]:
-            if table in ("images", "vectors", "tags", "label_vectors") and not model_known:
+            if table in ("images", "vectors", "videos", "tags", "label_vectors") and not model_known:
                 summary.rows[table] = 0
                 continue
             columns = [str(r[1]) for r in dst.execute(f"PRAGMA table_info({table})")]
@@ -130,6 +131,10 @@ def _salvage(source: Path, target: Path, summary: RepairSummary) -> None:
         # Only whole photos stay: a row without its vector would never be embedded again.
         summary.dropped_images = dst.execute("DELETE FROM images WHERE id NOT IN (SELECT image_id FROM vectors)"
                                              ).rowcount
+        # A video's later frames go with their video's row (no cascade here: foreign keys are off).
+        summary.dropped_images += dst.execute("DELETE FROM images WHERE video_id IS NOT NULL AND video_id NOT IN "
+                                              "(SELECT id FROM images)").rowcount
+        dst.execute("DELETE FROM videos WHERE image_id NOT IN (SELECT id FROM images)")
         summary.rows["images"] = summary.rows.get("images", 0) - summary.dropped_images
         dst.execute("DELETE FROM vectors WHERE image_id NOT IN (SELECT id FROM images)")
         dst.execute("DELETE FROM tags WHERE image_id NOT IN (SELECT id FROM images)")

@@ -117,8 +117,25 @@ def m007_camera(db: sqlite3.Connection) -> None:
     db.execute("ALTER TABLE images ADD COLUMN camera TEXT")
 
 
+def m008_videos(db: sqlite3.Connection) -> None:
+    # A video is one `images` row (its file: planned, moved, forgotten like a photo's) holding its first
+    # kept frame; its later kept frames are rows of their own (FAISS ids stay row ids) that point at it
+    # and go with it (ON DELETE CASCADE). docs/video.md.
+    db.execute("ALTER TABLE images ADD COLUMN video_id INTEGER REFERENCES images(id) ON DELETE CASCADE")
+    db.execute("ALTER TABLE images ADD COLUMN time_s REAL")  # a video frame's time; NULL for photos
+    db.execute("CREATE INDEX images_video ON images (video_id) WHERE video_id IS NOT NULL")
+    db.execute("""
+        CREATE TABLE videos (
+            image_id INTEGER PRIMARY KEY REFERENCES images(id) ON DELETE CASCADE,
+            duration_s REAL, fps REAL,
+            rotation INTEGER NOT NULL,      -- degrees applied to the stored frames (display matrix)
+            frames INTEGER NOT NULL,        -- frames kept, the video's own row included
+            note TEXT                       -- why only part of it was decoded, when it was
+        )""")
+
+
 STEPS: list[Callable[[sqlite3.Connection], None]] = [m001_initial, m002_query_cache, m003_tags, m004_personal_tags,
-                                                     m005_image_count, m006_roots, m007_camera]
+                                                     m005_image_count, m006_roots, m007_camera, m008_videos]
 
 
 def applied(conn: sqlite3.Connection) -> list[str]:

@@ -6,7 +6,7 @@ import json
 from dataclasses import dataclass
 from pathlib import Path
 
-from clipsearch.index import faults, roots
+from clipsearch.index import faults, roots, video_tables
 from clipsearch.index.store import Store
 from clipsearch.index.vectors import cache_state
 from clipsearch.model import text_tower
@@ -26,6 +26,8 @@ class Status:
     vector_cache: str
     text_model: bool = False  # queries can embed text without torch (text_tower.py)
     roots: tuple[str, ...] = ()  # the folders and photos `clipsearch index` re-scans (roots.py)
+    videos: int = 0  # of `images`, how many are videos (docs/video.md)
+    video_frames: int = 0  # the moments kept of them, each video's first included
 
     def as_dict(self) -> dict[str, object]:
         return {
@@ -36,6 +38,7 @@ class Status:
             "images": self.images, "skipped": self.skipped, "bytes_on_disk": self.bytes_on_disk,
             "last_run_at": self.last_run_at, "last_run": self.last_run, "vector_cache": self.vector_cache,
             "text_model": self.text_model, "roots": [display(r) for r in self.roots],
+            "videos": self.videos, "video_frames": self.video_frames,
         }
 
 
@@ -45,6 +48,8 @@ def status(folder: Path, store: Store) -> Status:
     last = store.last_run()
     model = store.model_identity()
     fast = model is not None and text_tower.available(folder, model.weights_sha256)
-    return Status(folder, model, store.count(), store.skipped_counts(), size, last[0] if last else None,
-                  json.loads(last[1]) if last and last[1] else None, cache_state(folder, store), fast,
-                  tuple(roots.known(store)))
+    videos, later_frames = video_tables.counts(store.db)
+    # `images` counts files: a video's later frames are rows, not files.
+    return Status(folder, model, store.count() - later_frames, store.skipped_counts(), size,
+                  last[0] if last else None, json.loads(last[1]) if last and last[1] else None,
+                  cache_state(folder, store), fast, tuple(roots.known(store)), videos, videos + later_frames)

@@ -18,13 +18,14 @@ import numpy as np
 
 from clipsearch import failpoints
 from clipsearch.errors import IndexMissingError, StorageError
-from clipsearch.index import faults, schema
+from clipsearch.index import faults, schema, video_tables
 from clipsearch.index.records import (
     COLUMNS,
     FIELDS,
     ImageRecord,
     KnownFile,
     SkipRecord,
+    VideoFrames,
     decode_vector,
     encode_vector,
     now,
@@ -182,7 +183,8 @@ class Store:
     # --- images and vectors ---------------------------------------------------------------------
 
     def known_files(self) -> dict[str, KnownFile]:
-        rows = self.db.execute("SELECT path, path_raw, id, size, mtime_ns, fingerprint FROM images")
+        rows = self.db.execute("SELECT path, path_raw, id, size, mtime_ns, fingerprint FROM images "
+                               "WHERE video_id IS NULL")  # a video's later frames are not files
         return {os_path(p, raw): KnownFile(i, s, m, f) for p, raw, i, s, m, f in rows}
 
     def skipped_unchanged(self) -> dict[str, SkipRecord]:
@@ -196,11 +198,12 @@ class Store:
 
     def write_batch(self, records: Sequence[ImageRecord], vectors: np.ndarray | None,
                     skips: Iterable[SkipRecord] = (), delete_ids: Iterable[int] = (),
-                    moves: Iterable[tuple[int, str, int, int]] = (), forget_skips: Iterable[str] = ()) -> list[int]:
-        """One transaction: upsert images with their vectors, record skips, delete, move, forget the
-        skips of files that are gone. Returns ids."""
+                    moves: Iterable[tuple[int, str, int, int]] = (), forget_skips: Iterable[str] = (),
+                    videos: Sequence[VideoFrames | None] = ()) -> list[int]:
+        """One transaction: upsert images with their vectors (and videos' frames, `videos[i]` for
+        `records[i]`), record skips, delete, move, forget the skips of files that are gone. Returns ids."""
         try:
-            return self._write_batch(records, vectors, skips, delete_ids, moves, forget_skips)
+            return self._write_batch(records, vectors, skips, delete_ids, moves, forget_skips, videos)
         except sqlite3.OperationalError as exc:
             # The transaction was rolled back: the index holds exactly what it held before.
             raise StorageError(f"could not write the index at {self.path.parent} ({exc}); nothing from this "
@@ -208,7 +211,8 @@ class Store:
 
     def _write_batch(self, records: Sequence[ImageRecord], vectors: np.ndarray | None,
                      skips: Iterable[SkipRecord], delete_ids: Iterable[int],
-                     moves: Iterable[tuple[int, str, int, int]], forget_skips: Iterable[str] = ()) -> list[int]:
+                     moves: Iterable[tuple[int, str, int, int]], forget_skips: Iterable[str],
+                     videos: Sequence[VideoFrames | None]) -> list[int]:
         ids: list[int] = []
         stamp = now()
         with self.atomic():
@@ -221,6 +225,7 @@ class Store:
                 self.db.execute("INSERT OR REPLACE INTO vectors (image_id, vector) VALUES (?, ?)",
                                 [image_id, encode_vector(vectors[i])])
                 self.db.execute("DELETE FROM skipped WHERE path = ?", [text])
+                video_tables.write(self.db, image_id, text, videos[i] if i < len(videos) else None)
             for skip in skips:
                 text, raw = path_columns(skip.path)
                 self.db.execute("INSERT OR REPLACE INTO skipped (path, path_raw, size, mtime_ns, reason, detail, "
@@ -231,6 +236,7 @@ class Store:
                 text, raw = path_columns(new_path)
                 self.db.execute("UPDATE images SET path = ?, path_raw = ?, size = ?, mtime_ns = ?, indexed_at = ? "
                                 "WHERE id = ?", [text, raw, size, mtime_ns, stamp, image_id])
+                video_tables.move(self.db, image_id, text, size, mtime_ns, stamp)
             for image_id in delete_ids:
                 self.db.execute("DELETE FROM images WHERE id = ?", [image_id])
             for gone in forget_skips:
@@ -327,12 +333,13 @@ class Store:
 
     def page_newest(self, offset: int, limit: int) -> list[int]:
         """Ids of a page of photos, newest file first (browsing without a query)."""
-        return [int(r[0]) for r in self.db.execute("SELECT id FROM images ORDER BY mtime_ns DESC, id DESC "
+        return [int(r[0]) for r in self.db.execute("SELECT id FROM images WHERE video_id IS NULL "
+                                                   "ORDER BY mtime_ns DESC, id DESC "
                                                    "LIMIT ? OFFSET ?", [limit, offset])]
 
     def iter_images(self) -> Iterator[ImageRecord]:
         """Every indexed photo, in id order (shards export them; duplicates read fingerprints)."""
-        yield from self._records("ORDER BY id", [])
+        yield from self._records("WHERE video_id IS NULL ORDER BY id", [])  # files: no video's later frames
 
     def _records(self, where: str, params: Sequence[object]) -> Iterator[ImageRecord]:
         for image_id, raw, *values in self.db.execute(f"SELECT id, path_raw, {', '.join(COLUMNS)} FROM images "
@@ -363,13 +370,9 @@ class Store:
 
     def cached_text_vectors(self, weights_sha256: str, texts: list[str]) -> dict[str, np.ndarray]:
         """Embeddings of query texts seen before with this model: a repeated query needs no model."""
-        out = {}
-        for text in texts:
-            row = self.db.execute("SELECT vector FROM query_cache WHERE weights_sha256 = ? AND text = ?",
-                                  [weights_sha256, text]).fetchone()
-            if row:
-                out[text] = decode_vector(row[0])
-        return out
+        found = {t: self.db.execute("SELECT vector FROM query_cache WHERE weights_sha256 = ? AND text = ?",
+                                    [weights_sha256, t]).fetchone() for t in texts}
+        return {t: decode_vector(row[0]) for t, row in found.items() if row}
 
     def cache_text_vectors(self, weights_sha256: str, vectors: dict[str, np.ndarray]) -> None:
         """Remember query embeddings (the oldest beyond QUERY_CACHE_SIZE are forgotten)."""

@@ -15,8 +15,9 @@ from dataclasses import dataclass
 
 import numpy as np
 
+from clipsearch.formats import is_video
 from clipsearch.index.records import ImageRecord, SkipRecord
-from clipsearch.ingest import gpu_decode, images, pool_size, scan
+from clipsearch.ingest import gpu_decode, images, pool_size, scan, videos
 from clipsearch.ingest.pipeline import Result
 from clipsearch.ingest.plan import fingerprint
 from clipsearch.model.embedder import Embedder
@@ -27,9 +28,15 @@ BATCH = 32
 _Decoded = tuple[scan.FoundFile, images.Decoded | images.SkipFile, str]
 
 
+_VIDEO = "\0video"  # a marker, not a skip: videos are decoded and embedded on the model's thread
+
+
 def decode_one(f: scan.FoundFile, pre: Preprocess, max_pixels: int, pixels: bool = True) -> _Decoded:
-    """Decode and fingerprint one file (in a worker thread); `pixels=False`: JPEGs' left to the GPU."""
+    """Decode and fingerprint one file (in a worker thread); `pixels=False`: JPEGs' left to the GPU;
+    a video is only fingerprinted here."""
     try:
+        if is_video(f.path):
+            return f, images.SkipFile(_VIDEO), fingerprint(f.path, f.size)
         decoded = images.decode(f.path, pre, max_pixels, pixels)
         return f, decoded, fingerprint(f.path, f.size)
     except images.SkipFile as skip:
@@ -131,6 +138,10 @@ def embed_files(files: list[scan.FoundFile], embedder: Embedder, max_pixels: int
     with ThreadPoolExecutor(n_workers, thread_name_prefix="clipsearch-decode") as pool:
         decoded = _ordered(pool, decode_gated, files, window=max(4 * BATCH, 8 * n_workers))
         for f, out, fp in decoded:
+            if isinstance(out, images.SkipFile) and out.reason == _VIDEO:
+                yield from embed_waiting()  # results stay in file order
+                waiting.append(_video_result(f, fp, embedder, timing))
+                continue
             if isinstance(out, images.SkipFile):
                 waiting.append(Result(f, skip=SkipRecord(f.path, f.size, f.mtime_ns, out.reason, out.detail)))
                 continue
@@ -143,6 +154,18 @@ def embed_files(files: list[scan.FoundFile], embedder: Embedder, max_pixels: int
             if len(pixels) >= BATCH:
                 yield from embed_waiting()
         yield from embed_waiting()
+
+
+def _video_result(f: scan.FoundFile, fp: str, embedder: Embedder, timing: list[float] | None) -> Result:
+    """A video's frames are sampled, embedded and chosen in one go (videos.py): its decoder uses
+    FFmpeg's own threads, and its frame choice needs the vectors of the frames before."""
+    try:
+        record, video = videos.index_video(f, fp, embedder, timing)
+    except images.SkipFile as skip:
+        return Result(f, skip=SkipRecord(f.path, f.size, f.mtime_ns, skip.reason, skip.detail))
+    except OSError as exc:
+        return Result(f, skip=SkipRecord(f.path, f.size, f.mtime_ns, "unreadable", str(exc)[:160]))
+    return Result(f, record=record, vector=video.vectors[0], video=video)
 
 
 @dataclass

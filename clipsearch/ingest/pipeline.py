@@ -20,7 +20,8 @@ from typing import Protocol
 import numpy as np
 
 from clipsearch import paths
-from clipsearch.index.records import ImageRecord, SkipRecord
+from clipsearch.index import video_tables
+from clipsearch.index.records import ImageRecord, SkipRecord, VideoFrames
 from clipsearch.index.store import Store
 from clipsearch.ingest import scan
 from clipsearch.ingest.plan import plan
@@ -51,6 +52,9 @@ class IndexSummary:
     model_load_seconds: float = 0.0
     total: int = 0
     vanished_roots: list[str] = field(default_factory=list)  # recorded roots gone, forgotten (index/roots.py)
+    videos: int = 0  # videos indexed by this run
+    video_frames: int = 0  # frames they kept
+    video_notes: list[tuple[str, str]] = field(default_factory=list)  # (path, what was only partly decoded)
 
     @property
     def images_per_second(self) -> float:
@@ -68,6 +72,8 @@ class IndexSummary:
             "skipped_files": [{"path": paths.display(p), "reason": r, "detail": d}
                               for p, r, d in self.skipped_files],
             "vanished_roots": [paths.display(r) for r in self.vanished_roots],
+            "videos": self.videos, "video_frames": self.video_frames,
+            "video_notes": [{"path": paths.display(p), "note": n} for p, n in self.video_notes],
         }
 
     def skip(self, path: str, reason: str, detail: str) -> None:
@@ -83,6 +89,7 @@ class Result:
     record: ImageRecord | None = None
     vector: np.ndarray | None = None
     skip: SkipRecord | None = None
+    video: VideoFrames | None = None  # a video's kept frames; `vector` is the first of them
 
 
 class Executor(Protocol):
@@ -111,10 +118,12 @@ class BatchWriter:
         self.records: list[ImageRecord] = []
         self.vectors: list[np.ndarray] = []
         self.skips: list[SkipRecord] = []
+        self.videos: list[VideoFrames | None] = []
 
-    def add(self, record: ImageRecord, vector: np.ndarray) -> None:
+    def add(self, record: ImageRecord, vector: np.ndarray, video: VideoFrames | None = None) -> None:
         self.records.append(record)
         self.vectors.append(vector)
+        self.videos.append(video)
         self._maybe_commit()
 
     def add_skip(self, skip: SkipRecord) -> None:
@@ -130,8 +139,9 @@ class BatchWriter:
                forget_skips: list[str] | tuple[()] = ()) -> None:
         if self.records or self.skips or delete_ids or moves or forget_skips:
             self.store.write_batch(self.records, np.stack(self.vectors) if self.vectors else None, self.skips,
-                                   delete_ids=delete_ids, moves=moves, forget_skips=forget_skips)
-        self.records, self.vectors, self.skips = [], [], []
+                                   delete_ids=delete_ids, moves=moves, forget_skips=forget_skips,
+                                   videos=self.videos)
+        self.records, self.vectors, self.skips, self.videos = [], [], [], []
 
 
 @dataclass(frozen=True)
@@ -185,7 +195,7 @@ def run(store: Store, get_embedder: Callable[[], Embedder], roots: list[str], fo
     # A bad file since deleted is forgotten with its skip record, so it is no longer counted.
     writer.commit(delete_ids=p.removed_ids, moves=p.moves, forget_skips=p.gone_skips)
     summary.removed = len(p.removed_ids)
-    summary.total = store.count()
+    summary.total = store.count() - video_tables.counts(store.db)[1]  # files: a video's later frames are rows
     summary.seconds = time.perf_counter() - start
     return summary
 
@@ -212,7 +222,12 @@ def _commit_results(executor: Executor, todo: list[scan.FoundFile], changed: set
                     summary.changed += 1
                 else:
                     summary.new += 1
-                writer.add(r.record, r.vector)
+                writer.add(r.record, r.vector, r.video)
                 summary.embedded += 1
+                if r.video is not None:
+                    summary.videos += 1
+                    summary.video_frames += len(r.video.times)
+                    if r.video.note:
+                        summary.video_notes.append((r.file.path, r.video.note))
             if progress:
                 progress.advance(done, sum(summary.skipped.values()))

@@ -29,7 +29,7 @@ import numpy as np
 
 from clipsearch import failpoints
 from clipsearch.errors import ClipsearchError, ClusterError, ModelMismatchError, UsageError
-from clipsearch.index.records import ImageRecord, SkipRecord
+from clipsearch.index.records import ImageRecord, SkipRecord, VideoFrames
 from clipsearch.ingest import pipeline, scan
 from clipsearch.ingest.local_executor import BATCH, embed_files
 from clipsearch.ingest.pipeline import Result
@@ -116,7 +116,12 @@ def encode(results: list[Result], positions: np.ndarray, dim: int) -> dict[str, 
             meta.append(json.dumps({"skip": r.skip.reason, "detail": r.skip.detail}))
         else:
             assert r.record is not None and r.vector is not None
-            meta.append(json.dumps(r.record.fields()))
+            fields = r.record.fields()
+            if r.video is not None:  # a video's frames travel with it (a few dozen vectors at most)
+                v = r.video
+                fields["video"] = {"times": list(v.times), "vectors": v.vectors.tolist(), "duration_s": v.duration_s,
+                                   "fps": v.fps, "rotation": v.rotation, "note": v.note}
+            meta.append(json.dumps(fields))
             vectors[k] = r.vector
     return {"i": np.asarray(positions, dtype=np.int64), "meta": np.array(meta, dtype=object), "vector": vectors}
 
@@ -129,8 +134,11 @@ def decode(batch: dict[str, np.ndarray], files: list[scan.FoundFile]) -> Iterato
         if "skip" in fields:
             yield int(i), Result(f, skip=SkipRecord(f.path, f.size, f.mtime_ns, fields["skip"], fields["detail"]))
         else:
+            v = fields.get("video")
+            video = None if v is None else VideoFrames(tuple(v["times"]), np.asarray(v["vectors"], np.float32),
+                                                       v["duration_s"], v["fps"], v["rotation"], v["note"])
             yield int(i), Result(f, record=ImageRecord.from_fields(f.path, fields),
-                                 vector=np.asarray(vector, dtype=np.float32))
+                                 vector=np.asarray(vector, dtype=np.float32), video=video)
 
 
 def in_order(batches: Iterator[dict[str, np.ndarray]], files: list[scan.FoundFile]) -> Iterator[Result]:

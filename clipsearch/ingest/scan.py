@@ -13,7 +13,7 @@ from collections.abc import Iterator, Sequence
 from dataclasses import dataclass, field
 
 from clipsearch.errors import UsageError
-from clipsearch.formats import IMAGE_EXTENSIONS, RAW_EXTENSIONS
+from clipsearch.formats import INDEXED_EXTENSIONS, RAW_EXTENSIONS
 
 # A RAW beside a same-named JPEG is represented by the JPEG (camera RAW+JPEG mode).
 _RAW_COMPANIONS = (".jpg", ".jpeg", ".JPG", ".JPEG")
@@ -59,10 +59,11 @@ def walk(roots: Sequence[str | os.PathLike[str]], exclude: tuple[str, ...] = (),
             raise UsageError(f"cannot read {root}: {exc.strerror}") from None
         if stat.S_ISREG(st.st_mode):
             ext = os.path.splitext(top)[1].lower()
-            if ext in IMAGE_EXTENSIONS:
+            if ext in INDEXED_EXTENSIONS:
                 yield FoundFile(top, st.st_size, st.st_mtime_ns)
             else:  # named by the user: say why it was passed over, rather than index nothing in silence
-                problems.add(top, "not an image", f"{ext or 'no extension'} is not a photo format clipsearch reads")
+                problems.add(top, "not an image",
+                             f"{ext or 'no extension'} is not a photo format (nor a video) clipsearch reads")
             continue
         yield from _walk_dir(top, exclude, follow_symlinks, include_hidden, problems, seen_dirs)
 
@@ -103,7 +104,7 @@ def _walk_dir(top: str, exclude: tuple[str, ...], follow: bool, include_hidden: 
                     subdirs.append(entry.path)
                     continue
                 ext = os.path.splitext(name)[1].lower()
-                if ext not in IMAGE_EXTENSIONS:
+                if ext not in INDEXED_EXTENSIONS:
                     continue
                 if ext in RAW_EXTENSIONS and any(os.path.splitext(name)[0] + c in names for c in _RAW_COMPANIONS):
                     continue

@@ -19,6 +19,38 @@ def thumbnail(cache_dir: Path, image_id: int, path: str, mtime_ns: int) -> Path 
     return preview(cache_dir, f"{image_id}-{mtime_ns}.jpg", f"{image_id}-*.jpg", path, SIZE, 82)
 
 
+def of_row(cache_dir: Path, image_id: int, path: str, mtime_ns: int, time_s: float | None = None) -> Path | None:
+    """The preview of an indexed row: a photo's, or a video's frame at `time_s` (or at the moment a
+    frame's path names, `VIDEO#t=SECONDS`, or its first frame)."""
+    from clipsearch.formats import is_video
+
+    video, mark, at = path.rpartition("#t=")
+    if time_s is None and mark and is_video(video) and at.replace(".", "", 1).isdigit():
+        path, time_s = video, float(at)
+    if time_s is not None or is_video(path):
+        return video_thumbnail(cache_dir, image_id, path, mtime_ns, time_s or 0.0)
+    return thumbnail(cache_dir, image_id, path, mtime_ns)
+
+
+def video_thumbnail(cache_dir: Path, row_id: int, path: str, mtime_ns: int, time_s: float) -> Path | None:
+    """A video's frame at `time_s` as a cached preview: decoded again from the video (frames are not
+    stored as images, docs/video.md); None when it cannot be read or PyAV is missing."""
+    import io
+
+    from clipsearch.ingest import videos
+
+    name = f"{row_id}-{mtime_ns}.jpg"
+    if (cache_dir / name).exists():
+        return cache_dir / name
+    frame = videos.frame_at(path, time_s, SIZE)
+    if frame is None:
+        return None
+    data = io.BytesIO()
+    frame.save(data, "JPEG", quality=90)
+    data.seek(0)
+    return preview(cache_dir, name, f"{row_id}-*.jpg", data, SIZE, 82)
+
+
 def preview(cache_dir: Path, name: str, earlier: str, source: str | IO[bytes], size: int,
             quality: int) -> Path | None:
     """`source` as an upright JPEG of at most `size` px, cached as `name` in `cache_dir` and made

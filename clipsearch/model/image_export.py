@@ -68,9 +68,9 @@ def export(embedder: Any, index_dir: Path) -> bool:
     """Export and verify the image tower of a loaded Embedder; False when it does not answer like open_clip."""
     import torch
 
-    from clipsearch.model.text_export import _fp32_model
+    from clipsearch.model.text_export import fp32_model
 
-    fp32 = _fp32_model(embedder)
+    fp32 = fp32_model(embedder, "image")
     pre: Preprocess = embedder.preprocess
     tmp = index_dir / f".{FOLDER}.{os.getpid()}.tmp"
     shutil.rmtree(tmp, ignore_errors=True)

@@ -85,7 +85,7 @@ def export(embedder: Any, index_dir: Path, notify: Callable[[str], None] | None 
         return True
     if notify is not None:  # only for a real export: one from the cache takes milliseconds
         notify("preparing the text encoder that makes queries fast (once per model)")
-    fp32 = _fp32_model(embedder)
+    fp32 = fp32_model(embedder)
     tmp = index_dir / f".{FOLDER}.{os.getpid()}.tmp"
     shutil.rmtree(tmp, ignore_errors=True)
     tmp.mkdir(parents=True)
@@ -169,8 +169,9 @@ def _to_cache(sha: str, folder: Path) -> None:
     shutil.rmtree(tmp, ignore_errors=True)
 
 
-def _fp32_model(embedder: Any) -> Any:
-    """The Embedder's model with its weights as stored (fp32, on the CPU), for export and reference.
+def fp32_model(embedder: Any, tower: str = "text") -> Any:
+    """The Embedder's model with its weights as stored (fp32, on the CPU), for export and reference;
+    `tower` ("text" or "image") is the one an export needs.
 
     A bf16 or fp16 Embedder has rounded its weights; casting back to fp32 keeps the rounding, so
     the model is loaded again from the weights file.
@@ -180,16 +181,18 @@ def _fp32_model(embedder: Any) -> Any:
     from clipsearch.model.embedder import _create, _load
 
     if getattr(embedder, "lean", False):
-        # The text tower alone, read from the weights file in fp32 (lean_load.py): the image tower
-        # is never built a second time, so a bf16 run never holds two copies of the model.
+        # That tower alone, read from the weights file in fp32 (lean_load.py): the other one is
+        # never built a second time, so a bf16 run never holds two copies of the model.
         import torch
 
         from clipsearch.model import lean_load
 
         spec, weights = embedder.spec, embedder.weights_path
         model, _ = lean_load.skeleton(lambda: _create(spec, weights, "meta", load_weights=False))
-        model.visual = torch.nn.Identity()  # encode_text never runs it
-        lean_load.materialise(model, weights, (lean_load.TEXT,), torch.float32, "cpu")
+        if tower == lean_load.TEXT:
+            model.visual = torch.nn.Identity()  # encode_text never runs it
+        lean_load.materialise(model, weights, (lean_load.TEXT if tower == lean_load.TEXT else lean_load.IMAGE,),
+                              torch.float32, "cpu")
         return model.eval()
     if getattr(embedder, "precision", "fp32") == "fp32":
         return copy.deepcopy(embedder.model).float().cpu().eval()

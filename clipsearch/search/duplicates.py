@@ -25,7 +25,7 @@ import xxhash
 from PIL import Image
 
 from clipsearch import paths
-from clipsearch.index import faults
+from clipsearch.index import faults, video_tables
 from clipsearch.index.records import ImageRecord
 from clipsearch.index.store import Store
 from clipsearch.index.vectors import VectorIndex
@@ -118,7 +118,9 @@ def find(store: Store, index: VectorIndex, roots: tuple[str, ...] = (), near_cos
     faults.check_intact(store.db, store.path)  # it reads every row anyway: damage is an error, not a gap
     ids, mat = store.all_vectors()
     rows = store.images(ids.tolist())
-    scope = [i for i in ids.tolist() if i in rows and (not roots or paths.under(rows[i].path, roots))]
+    frames = video_tables.frame_owners(store.db)  # a video's later moments are not files (docs/video.md)
+    scope = [i for i in ids.tolist() if i in rows and i not in frames
+             and (not roots or paths.under(rows[i].path, roots))]
     if len(scope) < 2:
         return []
     groups = _exact(rows, scope)

@@ -10,13 +10,14 @@ import numpy as np
 from clipsearch.index.records import ImageRecord
 from clipsearch.index.store import Store
 from clipsearch.index.vectors import VectorIndex
+from clipsearch.search.moments import Grouper
 
 Hit = tuple[float, ImageRecord, bool]  # (score, row, relevant)
 
 
 def collect(store: Store, index: VectorIndex, query: np.ndarray, top: int, accepts: Callable[[ImageRecord], bool],
              decide: Callable[[np.ndarray, np.ndarray], np.ndarray], floor: float | None, by_floor: bool,
-             exclude_ids: frozenset[int], closest: int, needs_vectors: bool = False
+             exclude_ids: frozenset[int], closest: int, grouper: Grouper, needs_vectors: bool = False
              ) -> tuple[list[Hit], int, list[Hit]]:
     """(kept, how many the decision removed among the first `top` the filters allow, the closest few
     the filters allow).
@@ -24,7 +25,8 @@ def collect(store: Store, index: VectorIndex, query: np.ndarray, top: int, accep
     `decide(vectors, scores)` says which hits are relevant, one hit at a time; the hits' stored
     vectors are read only when it `needs_vectors`. Each hit is decided, and its row read, once:
     a widening reuses what the narrower search learnt, and rows are read only for hits that can be
-    kept or that the count of allowed hits still needs (walk).
+    kept or that the count of allowed hits still needs (walk). A video's frames count as one hit
+    (`grouper`, moments.py).
     """
     k, seen = top + len(exclude_ids), 0
     relevant_of: dict[int, bool] = {}
@@ -47,7 +49,7 @@ def collect(store: Store, index: VectorIndex, query: np.ndarray, top: int, accep
             ok_new = decide(vecs, np.asarray([s for s, _ in new], dtype=np.float32))
             relevant_of.update((i, bool(ok)) for (_, i), ok in zip(new, ok_new, strict=True))
         relevant = np.fromiter((relevant_of[i] for _, i in hits), dtype=bool, count=len(hits))
-        kept, allowed, near = walk(store, hits, relevant, rows, top, accepts, floor, by_floor, closest)
+        kept, allowed, near = walk(store, hits, relevant, rows, top, accepts, floor, by_floor, closest, grouper)
         # Scores only fall from here: once a widening finds nothing relevant in its new part, or
         # the scores drop under the floor, looking further cannot find more.
         ran_out = not by_floor and seen > 0 and not bool(relevant[seen:].any())
@@ -63,8 +65,8 @@ FIRST_WIDENING = 256
 
 
 def walk(store: Store, hits: list[tuple[float, int]], relevant: np.ndarray, rows: dict[int, ImageRecord | None],
-          top: int, accepts: Callable[[ImageRecord], bool], floor: float | None, by_floor: bool, closest: int
-          ) -> tuple[list[Hit], int, list[Hit]]:
+          top: int, accepts: Callable[[ImageRecord], bool], floor: float | None, by_floor: bool, closest: int,
+          grouper: Grouper) -> tuple[list[Hit], int, list[Hit]]:
     """(the first `top` hits kept, how many hits the filters allow (exact up to `top`), the first
     `closest` allowed), in score order; `rows` caches what SQLite gave.
 
@@ -81,6 +83,7 @@ def walk(store: Store, hits: list[tuple[float, int]], relevant: np.ndarray, rows
         candidate = relevant
     kept: list[Hit] = []
     near: list[Hit] = []
+    grouper.start()
     allowed = batches = 0
     for pos, (score, image_id) in enumerate(hits):
         if len(kept) >= top and allowed >= need:
@@ -109,8 +112,12 @@ def walk(store: Store, hits: list[tuple[float, int]], relevant: np.ndarray, rows
                     batch.append(i)
             found = store.images(batch)
             rows.update((i, found.get(i)) for i in batch)
+            grouper.read(batch)
         row = rows[image_id]
         if row is None or not accepts(row):
+            continue
+        row = grouper.place(score, row, bool(relevant[pos]))
+        if row is None:  # a later moment of a video already placed: listed with it, not counted again
             continue
         allowed += 1
         entry = (score, row, bool(relevant[pos]))

@@ -17,11 +17,11 @@ import numpy as np
 
 from clipsearch import paths
 from clipsearch.errors import UsageError
-from clipsearch.formats import IMAGE_EXTENSIONS
+from clipsearch.formats import IMAGE_EXTENSIONS, VIDEO_EXTENSIONS
 from clipsearch.index.records import ImageRecord
 from clipsearch.index.store import Store
 from clipsearch.index.vectors import VectorIndex
-from clipsearch.search import hits, relevance
+from clipsearch.search import hits, moments, relevance
 from clipsearch.search.query import Term
 from clipsearch.search.relevance import DEFAULT_Z, MIN_FOR_CUTOFF, adaptive_cutoff
 
@@ -42,6 +42,17 @@ class SearchResult:
     format: str | None
     relevant: bool = True  # what the default decision says, also when --min-score shows more
     probability: float | None = None  # a sigmoid-loss (SigLIP) model's probability that the text matches
+    time: float | None = None  # a video's moment, in seconds; None for photos
+    moments: tuple[tuple[float, float], ...] = ()  # the video's other relevant moments: (time, score)
+
+    @property
+    def kind(self) -> str:
+        return "photo" if self.time is None else "video"
+
+    @property
+    def link(self) -> str:
+        """The path, with a media fragment at a video's moment (`clip.mp4#t=12.5`)."""
+        return self.path if self.time is None else f"{self.path}#t={self.time:g}"
 
     @property
     def when(self) -> dt.datetime:
@@ -58,7 +69,11 @@ class SearchResult:
         out: dict[str, object] = {
             "rank": self.rank, "score": round(self.score, 6), "id": self.id, "path": self.path,
             "size": self.size, "modified": self.modified.isoformat(timespec="seconds"),
-            "taken_at": self.taken_at, "width": self.width, "height": self.height, "format": self.format}
+            "taken_at": self.taken_at, "width": self.width, "height": self.height, "format": self.format,
+            "type": self.kind}
+        if self.time is not None:
+            out["time"] = round(self.time, 3)
+            out["moments"] = [{"time": round(t, 3), "score": round(s, 6)} for t, s in self.moments]
         if relevance:
             out["relevant"] = self.relevant
         if self.probability is not None:
@@ -69,6 +84,14 @@ class SearchResult:
 # What users type for --type, as the formats the index records (Pillow's names, lower-cased).
 FORMAT_ALIASES = {"jpg": "jpeg", "jpe": "jpeg", "tif": "tiff", "heic": "heif", "jp2": "jpeg2000",
                   "ppm": "ppm", "pgm": "ppm", "pbm": "ppm"}
+
+
+VIDEO_FORMATS = frozenset(e.lstrip(".") for e in VIDEO_EXTENSIONS)  # a video's row records its extension
+
+
+def _format_wanted(fmt: str, wanted: frozenset[str]) -> bool:
+    video = fmt in VIDEO_FORMATS
+    return fmt in wanted or ("video" in wanted and video) or ("photo" in wanted and not video)
 
 
 def parse_near(text: str) -> tuple[float, float, float]:
@@ -114,10 +137,11 @@ class Filters:
         A value that can match nothing is a usage error, not "no photos match".
         """
         kinds = [f.strip().lower().lstrip(".") for f in formats if f.strip()]
-        known = {e.lstrip(".") for e in IMAGE_EXTENSIONS} | set(FORMAT_ALIASES.values()) | {"mpo"}
+        known = ({e.lstrip(".") for e in IMAGE_EXTENSIONS} | set(FORMAT_ALIASES.values()) | {"mpo"}
+                 | VIDEO_FORMATS | {"video", "photo"})
         if unknown := [k for k in kinds if k not in known]:
-            raise UsageError(f"unknown --type {', '.join(unknown)}: use extensions or format names such as "
-                             "jpg, png, heic, webp, tiff, gif")
+            raise UsageError(f"unknown --type {', '.join(unknown)}: use video, photo, extensions or format names "
+                             "such as jpg, png, heic, webp, tiff, gif, mp4")
         for folder in within:
             if not os.path.lexists(paths.resolve(folder)):
                 raise UsageError(f"--in {os.fspath(folder)}: no such folder")
@@ -131,7 +155,7 @@ class Filters:
             return False
         if self.within and not paths.under(row.path, self.within):
             return False
-        if self.formats and (row.format or "") not in self.formats:
+        if self.formats and not _format_wanted(row.format or "", self.formats):
             return False
         if self.min_width and (row.width or 0) < self.min_width:
             return False
@@ -195,7 +219,7 @@ def row_date(row: ImageRecord) -> dt.datetime:
 def rank(store: Store, index: VectorIndex, query: np.ndarray, top: int, filters: Filters = Filters(),
          min_score: float | None = None, z: float = DEFAULT_Z, exclude_ids: frozenset[int] = frozenset(),
          alternatives: np.ndarray | None = None, logit_scale: float = relevance.DEFAULT_LOGIT_SCALE,
-         closest: int = 5, logit_bias: float | None = None) -> Ranking:
+         closest: int = 5, logit_bias: float | None = None, all_moments: bool = False) -> Ranking:
     """The `top` most relevant images for `query` (a normalised vector) that pass `filters`.
 
     `alternatives` (texts' vectors, relevance.background_prompts) makes it a text query, decided
@@ -204,6 +228,8 @@ def rank(store: Store, index: VectorIndex, query: np.ndarray, top: int, filters:
     instead, each result still marked `relevant` by the default decision. When nothing is relevant,
     `Ranking.closest` holds the `closest` best-scoring photos the filters allow. With a sigmoid-loss
     model's `logit_bias` a text query also admits every photo the model itself gives probability >= 0.5.
+    A video appears once, at its best moment, unless `all_moments` lists each of its matching
+    moments (moments.py).
     """
     if min_score is not None and not math.isfinite(min_score):  # NaN passes every comparison as False
         raise UsageError(f"--min-score must be a number (a cosine, -1 to 1), not {min_score}")
@@ -238,16 +264,22 @@ def rank(store: Store, index: VectorIndex, query: np.ndarray, top: int, filters:
     if min_score is not None:
         floor = min(min_score, 1.0)
         method, cutoff = "min-score", floor
+    grouper = moments.Grouper(store, all_moments)
     kept, cut, near = hits.collect(store, index, query, top, filters.accepts, decide, floor, min_score is not None,
-                               exclude_ids, closest, needs_vectors=alternatives is not None)
-    results = [_result(n + 1, s, row, ok) for n, (s, row, ok) in enumerate(kept)]
-    nearest = [] if results else [_result(n + 1, s, row, False) for n, (s, row, _) in enumerate(near)]
-    if sigmoid:  # shown with each result (JSON `probability`): what the decision read
-        def with_probability(r: SearchResult) -> SearchResult:
-            p = relevance.pair_probability(np.asarray([r.score]), logit_scale, float(logit_bias or 0.0))
-            return dataclasses.replace(r, probability=float(p[0]))
+                                   exclude_ids, closest, grouper, needs_vectors=alternatives is not None)
 
-        results, nearest = [with_probability(r) for r in results], [with_probability(r) for r in nearest]
+    def result(n: int, s: float, row: ImageRecord, ok: bool) -> SearchResult:
+        out = _result(n + 1, s, row, ok)
+        m = grouper.moment.get(row.id)
+        if m is not None:
+            out = dataclasses.replace(out, time=m.time_s, moments=tuple(grouper.others.get(row.id, ())))
+        if sigmoid:  # shown with each result (JSON `probability`): what the decision read
+            p = relevance.pair_probability(np.asarray([s]), logit_scale, float(logit_bias or 0.0))
+            out = dataclasses.replace(out, probability=float(p[0]))
+        return out
+
+    results = [result(n, s, row, ok) for n, (s, row, ok) in enumerate(kept)]
+    nearest = [] if results else [result(n, s, row, False) for n, (s, row, _) in enumerate(near)]
     return Ranking(results, cutoff, method, cut, stats, nearest)
 
 

@@ -22,7 +22,10 @@ VIEW_SIZE = 1600
 CHUNK = 256 * 1024
 
 MEDIA_TYPES = {"jpeg": "image/jpeg", "png": "image/png", "gif": "image/gif", "webp": "image/webp",
-               "bmp": "image/bmp", "tiff": "image/tiff", "heif": "image/heif", "avif": "image/avif"}
+               "bmp": "image/bmp", "tiff": "image/tiff", "heif": "image/heif", "avif": "image/avif",
+               # Videos (docs/video.md): a browser's <video> plays these from a moment (#t=SECONDS).
+               "mp4": "video/mp4", "m4v": "video/mp4", "mov": "video/quicktime", "webm": "video/webm",
+               "mkv": "video/x-matroska", "3gp": "video/3gpp", "mts": "video/mp2t", "avi": "video/x-msvideo"}
 
 
 def open_indexed(row: ImageRecord) -> IO[bytes] | None:

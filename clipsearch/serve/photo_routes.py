@@ -12,6 +12,7 @@ from starlette.requests import Request
 from starlette.responses import FileResponse, Response, StreamingResponse
 
 from clipsearch import paths, photos
+from clipsearch.formats import is_video
 from clipsearch.index.records import ImageRecord
 from clipsearch.serve import files
 from clipsearch.serve.replies import NotFoundError, json_reply, row_dict
@@ -31,10 +32,11 @@ def _photo_info(gallery: Gallery, image_id: int) -> dict[str, object] | None:
     found = photos.photo(gallery.reader, image_id)
     if found is None:
         return None
-    row = found.row
+    row = photos.file_row(found.row)  # a video's moment: its video's file, and the time
+    moment = found.row.path[len(row.path) + 3:] if row is not found.row else ""
     modified = dt.datetime.fromtimestamp(row.mtime_ns / 1e9, tz=dt.timezone.utc).astimezone()
     return {**row_dict(row), "taken_at": row.taken_at, "modified": modified.isoformat(timespec="seconds"),
-            "folder": paths.display(os.path.dirname(row.path)),
+            "time": float(moment) if moment else None, "folder": paths.display(os.path.dirname(row.path)),
             "place": None if row.lat is None or row.lon is None else {"lat": row.lat, "lon": row.lon},
             "camera": files.camera(row), "available": files.open_indexed(row) is not None,
             "tags": [{"label": lab, "score": round(score, 3), "source": src} for lab, score, src in found.tags],
@@ -61,7 +63,7 @@ async def _thumb(gallery: Gallery, request: Request) -> Response:
         cached = gallery.path / "thumbs" / f"{row.id}-{row.mtime_ns}.jpg"
         if cached.exists():
             return cached
-        f = files.open_indexed(row)  # only the file that was indexed, not whatever is at its path now
+        f = files.open_indexed(photos.file_row(row))  # only the file that was indexed, not what is there now
         if f is None:
             return None
         f.close()
@@ -73,14 +75,22 @@ async def _thumb(gallery: Gallery, request: Request) -> Response:
 async def _view(gallery: Gallery, request: Request) -> Response:
     def make() -> Path | None:
         found = photos.photo(gallery.reader, request.path_params["id"])
-        return None if found is None else files.view(gallery.path / "thumbs", found.row)
+        if found is None:
+            return None
+        if is_video(photos.file_row(found.row).path):  # a video's view is the frame of its moment
+            f = files.open_indexed(photos.file_row(found.row))  # only the video that was indexed
+            if f is None:
+                return None
+            f.close()
+            return gallery.reader.thumbnail_of(found.row.id, found.row.path, found.row.mtime_ns)
+        return files.view(gallery.path / "thumbs", found.row)
 
     return _image_response(await run_in_threadpool(make))
 
 
 async def _original(gallery: Gallery, request: Request) -> Response:
     found = await run_in_threadpool(photos.photo, gallery.reader, request.path_params["id"])
-    f = None if found is None else files.open_indexed(found.row)
+    f = None if found is None else files.open_indexed(photos.file_row(found.row))  # a frame: its video
     if found is None or f is None:
         return json_reply({"error": "this photo's file is gone or has changed since it was indexed"}, 404)
     media = files.MEDIA_TYPES.get(found.row.format or "", "application/octet-stream")

@@ -33,7 +33,8 @@ EXAMPLES_KEPT = 20
 def _result_dict(r: Any) -> dict[str, object]:
     return {"id": r.id, "score": round(r.score, 4), "name": os.path.basename(r.path),
             "path": paths.display(r.path), "date": r.date, "width": r.width, "height": r.height,
-            "format": r.format, "size": r.size}
+            "format": r.format, "size": r.size, "type": getattr(r, "kind", "photo"),
+            "time": getattr(r, "time", None)}
 
 
 def _filters(request: Request) -> dict[str, Any]:

@@ -17,6 +17,7 @@ import numpy as np
 
 from clipsearch import paths
 from clipsearch.errors import UsageError
+from clipsearch.index import video_tables
 from clipsearch.index.records import ImageRecord
 from clipsearch.index.store import Store
 from clipsearch.model.identity import ModelIdentity
@@ -91,6 +92,11 @@ def tag(store: Store, recorded: ModelIdentity, request: TagRequest, encoder: Cal
             for found in zero_shot.assign(mat[in_scope], label_mat, cut, request.top)]
     probes = [Probe(*row) for row in store.tags.probes(recorded.weights_sha256)]
     personal = personal_tags(probes, mat[in_scope])
+    # A video is tagged with what any of its moments shows: its frames' tags go to its own row.
+    owners = video_tables.frame_owners(store.db)
+    if owners:
+        _, zero = fold_frames(scope_ids, zero, owners)
+        scope_ids, personal = fold_frames(scope_ids, personal, owners)
     if not dry_run:
         store.tags.replace_tags(scope_ids, "zero-shot", set_id, zero)
         if probes:
@@ -206,3 +212,20 @@ def _sidecars(records: list[ImageRecord], tags: list[list[str]], dry_run: bool, 
         if did:
             summary.sidecars.append(str(path))
     summary.sidecars_changed = len(summary.sidecars)
+
+
+def fold_frames(ids: list[int], found: list[list[tuple[str, float]]], owners: dict[int, int]
+                ) -> tuple[list[int], list[list[tuple[str, float]]]]:
+    """(ids, tags) with each video frame's tags moved onto its video's row (best score per label)."""
+    pos = {i: n for n, i in enumerate(ids)}
+    merged = [dict(f) for f in found]
+    keep = []
+    for n, i in enumerate(ids):
+        video = owners.get(i)
+        if video is None:
+            keep.append(n)
+        elif video in pos:
+            target = merged[pos[video]]
+            for name, score in found[n]:
+                target[name] = max(score, target.get(name, score))
+    return [ids[n] for n in keep], [sorted(merged[n].items(), key=lambda kv: -kv[1]) for n in keep]

@@ -21,6 +21,7 @@ from pathlib import Path
 import numpy as np
 import pytest
 import shapes
+import videos
 
 from clipsearch import Library
 from clipsearch.index.store import Store
@@ -33,6 +34,8 @@ def _make_library(folder: Path, n: int) -> None:
         sub = folder / f"roll{i // 100:02d}"
         sub.mkdir(parents=True, exist_ok=True)
         shapes.sample(rng).image.save(sub / f"img{i:04d}.png")
+    # A video among them: its frames are rows committed with it, and must be all there or not at all.
+    videos.write_clip(folder / "roll00" / "clip.mp4", [("red", "circle", 2.0), ("blue", "square", 2.0)])
 
 
 def _committed(db: Path) -> int:
@@ -78,11 +81,11 @@ def _run_killed(cmd: list[str], index: Path, how: str) -> bool:
 def _check_consistent(index: Path, clean: Path, n: int) -> None:
     killed_store, clean_store = Store.open(index), Store.open(clean)
     try:
-        paths = [r[0] for r in killed_store.db.execute("SELECT path FROM images")]
+        paths = [r[0] for r in killed_store.db.execute("SELECT path FROM images WHERE video_id IS NULL")]
         assert len(paths) == len(set(paths)) == n, "a file is missing or indexed twice"
         ids, _ = killed_store.all_vectors()
         faiss_index = VectorIndex.load(index, killed_store, save=False)
-        assert faiss_index.size == len(ids) == n
+        assert faiss_index.size == len(ids) == clean_store.count() > n  # the video's later frames are rows too
         assert sorted(faiss_index.index.id_map.at(i) for i in range(faiss_index.size)) == sorted(ids.tolist())
         by_path = {p: i for i, p in killed_store.db.execute("SELECT id, path FROM images")}
         clean_by_path = {p: i for i, p in clean_store.db.execute("SELECT id, path FROM images")}
@@ -127,7 +130,7 @@ def _kill_and_recover(tmp_path: Path, n: int, kills: int, seed: int, recover_in_
         else:
             final = subprocess.run(cmd, capture_output=True, text=True, timeout=600)
             assert final.returncode == 0, final.stderr
-        expected = len(list(photos.rglob("*.png")))
+        expected = len(list(photos.rglob("*.png"))) + 1  # and the video
         _check_consistent(index, clean.path, expected)
         consistent += 1
     print(f"\n{consistent}/{kills} consistent after {landed} kills that landed mid-run, 0 lost, 0 duplicated")

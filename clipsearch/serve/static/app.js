@@ -256,7 +256,8 @@ async function showPhoto(id) {
   $("photo-path").dataset.path = info.path;
   $("reveal").hidden = !info.can_reveal;
   $("reveal").dataset.id = info.id;
-  $("original").href = `/api/photo/${info.id}/original`;
+  // A video's moment opens the video at that time (a media fragment browsers honour).
+  $("original").href = `/api/photo/${info.id}/original` + (info.time != null ? `#t=${info.time}` : "");
   if (!info.available) $("photo-note").textContent = "The file is gone or changed since it was indexed; run the index again.";
   try {
     const similar = await api(`/api/search?similar=${info.id}&limit=24`);

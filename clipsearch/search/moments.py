@@ -1,0 +1,50 @@
+"""Videos among the results: each video once, at its best moment, with its other matching moments.
+
+A video's kept frames are rows of their own (index/video_tables.py), so a vector search finds
+frames; here they become the video's path and a time. Grouping happens before results are
+counted against `--top`, so a video with 60 matching frames takes one place, not 60.
+"""
+
+from __future__ import annotations
+
+from clipsearch.index import video_tables
+from clipsearch.index.records import ImageRecord, Moment
+from clipsearch.index.store import Store
+
+
+class Grouper:
+    """Folds a video's frames into one hit as the ranking's walk meets them (search/hits.py): each
+    video once, at the first (best-scoring) of its moments that the filters allow; its other
+    relevant moments are listed with it. `all_moments` keeps every frame as a hit of its own."""
+
+    def __init__(self, store: Store, all_moments: bool = False) -> None:
+        self.store, self.all_moments = store, all_moments
+        self.any = video_tables.has_videos(store.db)  # a library without videos costs no lookups
+        self.where: dict[int, Moment] = {}  # by row id, for the rows read so far
+        self.start()
+
+    def start(self) -> None:
+        """A walk starts over (the search widened): what it folded is forgotten, what it read is kept."""
+        self.first: dict[int, int] = {}  # video id -> the row id that stands for it
+        self.moment: dict[int, Moment] = {}  # by the standing hit's row id
+        self.others: dict[int, list[tuple[float, float]]] = {}  # (time, score), by the standing row id
+
+    def read(self, ids: list[int]) -> None:
+        """Learn which of these rows are videos or their frames (one statement)."""
+        if self.any:
+            self.where.update(video_tables.moments(self.store.db, ids))
+
+    def place(self, score: float, row: ImageRecord, ok: bool) -> ImageRecord | None:
+        """The row to show for this hit (a frame shows as its video), or None when it is a later
+        moment of a video already placed."""
+        m = self.where.get(row.id)
+        if m is None:
+            return row
+        if self.all_moments or m.video_id not in self.first:
+            self.first[m.video_id] = row.id
+            self.moment[row.id], self.others[row.id] = m, []
+            return ImageRecord(m.path, row.size, row.mtime_ns, row.fingerprint, row.width, row.height, row.format,
+                               row.taken_at, row.lat, row.lon, row.camera, id=row.id)
+        if ok:
+            self.others[self.first[m.video_id]].append((m.time_s, score))
+        return None

@@ -71,6 +71,10 @@ def eligible(model: Any, weights: Path) -> bool:
     expected = model.state_dict()
     if set(keys) != set(expected):
         return False
+    # Buffers outside the state dict other than the causal mask that materialise rebuilds (a Hugging
+    # Face tower's position ids) would stay on the meta device: only open_clip's own loading fills them.
+    if any(name not in expected and name.rsplit(".", 1)[-1] != "attn_mask" for name, _ in model.named_buffers()):
+        return False
     from safetensors import safe_open
 
     with safe_open(str(weights), framework="pt") as f:

@@ -21,13 +21,24 @@ TINY_MODEL_DIR = Path(__file__).parent / "fixtures" / "tiny-clip"
 TINY_MODEL = f"local-dir:{TINY_MODEL_DIR}"
 
 
-def pytest_collection_modifyitems(items: list[pytest.Item]) -> None:
-    """Keep a module whose fixtures are module-scoped on one xdist worker, so they are built once."""
-    for item in items:
-        info = getattr(item, "_fixtureinfo", None)
-        defs = info.name2fixturedefs.values() if info else ()
-        if any(d and d[-1].scope == "module" for d in defs):
-            item.add_marker(pytest.mark.xdist_group(item.module.__name__ if item.module else item.nodeid))
+def pytest_xdist_make_scheduler(config: pytest.Config, log: object) -> object:
+    """Spread tests one by one over the workers, but keep a file with module-scoped fixtures on one
+    worker, so they are built once. (xdist's own `xdist_group` marks do not group under pytest 9.)"""
+    if config.getvalue("dist") != "loadgroup":
+        return None
+    from xdist.scheduler import LoadScopeScheduling
+
+    shared: dict[str, bool] = {}
+
+    class ByFixtureScope(LoadScopeScheduling):  # type: ignore[misc]
+        def _split_scope(self, nodeid: str) -> str:
+            file = nodeid.split("::", 1)[0]
+            if file not in shared:
+                source = config.rootpath / file
+                shared[file] = source.is_file() and 'scope="module"' in source.read_text(encoding="utf-8")
+            return file if shared[file] else nodeid
+
+    return ByFixtureScope(config, log)
 
 
 @pytest.fixture(autouse=True)

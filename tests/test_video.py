@@ -226,3 +226,25 @@ def test_the_gallery_shows_a_moments_frame_and_serves_only_the_indexed_video(lib
         assert client.get(f"/api/photo/{frame['id']}/view").headers["content-type"] == "image/jpeg"
         (library / "clips" / "plain.mp4").write_bytes(b"changed since")  # not the file that was indexed
         assert client.get(f"/api/photo/{frame['id']}/original").status_code == 404
+
+
+def test_a_video_stands_at_its_first_relevant_moment() -> None:
+    """A better-scoring moment that the relevance decision turned down does not hide the video."""
+    from types import SimpleNamespace
+
+    from clipsearch.index.records import ImageRecord, Moment
+    from clipsearch.search.moments import Grouper
+
+    def row(i: int) -> ImageRecord:
+        return ImageRecord(f"/v/clip.mp4#t={i}", 1, 1, "fp", 8, 8, "mp4", None, None, None, None, id=i)
+
+    grouper = Grouper(SimpleNamespace(db=sqlite3.connect(":memory:")))  # type: ignore[arg-type]
+    grouper.where = {i: Moment(1, "/v/clip.mp4", float(i)) for i in (1, 2, 3)}
+    grouper.start()
+    assert grouper.place(0.9, row(1), False) is not None  # best score, turned down: stands for now
+    shown = grouper.place(0.8, row(2), True)
+    assert shown is not None and shown.path == "/v/clip.mp4" and grouper.moment[2].time_s == 2.0
+    assert grouper.place(0.7, row(3), True) is None and grouper.others[2] == [(3.0, 0.7)]
+    by_score = Grouper(SimpleNamespace(db=sqlite3.connect(":memory:")), prefer_relevant=False)  # type: ignore[arg-type]
+    by_score.where = grouper.where
+    assert by_score.place(0.9, row(1), False) is not None and by_score.place(0.8, row(2), True) is None

@@ -80,7 +80,7 @@ def sample(path: str, pre: Preprocess, meta: _Meta) -> Iterator[tuple[float, np.
     try:
         container = av.open(path, metadata_errors="ignore")
     except (av.error.FFmpegError, UnicodeDecodeError) as exc:
-        raise SkipFile("corrupt or truncated", f"not a readable video: {str(exc)[:140]}") from exc
+        raise SkipFile("corrupt or truncated", f"not a readable video: {_said(exc)}") from exc
     with container:
         if not container.streams.video:
             raise SkipFile("no video stream", "the file holds no video track")
@@ -108,8 +108,8 @@ def sample(path: str, pre: Preprocess, meta: _Meta) -> Iterator[tuple[float, np.
                 meta.last_time = t
         except (av.error.FFmpegError, ValueError) as exc:
             if seen == 0:
-                raise SkipFile("corrupt or truncated", f"no frame could be decoded: {str(exc)[:140]}") from exc
-            meta.error = str(exc)[:140]
+                raise SkipFile("corrupt or truncated", f"no frame could be decoded: {_said(exc)}") from exc
+            meta.error = _said(exc)
         if seen == 0:
             raise SkipFile("corrupt or truncated", "no frame could be decoded")
 
@@ -229,3 +229,9 @@ def _decode_at(path: str, time_s: float, seek: bool) -> Image.Image | None:
                 # PIL turns counter-clockwise, as the display matrix does.
                 return img.rotate(rotation, expand=True) if rotation else img
     return None
+
+
+def _said(exc: Exception) -> str:
+    """FFmpeg's own words, without the errno and the path the skip line already shows."""
+    words = getattr(exc, "strerror", None)
+    return (words if isinstance(words, str) and words else str(exc))[:140]

@@ -17,8 +17,9 @@ class Grouper:
     video once, at the first (best-scoring) of its moments that the filters allow; its other
     relevant moments are listed with it. `all_moments` keeps every frame as a hit of its own."""
 
-    def __init__(self, store: Store, all_moments: bool = False) -> None:
-        self.store, self.all_moments = store, all_moments
+    def __init__(self, store: Store, all_moments: bool = False, prefer_relevant: bool = True) -> None:
+        # prefer_relevant: off with --min-score, where a moment is kept by its score alone.
+        self.store, self.all_moments, self.prefer_relevant = store, all_moments, prefer_relevant
         self.any = video_tables.has_videos(store.db)  # a library without videos costs no lookups
         self.where: dict[int, Moment] = {}  # by row id, for the rows read so far
         self.start()
@@ -28,6 +29,7 @@ class Grouper:
         self.first: dict[int, int] = {}  # video id -> the row id that stands for it
         self.moment: dict[int, Moment] = {}  # by the standing hit's row id
         self.others: dict[int, list[tuple[float, float]]] = {}  # (time, score), by the standing row id
+        self.standing_ok: dict[int, bool] = {}  # by row id: was the standing moment relevant
 
     def read(self, ids: list[int]) -> None:
         """Learn which of these rows are videos or their frames (one statement)."""
@@ -40,11 +42,16 @@ class Grouper:
         m = self.where.get(row.id)
         if m is None:
             return row
-        if self.all_moments or m.video_id not in self.first:
+        standing = self.first.get(m.video_id)
+        # The video's first relevant moment stands for it: a better-scoring moment that the decision
+        # turned down must not hide it (that one then stays among the closest only).
+        if (self.all_moments or standing is None
+                or (self.prefer_relevant and ok and not self.standing_ok[standing])):
             self.first[m.video_id] = row.id
+            self.standing_ok[row.id] = ok
             self.moment[row.id], self.others[row.id] = m, []
             return ImageRecord(m.path, row.size, row.mtime_ns, row.fingerprint, row.width, row.height, row.format,
                                row.taken_at, row.lat, row.lon, row.camera, id=row.id)
         if ok:
-            self.others[self.first[m.video_id]].append((m.time_s, score))
+            self.others[standing].append((m.time_s, score))
         return None

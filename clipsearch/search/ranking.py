@@ -264,7 +264,7 @@ def rank(store: Store, index: VectorIndex, query: np.ndarray, top: int, filters:
     if min_score is not None:
         floor = min(min_score, 1.0)
         method, cutoff = "min-score", floor
-    grouper = moments.Grouper(store, all_moments)
+    grouper = moments.Grouper(store, all_moments, prefer_relevant=min_score is None)
     kept, cut, near = hits.collect(store, index, query, top, filters.accepts, decide, floor, min_score is not None,
                                    exclude_ids, closest, grouper, needs_vectors=alternatives is not None)
 

@@ -46,23 +46,23 @@ text_tower.OnnxTextEncoder.__init__ = timed_init  # type: ignore[method-assign]
 
 lib = Library(sys.argv[1])
 terms = query.parse(sys.argv[2], frozenset(), (), (), ())
-store = lib._open()
-recorded = store.model_identity()
-assert recorded is not None
-mark("open SQLite, check the text cache")
-text_vectors = lib._text_vectors(store, recorded, terms, [])
-index = VectorIndex.load(lib.path, store)
-mark("load FAISS (memory-mapped)")
-t0 = time.perf_counter()
-vectors = text_vectors()
-total = time.perf_counter() - t0
-encode = total
-vec = query.combine(terms, lambda t: vectors[t.value])
-mark("wait for text encoder + encode")
-found = ranking.rank(store, index, vec, 20)
-mark("search + cutoff + metadata")
-text = render.results_paths(found.results)
-mark("render")
-assert cli is not None and text is not None
+with lib._open() as store:
+    recorded = store.model_identity()
+    assert recorded is not None
+    mark("open SQLite, check the text cache")
+    text_vectors = lib._text_vectors(store, recorded, terms, [], {})
+    index = VectorIndex.load(lib.path, store)
+    mark("load FAISS (memory-mapped)")
+    t0 = time.perf_counter()
+    vectors = text_vectors()
+    total = time.perf_counter() - t0
+    encode = total
+    vec = query.combine(terms, lambda t: vectors[t.value])
+    mark("wait for text encoder + encode")
+    found = ranking.rank(store, index, vec, 20)
+    mark("search + cutoff + metadata")
+    text = render.results_paths(found.results)
+    mark("render")
+    assert cli is not None and text is not None
 stages.setdefault("text encoder load (thread)", 0.0)
 print(json.dumps(stages))

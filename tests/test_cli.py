@@ -111,6 +111,8 @@ def test_status_and_models_list(photo_dir: Path) -> None:
     assert models.exit_code == 0 and config.DEFAULT_MODEL in models.stdout and "72.8%" in models.stdout
     listed = json.loads(runner.invoke(app, ["models", "list", "--json"]).stdout)
     assert any(m["default"] and not m["cached"] for m in listed)
+    # In a pipe the table is as wide as it is: every model name whole, to copy into --model.
+    assert all(m["name"] in models.stdout for m in listed)
 
 
 def test_models_info_for_the_tiny_model() -> None:

@@ -7,7 +7,7 @@ from pathlib import Path
 import click
 
 from clipsearch import config
-from clipsearch.cli.common import handles_errors, library, note, out, print_json
+from clipsearch.cli.common import handles_errors, library, note, out, print_json, print_table
 from clipsearch.cli.options import device_option, index_option, json_option, precision_option
 from clipsearch.errors import ClipsearchError
 
@@ -36,7 +36,7 @@ def models_list(as_json: bool) -> None:
         print_json([{**e.__dict__, "cached": cached[e.name], "default": e.name == config.DEFAULT_MODEL}
                     for e in models_mod.CATALOG])
         return
-    out.print(render.models_table(models_mod.CATALOG, cached, config.DEFAULT_MODEL))
+    print_table(render.models_table(models_mod.CATALOG, cached, config.DEFAULT_MODEL))  # whole in a pipe
     out.print(f"\nDefault: {config.DEFAULT_MODEL}. ImageNet: zero-shot top-1 accuracy.\n"
               f"For queries in other languages than English: {languages.RECOMMENDED}\n"
               "(pip install 'clipsearch[multilingual]'; docs/models.md).\n"

@@ -24,6 +24,7 @@ from typing import Any
 
 import numpy as np
 
+from clipsearch.model import text_tower
 from clipsearch.model.identity import Preprocess
 
 FOLDER = "image-model"
@@ -76,21 +77,12 @@ class OnnxImageEncoder:
     """Decoded pixels -> normalised float32 vectors with ONNX Runtime; no torch anywhere."""
 
     def __init__(self, folder: Path, file: str | None = None, preoptimized: bool | None = None) -> None:
-        import onnxruntime as ort
-
         meta = json.loads((folder / "meta.json").read_text())
         self.meta = meta
         self.preprocess = preprocess_of(meta)
-        options = ort.SessionOptions()
-        options.log_severity_level = 3
-        # As for the text tower: spinning idle threads only burn the core the rest of the query needs.
-        options.add_session_config_entry("session.intra_op.allow_spinning", "0")
-        if meta.get("preoptimized") if preoptimized is None else preoptimized:
-            # Optimised once at export: loading skips the graph rewrite and weight pre-packing.
-            options.graph_optimization_level = ort.GraphOptimizationLevel.ORT_DISABLE_ALL
-            options.add_session_config_entry("session.disable_prepacking", "1")
         model = folder / (file or meta.get("file", "model.onnx"))
-        self.session = ort.InferenceSession(str(model), options, providers=["CPUExecutionProvider"])
+        self.session = text_tower.session(model, bool(meta.get("preoptimized") if preoptimized is None
+                                                      else preoptimized))
 
     def embed_images(self, pixels: np.ndarray) -> np.ndarray:
         """uint8 pixels (N, size, size, 3) from images.decode -> (N, dim) normalised float32."""

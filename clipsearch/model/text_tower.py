@@ -76,13 +76,28 @@ def record_sizes(folder: Path, meta: dict[str, Any]) -> dict[str, Any]:
     return {**meta, "sizes": {name: (folder / name).stat().st_size for name in _files(meta)}}
 
 
+def session(model: Path, preoptimized: bool) -> Any:
+    """An ONNX Runtime session on the CPU as a query wants it (the image tower's too)."""
+    import onnxruntime as ort
+
+    options = ort.SessionOptions()
+    options.log_severity_level = 3
+    # Idle worker threads spin by default, burning the core the rest of a query needs (measured:
+    # session + one encode 0.16 s CPU with spinning, 0.08 s without).
+    options.add_session_config_entry("session.intra_op.allow_spinning", "0")
+    if preoptimized:
+        # Optimised once at export (text_export._preoptimize): loading then skips the graph rewrite
+        # and the weight pre-packing, 0.25 s -> 0.06 s of a cold query, for 5 ms more on one encode.
+        options.graph_optimization_level = ort.GraphOptimizationLevel.ORT_DISABLE_ALL
+        options.add_session_config_entry("session.disable_prepacking", "1")
+    return ort.InferenceSession(str(model), options, providers=["CPUExecutionProvider"])
+
+
 class OnnxTextEncoder:
     """Texts -> normalised float32 vectors with ONNX Runtime; no torch anywhere."""
 
     def __init__(self, folder: Path, file: str | None = None, preoptimized: bool | None = None) -> None:
         """`file` and `preoptimized` default to what meta.json records (export tries others)."""
-        import onnxruntime as ort
-
         meta = json.loads((folder / "meta.json").read_text())
         # Hugging Face text towers (XLM-RoBERTa...) pad with their pad id; CLIP's end token has the highest id.
         self.pad_id: int | None = int(meta["pad_id"]) if meta.get("tokenizer") == "hf" else None
@@ -90,21 +105,11 @@ class OnnxTextEncoder:
             HFTokenizer(folder / TOKENIZER_NAME, int(meta["context_length"]), int(meta["pad_id"]))
             if self.pad_id is not None else Tokenizer(folder / VOCAB_NAME, int(meta["context_length"]),
                                                       cache_tables=True))
-        options = ort.SessionOptions()
-        options.log_severity_level = 3
-        # Idle worker threads spin by default, burning the core the rest of a query needs (measured:
-        # session + one encode 0.16 s CPU with spinning, 0.08 s without).
-        options.add_session_config_entry("session.intra_op.allow_spinning", "0")
-        if meta.get("preoptimized") if preoptimized is None else preoptimized:
-            # Optimised once at export (see _preoptimize): loading then skips the graph rewrite and the
-            # weight pre-packing, 0.25 s -> 0.06 s of a cold query, for 5 ms more on one encode.
-            options.graph_optimization_level = ort.GraphOptimizationLevel.ORT_DISABLE_ALL
-            options.add_session_config_entry("session.disable_prepacking", "1")
         model = folder / (file or meta.get("file", "model.onnx"))
         # The token table lives outside the graph, memory-mapped: a query reads the rows of its own
         # tokens, not 25 million weights (see export). Older exports have it inside the graph.
         self.table = (np.load(folder / TABLE_NAME, mmap_mode="r") if meta.get("inputs") == "embedded" else None)
-        self.session = ort.InferenceSession(str(model), options, providers=["CPUExecutionProvider"])
+        self.session = session(model, bool(meta.get("preoptimized") if preoptimized is None else preoptimized))
 
     def token_lengths(self, texts: list[str]) -> np.ndarray:
         """Each text's tokens up to its end-of-text token: what one batch of them costs to run."""

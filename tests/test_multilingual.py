@@ -23,6 +23,8 @@ from train_tiny_multilingual import KO_COLORS, KO_SHAPES
 
 from clipsearch import Library
 from clipsearch.cli import app
+from clipsearch.index.store import Store
+from clipsearch.ingest import shards
 from clipsearch.model import languages, names, text_tower
 from clipsearch.model.embedder import Embedder
 from clipsearch.model.hf_tokenizer import TOKENIZER_NAME, HFTokenizer
@@ -188,6 +190,63 @@ def test_a_sigmoid_model_decides_by_its_own_probability(ml_here: Path) -> None:
         plain = ranking.rank(store, index, query, 3, alternatives=alternatives, logit_scale=10.0)
         sure = ranking.rank(store, index, query, 3, alternatives=alternatives, logit_scale=10.0, logit_bias=0.0)
     assert not plain.results and sure.results and sure.results[0].probability >= relevance.MIN_PROBABILITY
+
+
+
+def test_few_shot_tag_named_in_korean(ml_here: Path) -> None:
+    """`tag learn` from four pictures under the multilingual model, a Hangul tag name round trip."""
+    names_of = {str(p): p.name.rsplit("-", 1)[0] for p in (ml_here / "all").iterdir()}
+    truth = {p for p, c in names_of.items() if c.endswith("-circle")}
+    examples = [p for p in sorted(truth) if names_of[p].split("-")[0] in ("red", "blue", "yellow", "white")][::5]
+    assert len(examples) == 4
+    learned = runner.invoke(app, ["tag", "learn", "원", *[arg for e in examples for arg in ("-e", e)]])
+    assert learned.exit_code == 0 and "from 4 example" in learned.stderr, learned.stderr
+    lib = Library()
+    lib.tag(labels=zero_shot.parse_labels("빨강: 빨간 것"))
+    with Store.open(lib.path) as store:
+        paths = dict(store.db.execute("SELECT id, path FROM images"))
+        tags = store.tags.tags_of(list(paths))
+    tagged = {paths[i] for i, found in tags.items() if any(lab == "원" and src == "few-shot" for lab, _, src in found)}
+    f1 = 2 * len(tagged & truth) / (len(tagged) + len(truth))
+    # 0.80 measured (36 of 40 circles, 14 others: the tiny multilingual model is weaker than the English one).
+    assert f1 >= 0.7 and len(tagged & truth) >= 0.75 * len(truth), (len(tagged & truth), len(tagged), len(truth))
+    assert runner.invoke(app, ["tag", "forget", "원"]).exit_code == 0
+
+
+def test_duplicates_under_a_multilingual_model(tmp_path: Path, monkeypatch: pytest.MonkeyPatch) -> None:
+    from test_duplicates import _library
+
+    monkeypatch.setenv("CLIPSEARCH_MODEL", ML_MODEL)
+    folder = _library(tmp_path)
+    lib = Library()
+    lib.index([folder])
+    groups = lib.duplicates()
+    by_tier = {g.tier: sorted(Path(m.path).name for m in g.members) for g in groups}
+    assert by_tier == {"exact": ["star copy.png", "star.png"], "near": ["star-small.jpg", "star.png"]}
+    similar = lib.duplicates(similar=True, similar_cosine=0.8)
+    in_tiers = [Path(m.path).name for g in similar for m in g.members if m.id != g.keep.id]
+    assert len(in_tiers) == len(set(in_tiers))  # no photo is a copy in two tiers
+
+
+def test_shards_of_a_multilingual_model_merge_into_the_local_index(
+        ml_index: tuple[Path, Path, subprocess.CompletedProcess[str]], tmp_path: Path,
+        monkeypatch: pytest.MonkeyPatch) -> None:
+    from same_index import assert_same_index
+
+    photos, home, _ = ml_index
+    monkeypatch.setenv("CLIPSEARCH_MODEL", ML_MODEL)
+    written = [Library(model=ML_MODEL).embed_shard([photos], (i, 2), tmp_path / f"s{i}") for i in range(2)]
+    desc = json.loads((written[0].out / shards.SHARD_FILE).read_text())
+    assert desc["model"]["logit_bias"] < 0  # the sigmoid model's bias travels with the shard
+    merged = Library(index=tmp_path / "index")
+    summary = merged.merge([w.out for w in reversed(written)])
+    assert summary.added == 240
+    assert_same_index(tmp_path / "index", home / "index")
+    with Store.open(tmp_path / "index") as store, Store.open(home / "index") as local:
+        assert store.meta("logit_bias") == local.meta("logit_bias")
+    found = merged.query("빨간 원", top=3)
+    assert found.ranking.method == "zero-shot or sigmoid" and found.results
+    assert Path(found.results[0].path).name.startswith("red-circle-")
 
 
 @pytest.mark.heavy

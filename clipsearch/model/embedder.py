@@ -298,8 +298,8 @@ def _load_lean(spec: names.ModelSpec, weights: Path, device: str,
     checkpoint does not qualify (lean_load.py) and open_clip's own loading must do."""
     from clipsearch.model import lean_load
 
-    if weights.suffix != ".safetensors":
-        return None
+    if weights.suffix != ".safetensors" or (spec.kind == "local-dir" and _local_hf_tower(Path(spec.path))):
+        return None  # a local Hugging Face tower is built and loaded in one step: open_clip's path
     model, tokenizer = lean_load.skeleton(lambda: _create(spec, weights, "meta", load_weights=False))
     try:
         if not lean_load.eligible(model, weights):

@@ -102,7 +102,7 @@ CATALOG: tuple[CatalogEntry, ...] = (
                  "visheratin/nllb-clip-base-oc/", "201 (NLLB-200)"),
     CatalogEntry("nllb-clip-large:v1", 5600, "slow", None, "NLLB-1.3B text, ViT-H-14 images; wants a GPU",
                  "visheratin/nllb-clip-large-oc/", "201 (NLLB-200)"),
-    CatalogEntry("nllb-clip-base-siglip:v1", 2028, "medium", None, "sigmoid loss: scores are probabilities",
+    CatalogEntry("nllb-clip-base-siglip:v1", 2028, "slow", None, "sigmoid loss: scores are probabilities",
                  "visheratin/nllb-clip-base-siglip/", "201 (NLLB-200)"),
     CatalogEntry("nllb-clip-large-siglip:v1", 4780, "slow", None, "sigmoid loss, SO400M images; wants a GPU",
                  "visheratin/nllb-clip-large-siglip/", "201 (NLLB-200)"),

@@ -241,10 +241,12 @@ def test_a_video_stands_at_its_first_relevant_moment() -> None:
     grouper = Grouper(SimpleNamespace(db=sqlite3.connect(":memory:")))  # type: ignore[arg-type]
     grouper.where = {i: Moment(1, "/v/clip.mp4", float(i)) for i in (1, 2, 3)}
     grouper.start()
-    assert grouper.place(0.9, row(1), False) is not None  # best score, turned down: stands for now
-    shown = grouper.place(0.8, row(2), True)
+    first, replaced = grouper.place(0.9, row(1), False)  # best score, turned down: stands for now
+    assert first is not None and first.path == "/v/clip.mp4" and replaced is None
+    shown, replaced = grouper.place(0.8, row(2), True)
     assert shown is not None and shown.path == "/v/clip.mp4" and grouper.moment[2].time_s == 2.0
-    assert grouper.place(0.7, row(3), True) is None and grouper.others[2] == [(3.0, 0.7)]
+    assert replaced == 1, "the relevant moment takes the turned-down one's place: the video still counts once"
+    assert grouper.place(0.7, row(3), True) == (None, None) and grouper.others[2] == [(3.0, 0.7)]
     by_score = Grouper(SimpleNamespace(db=sqlite3.connect(":memory:")), prefer_relevant=False)  # type: ignore[arg-type]
     by_score.where = grouper.where
-    assert by_score.place(0.9, row(1), False) is not None and by_score.place(0.8, row(2), True) is None
+    assert by_score.place(0.9, row(1), False)[0] is not None and by_score.place(0.8, row(2), True) == (None, None)

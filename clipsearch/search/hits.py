@@ -116,11 +116,14 @@ def walk(store: Store, hits: list[tuple[float, int]], relevant: np.ndarray, rows
         row = rows[image_id]
         if row is None or not accepts(row):
             continue
-        row = grouper.place(score, row, bool(relevant[pos]))
-        if row is None:  # a later moment of a video already placed: listed with it, not counted again
+        shown, superseded = grouper.place(score, row, bool(relevant[pos]))
+        if shown is None:  # a later moment of a video already placed: listed with it, not counted again
             continue
-        allowed += 1
-        entry = (score, row, bool(relevant[pos]))
+        if superseded is None:
+            allowed += 1
+        else:  # the video's first relevant moment takes its turned-down one's place: still one video
+            near = [e for e in near if e[1].id != superseded]
+        entry = (score, shown, bool(relevant[pos]))
         if len(near) < closest:
             near.append(entry)
         if wanted:

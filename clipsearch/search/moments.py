@@ -36,12 +36,12 @@ class Grouper:
         if self.any:
             self.where.update(video_tables.moments(self.store.db, ids))
 
-    def place(self, score: float, row: ImageRecord, ok: bool) -> ImageRecord | None:
-        """The row to show for this hit (a frame shows as its video), or None when it is a later
-        moment of a video already placed."""
+    def place(self, score: float, row: ImageRecord, ok: bool) -> tuple[ImageRecord | None, int | None]:
+        """(the row to show for this hit, a frame shown as its video, or None when it is a later moment
+        of a video already placed; the row id of the video's earlier, turned-down moment it replaces)."""
         m = self.where.get(row.id)
         if m is None:
-            return row
+            return row, None
         standing = self.first.get(m.video_id)
         # The video's first relevant moment stands for it: a better-scoring moment that the decision
         # turned down must not hide it (that one then stays among the closest only).
@@ -50,8 +50,9 @@ class Grouper:
             self.first[m.video_id] = row.id
             self.standing_ok[row.id] = ok
             self.moment[row.id], self.others[row.id] = m, []
-            return ImageRecord(m.path, row.size, row.mtime_ns, row.fingerprint, row.width, row.height, row.format,
-                               row.taken_at, row.lat, row.lon, row.camera, id=row.id)
+            return (ImageRecord(m.path, row.size, row.mtime_ns, row.fingerprint, row.width, row.height, row.format,
+                                row.taken_at, row.lat, row.lon, row.camera, id=row.id),
+                    None if self.all_moments else standing)
         if ok:
             self.others[standing].append((m.time_s, score))
-        return None
+        return None, None

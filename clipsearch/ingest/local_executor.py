@@ -94,7 +94,9 @@ def embed_files(files: list[scan.FoundFile], embedder: Embedder, max_pixels: int
         with gate.slot():
             t = time.perf_counter()
             out = decode_one(f, pre, max_pixels, pixels=not on_gpu)
-            decode_s.append(time.perf_counter() - t)
+            if not (isinstance(out[1], images.SkipFile) and out[1].reason == _VIDEO):
+                # A video is only fingerprinted here: its microseconds are no photo's decode rate.
+                decode_s.append(time.perf_counter() - t)
             return out
 
     gpu_waiting: list[tuple[int, images.Decoded]] = []  # (index in pixels, header-only decode)

@@ -136,7 +136,11 @@ def label_floor(folder: Path, enc: object, flat: list[str]) -> dict[str, float]:
     beat it; only fewer FLOPs (shared template prefixes) or a faster precision can."""
     import json
 
-    cfg = json.loads((common.random_model("ViT-B-32") / "open_clip_config.json").read_text())["model_cfg"]["text_cfg"]
+    from clipsearch.model.text_tower import FOLDER
+
+    model = json.loads((folder / FOLDER / "meta.json").read_text())["model"]  # local-dir:PATH, as bench_query builds it
+    config = Path(model.split(":", 1)[1]) / "open_clip_config.json"
+    cfg = json.loads(config.read_text())["model_cfg"]["text_cfg"]
     width, layers = int(cfg["width"]), int(cfg["layers"])
     tokens = int(np.asarray(enc.token_lengths(flat)).sum())  # type: ignore[attr-defined]
     # Per token and layer: q, k, v, out projections (4 W^2) and the 4x MLP (8 W^2), 2 FLOPs a MAC.

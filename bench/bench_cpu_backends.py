@@ -31,7 +31,11 @@ int8 is set against the fp32 ideal. Fidelity: the cosine of each of 16 real pict
 (scikit-image's data photos and crops of them, decoded and normalised as indexing does) to torch
 eager fp32 at the default ISA.
 
-    python bench/bench_cpu_backends.py [--runs 5] [--only torch-fp32,ov-bf16] [--no-avx2]
+    python bench/bench_cpu_backends.py [--runs 5] [--only torch-fp32,ov-bf16] [--no-avx2] [--reverse --append]
+    python bench/bench_cpu_backends.py --table     # the docs table from bench/results/cpu-backends.json
+
+OpenVINO is not a clipsearch dependency: `pip install openvino` to include it (its rows fail otherwise).
+The full run takes ~14 minutes on 2 busy cores (torch.compile's two compiles per variant are most of it).
 """
 
 from __future__ import annotations
@@ -270,9 +274,16 @@ def main() -> None:
     ap.add_argument("--runs", type=int, default=5)
     ap.add_argument("--only", default="", help="comma-separated variant names")
     ap.add_argument("--no-avx2", action="store_true")
+    ap.add_argument("--reverse", action="store_true", help="run the variants in reverse order")
+    ap.add_argument("--append", action="store_true",
+                    help="add this run's rows to bench/results/cpu-backends.json as one more round")
     ap.add_argument("--worker", nargs=2, metavar=("BACKEND", "PRECISION"))
     ap.add_argument("--setup", action="store_true")
+    ap.add_argument("--table", action="store_true", help="print the docs table of the saved results")
     args = ap.parse_args()
+    if args.table:
+        print(table(json.loads((common.RESULTS / "cpu-backends.json").read_text())))
+        return None
     if args.setup:
         return setup()
     if args.worker:
@@ -292,8 +303,11 @@ def main() -> None:
         jobs.append((name, "default", backend, precision, {}))
         if avx2 and not args.no_avx2:  # each variant's AVX2 run right after its default one
             jobs.append((name, "avx2", backend, precision, AVX2))
+    if args.reverse:
+        jobs.reverse()
     rows: list[dict[str, Any]] = []
-    ref = None
+    ref_file = WORK / "reference.npy"  # torch eager fp32 at the default ISA: deterministic, kept between runs
+    ref = np.load(ref_file) if ref_file.exists() else None
     for name, isa, backend, precision, env in jobs:
         t = time.perf_counter()
         try:
@@ -305,6 +319,7 @@ def main() -> None:
             vecs = np.load(WORK / out.pop("vectors"))
             if ref is None and name == "torch-fp32" and isa == "default":
                 ref = vecs
+                np.save(ref_file, ref)
             if ref is not None:
                 cos = np.sum(vecs * ref, axis=1)
                 out["cos_min"], out["cos_mean"] = float(cos.min()), float(cos.mean())
@@ -320,9 +335,51 @@ def main() -> None:
                "pictures": N_PICTURES, "flops": meta["flops"], "runs": args.runs, "avx2_env": AVX2,
                "uptime": subprocess.run(["uptime"], capture_output=True, text=True).stdout.strip(),
                "total_s": time.perf_counter() - started, "rows": rows}
+    previous = common.RESULTS / "cpu-backends.json"
+    if args.append and previous.exists():
+        old = json.loads(previous.read_text())
+        rnd = 1 + max(r.get("round", 1) for r in old["rows"])
+        payload["rows"] = old["rows"] + [{**r, "round": rnd} for r in rows]
+        payload["uptime"] = [*(old["uptime"] if isinstance(old["uptime"], list) else [old["uptime"]]),
+                             payload["uptime"]]
+        payload["total_s"] = old["total_s"] + payload["total_s"]
+        only = set()
     path = common.save("cpu-backends" if not only else "cpu-backends-partial", payload)
+    print(table(payload))
     print(path)
     return None
+
+
+# ---- the table in docs/benchmarks.md ----------------------------------------------------------------------
+
+LABELS = {"torch-fp32": "torch eager fp32", "torch-bf16": "torch eager bf16 (clipsearch today on bf16 CPUs)",
+          "compile-fp32": "torch.compile fp32", "compile-bf16": "torch.compile bf16",
+          "ort-fp32": "ONNX Runtime fp32", "ort-int8": "ONNX Runtime int8 dynamic (opt-in only)",
+          "ov-fp32": "OpenVINO fp32", "ov-bf16": "OpenVINO bf16"}
+
+
+def table(payload: dict[str, Any]) -> str:
+    """Markdown: one line per variant and ISA, each round's ratio to the ideal (median ms in brackets)."""
+    groups: dict[tuple[str, str], list[dict[str, Any]]] = {}
+    for row in payload["rows"]:
+        groups.setdefault((row["variant"], row["isa"]), []).append(row)
+    lines = ["| variant | ISA | × ideal, batch 1 | × ideal, batch 16 | ms/img batch 1 | ms/img batch 16 "
+             "| GEMM GFLOP/s (ideal's) | min cosine to fp32 |", "|---|---|---|---|---|---|---|---|"]
+    for (name, isa), rows in groups.items():
+        ok = [r for r in rows if "error" not in r]
+        if not ok:
+            lines.append(f"| {LABELS.get(name, name)} | {isa} | failed: {rows[0]['error']} | | | | | |")
+            continue
+
+        def cell(key: str, b: str, fmt: str, rows: list[dict[str, Any]] = ok) -> str:
+            return " / ".join(format(r[key][b], fmt) for r in rows)
+
+        cos = next((r["cos_min"] for r in ok if "cos_min" in r), float("nan"))
+        gemm = " / ".join(f"{r['gemm_gflops']:.0f} {r['gemm_dtype']}" for r in ok)
+        lines.append(f"| {LABELS.get(name, name)} | {isa} | {cell('over_ideal', '1', '.2f')} "
+                     f"| {cell('over_ideal', '16', '.2f')} | {cell('ms_per_image', '1', '.0f')} "
+                     f"| {cell('ms_per_image', '16', '.0f')} | {gemm} | {cos:.5f} |")
+    return "\n".join(lines)
 
 
 if __name__ == "__main__":

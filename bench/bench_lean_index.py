@@ -107,6 +107,7 @@ def main() -> None:
     ap.add_argument("--rounds", type=int, default=2)
     ap.add_argument("--quick", action="store_true", help="the tiny model, one round: checks the script runs")
     ap.add_argument("--only-load", action="store_true", help="only the model-load split (imports vs weights)")
+    ap.add_argument("--no-load-split", action="store_true", help="skip the model-load split (the index runs only)")
     args = ap.parse_args()
     model_dir = common.TINY if args.quick else common.random_model("ViT-B-32")
     model = f"local-dir:{model_dir}"
@@ -114,11 +115,11 @@ def main() -> None:
     trees = {"baseline": args.baseline.resolve(), "this": HERE}
     splits: dict[str, list[dict[str, float]]] = {k: [] for k in trees}
     with tempfile.TemporaryDirectory() as tmp:
-        for _ in range(1 if args.quick else 3):
+        for _ in range(0 if args.no_load_split else 1 if args.quick else 3):
             for name, tree in trees.items():
                 splits[name].append(load_split(tree, model, Path(tmp)))
-    best_split = {name: {k: min(r[k] for r in rs) for k in rs[0]} for name, rs in splits.items()}
-    for key in ("imports_s", "weights_s", "rss_mb"):
+    best_split = {name: {k: min(r[k] for r in rs) for k in rs[0]} for name, rs in splits.items() if rs}
+    for key in ("imports_s", "weights_s", "rss_mb") if best_split else ():
         b, t = best_split["baseline"][key], best_split["this"][key]
         print(f"Embedder() {key:10} {b:7.2f} -> {t:7.2f} (x{t / b:.2f})", flush=True)
     if args.only_load:

@@ -5,6 +5,7 @@ conftest sets CLIPSEARCH_EXPORT=inline for the rest of the suite; these tests ru
 
 from __future__ import annotations
 
+import contextlib
 import json
 import os
 import signal
@@ -40,22 +41,16 @@ def _marker_pid(index: Path) -> int:
 
 
 def _wait_until_done(index: Path) -> None:
-    """Until no exporter runs for this index (the marker's owner gone); reaps it, the test's own child."""
+    """Until no exporter runs for this index (its marker gone), then reap it: CliRunner ran the CLI
+    in this process, so the exporter is this process's child, and a zombie would pass for alive."""
+    pid = _marker_pid(index) if (index / background_export.MARKER).exists() else None
     deadline = time.monotonic() + WAIT_S
     while (index / background_export.MARKER).exists():
         assert time.monotonic() < deadline, "the background export never finished: " + _log(index)
         time.sleep(0.2)
-    _reap()
-
-
-def _reap() -> None:
-    """Collect exited exporters (children of this process: CliRunner runs the CLI here), so that a
-    zombie's pid does not pass for a live exporter's."""
-    try:
-        while os.waitpid(-1, os.WNOHANG)[0]:
-            pass
-    except ChildProcessError:
-        pass
+    if pid is not None and pid != os.getpid():
+        with contextlib.suppress(ChildProcessError):
+            os.waitpid(pid, 0)
 
 
 def _log(index: Path) -> str:

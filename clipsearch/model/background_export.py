@@ -107,14 +107,26 @@ def running(index_dir: Path) -> tuple[str, ...]:
         return ()
     if age > STALE_S or not isinstance(info, dict):
         return ()
-    if info.get("host") == socket.gethostname():  # elsewhere (a shared folder) only the age can tell
-        try:
-            os.kill(int(info.get("pid", 0)), 0)
-        except PermissionError:
-            pass  # alive, another user's
-        except (OSError, ValueError, OverflowError):
-            return ()  # killed or crashed: stale
+    # On another host (a shared folder) only the age can tell.
+    if info.get("host") == socket.gethostname() and not _alive(info.get("pid")):
+        return ()  # killed or crashed: stale
     return tuple(str(t) for t in info.get("towers", TOWERS))
+
+
+def _alive(pid: object) -> bool:
+    try:
+        number = int(str(pid))
+        if number <= 0:
+            return False  # 0 and below would name process groups
+        os.kill(number, 0)
+    except PermissionError:
+        return True  # another user's
+    except (OSError, ValueError, OverflowError):
+        return False
+    try:  # a zombie (exited, not yet reaped by a long-lived parent such as `serve`) is dead too
+        return Path(f"/proc/{number}/stat").read_text().rsplit(")", 1)[1].split()[0] != "Z"
+    except (OSError, IndexError):
+        return True  # no /proc (macOS): kill's answer stands
 
 
 def _write_marker(index_dir: Path, pid: int, towers: list[str]) -> None:

@@ -195,12 +195,24 @@ def _main(index_dir: Path, model_name: str, weights_sha256: str, towers: list[st
         os.nice(10)  # behind whatever the user runs next
     emb: Any = None
 
-    def embedder() -> Any:
+    def embedder(tower: str) -> Any:
+        """The index's model with `tower` in memory and, where it loaded lean, only that one: the
+        text tower's export never sits beside an fp32 image tower it does not use."""
         nonlocal emb
         if emb is None:
             emb = Embedder(names.parse(model_name), "cpu", "fp32", download=False)
             if emb.identity.weights_sha256 != weights_sha256:
                 raise RuntimeError("the weights on this machine are not the index's")
+        if emb.lean:
+            import torch
+
+            from clipsearch.model import lean_load
+
+            has_image = lean_load.IMAGE in lean_load.loaded_towers(emb.model)
+            if tower == "text" and has_image:
+                emb.model.visual.to("meta")
+            elif tower == "image" and not has_image:
+                lean_load.materialise(emb.model, emb.weights_path, (lean_load.IMAGE,), torch.float32, "cpu")
         return emb
 
     try:
@@ -212,9 +224,9 @@ def _main(index_dir: Path, model_name: str, weights_sha256: str, towers: list[st
                     if text_tower.available(index_dir, weights_sha256) or text_export.link_cached(
                             weights_sha256, index_dir):
                         continue
-                    done = text_export.export(embedder(), index_dir)
+                    done = text_export.export(embedder(tower), index_dir)
             elif tower == "image" and image_enabled() and not image_tower.available(index_dir, weights_sha256):
-                done = image_export.export(embedder(), index_dir)
+                done = image_export.export(embedder(tower), index_dir)
             else:
                 continue
             if not done:

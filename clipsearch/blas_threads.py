@@ -27,6 +27,7 @@ from collections.abc import Callable, Iterator
 
 _LOCAL_SETTERS = {"openblas": "openblas_set_num_threads_local", "mkl": "mkl_set_num_threads_local"}
 _setters: list[Callable[[int], int]] | None = None
+_paths: list[str] = []  # the libraries those setters belong to (NumPy's BLAS, found at first use)
 _lock = threading.Lock()
 _users = 0  # blocks inside single() now, in any thread
 _saved: list[int] = []  # the counts to put back when the last one leaves
@@ -48,6 +49,7 @@ def _thread_setters() -> list[Callable[[int], int]]:
                 if fn is not None:
                     fn.argtypes, fn.restype = [ctypes.c_int], ctypes.c_int
                     found.append(fn)
+                    _paths.append(lib.filepath)
         except Exception:  # noqa: BLE001 - no threadpoolctl or a BLAS it cannot drive: leave threads alone
             found = []
         _setters = found

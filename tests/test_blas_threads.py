@@ -8,22 +8,28 @@ from pathlib import Path
 
 import numpy as np
 import pytest
-from threadpoolctl import threadpool_info, threadpool_limits
+from threadpoolctl import threadpool_info
 
 from clipsearch import blas_threads
 
 
 def _count() -> set[int]:
-    """The BLAS thread count the calling thread gets."""
-    return {lib["num_threads"] for lib in threadpool_info() if lib["user_api"] == "blas"}
+    """The thread count the calling thread gets from NumPy's BLAS (other BLAS libraries loaded by
+    other tests, e.g. SciPy's own, are not what searches use)."""
+    return {lib["num_threads"] for lib in threadpool_info() if lib["filepath"] in blas_threads._paths}
 
 
 @pytest.fixture
 def two_threads():
-    if not blas_threads._thread_setters():
+    """Two BLAS threads to start from, set as single() sets them (the process-wide setter is
+    ignored after another thread set the count: see blas_threads.py)."""
+    setters = blas_threads._thread_setters()
+    if not setters:
         pytest.skip("NumPy's BLAS has no per-thread setter threadpoolctl can reach")
-    with threadpool_limits(2, user_api="blas"):
-        yield
+    before = [set_threads(2) for set_threads in setters]
+    yield
+    for set_threads, count in zip(setters, before, strict=True):
+        set_threads(count)
 
 
 def test_one_thread_inside_and_the_count_back_after(two_threads) -> None:
@@ -40,20 +46,22 @@ def test_one_thread_inside_and_the_count_back_after(two_threads) -> None:
 
 def test_concurrent_searches_give_the_threads_back_when_the_last_leaves(two_threads) -> None:
     inside, release = threading.Event(), threading.Event()
+    seen: dict[str, set[int]] = {}
 
     def search() -> None:
         with blas_threads.single():
             inside.set()
             release.wait(10)
+            seen["other"] = _count()
 
     t = threading.Thread(target=search)
     t.start()
     assert inside.wait(10)
     with blas_threads.single():
-        pass
-    assert _count() == {1}  # the other search is still inside
+        seen["mine"] = _count()
     release.set()
     t.join(10)
+    assert seen == {"mine": {1}, "other": {1}}  # neither search lost its one thread to the other's exit
     assert _count() == {2}
 
 

@@ -255,7 +255,9 @@ def test_a_new_photo_query_on_openvino_needs_no_torch(exported: Path, isolated: 
     code = ("import sys; from clipsearch.cli import main; sys.argv = ['clipsearch', *sys.argv[1:]]\n"
             "try:\n    main()\nexcept SystemExit as e:\n    assert not e.code, e.code\n"
             "assert 'torch' not in sys.modules and 'open_clip' not in sys.modules, 'the model was loaded'\n"
-            "assert 'openvino' in sys.modules and 'clipsearch.model.openvino_tower' in sys.modules, 'no OpenVINO'")
+            "assert 'openvino' in sys.modules and 'clipsearch.model.openvino_tower' in sys.modules, 'no OpenVINO'\n"
+            # openvino.tools.ovc starts OpenVINO's telemetry (a usage event unless opted out): blocked.
+            "assert not [m for m in sys.modules if m.startswith('openvino_telemetry')], 'telemetry loaded'")
     env = {**os.environ, "CLIPSEARCH_HOME": str(isolated), image_tower.RUNTIME_ENV: "openvino"}
     run = subprocess.run([sys.executable, "-c", code, "query", "--image", str(photo), "--json", "--top", "5",
                           "--min-score", "-1"], capture_output=True, text=True, env=env, timeout=120)

@@ -19,11 +19,11 @@ import contextlib
 import hashlib
 import json
 import os
+import sys
 from pathlib import Path
 from typing import Any
 
 import numpy as np
-import openvino as ov
 
 from clipsearch import config
 from clipsearch.model import cpu
@@ -37,6 +37,32 @@ from clipsearch.model.image_tower import (
 )
 
 PRECISIONS = {"bf16": "bf16", "fp32": "f32"}
+OVC = "openvino.tools.ovc"
+
+
+def _import_runtime() -> Any:
+    """OpenVINO's runtime without its model converter.
+
+    `import openvino` also imports openvino.tools.ovc when it can (it catches the ImportError), and
+    that costs 0.2-0.5 s of a cold query and starts openvino_telemetry, which ovc sets up without a
+    consent dialog: a usage event to Google Analytics on every import unless the user opted out. A
+    local photo tool has no business doing that, and it only compiles ONNX files, which the runtime
+    reads itself. Blocked for this import only: a later `import openvino.tools.ovc` still works.
+    """
+    if "openvino" in sys.modules:
+        return sys.modules["openvino"]
+    blocked = OVC not in sys.modules
+    if blocked:
+        sys.modules[OVC] = None  # type: ignore[assignment]
+    try:
+        import openvino
+    finally:
+        if blocked and OVC in sys.modules and sys.modules[OVC] is None:
+            del sys.modules[OVC]
+    return openvino
+
+
+ov = _import_runtime()
 
 
 def cache_dir() -> Path:

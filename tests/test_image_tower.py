@@ -160,13 +160,14 @@ def _cpu(monkeypatch: pytest.MonkeyPatch, bf16: bool, runtime: str | None) -> No
         monkeypatch.setenv(image_tower.RUNTIME_ENV, runtime)
 
 
-@pytest.mark.parametrize(("bf16", "runtime"), [(False, None), (False, "auto"), (True, "onnxruntime"),
-                                               (True, "OnnxRuntime "), (True, "tensorrt")])
-def test_onnx_runtime_runs_the_tower_without_native_bf16_or_when_asked(exported: Path, isolated: Path,
-                                                                       monkeypatch: pytest.MonkeyPatch,
-                                                                       bf16: bool, runtime: str | None) -> None:
+@pytest.mark.parametrize(("bf16", "runtime", "many"), [(False, None, True), (False, "auto", True), (True, None, False),
+                                                       (True, "auto", False), (True, "onnxruntime", True),
+                                                       (True, "OnnxRuntime ", True), (True, "tensorrt", True)])
+def test_onnx_runtime_runs_the_tower_without_native_bf16_for_one_photo_or_when_asked(
+        exported: Path, isolated: Path, monkeypatch: pytest.MonkeyPatch, bf16: bool, runtime: str | None,
+        many: bool) -> None:
     _cpu(monkeypatch, bf16, runtime)
-    assert isinstance(image_tower.load(exported / image_tower.FOLDER), image_tower.OnnxImageEncoder)
+    assert isinstance(image_tower.load(exported / image_tower.FOLDER, many=many), image_tower.OnnxImageEncoder)
 
 
 def test_without_openvino_installed_onnx_runtime_runs_it(exported: Path, isolated: Path,
@@ -178,16 +179,17 @@ def test_without_openvino_installed_onnx_runtime_runs_it(exported: Path, isolate
     assert isinstance(image_tower.load(exported / image_tower.FOLDER), image_tower.OnnxImageEncoder)
 
 
-@pytest.mark.parametrize(("bf16", "runtime", "precision"), [(True, None, "bf16"), (True, "auto", "bf16"),
-                                                            (True, "openvino", "bf16"), (False, "openvino", "fp32")])
-def test_openvino_runs_the_tower_where_the_cpu_has_bf16_or_when_asked(exported: Path, isolated: Path,
-                                                                      monkeypatch: pytest.MonkeyPatch, bf16: bool,
-                                                                      runtime: str | None, precision: str) -> None:
+@pytest.mark.parametrize(("bf16", "runtime", "many", "precision"),
+                         [(True, None, True, "bf16"), (True, "auto", True, "bf16"), (True, "openvino", False, "bf16"),
+                          (False, "openvino", False, "fp32")])
+def test_openvino_runs_the_tower_for_many_photos_where_the_cpu_has_bf16_or_when_asked(
+        exported: Path, isolated: Path, monkeypatch: pytest.MonkeyPatch, bf16: bool, runtime: str | None,
+        many: bool, precision: str) -> None:
     pytest.importorskip("openvino")
     from clipsearch.model import openvino_tower
 
     _cpu(monkeypatch, bf16, runtime)
-    encoder = image_tower.load(exported / image_tower.FOLDER, threads=1)
+    encoder = image_tower.load(exported / image_tower.FOLDER, threads=1, many=many)
     assert isinstance(encoder, openvino_tower.OpenVinoImageEncoder) and encoder.precision == precision
     assert encoder.check_cosine is not None and encoder.check_cosine >= image_tower.MIN_COSINE
     assert encoder.compiled.get_property("INFERENCE_NUM_THREADS") == 1
@@ -195,7 +197,8 @@ def test_openvino_runs_the_tower_where_the_cpu_has_bf16_or_when_asked(exported: 
     cache = openvino_tower.cache_dir()
     assert list(cache.glob("check-*.json")) and [p for p in cache.iterdir() if p.suffix == ".blob"]
     monkeypatch.setattr(openvino_tower, "self_check", lambda encoder: pytest.fail("checked again"))
-    assert isinstance(image_tower.load(exported / image_tower.FOLDER, threads=1), openvino_tower.OpenVinoImageEncoder)
+    again = image_tower.load(exported / image_tower.FOLDER, threads=1, many=many)
+    assert isinstance(again, openvino_tower.OpenVinoImageEncoder)
 
 
 def test_an_openvino_tower_that_fails_its_check_is_not_used(exported: Path, isolated: Path,
@@ -206,8 +209,8 @@ def test_an_openvino_tower_that_fails_its_check_is_not_used(exported: Path, isol
     shutil.copytree(exported / image_tower.FOLDER, folder)
     ref = np.load(folder / image_tower.CHECK_VECTORS)
     np.save(folder / image_tower.CHECK_VECTORS, np.roll(ref, 1, axis=1))  # what a wrong compile would give
-    assert isinstance(image_tower.load(folder), image_tower.OnnxImageEncoder)
-    assert isinstance(image_tower.load(folder), image_tower.OnnxImageEncoder)  # from the cached verdict too
+    assert isinstance(image_tower.load(folder, many=True), image_tower.OnnxImageEncoder)
+    assert isinstance(image_tower.load(folder, many=True), image_tower.OnnxImageEncoder)  # the cached verdict
 
 
 def test_an_export_without_recorded_vectors_is_checked_against_onnx_runtime(exported: Path, isolated: Path,
@@ -225,7 +228,7 @@ def test_an_export_without_recorded_vectors_is_checked_against_onnx_runtime(expo
     asked = []
     real = image_tower.OnnxImageEncoder.embed_images
     monkeypatch.setattr(image_tower.OnnxImageEncoder, "embed_images", lambda s, px: asked.append(1) or real(s, px))
-    encoder = image_tower.load(folder)
+    encoder = image_tower.load(folder, many=True)
     assert isinstance(encoder, openvino_tower.OpenVinoImageEncoder) and asked
 
 

@@ -13,13 +13,17 @@ The weights stay fp32: it ranks exactly like open_clip fp32, dynamic int8 did no
 0.9998 on ViT-B-32, 0.9983 on the tiny model; its speed could not be measured cleanly yet), and
 ONNX Runtime's x86 CPU provider has no bf16 matrix kernels (docs/benchmarks.md).
 
-Which runtime runs it: `load` picks. Where the CPU has native bf16 (AVX512-BF16 or AMX) and the
-optional `openvino` extra is installed, OpenVINO in bf16 (openvino_tower.py): 1.06-1.24x the core's
-ideal GEMM rate against ONNX Runtime fp32's 1.3-1.5x, cosine 0.99996 to open_clip fp32 (docs/benchmarks.md),
-after it passed a self-check on the export's check pictures. Everywhere else ONNX Runtime fp32:
-OpenVINO fp32 was not clearly faster. $CLIPSEARCH_IMAGE_RUNTIME: `auto` (that rule, the default),
-`onnxruntime` (always), `openvino` (whenever installed, bf16 or fp32 as the CPU has; still
-self-checked); any other value means `onnxruntime`.
+Which runtime runs it: `load` picks. OpenVINO in bf16 (openvino_tower.py, the optional `openvino`
+extra) embeds at 0.47x ONNX Runtime fp32's time per image at batch 1 and 0.53x at batch 16 on a CPU
+with AVX512-BF16 (cosine 0.99995 to open_clip fp32), but costs more to start: compile 0.45 s from
+its cache (ONNX Runtime's session: 0.03 s), a slower first call, and 1.8x the peak RSS; a cold
+`query --image` of one new photo took 2.2 s on it against 1.0 s on ONNX Runtime (bench/bench_image_runtime.py,
+docs/benchmarks.md). So by default (`auto`) OpenVINO runs it only for callers that embed many
+images in one process (`many=True`), where the CPU has native bf16 (AVX512-BF16 or AMX), and only
+after a self-check on the export's check pictures; everything else, and CPUs without native bf16
+(OpenVINO fp32 was not clearly faster there), get ONNX Runtime fp32. $CLIPSEARCH_IMAGE_RUNTIME:
+`auto` (that rule, the default), `onnxruntime` (always), `openvino` (for every caller, whenever
+installed, bf16 or fp32 as the CPU has; still self-checked); any other value means `onnxruntime`.
 """
 
 from __future__ import annotations
@@ -119,15 +123,16 @@ def runtime_asked() -> str:
     return value if value in RUNTIMES else "onnxruntime"
 
 
-def load(folder: Path, threads: int | None = None) -> ImageEncoder:
-    """The exported tower in `folder` on the runtime that suits this CPU (module docstring).
+def load(folder: Path, threads: int | None = None, many: bool = False) -> ImageEncoder:
+    """The exported tower in `folder` on the runtime that suits this CPU and caller (module docstring):
+    `many` where the caller embeds many images with it (indexing), so OpenVINO's start-up pays off.
 
     OpenVINO is taken only when it imports, compiles and passes its self-check; any failure there
     costs speed, not the answer: ONNX Runtime runs the same export.
     """
     asked = runtime_asked()
     bf16 = cpu.has_native_bf16()
-    if asked == "openvino" or (asked == "auto" and bf16):
+    if asked == "openvino" or (asked == "auto" and bf16 and many):
         try:
             from clipsearch.model import openvino_tower
 

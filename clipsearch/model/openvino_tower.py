@@ -49,7 +49,7 @@ def _import_runtime() -> Any:
     local photo tool has no business doing that, and it only compiles ONNX files, which the runtime
     reads itself. Blocked for this import only: a later `import openvino.tools.ovc` still works.
     """
-    if "openvino" in sys.modules:
+    if sys.modules.get("openvino") is not None:
         return sys.modules["openvino"]
     blocked = OVC not in sys.modules
     if blocked:

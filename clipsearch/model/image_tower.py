@@ -14,12 +14,12 @@ The weights stay fp32: it ranks exactly like open_clip fp32, dynamic int8 did no
 ONNX Runtime's x86 CPU provider has no bf16 matrix kernels (docs/benchmarks.md).
 
 Which runtime runs it: `load` picks. OpenVINO in bf16 (openvino_tower.py, the optional `openvino`
-extra) embeds at 0.47x ONNX Runtime fp32's time per image at batch 1 and 0.53x at batch 16 on a CPU
-with AVX512-BF16 (cosine 0.99995 to open_clip fp32), but costs more to start: compile 0.45 s from
-its cache (ONNX Runtime's session: 0.03 s), a slower first call, and 1.8x the peak RSS; a cold
-`query --image` of one new photo took 2.2 s on it against 1.0 s on ONNX Runtime (bench/bench_image_runtime.py,
-docs/benchmarks.md). So by default (`auto`) OpenVINO runs it only for callers that embed many
-images in one process (`many=True`), where the CPU has native bf16 (AVX512-BF16 or AMX), and only
+extra) embeds at 0.47-0.52x ONNX Runtime fp32's time per image at batch 1 and 0.53-0.64x at batch
+16 on a CPU with AVX512-BF16 (cosine 0.99995 to open_clip fp32), but costs more to start: compile
+0.45-0.8 s from its cache (ONNX Runtime's session: 0.03-0.3 s), a slower first call, and 1.8x the
+peak RSS; a cold `query --image` of one new photo took 1.8-2.3x as long on it (1.4-2.2 s against
+0.8-1.0 s; bench/bench_image_runtime.py, docs/benchmarks.md). So by default (`auto`) OpenVINO
+runs it only for callers that embed many images in one process (`many=True`), where the CPU has native bf16 (AVX512-BF16 or AMX), and only
 after a self-check on the export's check pictures; everything else, and CPUs without native bf16
 (OpenVINO fp32 was not clearly faster there), get ONNX Runtime fp32. $CLIPSEARCH_IMAGE_RUNTIME:
 `auto` (that rule, the default), `onnxruntime` (always), `openvino` (for every caller, whenever

@@ -40,7 +40,7 @@ class Encoders:
         # The exported text tower once loaded, with the weights it belongs to: a process that asks
         # many new texts (a server, a notebook) loads it once instead of once a query (60-150 ms).
         self._text_tower: tuple[str, text_tower.OnnxTextEncoder] | None = None
-        self._image_tower: tuple[str, image_tower.OnnxImageEncoder] | None = None
+        self._image_tower: tuple[str, image_tower.ImageEncoder] | None = None
 
     def spec(self) -> names.ModelSpec:
         """The model asked for, else the index's, else the default."""
@@ -111,7 +111,7 @@ class Encoders:
         """Whether photos from outside the index embed without torch (an exported image tower)."""
         return image_tower.available(self.index_dir, recorded.weights_sha256)
 
-    def _onnx_images(self, recorded: ModelIdentity) -> image_tower.OnnxImageEncoder | None:
+    def _onnx_images(self, recorded: ModelIdentity) -> image_tower.ImageEncoder | None:
         """The exported image tower of these weights, loaded once; None where there is none (or it fails)."""
         kept = self._image_tower
         if kept is not None and kept[0] == recorded.weights_sha256:
@@ -119,7 +119,7 @@ class Encoders:
         if not self.image_tower_ready(recorded):
             return None
         try:
-            encoder = image_tower.OnnxImageEncoder(self.index_dir / image_tower.FOLDER)
+            encoder = image_tower.load(self.index_dir / image_tower.FOLDER)  # ONNX Runtime or OpenVINO
         except Exception:  # noqa: BLE001 - a runtime gap costs speed, not the query: torch answers
             return None
         self._image_tower = (recorded.weights_sha256, encoder)

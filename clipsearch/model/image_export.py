@@ -25,10 +25,12 @@ import numpy as np
 from clipsearch.model import background_export
 from clipsearch.model.identity import Preprocess
 from clipsearch.model.image_tower import (
+    CHECK_VECTORS,
     FOLDER,
     MIN_COSINE,
     REFERENCE,
     OnnxImageEncoder,
+    check_pixels,
     normalise,
     preprocess_record,
     remove,
@@ -39,25 +41,6 @@ MARKER = background_export.MARKER  # an export under way (its pid)
 
 def enabled() -> bool:
     return background_export.image_enabled()
-
-
-def check_pixels(pre: Preprocess) -> np.ndarray:
-    """Eight uint8 pictures to verify an export on: smooth gradients and shapes, and noise (texture)."""
-    rng = np.random.default_rng(22)
-    s = pre.size
-    yy, xx = np.mgrid[0:s, 0:s].astype(np.float32) / max(s - 1, 1)
-    out = []
-    for i in range(8):
-        if i % 4 == 3:
-            img = rng.integers(0, 256, (s, s, 3))
-        else:
-            a, b, c = rng.uniform(0, 1, 3)
-            img = np.stack([255 * (a * xx + (1 - a) * yy), 255 * (b * (1 - xx) * yy + c * 0.3),
-                            255 * (0.5 + 0.5 * np.sin(6.28 * (c + 1) * xx * (i + 1)))], axis=-1)
-            r = ((xx - a) ** 2 + (yy - b) ** 2) < 0.05 * (i + 1)
-            img[r] = rng.integers(0, 256, 3)
-        out.append(np.clip(img, 0, 255).astype(np.uint8))
-    return np.stack(out)
 
 
 def export(embedder: Any, index_dir: Path) -> bool:
@@ -91,6 +74,10 @@ def export(embedder: Any, index_dir: Path) -> bool:
         meta.update({"verified_min_cosine": float(np.min(np.sum(ref * got, axis=1))), "reference": REFERENCE})
         if meta["verified_min_cosine"] < MIN_COSINE:
             return False
+        # open_clip's own vectors of the check pictures: another runtime (openvino_tower.py) is held
+        # to them before it answers a query, without loading ONNX Runtime to compare against.
+        np.save(tmp / CHECK_VECTORS, ref.astype(np.float32))
+        meta["check_vectors"] = CHECK_VECTORS
         graph = str(meta["file"])
         meta["sizes"] = {n: (tmp / n).stat().st_size for n in (graph, f"{graph}.data") if (tmp / n).exists()}
         (tmp / "meta.json").write_text(json.dumps(meta))

@@ -12,24 +12,50 @@ pixels (tests/test_preprocess_fidelity.py), and `normalise` repeats the embedder
 The weights stay fp32: it ranks exactly like open_clip fp32, dynamic int8 did not quite (cosine
 0.9998 on ViT-B-32, 0.9983 on the tiny model; its speed could not be measured cleanly yet), and
 ONNX Runtime's x86 CPU provider has no bf16 matrix kernels (docs/benchmarks.md).
+
+Which runtime runs it: `load` picks. OpenVINO in bf16 (openvino_tower.py, the optional `openvino`
+extra) embeds at 0.47-0.52x ONNX Runtime fp32's time per image at batch 1 and 0.53-0.64x at batch
+16 on a CPU with AVX512-BF16 (cosine 0.99995 to open_clip fp32), but costs more to start: compile
+0.45-0.8 s from its cache (ONNX Runtime's session: 0.03-0.3 s), a slower first call, and 1.8x the
+peak RSS; a cold `query --image` of one new photo took 1.8-2.3x as long on it (1.4-2.2 s against
+0.8-1.0 s; bench/bench_image_runtime.py, docs/benchmarks.md). So by default (`auto`) OpenVINO
+runs it only for callers that embed many images in one process (`many=True`), where the CPU has
+native bf16 (AVX512-BF16 or AMX), and only after a self-check on the export's check pictures;
+everything else, and CPUs without native bf16 (OpenVINO fp32 was not clearly faster there), get
+ONNX Runtime fp32. $CLIPSEARCH_IMAGE_RUNTIME: `auto` (that rule, the default), `onnxruntime`
+(always), `openvino` (for every caller, whenever installed, bf16 or fp32 as the CPU has; still
+self-checked); any other value means `onnxruntime`.
 """
 
 from __future__ import annotations
 
 import contextlib
 import json
+import os
 import shutil
 from pathlib import Path
-from typing import Any
+from typing import Any, Protocol
 
 import numpy as np
 
-from clipsearch.model import text_tower
+from clipsearch.model import cpu, text_tower
 from clipsearch.model.identity import Preprocess
 
 FOLDER = "image-model"
 MIN_COSINE = 0.999  # issue 22: vectors within 0.999 of open_clip fp32
 REFERENCE = "open_clip fp32"
+CHECK_VECTORS = "check_vectors.npy"  # open_clip fp32's vectors of check_pixels, recorded at export
+RUNTIME_ENV = "CLIPSEARCH_IMAGE_RUNTIME"
+RUNTIMES = ("auto", "onnxruntime", "openvino")
+
+
+class ImageEncoder(Protocol):
+    """What callers use of an image tower, whichever runtime runs it."""
+
+    meta: dict[str, Any]
+    preprocess: Preprocess
+
+    def embed_images(self, pixels: np.ndarray) -> np.ndarray: ...
 
 
 def available(index_dir: Path, weights_sha256: str) -> bool:
@@ -73,16 +99,65 @@ def normalise(pixels: np.ndarray, pre: Preprocess) -> np.ndarray:
     return np.ascontiguousarray((x - mean) / std)
 
 
+def check_pixels(pre: Preprocess) -> np.ndarray:
+    """Eight uint8 pictures to verify an export on: smooth gradients and shapes, and noise (texture)."""
+    rng = np.random.default_rng(22)
+    s = pre.size
+    yy, xx = np.mgrid[0:s, 0:s].astype(np.float32) / max(s - 1, 1)
+    out = []
+    for i in range(8):
+        if i % 4 == 3:
+            img = rng.integers(0, 256, (s, s, 3))
+        else:
+            a, b, c = rng.uniform(0, 1, 3)
+            img = np.stack([255 * (a * xx + (1 - a) * yy), 255 * (b * (1 - xx) * yy + c * 0.3),
+                            255 * (0.5 + 0.5 * np.sin(6.28 * (c + 1) * xx * (i + 1)))], axis=-1)
+            r = ((xx - a) ** 2 + (yy - b) ** 2) < 0.05 * (i + 1)
+            img[r] = rng.integers(0, 256, 3)
+        out.append(np.clip(img, 0, 255).astype(np.uint8))
+    return np.stack(out)
+
+
+def runtime_asked() -> str:
+    """$CLIPSEARCH_IMAGE_RUNTIME as one of RUNTIMES; an unknown value takes the runtime that always works."""
+    value = os.environ.get(RUNTIME_ENV, "auto").strip().lower() or "auto"
+    return value if value in RUNTIMES else "onnxruntime"
+
+
+def load(folder: Path, threads: int | None = None, many: bool = False) -> ImageEncoder:
+    """The exported tower in `folder` on the runtime that suits this CPU and caller (module docstring):
+    `many` where the caller embeds many images with it (indexing), so OpenVINO's start-up pays off.
+
+    OpenVINO is taken only when it imports, compiles and passes its self-check; any failure there
+    costs speed, not the answer: ONNX Runtime runs the same export.
+    """
+    asked = runtime_asked()
+    bf16 = cpu.has_native_bf16()
+    if asked == "openvino" or (asked == "auto" and bf16 and many):
+        try:
+            from clipsearch.model import openvino_tower
+
+            checked = openvino_tower.load_checked(folder, "bf16" if bf16 else "fp32", threads)
+        except Exception:  # noqa: BLE001 - not installed, or a runtime gap: ONNX Runtime answers
+            checked = None
+        if checked is not None:
+            return checked
+    return OnnxImageEncoder(folder, threads=threads)
+
+
 class OnnxImageEncoder:
     """Decoded pixels -> normalised float32 vectors with ONNX Runtime; no torch anywhere."""
 
-    def __init__(self, folder: Path, file: str | None = None, preoptimized: bool | None = None) -> None:
+    runtime = "onnxruntime fp32"
+
+    def __init__(self, folder: Path, file: str | None = None, preoptimized: bool | None = None,
+                 threads: int | None = None) -> None:
         meta = json.loads((folder / "meta.json").read_text())
         self.meta = meta
         self.preprocess = preprocess_of(meta)
         model = folder / (file or meta.get("file", "model.onnx"))
         self.session = text_tower.session(model, bool(meta.get("preoptimized") if preoptimized is None
-                                                      else preoptimized))
+                                                      else preoptimized), threads)
 
     def embed_images(self, pixels: np.ndarray) -> np.ndarray:
         """uint8 pixels (N, size, size, 3) from images.decode -> (N, dim) normalised float32."""

@@ -76,12 +76,15 @@ def record_sizes(folder: Path, meta: dict[str, Any]) -> dict[str, Any]:
     return {**meta, "sizes": {name: (folder / name).stat().st_size for name in _files(meta)}}
 
 
-def session(model: Path, preoptimized: bool) -> Any:
-    """An ONNX Runtime session on the CPU as a query wants it (the image tower's too)."""
+def session(model: Path, preoptimized: bool, threads: int | None = None) -> Any:
+    """An ONNX Runtime session on the CPU as a query wants it (the image tower's too); `threads`:
+    intra-op threads, else ONNX Runtime's default (one per core)."""
     import onnxruntime as ort
 
     options = ort.SessionOptions()
     options.log_severity_level = 3
+    if threads:
+        options.intra_op_num_threads = threads
     # Idle worker threads spin by default, burning the core the rest of a query needs (measured:
     # session + one encode 0.16 s CPU with spinning, 0.08 s without).
     options.add_session_config_entry("session.intra_op.allow_spinning", "0")

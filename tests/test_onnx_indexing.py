@@ -73,8 +73,9 @@ def test_a_few_new_photos_are_indexed_without_torch_as_torch_would(exported: Pat
         torch_vectors = _vectors(other, new_photos)
         for name, v in onnx.items():
             assert float(v @ torch_vectors[name]) >= 0.999, (precision, name)
-    # Searching finds the new photos as it finds photos torch embedded.
+    # Searching finds the new photos as it finds photos torch embedded; status says the tower is there.
     lib = Library(index=index)
+    assert lib.status().as_dict()["image_model"] is True
     first = next(iter(onnx.values()))
     assert lib.query("", images=[str(sorted(new_photos.iterdir())[0])], top=1, min_score=-1).results[0].path \
         == str(sorted(new_photos.iterdir())[0])

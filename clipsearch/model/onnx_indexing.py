@@ -26,12 +26,17 @@ import numpy as np
 from clipsearch.model import image_tower
 from clipsearch.model.identity import ModelIdentity, Preprocess
 
-# Photos (or video frames) below which the tower beats torch end to end, by the precision torch
-# would run in; None: the tower is faster per photo too. Measured on 2 cores (AMD EPYC with
-# avx512_bf16): see docs/benchmarks.md. More cores shorten both paths' per-photo times but not
-# torch's import, so the true crossover grows with cores: these are conservative there.
+# Photos (or video frames) up to which the tower beats torch, by the precision torch would run
+# in; None: the tower is faster per photo too. Measured on 2 cores (AMD EPYC with avx512_bf16,
+# bench/bench_onnx_index.py): torch's fixed cost 4.96 s against the tower's 0.09 s, 27.8 ms a
+# photo in bf16 against the tower's 58.5 (158 photos; fp32 torch 75.6 ms). More cores shorten both
+# paths' per-photo times but not torch's import, so the true crossover grows with cores: these
+# are conservative there.
 CROSSOVER: dict[str, int | None] = {"bf16": 150, "fp32": None}
-CHUNK = 32  # photos per ONNX Runtime call: the pipeline's batch
+# Photos per ONNX Runtime call: its arena keeps the largest batch's activations, and at 8 rather
+# than the pipeline's 32 a 100-photo run peaked at 570 MB instead of 874 MB, at the same speed
+# within noise (bench/bench_onnx_index.py's machine, docs/benchmarks.md).
+CHUNK = 8
 
 
 class ImageEmbedder(Protocol):

@@ -26,6 +26,8 @@ def exported(image_tower_index: Path) -> Path:
 @pytest.fixture
 def tower_on(monkeypatch: pytest.MonkeyPatch) -> None:
     monkeypatch.setenv("CLIPSEARCH_IMAGE_MODEL", "on")  # conftest turns it off for every other test
+    # A CI machine with a GPU device node would keep torch on "auto" (the subprocesses pass --device cpu).
+    monkeypatch.setattr(onnx_indexing, "gpu_possible", lambda: False)
 
 
 @pytest.fixture
@@ -59,7 +61,7 @@ def test_a_few_new_photos_are_indexed_without_torch_as_torch_would(exported: Pat
                                                                    new_photos: Path, tmp_path: Path,
                                                                    monkeypatch: pytest.MonkeyPatch) -> None:
     index = _copy(exported, isolated / "index")
-    run = run_cli_without_model(["index", str(new_photos), "--json"], isolated)
+    run = run_cli_without_model(["index", str(new_photos), "--json", "--device", "cpu"], isolated)
     summary = json.loads(run.stdout)
     assert summary["embedded"] == 5 and summary["embedded_with"] == "onnx fp32"
     # The torch path on the same photos (the image tower switched off): the precision this machine
@@ -68,7 +70,7 @@ def test_a_few_new_photos_are_indexed_without_torch_as_torch_would(exported: Pat
     onnx = _vectors(index, new_photos)
     for precision in (None, "fp32"):
         other = _copy(exported, tmp_path / f"torch-{precision}")
-        done = Library(index=other, precision=precision).index([new_photos])
+        done = Library(index=other, device="cpu", precision=precision).index([new_photos])
         assert done.embedded == 5 and done.embedded_with.startswith("torch")
         torch_vectors = _vectors(other, new_photos)
         for name, v in onnx.items():
@@ -125,19 +127,24 @@ def test_the_tower_embeds_videos_too(exported: Path, isolated: Path, tower_on: N
     folder.mkdir()
     videos.write_clip(folder / "clip.mp4", [("red", "circle", 2.0), ("blue", "square", 2.0)], seed=5)
     _copy(exported, isolated / "index")
-    summary = json.loads(run_cli_without_model(["index", str(folder), "--json"], isolated).stdout)
+    summary = json.loads(run_cli_without_model(["index", str(folder), "--json", "--device", "cpu"], isolated).stdout)
     assert summary["videos"] == 1 and summary["video_frames"] >= 2 and summary["embedded_with"] == "onnx fp32"
 
 
-def test_which_runs_the_tower_takes() -> None:
+def test_which_runs_the_tower_takes(monkeypatch: pytest.MonkeyPatch) -> None:
+    from clipsearch.model import embedder
+
     assert onnx_indexing.torch_precision("cuda", None) is None
     assert onnx_indexing.torch_precision("mps", None) is None
     assert onnx_indexing.torch_precision("cpu", "fp16") is None
     assert onnx_indexing.torch_precision("cpu", "fp32") == "fp32"
-    assert onnx_indexing.torch_precision("cpu", "auto") in ("bf16", "fp32")
+    monkeypatch.setattr(embedder, "cpu_has_native_bf16", lambda: True)  # torch would run bf16: a crossover
     limit = onnx_indexing.CROSSOVER["bf16"]
-    assert limit is not None
-    assert onnx_indexing.tower_pays(limit, "cpu", None) or onnx_indexing.torch_precision("cpu", None) == "fp32"
+    assert limit is not None and onnx_indexing.torch_precision("cpu", "auto") == "bf16"
+    assert onnx_indexing.tower_pays(limit, "cpu", None) and not onnx_indexing.tower_pays(limit + 1, "cpu", None)
+    assert onnx_indexing.tower_pays(10**6, "cpu", "fp32")  # the tower outruns torch fp32 per photo too
+    monkeypatch.setattr(embedder, "cpu_has_native_bf16", lambda: False)
+    assert onnx_indexing.tower_pays(10**6, "cpu", None)
     assert not onnx_indexing.tower_pays(0, "cpu", "fp32")
 
 

@@ -1,12 +1,12 @@
 """Index runs that embed a few photos with the exported image tower: no torch in the process.
 
-An `index` run that embeds anything paid ~4.5 s before its first photo (importing torch and
-open_clip ~4 s, the image tower's weights ~0.5 s) and ~1.1 GB; ONNX Runtime and the exported tower
-(image_tower.py) load in under 0.1 s and ~60 MB, then run a photo at about half torch bf16's speed
+An `index` run that embeds anything paid ~5 s before its first photo (importing torch and
+open_clip ~4.5 s, the image tower's weights ~0.5 s) and ~1.1 GB; ONNX Runtime and the exported
+tower (image_tower.py) load in 0.1 s and ~60 MB, then run a photo at about half torch bf16's speed
 on a CPU with bf16 instructions, faster than torch fp32 elsewhere (docs/benchmarks.md, "Fixed
 costs of `index`"). So a run that adds a few photos to an index whose tower is exported embeds
-them here, and a large one keeps torch: `tower_pays` holds the crossover measured by
-bench/bench_lean_index.py --crossover. Any doubt keeps torch (a GPU that might be used, a
+them here, and a large one keeps torch: `tower_pays` applies the crossover measured by
+bench/bench_onnx_index.py. Any doubt keeps torch (a GPU that might be used, a
 precision asked for, a session that will not load): the choice costs speed, never vectors, which
 stay within cosine 0.999 of open_clip fp32 on this path (the export is verified to that).
 
@@ -34,7 +34,7 @@ from clipsearch.model.identity import ModelIdentity, Preprocess
 # are conservative there.
 CROSSOVER: dict[str, int | None] = {"bf16": 150, "fp32": None}
 # Photos per ONNX Runtime call: its arena keeps the largest batch's activations, and at 8 rather
-# than the pipeline's 32 a 100-photo run peaked at 570 MB instead of 874 MB, at the same speed
+# than the pipeline's 32 a 100-photo run peaked at 571 MB instead of 874 MB, at the same speed
 # within noise (bench/bench_onnx_index.py's machine, docs/benchmarks.md).
 CHUNK = 8
 

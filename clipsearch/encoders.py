@@ -1,8 +1,9 @@
 """Which model a library uses, and the encoders it lends out: each loaded only when first needed.
 
 `Library` holds one. A text query asks it for a text encoder (the exported ONNX tower when the
-index has one: no torch), indexing and image queries for the embedder, checked against the model
-the index recorded.
+index has one: no torch), image queries for the embedder, checked against the model the index
+recorded, and an index run for whatever embeds its photos: the model, or for a few photos the
+exported image tower (model/onnx_indexing.py: no torch in that process).
 """
 
 from __future__ import annotations
@@ -16,8 +17,9 @@ import numpy as np
 from clipsearch import config, paths
 from clipsearch.errors import ClipsearchError, ModelMismatchError, UsageError
 from clipsearch.index.store import DB_NAME, Store
-from clipsearch.model import background_export, image_tower, names, text_tower
+from clipsearch.model import background_export, image_tower, names, onnx_indexing, text_tower
 from clipsearch.model.identity import ModelIdentity, check_same_model
+from clipsearch.model.onnx_indexing import ImageEmbedder
 
 if TYPE_CHECKING:
     from clipsearch.model.embedder import Embedder
@@ -71,6 +73,45 @@ class Encoders:
         if recorded is not None and self.name and names.parse(self.name).name != recorded.name:
             raise ModelMismatchError(f"this index was built with {recorded.name}, not "
                                      f"{names.parse(self.name).name}; {remedy}")
+
+    def for_indexing(self, store: Store, local: bool) -> Callable[[int], ImageEmbedder]:
+        """What embeds an index run's photos once the plan knows how many (pipeline.GetEmbedder),
+        bound to the index: the model's identity recorded (or refused), and its logit scale."""
+        def bound(images: int) -> ImageEmbedder:
+            emb = (self._tower_for_indexing(store, images) if local else None) or self.embedder()
+            store.bind_model(emb.identity)
+            if store.meta("logit_scale") is None:  # text queries' relevance decision reads it
+                store.set_meta("logit_scale", repr(emb.logit_scale))
+            if emb.logit_bias is not None and store.meta("logit_bias") is None:  # a SigLIP model's
+                store.set_meta("logit_bias", repr(emb.logit_bias))
+            return emb
+
+        return bound
+
+    def _tower_for_indexing(self, store: Store, images: int) -> ImageEmbedder | None:
+        """The exported image tower where it beats loading torch for `images` pictures, else None.
+
+        Only for an index whose model is recorded (with its logit scale) and whose tower is exported
+        from those weights, on the CPU, in the model's own precision (onnx_indexing.tower_pays), and
+        not when this process has torch's model loaded already (a server): then torch costs nothing
+        more. A tower that will not load leaves the run to torch: speed, not correctness.
+        """
+        from clipsearch.model import image_export
+
+        recorded, scale = store.model_identity(), store.meta("logit_scale")
+        if recorded is None or scale is None or self.loaded is not None or not image_export.enabled():
+            return None
+        if self.name and names.parse(self.name).name != recorded.name:
+            return None  # refused before this (check_asked); never embedded with another model's tower
+        if not (onnx_indexing.tower_pays(images, self.device, self.precision)
+                and image_tower.available(self.index_dir, recorded.weights_sha256)):
+            return None
+        bias = store.meta("logit_bias")
+        try:
+            return onnx_indexing.TowerEmbedder(self.index_dir / image_tower.FOLDER, recorded, float(scale),
+                                               None if bias is None else float(bias))
+        except Exception:  # noqa: BLE001 - ONNX Runtime missing or the files unreadable: torch embeds
+            return None
 
     def text(self, recorded: ModelIdentity, background: bool = False) -> Callable[[], TextEncoder]:
         """Whatever embeds texts for this index, when called: the exported text tower when there is

@@ -106,17 +106,10 @@ class Library:
             if rebuild:
                 store.reset()
                 text_tower.remove(self.path)
-            def bound_embedder() -> Embedder:
-                emb = self._model.embedder()
-                store.bind_model(emb.identity)
-                if store.meta("logit_scale") is None:  # text queries' relevance decision reads it
-                    store.set_meta("logit_scale", repr(emb.logit_scale))
-                if emb.logit_bias is not None and store.meta("logit_bias") is None:  # a SigLIP model's
-                    store.set_meta("logit_bias", repr(emb.logit_bias))
-                return emb
-
             walk = pipeline.ScanOptions(tuple(exclude), follow_symlinks, include_hidden)
-            summary = pipeline.index_roots(store, list(roots), walk, bound_embedder, max_pixels, progress, executor)
+            # The model, or for a few photos the exported image tower, bound to the index (encoders.py).
+            embedder = self._model.for_indexing(store, local=executor is None)
+            summary = pipeline.index_roots(store, list(roots), walk, embedder, max_pixels, progress, executor)
             index_roots.remember(store, roots)
             summary.vanished_roots = list(vanished)
             self._finish_write(store, started, summary.as_dict(), load_model=True)  # a lost text model too

@@ -101,6 +101,19 @@ def shared_index(shared_photos: Path, tmp_path_factory: pytest.TempPathFactory) 
     return home / "index"
 
 
+@pytest.fixture(scope="session")
+def image_tower_index(shared_index: Path, tiny_embedder: Embedder, tmp_path_factory: pytest.TempPathFactory) -> Path:
+    """`shared_index` with the tiny model's image tower exported (seconds: once); tests copy it."""
+    import shutil
+
+    from clipsearch.model import image_export
+
+    folder = tmp_path_factory.mktemp("image-tower") / "index"
+    shutil.copytree(shared_index, folder)
+    assert image_export.export(tiny_embedder, folder)
+    return folder
+
+
 @pytest.fixture
 def photo_dir(tmp_path: Path) -> Path:
     """A small folder of held-out shapes, one per class for a few classes, in subfolders."""

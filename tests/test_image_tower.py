@@ -25,13 +25,10 @@ from clipsearch.model.embedder import Embedder
 from clipsearch.model.text_export import fp32_model
 
 
-@pytest.fixture(scope="module")
-def exported(shared_index: Path, tiny_embedder: Embedder, tmp_path_factory: pytest.TempPathFactory) -> Path:
-    """The shared index with an image tower exported from the tiny model (an export takes seconds)."""
-    folder = tmp_path_factory.mktemp("image-tower") / "index"
-    shutil.copytree(shared_index, folder)
-    assert image_export.export(tiny_embedder, folder)
-    return folder
+@pytest.fixture
+def exported(image_tower_index: Path) -> Path:
+    """The shared index with the tiny model's image tower exported (conftest: made once a session)."""
+    return image_tower_index
 
 
 @pytest.fixture

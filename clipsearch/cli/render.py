@@ -208,6 +208,8 @@ def status_text(st: Status) -> str:
         f"size on disk: {human_bytes(st.bytes_on_disk)}",
         f"vector cache: {st.vector_cache}",
         f"text model:   {text}",
+        "image model:  " + ("ready (image queries of new photos, and index runs of a few, load no model)"
+                            if st.image_model else "none (new photos are embedded by the model)"),
         f"last run:     {st.last_run_at or 'never'}",
     ]
     lines += [f"{'roots:' if i == 0 else '':14}{short_path(r)}" for i, r in enumerate(st.roots)]

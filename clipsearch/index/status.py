@@ -9,7 +9,7 @@ from pathlib import Path
 from clipsearch.index import faults, roots, video_tables
 from clipsearch.index.store import Store
 from clipsearch.index.vectors import cache_state
-from clipsearch.model import background_export, text_tower
+from clipsearch.model import background_export, image_tower, text_tower
 from clipsearch.model.identity import ModelIdentity
 from clipsearch.paths import display
 
@@ -29,6 +29,7 @@ class Status:
     videos: int = 0  # of `images`, how many are videos (docs/video.md)
     video_frames: int = 0  # the moments kept of them, each video's first included
     exporting: tuple[str, ...] = ()  # the towers a background exporter is preparing (background_export.py)
+    image_model: bool = False  # new photos embed without torch (image_tower.py, model/onnx_indexing.py)
 
     def as_dict(self) -> dict[str, object]:
         return {
@@ -40,6 +41,7 @@ class Status:
             "last_run_at": self.last_run_at, "last_run": self.last_run, "vector_cache": self.vector_cache,
             "text_model": self.text_model, "roots": [display(r) for r in self.roots],
             "videos": self.videos, "video_frames": self.video_frames, "exporting": list(self.exporting),
+            "image_model": self.image_model,
         }
 
 
@@ -54,4 +56,5 @@ def status(folder: Path, store: Store) -> Status:
     return Status(folder, model, store.count() - later_frames, store.skipped_counts(), size,
                   last[0] if last else None, json.loads(last[1]) if last and last[1] else None,
                   cache_state(folder, store), fast, tuple(roots.known(store)), videos, videos + later_frames,
-                  background_export.running(folder))
+                  background_export.running(folder),
+                  image_model=model is not None and image_tower.available(folder, model.weights_sha256))

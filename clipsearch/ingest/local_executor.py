@@ -20,8 +20,8 @@ from clipsearch.index.records import ImageRecord, SkipRecord
 from clipsearch.ingest import gpu_decode, images, pool_size, scan, videos
 from clipsearch.ingest.pipeline import Result
 from clipsearch.ingest.plan import fingerprint
-from clipsearch.model.embedder import Embedder
 from clipsearch.model.identity import Preprocess
+from clipsearch.model.onnx_indexing import ImageEmbedder
 
 BATCH = 32
 
@@ -69,7 +69,7 @@ def _ordered(pool: ThreadPoolExecutor, fn: Callable[[scan.FoundFile], _Decoded],
         yield result
 
 
-def embed_files(files: list[scan.FoundFile], embedder: Embedder, max_pixels: int, workers: int | None = None,
+def embed_files(files: list[scan.FoundFile], embedder: ImageEmbedder, max_pixels: int, workers: int | None = None,
                 timing: list[float] | None = None) -> Iterator[Result]:
     """Decode in a thread pool and embed in batches of BATCH; one Result per file, in order.
 
@@ -158,7 +158,7 @@ def embed_files(files: list[scan.FoundFile], embedder: Embedder, max_pixels: int
         yield from embed_waiting()
 
 
-def _video_result(f: scan.FoundFile, fp: str, embedder: Embedder, timing: list[float] | None) -> Result:
+def _video_result(f: scan.FoundFile, fp: str, embedder: ImageEmbedder, timing: list[float] | None) -> Result:
     """A video's frames are sampled, embedded and chosen in one go (videos.py): its decoder uses
     FFmpeg's own threads, and its frame choice needs the vectors of the frames before."""
     try:
@@ -177,7 +177,7 @@ class LocalExecutor:
     workers: int | None = None
     embed_seconds: float = 0.0
 
-    def results(self, files: list[scan.FoundFile], embedder: Embedder,
+    def results(self, files: list[scan.FoundFile], embedder: ImageEmbedder,
                 max_pixels: int) -> Generator[Result, None, None]:
         timing: list[float] = []
         try:

@@ -20,12 +20,13 @@ from typing import Protocol
 import numpy as np
 
 from clipsearch import paths
+from clipsearch.formats import is_video
 from clipsearch.index import video_tables
 from clipsearch.index.records import ImageRecord, SkipRecord, VideoFrames
 from clipsearch.index.store import Store
 from clipsearch.ingest import scan
 from clipsearch.ingest.plan import plan
-from clipsearch.model.embedder import Embedder
+from clipsearch.model.onnx_indexing import ImageEmbedder
 
 COMMIT_EVERY = 256
 
@@ -50,6 +51,7 @@ class IndexSummary:
     seconds: float = 0.0
     embed_seconds: float = 0.0
     model_load_seconds: float = 0.0
+    embedded_with: str = ""  # what ran the model: "torch bf16", "onnx fp32" (the exported image tower)...
     total: int = 0
     vanished_roots: list[str] = field(default_factory=list)  # recorded roots gone, forgotten (index/roots.py)
     videos: int = 0  # videos indexed by this run
@@ -67,7 +69,7 @@ class IndexSummary:
             "new": self.new, "changed": self.changed, "moved": self.moved, "removed": self.removed,
             "unchanged": self.unchanged, "skipped": dict(self.skipped), "embedded": self.embedded,
             "total_indexed": self.total, "seconds": round(self.seconds, 3),
-            "model_load_seconds": round(self.model_load_seconds, 3),
+            "model_load_seconds": round(self.model_load_seconds, 3), "embedded_with": self.embedded_with,
             "images_per_second": round(self.images_per_second, 2),
             "skipped_files": [{"path": paths.display(p), "reason": r, "detail": d}
                               for p, r, d in self.skipped_files],
@@ -101,7 +103,7 @@ class Executor(Protocol):
 
     embed_seconds: float
 
-    def results(self, files: list[scan.FoundFile], embedder: Embedder,
+    def results(self, files: list[scan.FoundFile], embedder: ImageEmbedder,
                 max_pixels: int) -> Generator[Result, None, None]: ...
 
 
@@ -153,7 +155,12 @@ class ScanOptions:
     include_hidden: bool = False
 
 
-def index_roots(store: Store, roots: list[str], options: ScanOptions, get_embedder: Callable[[], Embedder],
+# Given how many pictures a run will embed (`images_to_embed`), what embeds them: loaded only when
+# the plan found something to embed, and chosen by that count (onnx_indexing.py).
+GetEmbedder = Callable[[int], ImageEmbedder]
+
+
+def index_roots(store: Store, roots: list[str], options: ScanOptions, get_embedder: GetEmbedder,
                 max_pixels: int, progress: Progress | None = None, executor: Executor | None = None) -> IndexSummary:
     """One indexing run: scan `roots`, then plan, embed and commit what the scan found."""
     problems = scan.ScanProblems()
@@ -161,7 +168,7 @@ def index_roots(store: Store, roots: list[str], options: ScanOptions, get_embedd
     return run(store, get_embedder, roots, found, problems, max_pixels, progress, executor)
 
 
-def run(store: Store, get_embedder: Callable[[], Embedder], roots: list[str], found: list[scan.FoundFile],
+def run(store: Store, get_embedder: GetEmbedder, roots: list[str], found: list[scan.FoundFile],
         scan_problems: scan.ScanProblems, max_pixels: int, progress: Progress | None = None,
         executor: Executor | None = None) -> IndexSummary:
     """Plan, then commit the executor's results in order, COMMIT_EVERY files per transaction.
@@ -184,8 +191,9 @@ def run(store: Store, get_embedder: Callable[[], Embedder], roots: list[str], fo
         progress.found(len(p.todo))
     if p.todo:
         t_load = time.perf_counter()
-        embedder = get_embedder()
+        embedder = get_embedder(images_to_embed(p.todo))
         summary.model_load_seconds = time.perf_counter() - t_load
+        summary.embedded_with = embedder.runtime
         if executor is None:
             from clipsearch.ingest.local_executor import LocalExecutor
 
@@ -208,7 +216,20 @@ def _size_and_mtime(path: str) -> tuple[int, int]:
     return st.st_size, st.st_mtime_ns
 
 
-def _commit_results(executor: Executor, todo: list[scan.FoundFile], changed: set[str], embedder: Embedder,
+# A video's bytes per second, to guess its length from its size: 8 Mbit/s, a phone's 1080p HEVC
+# (H.264 is about twice that, so its frames are overestimated, which only keeps more runs on torch).
+VIDEO_BYTES_PER_S = 1_000_000
+
+
+def images_to_embed(todo: list[scan.FoundFile]) -> int:
+    """About how many pictures the model will see: one a photo; a video's frames at the sampling
+    rate over a duration guessed from its size, without opening it."""
+    from clipsearch.ingest.videos import SAMPLE_FPS
+
+    return sum(max(1, round(SAMPLE_FPS * f.size / VIDEO_BYTES_PER_S)) if is_video(f.path) else 1 for f in todo)
+
+
+def _commit_results(executor: Executor, todo: list[scan.FoundFile], changed: set[str], embedder: ImageEmbedder,
                     max_pixels: int, writer: BatchWriter, summary: IndexSummary, progress: Progress | None) -> None:
     # closing(): an error while committing stops the executor's workers (and a Ray runtime) now.
     with contextlib.closing(executor.results(todo, embedder, max_pixels)) as results:

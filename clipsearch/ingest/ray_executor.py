@@ -35,6 +35,7 @@ from clipsearch.ingest.local_executor import BATCH, embed_files
 from clipsearch.ingest.pipeline import Result
 from clipsearch.model import names
 from clipsearch.model.embedder import Embedder
+from clipsearch.model.onnx_indexing import ImageEmbedder
 
 LOCAL = "local"
 # Only paths and vectors travel through Ray's object store: a small one keeps a local runtime light
@@ -230,13 +231,13 @@ class RayExecutor:
         self.embed_seconds = 0.0  # spent on the workers; not measured from here
         self.ray = _import_ray()  # now: a missing extra is reported before any scanning
 
-    def results(self, files: list[scan.FoundFile], embedder: Embedder,
+    def results(self, files: list[scan.FoundFile], embedder: ImageEmbedder,
                 max_pixels: int) -> Generator[Result, None, None]:
         ray = self.ray
         started = self._connect(ray)
         try:
             cpus, gpus, workers = self._sizes(ray)
-            settings = WorkerSettings(embedder.spec.name, embedder.identity.weights_sha256, self.device,
+            settings = WorkerSettings(embedder.identity.name, embedder.identity.weights_sha256, self.device,
                                       self.precision, max_pixels, max(1, int(cpus)))
             ds = ray.data.from_arrow(_blocks(files)).map_batches(
                 EmbedWorker, fn_constructor_kwargs={"settings": settings}, batch_size=None, batch_format="numpy",

@@ -129,7 +129,7 @@ def embed(folders: list[str], shard: tuple[int, int], out: str | os.PathLike[str
                 store.set_meta("logit_scale", repr(embedder.logit_scale))  # text queries' relevance reads it
                 if getattr(embedder, "logit_bias", None) is not None:  # sigmoid-loss (SigLIP) models
                     store.set_meta("logit_bias", repr(embedder.logit_bias))
-                summary = pipeline.run(store, lambda: embedder, roots, mine, scan.ScanProblems(), max_pixels,
+                summary = pipeline.run(store, lambda _images: embedder, roots, mine, scan.ScanProblems(), max_pixels,
                                        progress)
                 embedded = summary.embedded
                 _export(store, partial, {f.path: k for k, f in enumerate(found)}, embedder.identity, roots, shard)

@@ -25,8 +25,8 @@ from clipsearch.formats import NO_DECODER, NO_DECODER_DETAIL
 from clipsearch.index.records import ImageRecord, VideoFrames
 from clipsearch.ingest import scan
 from clipsearch.ingest.images import SkipFile, _fit
-from clipsearch.model.embedder import Embedder
 from clipsearch.model.identity import Preprocess
+from clipsearch.model.onnx_indexing import ImageEmbedder
 
 SAMPLE_FPS = 2.0  # frames looked at per second of video
 GATE = 8.0  # a sample is embedded only when its 8x8 colour means moved this much (of 255) since the last one
@@ -145,7 +145,7 @@ def choose(times: list[float], vectors: np.ndarray) -> list[int]:
     return kept
 
 
-def index_video(f: scan.FoundFile, fp: str, embedder: Embedder,
+def index_video(f: scan.FoundFile, fp: str, embedder: ImageEmbedder,
                 timing: list[float] | None = None) -> tuple[ImageRecord, VideoFrames]:
     """Decode, embed and choose the frames of one video; raises SkipFile when nothing is usable."""
     if not available():

@@ -103,6 +103,7 @@ class Embedder:
         self.precision = pick_precision(precision, self.device)
         self.weights_path = weights
         self.dtype = _dtype(self.precision)
+        self.runtime = f"torch {self.precision}"  # what an index run's summary says ran the model
         # Only the image tower, read straight into the run's precision (lean_load.py); the text
         # tower follows when a text is first embedded. Checkpoints that do not qualify load whole.
         lean = _load_lean(spec, weights, self.device, self.dtype)

@@ -1,4 +1,5 @@
-"""The image tower in ONNX, so `query --image` of a photo that is not indexed needs no torch.
+"""The image tower in ONNX, so `query --image` of a photo that is not indexed needs no torch, nor
+an index run of a few new photos (onnx_indexing.py).
 
 Importing torch and open_clip and loading the whole model costs 4.5-6 s of such a query; the
 exported image tower answers in about a second (bench/bench_image_tower.py). image_export.py writes

@@ -236,10 +236,11 @@ def main() -> None:
     args.clipsearch = args.clipsearch.resolve()
     started = time.perf_counter()
     photo_dir = args.work / "photos"
-    full = {"phone": common.make_photos(photo_dir / "4032x3024-300", max(300, args.phone), (4032, 3024), seed=1),
-            "camera": common.make_photos(photo_dir / "6000x4000-200", max(200, args.camera), (6000, 4000), seed=2),
-            "new": common.make_photos(photo_dir / "4032x3024-new-1", 1, (4032, 3024), seed=3)}
-    photos = {"phone": full["phone"][:args.phone], "camera": full["camera"][:args.camera], "new": full["new"]}
+    # make_photos draws each photo in turn from its seed, so a smaller set is the larger one's start.
+    photos = {"phone": common.make_photos(photo_dir / f"4032x3024-{args.phone}", args.phone, (4032, 3024), seed=1),
+              "camera": common.make_photos(photo_dir / f"6000x4000-{args.camera}", args.camera, (6000, 4000),
+                                           seed=2),
+              "new": common.make_photos(photo_dir / "4032x3024-new-1", 1, (4032, 3024), seed=3)}
     template = args.work / "rclip-datadir"
     model_dir, export = rclip_setup.rclip_files(template)
     for p in [*photos["phone"], *photos["camera"], *photos["new"]]:
@@ -254,6 +255,7 @@ def main() -> None:
                "versions": versions(args.rclip_python, args.clipsearch), "model": rclip_setup.ARCH,
                "loadavg_end": os.getloadavg(), "bench_seconds": time.perf_counter() - started}
     name = "rclip" if (args.phone, args.camera) == (300, 200) else f"rclip-{args.phone}-{args.camera}"
+    sys.path.insert(0, str(args.clipsearch))  # common.machine() reads the version of the clipsearch measured
     path = common.save(name, payload)
     print(f"results: {path}")
     if name == "rclip":

@@ -76,7 +76,7 @@ process's own `ru_maxrss`. The whole benchmark took {data['bench_seconds'] / 60:
 {chr(10).join(per_run)}
 
 The same weights ran in both: cosine between the two tools' vectors of the same phone photo
-≥ {up_min:.4f} (mean {up_mean:.4f}; the difference is clipsearch's bf16 and its draft JPEG decode
+≥ {up_min:.5f} (mean {up_mean:.5f}; the difference is clipsearch's bf16 and its draft JPEG decode
 against rclip's fp32 and full decode){rot_text}.
 
 How rclip was set up (offline; reproduce with the commands below):

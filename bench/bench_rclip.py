@@ -201,13 +201,37 @@ def one_round(order: list[str], args: argparse.Namespace, photos: dict[str, list
     return out
 
 
+def tree_commit(tree: Path) -> str:
+    """The checkout's commit, marked "+dirty" when it has uncommitted changes to tracked files."""
+    def git(*a: str) -> str:
+        return subprocess.run(["git", "-C", str(tree), *a], capture_output=True, text=True, check=False).stdout.strip()
+    dirty = "+dirty" if git("status", "--porcelain", "--untracked-files=no") else ""
+    return f"{git('log', '-1', '--format=%h %cI %s')}{dirty}" or "not a git checkout"
+
+
+def snapshot(tree: Path, rev: str, work: Path) -> Path:
+    """A read-only copy of `rev` (git archive), so that commits landing in `tree` mid-run change nothing."""
+    sha = subprocess.run(["git", "-C", str(tree), "rev-parse", "--short", rev], capture_output=True, text=True,
+                         check=True).stdout.strip()
+    out = work / "trees" / sha
+    if not (out / "clipsearch" / "__init__.py").exists():
+        out.mkdir(parents=True, exist_ok=True)
+        archive = subprocess.run(["git", "-C", str(tree), "archive", sha], capture_output=True, check=True).stdout
+        subprocess.run(["tar", "-x", "-C", str(out)], input=archive, check=True)
+        subprocess.run(["git", "init", "-q", str(out)], check=True)  # so tree_commit can name it
+        subprocess.run(["git", "-C", str(out), "-c", "user.name=bench", "-c", "user.email=bench@localhost", "commit",
+                        "-qm", f"snapshot of {sha}", "--allow-empty"], check=True)
+    (out / "SNAPSHOT_OF").write_text(tree_commit(tree) + "\n")
+    return out
+
+
 def versions(rclip_python: str, tree: Path) -> dict[str, str]:
     probe = ("import importlib.metadata as m, json\n"
              "print(json.dumps({p: m.version(p) for p in ('rclip', 'onnxruntime', 'numpy', 'pillow')}))\n")
     got = json.loads(subprocess.run([rclip_python, "-c", probe], capture_output=True, text=True, check=True,
                                     env=rclip_env(Path(tempfile.gettempdir()))).stdout)
-    commit = subprocess.run(["git", "-C", str(tree), "log", "-1", "--format=%h %cI %s"], capture_output=True,
-                            text=True, check=False).stdout.strip()
+    snap = tree / "SNAPSHOT_OF"
+    commit = snap.read_text().strip() if snap.exists() else tree_commit(tree)
     return {**{f"rclip_venv_{k}": v for k, v in got.items()}, "clipsearch_tree": str(tree), "clipsearch_commit": commit}
 
 
@@ -223,6 +247,7 @@ def main() -> None:
     ap.add_argument("--clipsearch", type=Path, default=HERE, help="the clipsearch checkout to run [this one]")
     ap.add_argument("--phone", type=int, default=300, help="phone photos (4032x3024) for the first index")
     ap.add_argument("--camera", type=int, default=200, help="camera photos (6000x4000) for the first index")
+    ap.add_argument("--rev", help="run a snapshot of this commit of --clipsearch (git archive), not its working tree")
     ap.add_argument("--rounds", type=int, default=2)
     ap.add_argument("--work", type=Path, default=common.CACHE, help="where photos and the ONNX files are cached")
     ap.add_argument("--doc-only", action="store_true", help="rewrite the docs section from bench/results/rclip.json")
@@ -234,6 +259,9 @@ def main() -> None:
         print(f"skipped: no rclip at --rclip-python {args.rclip_python!r} (see this script's docstring to set one up)")
         return
     args.clipsearch = args.clipsearch.resolve()
+    source = args.clipsearch
+    if args.rev:
+        args.clipsearch = snapshot(args.clipsearch, args.rev, args.work)
     started = time.perf_counter()
     photo_dir = args.work / "photos"
     # make_photos draws each photo in turn from its seed, so a smaller set is the larger one's start.
@@ -249,10 +277,15 @@ def main() -> None:
     for r in range(args.rounds):
         order = ["rclip", "clipsearch"] if r % 2 == 0 else ["clipsearch", "rclip"]
         print(f"round {r + 1}/{args.rounds} ({' first, '.join(order)} second)", flush=True)
+        commit = tree_commit(args.clipsearch)
         with tempfile.TemporaryDirectory(dir=args.work) as tmp:  # same file system: hard links work
-            rounds.append(one_round(order, args, photos, model_dir, template, Path(tmp)))
+            result = one_round(order, args, photos, model_dir, template, Path(tmp))
+        rounds.append({**result, "clipsearch_commit": commit})
+        if tree_commit(args.clipsearch) != commit:  # without --rev a merge mid-run mixes two versions
+            print(f"warning: {args.clipsearch} changed during round {r + 1}: use --rev", file=sys.stderr)
     payload = {"phone": args.phone, "camera": args.camera, "rounds": rounds, "export": export,
                "versions": versions(args.rclip_python, args.clipsearch), "model": rclip_setup.ARCH,
+               "clipsearch_source": str(source), "rev": args.rev,
                "loadavg_end": os.getloadavg(), "bench_seconds": time.perf_counter() - started}
     name = "rclip" if (args.phone, args.camera) == (300, 200) else f"rclip-{args.phone}-{args.camera}"
     sys.path.insert(0, str(args.clipsearch))  # common.machine() reads the version of the clipsearch measured

@@ -54,6 +54,9 @@ def section(data: dict[str, Any]) -> str:
     rot = [a["rotated_mean"] for a in agree if not math.isnan(a["rotated_mean"])]
     rot_text = (f", and {sum(rot) / len(rot):.2f} on average for the photos stored sideways with an EXIF "
                 "orientation tag, which rclip does not apply") if rot else ""
+    commits = sorted({r.get("clipsearch_commit", v["clipsearch_commit"]) for r in rounds})
+    mixed = ("" if len(commits) == 1 else
+             f" **The rounds ran different commits ({'; '.join(commits)}): rerun with --rev.**")
     first = " first, ".join(("rclip", "clipsearch"))
     return f"""{HEADING}
 
@@ -65,7 +68,7 @@ venv with onnxruntime {v['rclip_venv_onnxruntime']}, numpy {v['rclip_venv_numpy'
 {v['rclip_venv_pillow']}. {len(rounds)} rounds, alternating which tool goes first ({first} second in
 round 1), each run a new process in fresh data and cache directories; best of the rounds with the
 range in brackets, and the ratio of the two bests. Whole-process wall time; peak RSS is the
-process's own `ru_maxrss`. The whole benchmark took {data['bench_seconds'] / 60:.0f} minutes.
+process's own `ru_maxrss`. The whole benchmark took {data['bench_seconds'] / 60:.0f} minutes.{mixed}
 
 | end to end | rclip 3.3.0 | clipsearch | **clipsearch ÷ rclip** (best) | ÷ per round |
 |---|---|---|---|---|

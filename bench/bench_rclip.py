@@ -1,7 +1,12 @@
 """End to end against the real rclip 3.3.0: first indexes, 1 new photo, peak RSS (issue 22).
 
-    python bench/bench_rclip.py --rclip-python /work/rclip-venv/bin/python [--clipsearch DIR]
+    python bench/bench_rclip.py --rclip-python /work/rclip-venv/bin/python [--clipsearch DIR [--rev REV]]
                                 [--phone 300] [--camera 200] [--rounds 2] [--work DIR] [--doc-only]
+
+--clipsearch runs another checkout's code (PYTHONPATH); with --rev, a `git archive` snapshot of that
+commit instead of its working tree, so that a merge landing mid-run cannot mix two versions (each
+round records the commit it ran). Takes ~18 minutes at the default sizes on 2 shared cores, plus
+~20 minutes the first time to make the 500 photos (cached under --work, default bench/.cache/).
 
 rclip lives in its own virtual environment (never a clipsearch dependency):
 

@@ -52,22 +52,25 @@ def section(data: dict[str, Any]) -> str:
     up_min = min(a["upright_min"] for a in agree)
     up_mean = sum(a["upright_mean"] for a in agree) / len(agree)
     rot = [a["rotated_mean"] for a in agree if not math.isnan(a["rotated_mean"])]
-    rot_text = (f", and {sum(rot) / len(rot):.2f} on average for the photos stored sideways with an EXIF "
-                "orientation tag, which rclip does not apply") if rot else ""
+    rot_text = (f", and {sum(rot) / len(rot):.2f} on average for the photos stored sideways\nwith an "
+                "EXIF orientation tag, which rclip does not apply") if rot else ""
     commits = sorted({r.get("clipsearch_commit", v["clipsearch_commit"]) for r in rounds})
     mixed = ("" if len(commits) == 1 else
              f" **The rounds ran different commits ({'; '.join(commits)}): rerun with --rev.**")
+    source = f"`{data.get('clipsearch_source', v['clipsearch_tree'])}`" + (f" (snapshot of `{data['rev']}`)"
+                                                                        if data.get("rev") else "")
+    diff = ex["max_abs_diff_vs_torch"]
     first = " first, ".join(("rclip", "clipsearch"))
     return f"""{HEADING}
 
 Machine: {m['date']}, {m['cores']} cores shared with other sessions (1-minute load average
-{min(loads):.1f}–{max(loads):.1f} at the starts of the runs), {m['cpu']}
-(avx512_bf16: {m['avx512_bf16']}, amx_bf16: {m['amx_bf16']}); clipsearch at `{v['clipsearch_tree']}`
-({v['clipsearch_commit']}), Python {m['python']}, torch {m['torch']}; rclip {v['rclip_venv_rclip']} in its own
-venv with onnxruntime {v['rclip_venv_onnxruntime']}, numpy {v['rclip_venv_numpy']}, Pillow
-{v['rclip_venv_pillow']}. {len(rounds)} rounds, alternating which tool goes first ({first} second in
-round 1), each run a new process in fresh data and cache directories; best of the rounds with the
-range in brackets, and the ratio of the two bests. Whole-process wall time; peak RSS is the
+{min(loads):.1f}–{max(loads):.1f} at the starts of the runs, not niced), {m['cpu']}
+(avx512_bf16: {m['avx512_bf16']}, amx_bf16: {m['amx_bf16']}); Python {m['python']}, torch {m['torch']}.
+clipsearch: {source} at {v['clipsearch_commit']}.
+rclip {v['rclip_venv_rclip']} in its own venv with onnxruntime {v['rclip_venv_onnxruntime']}, numpy
+{v['rclip_venv_numpy']}, Pillow {v['rclip_venv_pillow']}.
+{len(rounds)} rounds, alternating which tool goes first ({first} second in round 1), each run
+a new process in fresh data and cache directories; best of the rounds with the range in brackets, and the ratio of the two bests. Whole-process wall time; peak RSS is the
 process's own `ru_maxrss`. The whole benchmark took {data['bench_seconds'] / 60:.0f} minutes.{mixed}
 
 | end to end | rclip 3.3.0 | clipsearch | **clipsearch ÷ rclip** (best) | ÷ per round |
@@ -79,8 +82,8 @@ process's own `ru_maxrss`. The whole benchmark took {data['bench_seconds'] / 60:
 {chr(10).join(per_run)}
 
 The same weights ran in both: cosine between the two tools' vectors of the same phone photo
-≥ {up_min:.5f} (mean {up_mean:.5f}; the difference is clipsearch's bf16 and its draft JPEG decode
-against rclip's fp32 and full decode){rot_text}.
+≥ {up_min:.5f} (mean {up_mean:.5f}; the difference is clipsearch's bf16 and its draft JPEG
+decode against rclip's fp32 and full decode){rot_text}.
 
 How rclip was set up (offline; reproduce with the commands below):
 
@@ -90,12 +93,14 @@ How rclip was set up (offline; reproduce with the commands below):
   `tokenizer/bpe_simple_vocab_16e6.txt.gz` from the Hugging Face repo `yurijmikhalevich/rclip-models`
   into its data directory (`$RCLIP_DATADIR`) only when they are missing. `bench/rclip_setup.py`
   builds them instead, the way rclip's own `scripts/convert_model.py` does: open_clip
-  {ex['open_clip']} ViT-B-32-256, `model.visual` and `encode_text` exported with {ex['exporter']}
-  (input `input`, output `output`), max abs difference to torch {ex['max_abs_diff_vs_torch']['visual']:.1e}
-  (visual) and {ex['max_abs_diff_vs_torch']['textual']:.1e} (textual), and open_clip's BPE vocabulary.
-  Weights: {ex['seed']}, sha256 {ex['weights_sha256'][:16]}…; clipsearch gets the same file as
-  `--model local-dir:bench/.cache/models/ViT-B-32-256`. Every rclip run gets a fresh `$RCLIP_DATADIR` with
-  the three files linked in, and `HF_HUB_OFFLINE=1`.
+  {ex['open_clip']} ViT-B-32-256, `model.visual` and `encode_text` exported with
+  {ex['exporter']} (input `input`, output `output`), max abs
+  difference to torch {diff['visual']:.1e} (visual) and {diff['textual']:.1e} (textual), and open_clip's
+  BPE vocabulary.
+  Weights: {ex['seed']},
+  sha256 {ex['weights_sha256'][:16]}…; clipsearch gets the same file as
+  `--model local-dir:bench/.cache/models/ViT-B-32-256`. Every rclip run gets a fresh
+  `$RCLIP_DATADIR` with the three files linked in, and `HF_HUB_OFFLINE=1`.
 - rclip runs through `rclip.main.init_rclip(cwd, 8)`, which is what `rclip QUERY` runs before it
   searches, with the CLI's defaults; its query (text model load and search) is left out, which
   favours rclip, as `clipsearch index` loads no text model for a query either.
@@ -106,15 +111,16 @@ What each tool does differently here:
   ({m['cores']}); a thread pool of min(16, cores) loaders, each hashing the file (SHA-256 of its first
   1 MB and last 1 KB, its duplicate check) and decoding it at full size with Pillow, then bicubic
   resize to 256 and centre crop in numpy; batches of 8; EXIF orientation not applied; vectors in SQLite.
-- **clipsearch**: torch, bf16 on this CPU (native bf16: {m['native_bf16']}; `--precision auto`), fp32
-  elsewhere; JPEG draft decoding (DCT-domain downscale) in a thread pool sized from measured decode and
-  model rates; EXIF orientation applied; SQLite plus a FAISS cache; the first index of a set of
+- **clipsearch**: torch, bf16 on this CPU (native bf16: {m['native_bf16']}; `--precision auto`),
+  fp32 elsewhere; JPEG draft decoding (DCT-domain downscale) in a thread pool sized from measured
+  decode and model rates; EXIF orientation applied; SQLite plus a FAISS cache; the first index of a set of
   weights also exports the text tower to ONNX for torch-free queries (a cost rclip does not have:
   it runs its text model from the downloaded file).
 
-Rerun (the ONNX files and photos are cached under `--work`, default `bench/.cache/`):
+Rerun (photos, weights and ONNX files are cached under `--work`, default `bench/.cache/`; making
+the 500 photos takes ~20 minutes the first time, the benchmark itself {data['bench_seconds'] / 60:.0f} minutes):
 
-    python bench/bench_rclip.py --rclip-python /work/rclip-venv/bin/python --clipsearch /work/main
+    python bench/bench_rclip.py --rclip-python /work/rclip-venv/bin/python --clipsearch /work/main --rev main
 """
 
 

@@ -71,7 +71,8 @@ rclip {v['rclip_venv_rclip']} in its own venv with onnxruntime {v['rclip_venv_on
 {v['rclip_venv_numpy']}, Pillow {v['rclip_venv_pillow']}.
 {len(rounds)} rounds, alternating which tool goes first ({first} second in round 1), each run
 a new process in fresh data and cache directories; best of the rounds with the range in brackets,
-and the ratio of the two bests. Whole-process wall time; peak RSS is the process's own `ru_maxrss`. The whole benchmark took {data['bench_seconds'] / 60:.0f} minutes.{mixed}
+and the ratio of the two bests. Whole-process wall time; peak RSS is the process's own `ru_maxrss`.
+The whole benchmark took {data['bench_seconds'] / 60:.0f} minutes.{mixed}
 
 | end to end | rclip 3.3.0 | clipsearch | **clipsearch ÷ rclip** (best) | ÷ per round |
 |---|---|---|---|---|

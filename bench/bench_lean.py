@@ -123,8 +123,39 @@ def label_order(folder: Path, count: int, rounds: int) -> dict[str, float]:
         zero_shot.label_vectors(labels, zero_shot.PHOTO_TEMPLATES, enc.embed_texts, enc.token_lengths)
         after.append(time.perf_counter() - t)
     del unsorted
+    floor = label_floor(folder, enc, flat)
     return {"prompts": len(flat), "baseline_s": sum(before), "current_s": sum(after),
-            "speedup": sum(before) / sum(after)}
+            "speedup": sum(before) / sum(after), **floor,
+            "current_vs_floor": (sum(after) / rounds) / floor["floor_s"]}
+
+
+def label_floor(folder: Path, enc: object, flat: list[str]) -> dict[str, float]:
+    """The label cache's arithmetic floor on this machine, measured in the same run: the text
+    tower's matrix FLOPs for these prompts (each cut after its end-of-text token, as the encoders
+    run them) over the FP32 rate of a large matrix product on every core. No encoder at FP32 can
+    beat it; only fewer FLOPs (shared template prefixes) or a faster precision can."""
+    import json
+
+    from clipsearch.model.text_tower import FOLDER
+
+    model = json.loads((folder / FOLDER / "meta.json").read_text())["model"]  # local-dir:PATH, as bench_query builds it
+    config = Path(model.split(":", 1)[1]) / "open_clip_config.json"
+    cfg = json.loads(config.read_text())["model_cfg"]["text_cfg"]
+    width, layers = int(cfg["width"]), int(cfg["layers"])
+    tokens = int(np.asarray(enc.token_lengths(flat)).sum())  # type: ignore[attr-defined]
+    # Per token and layer: q, k, v, out projections (4 W^2) and the 4x MLP (8 W^2), 2 FLOPs a MAC.
+    flops = 2.0 * 12 * width * width * layers * tokens
+    a = np.random.default_rng(0).random((2048, 2048), dtype=np.float32)
+    a @ a
+    best = min(_timed(lambda: a @ a) for _ in range(5))
+    rate = 2.0 * 2048 ** 3 / best
+    return {"tokens": float(tokens), "gflop": flops / 1e9, "fp32_gflops": rate / 1e9, "floor_s": flops / rate}
+
+
+def _timed(fn: object) -> float:
+    t = time.perf_counter()
+    fn()  # type: ignore[operator]
+    return time.perf_counter() - t
 
 
 def main() -> None:
@@ -179,7 +210,9 @@ def main() -> None:
         folder = bench_query.index_folder(sizes[-1], args.quick)
         rows["label_order"] = got_labels = label_order(folder, args.labels, min(rounds, 2))
         print(f"label cache, {got_labels['prompts']} prompts: baseline order {got_labels['baseline_s']:.1f} s, "
-              f"by token length {got_labels['current_s']:.1f} s ({got_labels['speedup']:.2f}x)")
+              f"by token length {got_labels['current_s']:.1f} s ({got_labels['speedup']:.2f}x); FP32 floor "
+              f"{got_labels['floor_s']:.1f} s a run ({got_labels['gflop']:.0f} GFLOP at "
+              f"{got_labels['fp32_gflops']:.0f} GFLOP/s), a run {got_labels['current_vs_floor']:.1f}x it")
     print(f"results: {common.save('lean' + ('-quick' if args.quick else ''), {'rows': rows})}")
 
 

@@ -93,6 +93,7 @@ def build(kind: str, photos: Path) -> Path:
         env = {"CLIPSEARCH_HOME": str(home), "CLIPSEARCH_MODEL": f"local-dir:{MODELS[kind]}",
                "CLIPSEARCH_TEXT_MODEL": "on", "HF_HUB_OFFLINE": "1"}
         common.run_cli(["index", str(photos), "-q"], env=env)
+        common.wait_for_exports(home / "index")  # the queries below are timed on the exported tower
     return home
 
 

@@ -82,6 +82,7 @@ def main() -> None:
     ap.add_argument("--gpus", type=float, default=0.0, help="--ray-gpus for the Ray side")
     args = ap.parse_args()
     os.environ.setdefault("CLIPSEARCH_TEXT_MODEL", "off")  # both sides: no text-tower export
+    os.environ.setdefault("CLIPSEARCH_IMAGE_MODEL", "off")  # nor a background image-tower one
     os.environ.setdefault("HF_HUB_OFFLINE", "1")
     count = 48 if args.quick else 240
     options = RayOptions(args.address, args.workers, args.cpus, args.gpus)

@@ -43,8 +43,9 @@ def main() -> None:
     make_library(folder, n)
     with tempfile.TemporaryDirectory() as tmp:
         index = ["--index", tmp, "--model", f"local-dir:{TINY}", "--json"]
-        env = {"CLIPSEARCH_TEXT_MODEL": "off"} if args.quick else None
+        env = {"CLIPSEARCH_TEXT_MODEL": "off", "CLIPSEARCH_IMAGE_MODEL": "off"} if args.quick else None
         first_s, first = common.run_cli(["index", str(folder), *index], env=env)
+        common.wait_for_exports(Path(tmp))  # the background export: not during the re-index
         again_s, again = common.run_cli(["index", str(folder), *index], env=env)
     s1, s2 = json.loads(first.stdout), json.loads(again.stdout)
     assert s2["unchanged"] == n and s2["embedded"] == 0, s2

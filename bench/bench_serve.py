@@ -92,6 +92,7 @@ def watch_latency(tries: int) -> dict[str, float]:
     with tempfile.TemporaryDirectory(prefix="bench-serve-") as tmp:
         photos, index = Path(tmp) / "photos", Path(tmp) / "index"
         shapes.write_heldout(photos, per_class=1, seed=3)
+        os.environ.setdefault("CLIPSEARCH_EXPORT", "inline")  # the text tower in place before the timed searches
         Library(index, model=model).index([photos])
         g = Gallery(index, model=model, watch_roots=[str(photos)])
         seconds = []

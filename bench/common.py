@@ -149,6 +149,35 @@ def run_cli(args: list[str], env: dict[str, str] | None = None,
     return time.perf_counter() - start, proc
 
 
+EXPORT_MARKER = ".model-export.running"  # clipsearch/model/background_export.py
+
+
+def wait_for_exports(index: Path, timeout_s: float = 1800.0) -> dict[str, float]:
+    """Wait for the background exporter `clipsearch index` left for this index (none: returns at once).
+
+    So that it neither shares the cores with the next measurement nor writes into a deleted folder.
+    Returns the seconds until the text tower was in place and until the exporter was done, and the
+    exporter's own peak RSS (VmHWM, read from /proc while it runs; 0 where that cannot be read).
+    """
+    start = time.perf_counter()
+    marker = index / EXPORT_MARKER
+    text_s = 0.0 if (index / "text-model" / "meta.json").exists() else float("nan")
+    peak_kb = 0
+    while marker.exists() and time.perf_counter() - start < timeout_s:
+        if text_s != text_s and (index / "text-model" / "meta.json").exists():  # nan: not yet
+            text_s = time.perf_counter() - start
+        with contextlib.suppress(OSError, ValueError):
+            pid = int(json.loads(marker.read_text())["pid"])
+            for line in Path(f"/proc/{pid}/status").read_text().splitlines():
+                if line.startswith("VmHWM:"):
+                    peak_kb = max(peak_kb, int(line.split()[1]))
+        time.sleep(0.1)
+    done_s = time.perf_counter() - start
+    if text_s != text_s and (index / "text-model" / "meta.json").exists():
+        text_s = done_s
+    return {"text_ready_s": text_s, "exports_done_s": done_s, "exporter_peak_rss_mb": peak_kb / 1024}
+
+
 def peak_rss_mb(proc: subprocess.CompletedProcess[str]) -> float:
     for line in reversed(proc.stderr.splitlines()):
         if line.startswith("peak-rss-kb "):

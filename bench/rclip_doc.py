@@ -56,7 +56,8 @@ def section(data: dict[str, Any]) -> str:
         rss = {t: _span([r[t][scenario]["peak_rss_mb"] for r in rounds], "{:.0f}") for t in TOOLS}
         load = _span([r["clipsearch"][scenario].get("model_load_s", 0.0) for r in rounds], "{:.1f}")
         bg = [r["clipsearch"][scenario]["background_s"] for r in rounds]
-        bg_text = "none" if not any(bg) else _span(bg, "{:.1f} s")
+        bg_rss = [r["clipsearch"][scenario]["background_peak_rss_mb"] for r in rounds]
+        bg_text = "none" if not any(bg) else f"{_span(bg, '{:.1f} s')}, peak RSS {_span(bg_rss, '{:.0f} MB')}"
         per_run.append(f"| {label} | {rss['rclip']} | {rss['clipsearch']} | {load} | {bg_text} |")
     agree = [r["agreement"] for r in rounds]
     up_min = min(a["upright_min"] for a in agree)
@@ -90,7 +91,7 @@ The whole benchmark took {data['bench_seconds'] / 60:.0f} minutes.{mixed}
 
 {verdict}
 
-| run | rclip peak RSS MB | clipsearch peak RSS MB | clipsearch model load s | clipsearch work left running after exit |
+| run | rclip peak RSS MB | clipsearch peak RSS MB | clipsearch model load s | clipsearch work left running after exit (waited for, not timed) |
 |---|---|---|---|---|
 {chr(10).join(per_run)}
 

@@ -16,7 +16,7 @@ import numpy as np
 from clipsearch import config, paths
 from clipsearch.errors import ClipsearchError, ModelMismatchError, UsageError
 from clipsearch.index.store import DB_NAME, Store
-from clipsearch.model import image_tower, names, text_tower
+from clipsearch.model import background_export, image_tower, names, text_tower
 from clipsearch.model.identity import ModelIdentity, check_same_model
 
 if TYPE_CHECKING:
@@ -76,6 +76,9 @@ class Encoders:
         """Whatever embeds texts for this index, when called: the exported text tower when there is
         one (no torch; started on a thread now when `background`), else the model itself."""
         if not text_tower.available(self.index_dir, recorded.weights_sha256):
+            if self.loaded is None and self.notify and "text" in background_export.running(self.index_dir):
+                self.notify("the text encoder is still being prepared in the background; this query loads "
+                            "the full model")
             return lambda: self.checked(recorded)
         kept = self._text_tower
         if kept is not None and kept[0] == recorded.weights_sha256:

@@ -165,22 +165,20 @@ class Library:
                             progress=progress)
 
     def _finish_write(self, store: Store, started: str, summary: dict[str, object], load_model: bool) -> None:
-        """After a write: the text tower for torch-free queries, a current FAISS file, the run's record.
-
-        The text tower comes from the model this run loaded, or with `load_model` from the index's
-        weights if they are on this machine already (never a download).
-        """
+        """After a write: a current FAISS file, the run's record, then the towers for torch-free
+        queries: linked from the cache or exported in the background (background_export.py), from
+        the index's weights if they are on this machine already (never a download)."""
         if store.model_identity() is None and self._model.loaded is not None:
             store.bind_model(self._model.loaded.identity)
         recorded = store.model_identity()
-        if recorded is not None and config.text_model_enabled() and not text_tower.available(
-                self.path, recorded.weights_sha256):
-            from clipsearch.model import text_export
-
-            m = self._model
-            text_export.ensure(self.path, recorded, m.loaded, load_model, m.device, m.precision, self._notify)
         VectorIndex.load(self.path, store, notify=self._notify)  # refresh the FAISS cache now, not at a query
         store.record_run(started, json.dumps(summary))
+        if recorded is not None:
+            from clipsearch.model import background_export
+
+            m = self._model
+            background_export.after_write(self.path, recorded, m.loaded, load_model, m.device, m.precision,
+                                          self._notify)
 
     # --- searching ------------------------------------------------------------------------------
 

@@ -17,6 +17,12 @@ if os.environ.get("PYTEST_XDIST_WORKER"):
     # The suite runs on one worker per core (pytest-xdist): one torch thread each, not two fighting per core.
     os.environ.setdefault("OMP_NUM_THREADS", "1")
 
+# The tests that turn the text export on want it done when `index` returns, as a script with
+# CLIPSEARCH_EXPORT=inline gets it; a detached exporter per test would also outlive its tmp_path and
+# take the cores from the tests after it. Set here, not in `isolated`, so that session fixtures and
+# the processes tests start inherit it too. tests/test_background_export.py tests the default.
+os.environ["CLIPSEARCH_EXPORT"] = "inline"
+
 TINY_MODEL_DIR = Path(__file__).parent / "fixtures" / "tiny-clip"
 TINY_MODEL = f"local-dir:{TINY_MODEL_DIR}"
 

@@ -198,3 +198,23 @@ def test_photo_count_survives_rebuild_and_upgrade_from_an_index_without_the_coun
     assert lib.status().images == n  # the step runs again on open and counts the rows once
     lib.index([photo_dir], rebuild=True)
     assert lib.status().images == n
+
+
+def test_a_new_index_is_created_without_importing_pandas(tmp_path: Path) -> None:
+    """sqlite_utils imports pandas when it can (0.3-1 s); the schema steps never need it, and a
+    program that wants pandas afterwards still gets it."""
+    pytest.importorskip("pandas")
+    import subprocess
+    import sys
+
+    code = ("import sys\nfrom pathlib import Path\nfrom clipsearch.index.store import Store\n"
+            f"Store.open(Path({str(tmp_path / 'index')!r}), create=True).close()\n"
+            "assert 'sqlite_utils' in sys.modules, 'the schema was not created by sqlite_utils'\n"
+            "assert 'pandas' not in sys.modules, 'pandas was imported'\n"
+            "import pandas\nprint(pandas.__name__)\n")
+    out = subprocess.run([sys.executable, "-c", code], capture_output=True, text=True, cwd=tmp_path,
+                         env={**os.environ, "PYTHONPATH": str(Path(__file__).parent.parent)})
+    assert out.returncode == 0, out.stderr
+    assert out.stdout.strip() == "pandas"
+    with Store.open(tmp_path / "index") as store:  # the steps all ran
+        assert store.db.execute("SELECT count(*) FROM images").fetchone() == (0,)

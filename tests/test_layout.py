@@ -12,7 +12,7 @@ from pathlib import Path
 
 PACKAGE = Path(__file__).resolve().parent.parent / "clipsearch"
 LAYERS = ["base", "model", "index", "ingest", "search", "tags", "library", "cli"]
-BASE = {"errors", "config", "paths", "formats", "failpoints", "_version"}
+BASE = {"errors", "config", "paths", "formats", "failpoints", "blas_threads", "_version"}
 # The modules that need torch or open_clip; nothing below ingest may import them, even lazily.
 TORCH_SIDE = {"clipsearch.model.embedder", "clipsearch.model.text_export", "clipsearch.model.lean_load"}
 MAX_LINES = 400

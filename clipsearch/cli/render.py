@@ -195,7 +195,9 @@ def skipped_lines(rows: Sequence[tuple[str, str, str]]) -> str:
 
 def status_text(st: Status) -> str:
     model = st.model.describe() if st.model else "none yet"
-    text = "ready (text queries load no model)" if st.text_model else "none (text queries load the model)"
+    text = ("ready (text queries load no model)" if st.text_model
+            else "being prepared in the background (text queries load the model until then)"
+            if "text" in st.exporting else "none (text queries load the model)")
     lines = [
         f"index:        {st.path}",
         f"model:        {model}",

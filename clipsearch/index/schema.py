@@ -2,12 +2,13 @@
 
 The steps are sqlite-utils migrations (their `_sqlite_migrations` table records what ran), but
 sqlite-utils is only imported when a step is pending: importing it costs a cold query 40 ms, and
-half a second where pandas is installed (it imports pandas when it can).
+half a second where pandas is installed, unless pandas is kept out of its import (`_sqlite_utils`).
 """
 
 from __future__ import annotations
 
 import sqlite3
+import sys
 from collections.abc import Callable
 from pathlib import Path
 from typing import Any, cast
@@ -164,12 +165,30 @@ def ensure(conn: sqlite3.Connection, folder: Path, read_only: bool = False) -> N
         from clipsearch.index.faults import read_only_error
 
         raise read_only_error(folder, "bring its database up to this clipsearch's schema")
-    import sqlite_utils
-    from sqlite_utils.migrations import Migrations
-
-    migrations = Migrations(MIGRATION_SET)
+    sqlite_utils, migrations_class = _sqlite_utils()
+    migrations = migrations_class(MIGRATION_SET)
     for step in STEPS:
         # A sqlite_utils.Database is what the steps receive; they only call its sqlite3-style execute().
         migrations()(cast(Any, step))
     conn.execute("PRAGMA journal_mode = WAL")
     migrations.apply(sqlite_utils.Database(conn))
+
+
+def _sqlite_utils() -> tuple[Any, Any]:
+    """sqlite_utils and its Migrations, imported without pandas.
+
+    sqlite_utils imports pandas whenever it is installed, only to give pandas.Timestamp values a
+    column type; no step writes one. Where pandas is installed (Ray's extra brings it) that import
+    was 0.3-1 s of a new index's start and of the offline error for a model that is not cached.
+    Where something imported pandas already, nothing is blocked.
+    """
+    blocked = "pandas" not in sys.modules
+    if blocked:
+        sys.modules["pandas"] = None  # type: ignore[assignment]  # makes `import pandas` fail: sqlite_utils copes
+    try:
+        import sqlite_utils
+        from sqlite_utils.migrations import Migrations
+    finally:
+        if blocked and sys.modules.get("pandas", 0) is None:
+            del sys.modules["pandas"]  # a later `import pandas` works as usual
+    return sqlite_utils, Migrations

@@ -9,7 +9,7 @@ from pathlib import Path
 from clipsearch.index import faults, roots, video_tables
 from clipsearch.index.store import Store
 from clipsearch.index.vectors import cache_state
-from clipsearch.model import text_tower
+from clipsearch.model import background_export, text_tower
 from clipsearch.model.identity import ModelIdentity
 from clipsearch.paths import display
 
@@ -28,6 +28,7 @@ class Status:
     roots: tuple[str, ...] = ()  # the folders and photos `clipsearch index` re-scans (roots.py)
     videos: int = 0  # of `images`, how many are videos (docs/video.md)
     video_frames: int = 0  # the moments kept of them, each video's first included
+    exporting: tuple[str, ...] = ()  # the towers a background exporter is preparing (background_export.py)
 
     def as_dict(self) -> dict[str, object]:
         return {
@@ -38,7 +39,7 @@ class Status:
             "images": self.images, "skipped": self.skipped, "bytes_on_disk": self.bytes_on_disk,
             "last_run_at": self.last_run_at, "last_run": self.last_run, "vector_cache": self.vector_cache,
             "text_model": self.text_model, "roots": [display(r) for r in self.roots],
-            "videos": self.videos, "video_frames": self.video_frames,
+            "videos": self.videos, "video_frames": self.video_frames, "exporting": list(self.exporting),
         }
 
 
@@ -52,4 +53,5 @@ def status(folder: Path, store: Store) -> Status:
     # `images` counts files: a video's later frames are rows, not files.
     return Status(folder, model, store.count() - later_frames, store.skipped_counts(), size,
                   last[0] if last else None, json.loads(last[1]) if last and last[1] else None,
-                  cache_state(folder, store), fast, tuple(roots.known(store)), videos, videos + later_frames)
+                  cache_state(folder, store), fast, tuple(roots.known(store)), videos, videos + later_frames,
+                  background_export.running(folder))

@@ -342,10 +342,10 @@ def _ivf(index: Any) -> Any:
 
 def remove_orphan_temps(folder: Path) -> None:
     """Delete temp files and folders left by writers killed mid-write (their process is gone): FAISS
-    files, text-model exports (`.text-model.<pid>.tmp`), new or repaired databases."""
+    files, text- and image-model exports (`.text-model.<pid>.tmp`), new or repaired databases."""
     import shutil
 
-    patterns = (f".{PREFIX}*.tmp", ".text-model.*.tmp", ".clipsearch.db.*.tmp*")
+    patterns = (f".{PREFIX}*.tmp", ".text-model.*.tmp", ".image-model.*.tmp", ".clipsearch.db.*.tmp*")
     for tmp in [found for pattern in patterns for found in folder.glob(pattern)]:
         try:
             pid = int(tmp.name.rsplit(".", 2)[1])

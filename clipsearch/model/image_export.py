@@ -2,30 +2,27 @@
 
 image_tower.py runs the result, so `query --image` of a photo that is not indexed needs no torch.
 
-When: not during `index`. ViT-B-32's export took 15.6 s on 2 cores (torch.onnx's dynamo exporter;
-the TorchScript one cannot export the fused attention), about as long as embedding 300 phone
-photos, and most indexes never see an image query of an outside photo. So the first such query,
-which loads torch anyway for its own answer, starts the export in a detached low-priority process
-(`start_in_background`) and answers from torch; the queries after it take the ONNX tower.
+When: never in the critical path. ViT-B-32's export took 15.6 s on 2 cores (torch.onnx's dynamo
+exporter; the TorchScript one cannot export the fused attention), about as long as embedding 300
+phone photos. The background exporter (background_export.py) that an index run starts for the text
+tower does this one after it, and the first torch-answered query of an outside photo starts it for
+this tower alone if the index still has none; the queries after it take the ONNX tower.
 $CLIPSEARCH_IMAGE_MODEL=off turns the export off. The folder is written to a temporary name and
 renamed into place, so a query sees a whole verified export or none.
 """
 
 from __future__ import annotations
 
-import contextlib
 import json
 import os
 import shutil
-import subprocess
-import sys
-import time
 import warnings
 from pathlib import Path
 from typing import Any
 
 import numpy as np
 
+from clipsearch.model import background_export
 from clipsearch.model.identity import Preprocess
 from clipsearch.model.image_tower import (
     FOLDER,
@@ -37,12 +34,11 @@ from clipsearch.model.image_tower import (
     remove,
 )
 
-MARKER = ".image-model.exporting"  # an export under way (its pid); a stale one (> STALE_S) is ignored
-STALE_S = 900.0
+MARKER = background_export.MARKER  # an export under way (its pid)
 
 
 def enabled() -> bool:
-    return os.environ.get("CLIPSEARCH_IMAGE_MODEL", "on").strip().lower() not in ("0", "off", "no", "false")
+    return background_export.image_enabled()
 
 
 def check_pixels(pre: Preprocess) -> np.ndarray:
@@ -131,51 +127,8 @@ def _preoptimize(folder: Path, pixels: np.ndarray) -> dict[str, Any]:
 
 
 def start_in_background(index_dir: Path, model_name: str, weights_sha256: str) -> bool:
-    """Start `python -m clipsearch.model.image_export` detached (niced, silent); False when one runs.
+    """Start the background exporter (background_export.py) for this tower; False when one runs.
 
-    Detached so the query that starts it answers (and exits) without waiting; the marker keeps two
-    queries from exporting at once.
+    Detached so the query that starts it answers (and exits) without waiting.
     """
-    marker = index_dir / MARKER
-    try:
-        if time.time() - marker.stat().st_mtime < STALE_S:
-            return False
-        marker.unlink()
-    except OSError:
-        pass
-    try:
-        fd = os.open(marker, os.O_CREAT | os.O_EXCL | os.O_WRONLY, 0o644)
-    except OSError:
-        return False  # another query won the race, or the folder is read-only
-    os.close(fd)
-    try:
-        subprocess.Popen([sys.executable, "-m", "clipsearch.model.image_export", str(index_dir), model_name,
-                          weights_sha256], stdin=subprocess.DEVNULL, stdout=subprocess.DEVNULL,
-                         stderr=subprocess.DEVNULL, start_new_session=True)
-    except OSError:
-        marker.unlink(missing_ok=True)
-        return False
-    return True
-
-
-def _main(index_dir: Path, model_name: str, weights_sha256: str) -> int:
-    """The background export: the index's model from this machine (never a download), fp32 on the CPU."""
-    from clipsearch.model import names
-    from clipsearch.model.embedder import Embedder
-
-    with contextlib.suppress(OSError):
-        os.nice(10)  # behind whatever the user runs next
-    try:
-        emb = Embedder(names.parse(model_name), "cpu", "fp32", download=False)
-        if emb.identity.weights_sha256 != weights_sha256:
-            return 1
-        return 0 if export(emb, index_dir) else 1
-    except Exception:  # noqa: BLE001 - a failed export only costs speed: queries keep the torch path
-        remove(index_dir)
-        return 1
-    finally:
-        (index_dir / MARKER).unlink(missing_ok=True)
-
-
-if __name__ == "__main__":
-    sys.exit(_main(Path(sys.argv[1]), sys.argv[2], sys.argv[3]))
+    return background_export.start(index_dir, model_name, weights_sha256, ["image"])

@@ -137,6 +137,12 @@ def _link_files(src: Path, dst: Path) -> None:
             shutil.copyfile(f, dst / f.name)
 
 
+def link_cached(sha: str, index_dir: Path) -> bool:
+    """Give the index the export another index of these weights made, if the cache has it (no torch,
+    milliseconds); False when it has none, and the export is still to be done."""
+    return _from_cache(sha, index_dir)
+
+
 def _from_cache(sha: str, index_dir: Path) -> bool:
     """Give the index the cached export of these weights, whole or not at all (a temporary folder
     renamed into place). The cached copy was verified when it was made; `available` checks it is
@@ -187,6 +193,9 @@ def fp32_model(embedder: Any, tower: str = "text") -> Any:
 
         from clipsearch.model import lean_load
 
+        if (tower != lean_load.TEXT and embedder.dtype == torch.float32 and str(embedder.device) == "cpu"
+                and lean_load.IMAGE in lean_load.loaded_towers(embedder.model)):
+            return embedder.model.eval()  # already that (the background exporter's own load): no second copy
         spec, weights = embedder.spec, embedder.weights_path
         model, _ = lean_load.skeleton(lambda: _create(spec, weights, "meta", load_weights=False))
         if tower == lean_load.TEXT:

@@ -15,7 +15,7 @@ from dataclasses import dataclass, field
 
 import numpy as np
 
-from clipsearch import paths
+from clipsearch import blas_threads, paths
 from clipsearch.errors import UsageError
 from clipsearch.formats import IMAGE_EXTENSIONS, VIDEO_EXTENSIONS
 from clipsearch.index.records import ImageRecord
@@ -235,6 +235,14 @@ def rank(store: Store, index: VectorIndex, query: np.ndarray, top: int, filters:
         raise UsageError(f"--min-score must be a number (a cosine, -1 to 1), not {min_score}")
     if top <= 0 or index.size == 0:
         return Ranking([], None, "none")
+    with blas_threads.single():  # one query's products are small: BLAS's threads only fight (blas_threads.py)
+        return _rank(store, index, query, top, filters, min_score, z, exclude_ids, alternatives, logit_scale,
+                     closest, logit_bias, all_moments)
+
+
+def _rank(store: Store, index: VectorIndex, query: np.ndarray, top: int, filters: Filters, min_score: float | None,
+          z: float, exclude_ids: frozenset[int], alternatives: np.ndarray | None, logit_scale: float, closest: int,
+          logit_bias: float | None, all_moments: bool) -> Ranking:
     decide: Callable[[np.ndarray, np.ndarray], np.ndarray]
     stats: dict[str, float]
     sigmoid = alternatives is not None and logit_bias is not None

@@ -91,7 +91,8 @@ The whole benchmark took {data['bench_seconds'] / 60:.0f} minutes.{mixed}
 
 {verdict}
 
-| run | rclip peak RSS MB | clipsearch peak RSS MB | clipsearch model load s | clipsearch work left running after exit (waited for, not timed) |
+| run | rclip peak RSS MB | clipsearch peak RSS MB | clipsearch model load s | \
+clipsearch work left running after exit (waited for, not timed) |
 |---|---|---|---|---|
 {chr(10).join(per_run)}
 

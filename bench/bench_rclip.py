@@ -226,7 +226,9 @@ def snapshot(tree: Path, rev: str, work: Path) -> Path:
         subprocess.run(["git", "init", "-q", str(out)], check=True)  # so tree_commit can name it
         subprocess.run(["git", "-C", str(out), "-c", "user.name=bench", "-c", "user.email=bench@localhost", "commit",
                         "-qm", f"snapshot of {sha}", "--allow-empty"], check=True)
-    (out / "SNAPSHOT_OF").write_text(tree_commit(tree) + "\n")
+    commit = subprocess.run(["git", "-C", str(tree), "log", "-1", "--format=%h %cI %s", sha], capture_output=True,
+                            text=True, check=True).stdout.strip()
+    (out / "SNAPSHOT_OF").write_text(commit + "\n")  # the commit itself: the source tree's own edits are not in it
     return out
 
 

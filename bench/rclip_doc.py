@@ -71,6 +71,10 @@ def section(data: dict[str, Any]) -> str:
     source = f"`{data.get('clipsearch_source', v['clipsearch_tree'])}`" + (f" (snapshot of `{data['rev']}`)"
                                                                         if data.get("rev") else "")
     diff = ex["max_abs_diff_vs_torch"]
+    bg_peak = max(r["clipsearch"][sc]["background_peak_rss_mb"] for r in rounds for sc in ("phone", "camera", "new"))
+    exporter_note = ("" if not bg_peak else
+                     f" The peak RSS row is the `index` process's; the exporter it leaves running peaks at up to "
+                     f"{bg_peak:.0f} MB in its own process after `index` has returned (second table).")
     first = " first, ".join(("rclip", "clipsearch"))
     return f"""{HEADING}
 
@@ -89,7 +93,9 @@ The whole benchmark took {data['bench_seconds'] / 60:.0f} minutes.{mixed}
 |---|---|---|---|---|
 {chr(10).join(rows)}
 
-{verdict}
+{verdict} Each run lasts seconds to minutes on a machine whose load
+changes within them: the per-round ratios (the two tools back to back) are the figures to trust, and
+a row whose per-round ratios straddle 1 is not settled.{exporter_note}
 
 | run | rclip peak RSS MB | clipsearch peak RSS MB | clipsearch model load s | \
 clipsearch work left running after exit (waited for, not timed) |

@@ -20,7 +20,8 @@ extra) embeds at 0.47-0.52x ONNX Runtime fp32's time per image at batch 1 and 0.
 0.45-0.8 s from its cache (ONNX Runtime's session: 0.03-0.3 s), a slower first call, and 1.8x the
 peak RSS; a cold `query --image` of one new photo took 1.8-2.3x as long on it (1.4-2.2 s against
 0.8-1.0 s; bench/bench_image_runtime.py, docs/benchmarks.md). So by default (`auto`) OpenVINO
-runs it only for callers that embed many images in one process (`many=True`), where the CPU has
+runs it only for callers that embed many images in one process (`many=True`: none does yet; index
+runs of a few photos go through ONNX Runtime, onnx_indexing.py), where the CPU has
 native bf16 (AVX512-BF16 or AMX), and only after a self-check on the export's check pictures;
 everything else, and CPUs without native bf16 (OpenVINO fp32 was not clearly faster there), get
 ONNX Runtime fp32. $CLIPSEARCH_IMAGE_RUNTIME: `auto` (that rule, the default), `onnxruntime`

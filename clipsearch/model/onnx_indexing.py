@@ -108,13 +108,11 @@ def torch_precision(device: str | None, precision: str | None) -> str | None:
     if dev not in ("auto", "cpu") or (dev == "auto" and gpu_possible()):
         return None
     req = (precision or "auto").lower()
-    if req == "fp32":
-        return "fp32"
-    if req != "auto":
+    if req not in ("auto", "fp32"):
         return None
-    from clipsearch.model.embedder import cpu_has_native_bf16  # /proc/cpuinfo only: no torch
+    from clipsearch.model.embedder import pick_precision  # the Embedder's own rule; /proc/cpuinfo only: no torch
 
-    return "bf16" if cpu_has_native_bf16() else "fp32"
+    return pick_precision(req, "cpu")
 
 
 def tower_pays(images: int, device: str | None, precision: str | None) -> bool:

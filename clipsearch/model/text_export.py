@@ -81,7 +81,7 @@ def export(embedder: Any, index_dir: Path, notify: Callable[[str], None] | None 
     if kind is None:
         return False  # other tokenizers and towers keep the torch path
     sha = embedder.identity.weights_sha256
-    if _from_cache(sha, index_dir):
+    if link_cached(sha, index_dir):
         return True
     if notify is not None:  # only for a real export: one from the cache takes milliseconds
         notify("preparing the text encoder that makes queries fast (once per model)")
@@ -138,12 +138,6 @@ def _link_files(src: Path, dst: Path) -> None:
 
 
 def link_cached(sha: str, index_dir: Path) -> bool:
-    """Give the index the export another index of these weights made, if the cache has it (no torch,
-    milliseconds); False when it has none, and the export is still to be done."""
-    return _from_cache(sha, index_dir)
-
-
-def _from_cache(sha: str, index_dir: Path) -> bool:
     """Give the index the cached export of these weights, whole or not at all (a temporary folder
     renamed into place). The cached copy was verified when it was made; `available` checks it is
     whole (the sizes meta.json records)."""

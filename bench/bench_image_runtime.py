@@ -66,12 +66,8 @@ def load_costs(folder: Path, cache: Path, precision: str, reps: int) -> dict[str
 
 
 def end_to_end(model_dir: Path, tmp: Path, export_dir: Path, new_photo: Path, runs: int) -> dict[str, Any]:
-    home = tmp / "home"
-    common.make_photos(tmp / "indexed", 12, common.PHONE)
-    env = {"CLIPSEARCH_HOME": str(home), "CLIPSEARCH_MODEL": f"local-dir:{model_dir}", "HF_HUB_OFFLINE": "1",
-           "CLIPSEARCH_TEXT_MODEL": "off", "CLIPSEARCH_IMAGE_MODEL": "off"}
-    common.run_cli(["index", str(tmp / "indexed")], env)
-    shutil.copytree(export_dir, home / "index" / "image-model")
+    env, index = bench_image_tower.small_index(model_dir, tmp)
+    shutil.copytree(export_dir, index / "image-model")
     args = ["query", "--image", str(new_photo), "--top", "5", "--json"]
     # The very first OpenVINO query of these weights: it compiles, fills the cache and self-checks.
     first, proc = common.run_cli(args, {**env, "CLIPSEARCH_IMAGE_RUNTIME": "openvino"}, peak_rss=True)

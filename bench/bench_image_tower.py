@@ -84,13 +84,19 @@ def agreement(got: np.ndarray, ref: np.ndarray) -> dict[str, float]:
     return {"cos_min": float(cos.min()), "cos_mean": float(cos.mean()), "overlap10": float(np.mean(overlaps))}
 
 
-def end_to_end(model_dir: Path, tmp: Path, export_dir: Path, new_photo: Path, runs: int) -> dict[str, Any]:
+def small_index(model_dir: Path, tmp: Path) -> tuple[dict[str, str], Path]:
+    """An index of 12 phone photos with `model_dir`'s model and no exported towers, under `tmp`:
+    the environment its commands run in, and its folder."""
     home = tmp / "home"
     common.make_photos(tmp / "indexed", 12, common.PHONE)
     env = {"CLIPSEARCH_HOME": str(home), "CLIPSEARCH_MODEL": f"local-dir:{model_dir}", "HF_HUB_OFFLINE": "1",
            "CLIPSEARCH_TEXT_MODEL": "off", "CLIPSEARCH_IMAGE_MODEL": "off"}
     common.run_cli(["index", str(tmp / "indexed")], env)
-    index = home / "index"
+    return env, home / "index"
+
+
+def end_to_end(model_dir: Path, tmp: Path, export_dir: Path, new_photo: Path, runs: int) -> dict[str, Any]:
+    env, index = small_index(model_dir, tmp)
     args = ["query", "--image", str(new_photo), "--top", "5"]
     out: dict[str, list[float]] = {"torch_s": [], "onnx_s": [], "torch_rss_mb": [], "onnx_rss_mb": []}
     for _ in range(runs):

@@ -157,6 +157,13 @@ def _cpu(monkeypatch: pytest.MonkeyPatch, bf16: bool, runtime: str | None) -> No
         monkeypatch.setenv(image_tower.RUNTIME_ENV, runtime)
 
 
+def _own_copy(exported: Path, isolated: Path) -> Path:
+    """The shared export copied into this test's index, to be altered there."""
+    folder = isolated / "index" / image_tower.FOLDER
+    shutil.copytree(exported / image_tower.FOLDER, folder)
+    return folder
+
+
 @pytest.mark.parametrize(("bf16", "runtime", "many"), [(False, None, True), (False, "auto", True), (True, None, False),
                                                        (True, "auto", False), (True, "onnxruntime", True),
                                                        (True, "OnnxRuntime ", True), (True, "tensorrt", True)])
@@ -202,8 +209,7 @@ def test_an_openvino_tower_that_fails_its_check_is_not_used(exported: Path, isol
                                                             monkeypatch: pytest.MonkeyPatch) -> None:
     pytest.importorskip("openvino")
     _cpu(monkeypatch, True, "auto")
-    folder = isolated / "index" / image_tower.FOLDER
-    shutil.copytree(exported / image_tower.FOLDER, folder)
+    folder = _own_copy(exported, isolated)
     ref = np.load(folder / image_tower.CHECK_VECTORS)
     np.save(folder / image_tower.CHECK_VECTORS, np.roll(ref, 1, axis=1))  # what a wrong compile would give
     assert isinstance(image_tower.load(folder, many=True), image_tower.OnnxImageEncoder)
@@ -216,8 +222,7 @@ def test_an_export_without_recorded_vectors_is_checked_against_onnx_runtime(expo
     from clipsearch.model import openvino_tower
 
     _cpu(monkeypatch, True, "auto")
-    folder = isolated / "index" / image_tower.FOLDER
-    shutil.copytree(exported / image_tower.FOLDER, folder)
+    folder = _own_copy(exported, isolated)
     meta = json.loads((folder / "meta.json").read_text())
     del meta["check_vectors"]
     (folder / "meta.json").write_text(json.dumps(meta))

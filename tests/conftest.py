@@ -138,3 +138,18 @@ def run_cli_without_model(args: list[str], home: Path) -> subprocess.CompletedPr
                             timeout=120)
     assert result.returncode == 0, result.stderr
     return result
+
+
+def index_heldout_through_cli(factory: pytest.TempPathFactory, name: str, model: str, per_class: int
+                              ) -> tuple[Path, Path, subprocess.CompletedProcess[str]]:
+    """(photos, index home, the run): held-out shapes (`per_class` a class, seed 99) indexed once
+    by `clipsearch index` in a fresh process with `model`, the text export on."""
+    photos = factory.mktemp(f"{name}-photos")
+    shapes.write_heldout(photos / "all", per_class=per_class, seed=99)
+    home = factory.mktemp(f"{name}-home")
+    env = {**os.environ, "CLIPSEARCH_HOME": str(home), "CLIPSEARCH_MODEL": model, "HF_HUB_OFFLINE": "1",
+           "CLIPSEARCH_TEXT_MODEL": "on", "NO_COLOR": "1"}
+    run = subprocess.run([sys.executable, "-m", "clipsearch", "index", str(photos)], capture_output=True, text=True,
+                         env=env, timeout=300)
+    assert run.returncode == 0, run.stderr
+    return photos, home, run

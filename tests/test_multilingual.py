@@ -6,10 +6,8 @@ script an English-only model cannot read."""
 from __future__ import annotations
 
 import json
-import os
 import shutil
 import subprocess
-import sys
 from pathlib import Path
 
 import numpy as np
@@ -17,7 +15,7 @@ import open_clip
 import pytest
 import shapes
 from click.testing import CliRunner
-from conftest import TINY_MODEL, run_cli_without_model
+from conftest import TINY_MODEL, index_heldout_through_cli, run_cli_without_model
 from test_text_model import TEXTS
 from train_tiny_multilingual import KO_COLORS, KO_SHAPES
 
@@ -49,15 +47,7 @@ def test_token_ids_identical_to_open_clip(context_length: int) -> None:
 def ml_index(tmp_path_factory: pytest.TempPathFactory) -> tuple[Path, Path, subprocess.CompletedProcess[str]]:
     """(photos, index home, the run): 240 held-out shapes (5 a class; tags want 200) indexed once
     through the CLI, text export on."""
-    photos = tmp_path_factory.mktemp("ml-photos")
-    shapes.write_heldout(photos / "all", per_class=5, seed=99)
-    home = tmp_path_factory.mktemp("ml-home")
-    env = {**os.environ, "CLIPSEARCH_HOME": str(home), "CLIPSEARCH_MODEL": ML_MODEL, "HF_HUB_OFFLINE": "1",
-           "CLIPSEARCH_TEXT_MODEL": "on", "NO_COLOR": "1"}
-    run = subprocess.run([sys.executable, "-m", "clipsearch", "index", str(photos)], capture_output=True, text=True,
-                         env=env, timeout=300)
-    assert run.returncode == 0, run.stderr
-    return photos, home, run
+    return index_heldout_through_cli(tmp_path_factory, "ml", ML_MODEL, per_class=5)
 
 
 @pytest.fixture

@@ -6,15 +6,13 @@ import json
 import os
 import shutil
 import subprocess
-import sys
 from pathlib import Path
 from typing import Any
 
 import numpy as np
 import open_clip
 import pytest
-import shapes
-from conftest import TINY_MODEL, run_cli_without_model
+from conftest import TINY_MODEL, index_heldout_through_cli, run_cli_without_model
 
 from clipsearch import Library
 from clipsearch.model import names, text_export, text_tower
@@ -41,14 +39,7 @@ def test_token_ids_identical_to_open_clip(context_length: int) -> None:
 def exported(tmp_path_factory: pytest.TempPathFactory) -> tuple[Path, Path, subprocess.CompletedProcess[str]]:
     """(photos, index, the run) indexed once through the CLI with the text export on: an export takes
     seconds, reading one none."""
-    photos = tmp_path_factory.mktemp("text-photos")
-    shapes.write_heldout(photos / "all", per_class=1, seed=99)
-    home = tmp_path_factory.mktemp("text-home")
-    env = {**os.environ, "CLIPSEARCH_HOME": str(home), "CLIPSEARCH_MODEL": TINY_MODEL, "HF_HUB_OFFLINE": "1",
-           "CLIPSEARCH_TEXT_MODEL": "on", "NO_COLOR": "1"}
-    run = subprocess.run([sys.executable, "-m", "clipsearch", "index", str(photos)], capture_output=True, text=True,
-                         env=env, timeout=300)
-    assert run.returncode == 0, run.stderr
+    photos, home, run = index_heldout_through_cli(tmp_path_factory, "text", TINY_MODEL, per_class=1)
     return photos, home / "index", run
 
 

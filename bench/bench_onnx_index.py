@@ -1,19 +1,24 @@
-"""`index` runs of a few new photos: torch against the exported image tower (issue 22).
+"""`index` runs into an existing index: torch against the exported image tower on ONNX Runtime
+fp32 and on OpenVINO bf16 (issue 22).
 
-    python bench/bench_onnx_index.py [--rounds 3] [--quick]
+    python bench/bench_onnx_index.py [--rounds 2] [--quick] [--only-split]
 
 An existing index of ViT-B-32 with random weights (common.random_model), its text tower exported
 (so no run loads torch for it) and its image tower exported (image_export.export, cached under
 bench/.cache/exports), gets N new phone photos (1600x1200) in a new process, `clipsearch index
-NEW --json`, each run on a fresh copy of the index. **Before** is the torch path of the same tree
-(`CLIPSEARCH_IMAGE_MODEL=off`: what main does), **after** the tower (`on`); the two alternate, so
-a neighbour's load hits both alike, and every figure is also a ratio to its same-run baseline.
-Peak RSS is the child's own ru_maxrss (bench_lean_index's wrapper).
+NEW --json`, each run on a fresh copy of the index. Every N runs on each path in turn, alternating
+within a round so a neighbour's load hits them alike: **torch** (`CLIPSEARCH_IMAGE_MODEL=off`),
+the tower forced onto **onnxruntime** and onto **openvino** (`CLIPSEARCH_IMAGE_RUNTIME`, every
+crossover lifted), and **auto**, what ships (onnx_indexing.tower_runtimes picks; its
+`embedded_with` is checked against the rule). **Before** is main's rule (the ONNX Runtime tower up
+to 150 pictures, torch above), taken from the same round's forced runs. Peak RSS is the child's own
+ru_maxrss (bench_lean_index's wrapper).
 
-Also measured: the fixed costs apart (imports, then loading the model or the session, then the
-first photo), in fresh processes, alternating; and the crossover: end-to-end wall time over N for
-both paths (and torch fp32, as a CPU without bf16 runs it), a line fitted to each, and where the
-lines cross (onnx_indexing.CROSSOVER holds the result).
+Also measured: the fixed costs apart (imports, then loading the model, the session or OpenVINO's
+compile from its cache, then the first photo), in fresh processes, alternating; OpenVINO's first
+compile of these weights (filling the cache) once; and the crossovers: a line fitted to each path's
+wall time over N, and where the lines cross (onnx_indexing.CROSSOVER and OPENVINO_FROM hold the
+results), and the same from the model's rates in the split.
 """
 
 from __future__ import annotations
@@ -39,7 +44,10 @@ HERE = Path(__file__).resolve().parent.parent
 # with FORCE_TOWER=1 the child takes the tower at any N (the crossover curve measures past it).
 WRAPPER = ("import os, resource, subprocess, sys\n"
            "inner = ('import sys; from clipsearch.model import onnx_indexing\\n'\n"
-           "         'if sys.argv[1] == \"1\": onnx_indexing.CROSSOVER = dict.fromkeys(onnx_indexing.CROSSOVER)\\n'\n"
+           "         'if sys.argv[1] == \"1\":\\n'\n"
+           "         '    c = onnx_indexing.CROSSOVER\\n'\n"
+           "         '    onnx_indexing.CROSSOVER = {k: dict.fromkeys(v) for k, v in c.items()}\\n'\n"
+           "         '    onnx_indexing.OPENVINO_FROM = 1\\n'\n"
            "         'sys.argv = [\"clipsearch\", *sys.argv[2:]]\\n'\n"
            "         'from clipsearch.cli import main; main()')\n"
            "force = os.environ.get('FORCE_TOWER', '0')\n"
@@ -47,10 +55,14 @@ WRAPPER = ("import os, resource, subprocess, sys\n"
            "print('peak-rss-kb', resource.getrusage(resource.RUSAGE_CHILDREN).ru_maxrss, file=sys.stderr)\n"
            "sys.exit(rc)\n")
 
-# Where a fresh process's first vector goes: imports, then the model (or the session), then 1 photo.
-SPLIT = ("import json, sys, time, resource\n"
+# Where a fresh process's first vector goes: imports, then the model (torch), the session (ONNX
+# Runtime) or the compile from its cache and the self-check's verdict (OpenVINO), then 1 photo;
+# then the model's rate on batches of 32 in the tower's own calls (CHUNK).
+SPLIT = ("import json, sys, time\n"
          "import numpy as np\n"
          "kind, model, folder = sys.argv[1:4]\n"
+         # VmHWM, not ru_maxrss: that one keeps the forking parent's RSS across exec.
+         "rss = lambda: int(next(x for x in open('/proc/self/status') if x.startswith('VmHWM')).split()[1]) / 1024\n"
          "t0 = time.perf_counter()\n"
          "if kind.startswith('torch'):\n"
          "    from clipsearch.model import embedder, names\n"
@@ -62,11 +74,15 @@ SPLIT = ("import json, sys, time, resource\n"
          "    from pathlib import Path\n"
          "    from clipsearch.index.store import Store\n"
          "    from clipsearch.model import onnx_indexing\n"
+         "    if kind.startswith('openvino'):\n"
+         "        from clipsearch.model import openvino_tower\n"
          "    t1 = time.perf_counter()\n"
          "    with Store.open(Path(folder)) as store:\n"
          "        recorded = store.model_identity()\n"
-         "    emb = onnx_indexing.TowerEmbedder(Path(folder) / 'image-model', recorded, 100.0, None)\n"
+         "    runtime = kind.replace('-cold', '').replace('-', ' ')\n"
+         "    emb = onnx_indexing.TowerEmbedder(Path(folder) / 'image-model', recorded, 100.0, None, (runtime,))\n"
          "t2 = time.perf_counter()\n"
+         "rss_loaded = rss()\n"
          "px = np.random.default_rng(0).integers(0, 256, (1, emb.preprocess.size, emb.preprocess.size, 3), "
          "dtype=np.uint8)\n"
          "emb.embed_images(px)\n"
@@ -76,9 +92,19 @@ SPLIT = ("import json, sys, time, resource\n"
          "for _ in range(3):\n"
          "    t = time.perf_counter(); emb.embed_images(batch); steady.append((time.perf_counter() - t) / 32)\n"
          "print(json.dumps({'imports_s': t1 - t0, 'load_s': t2 - t1, 'first_photo_s': t3 - t2,\n"
-         "                  'ms_per_photo_batch32': 1000 * min(steady),\n"
-         "                  'rss_mb': resource.getrusage(resource.RUSAGE_SELF).ru_maxrss / 1024,\n"
+         "                  'ms_per_photo_batch32': 1000 * min(steady), 'rss_loaded_mb': rss_loaded,\n"
+         "                  'rss_mb': rss(), 'runtime': emb.runtime,\n"
          "                  'torch_imported': 'torch' in sys.modules}))\n")
+SPLIT_KINDS = ("torch", "torch-fp32", "onnxruntime-fp32", "openvino-bf16", "openvino-fp32")
+# The forced paths of the curve (and their environment), then what ships.
+PATHS = {"torch": {"CLIPSEARCH_IMAGE_MODEL": "off"},
+         "onnxruntime": {"CLIPSEARCH_IMAGE_RUNTIME": "onnxruntime", "FORCE_TOWER": "1"},
+         "openvino": {"CLIPSEARCH_IMAGE_RUNTIME": "openvino", "FORCE_TOWER": "1"},
+         "auto": {"CLIPSEARCH_IMAGE_RUNTIME": "auto"}}
+# The split's kinds as the curve's paths are named (crossovers() pairs them).
+LINE_NAMES = {"torch": "torch", "torch-fp32": "torch fp32", "onnxruntime-fp32": "onnxruntime",
+              "openvino-bf16": "openvino", "openvino-fp32": "openvino fp32"}
+MAIN_CROSSOVER = 150  # main's rule, the before: the ONNX Runtime tower up to 150 pictures on a bf16 CPU
 
 
 def exported_tower(model_dir: Path) -> Path:
@@ -109,13 +135,13 @@ def copy_index(base: Path, to: Path) -> None:
             shutil.copy2(src, dst)
 
 
-def index_run(env: dict[str, str], base: Path, work: Path, folder: Path, tower: bool,
-              precision: str | None = None, force: bool = False) -> dict[str, Any]:
+def index_run(env: dict[str, str], base: Path, work: Path, folder: Path, path: str,
+              precision: str | None = None) -> dict[str, Any]:
     index = work / "index"
     copy_index(base, index)
     args = ["index", str(folder), "--index", str(index), "--json"] + (["--precision", precision] if precision else [])
     start = time.perf_counter()
-    child = {**env, "CLIPSEARCH_IMAGE_MODEL": "on" if tower else "off", "FORCE_TOWER": "1" if force else "0"}
+    child = {**env, "CLIPSEARCH_IMAGE_MODEL": "on", "FORCE_TOWER": "0", **PATHS[path]}
     proc = subprocess.run([sys.executable, "-c", WRAPPER, *args], capture_output=True, text=True, check=False,
                           env=child, cwd=work)
     wall = time.perf_counter() - start
@@ -124,33 +150,39 @@ def index_run(env: dict[str, str], base: Path, work: Path, folder: Path, tower: 
     summary = json.loads(proc.stdout)
     want = len(list(folder.iterdir()))
     assert summary["embedded"] == want, summary
-    assert summary["embedded_with"].startswith("onnx" if tower else "torch"), summary["embedded_with"]
+    if path != "auto":
+        assert summary["embedded_with"].startswith(path), (path, summary["embedded_with"])
     return {"wall_s": wall, "peak_rss_mb": common.peak_rss_mb(proc), "model_load_s": summary["model_load_seconds"],
             "embedded_with": summary["embedded_with"]}
 
 
-def split(env: dict[str, str], kind: str, model: str, index: Path, work: Path) -> dict[str, float]:
+def split(env: dict[str, str], kind: str, model: str, index: Path, work: Path) -> dict[str, Any]:
     proc = subprocess.run([sys.executable, "-c", SPLIT, kind, model, str(index)], capture_output=True, text=True,
                           env=env, check=True, cwd=work)
     out = json.loads(proc.stdout.splitlines()[-1])
     assert out.pop("torch_imported") == kind.startswith("torch")
+    runtime = out.pop("runtime")
+    assert kind.startswith("torch") or runtime == kind.replace("-cold", "").replace("-", " "), (kind, runtime)
     return {k: float(v) for k, v in out.items()}
 
 
-def crossover_of(torch: dict[str, float], onnx: dict[str, float]) -> float | None:
-    """Photos below which the tower's run ends first, from the fixed costs and the model's rates
-    alone (decoding is the same on both paths); None: the tower is faster per photo too."""
-    t_fixed = torch["imports_s"] + torch["load_s"]
-    o_fixed = onnx["imports_s"] + onnx["load_s"]
-    gap = (onnx["ms_per_photo_batch32"] - torch["ms_per_photo_batch32"]) / 1000
-    return (t_fixed - o_fixed) / gap if gap > 0 else None
+def crossing(small: tuple[float, float], big: tuple[float, float]) -> float | None:
+    """Photos up to which the path with the smaller fixed cost, `small` (fixed s, per-photo s),
+    ends first against `big`; None: it is faster per photo too, so at every N."""
+    (sf, sp), (bf, bp) = small, big
+    return None if sp <= bp else max(0.0, (bf - sf) / (sp - bp))
 
 
-def print_split(best: dict[str, dict[str, float]], crossover: dict[str, float | None]) -> None:
+def split_line(s: dict[str, float]) -> tuple[float, float]:
+    """A split's (fixed s, per-photo s): imports + load, and the rate at batch 32."""
+    return s["imports_s"] + s["load_s"], s["ms_per_photo_batch32"] / 1000
+
+
+def print_split(best: dict[str, dict[str, float]]) -> None:
     for k, s in best.items():
-        print(f"{k:10} imports {s['imports_s']:.2f} s, load {s['load_s']:.2f} s, first photo "
-              f"{s['first_photo_s']:.2f} s, {s['ms_per_photo_batch32']:.1f} ms/photo, RSS {s['rss_mb']:.0f} MB")
-    print("crossover from the model's rates:", crossover, flush=True)
+        print(f"{k:16} imports {s['imports_s']:.2f} s, load {s['load_s']:.2f} s, first photo "
+              f"{s['first_photo_s']:.2f} s, {s['ms_per_photo_batch32']:.1f} ms/photo, RSS loaded "
+              f"{s['rss_loaded_mb']:.0f} MB, peak {s['rss_mb']:.0f} MB", flush=True)
 
 
 def fit(points: dict[int, float]) -> tuple[float, float]:
@@ -160,27 +192,42 @@ def fit(points: dict[int, float]) -> tuple[float, float]:
     return float(fixed), float(per)
 
 
+def crossovers(lines: dict[str, tuple[float, float]]) -> dict[str, float | None]:
+    """What onnx_indexing holds: each tower against torch (bf16, and fp32 as a CPU without bf16 runs
+    it), and ONNX Runtime against OpenVINO (OPENVINO_FROM: where OpenVINO's start-up is paid back)."""
+    pairs = {"onnxruntime vs torch": ("onnxruntime", "torch"), "openvino vs torch": ("openvino", "torch"),
+             "onnxruntime vs torch fp32": ("onnxruntime", "torch fp32"),
+             "openvino fp32 vs torch fp32": ("openvino fp32", "torch fp32"),
+             "onnxruntime vs openvino": ("onnxruntime", "openvino")}
+    return {name: crossing(lines[a], lines[b]) for name, (a, b) in pairs.items() if a in lines and b in lines}
+
+
+def best_of(runs: list[dict[str, float]]) -> dict[str, float]:
+    return {m: min(r[m] for r in runs) for m in runs[0]}
+
+
 def main() -> None:
     ap = argparse.ArgumentParser(description=__doc__.splitlines()[0])
-    ap.add_argument("--rounds", type=int, default=3)
+    ap.add_argument("--rounds", type=int, default=2)
     ap.add_argument("--quick", action="store_true", help="the tiny model, one round, small N: checks the script runs")
-    ap.add_argument("--no-curve", action="store_true", help="leave out the end-to-end crossover curve")
     ap.add_argument("--only-split", action="store_true",
-                    help="only the fixed costs and the model's rates in fresh processes (and the crossover from them)")
+                    help="only the fixed costs and the model's rates in fresh processes (and the crossovers from them)")
     args = ap.parse_args()
+    from clipsearch.model import onnx_indexing
+
     model_dir = common.TINY if args.quick else common.random_model("ViT-B-32")
     model = f"local-dir:{model_dir}"
-    sizes = (1, 10)
-    curve = (1, 4, 10) if args.quick else (1, 10, 40, 100, 200)
-    fp32_curve = (10,) if args.quick else (10, 100)
+    curve = (1, 4, 10) if args.quick else (1, 10, 50, 150, 300)
+    fp32_curve = (1, 10) if args.quick else (10, 150)
     rounds = 1 if args.quick else args.rounds
     load_before = os.getloadavg()
     photos = common.make_photos(common.CACHE / "photos" / "1600x1200-onnx-index", max(curve), common.PHONE, seed=22)
     tower = exported_tower(model_dir)
     with tempfile.TemporaryDirectory(prefix="bench-onnx-index-") as t:
         tmp = Path(t)
-        # The text tower's export cache lives in the home: kept between runs of this script.
-        home = common.CACHE / "onnx-index-home"
+        # The text tower's export cache and OpenVINO's compiled blobs live in the home: a fresh one per
+        # run of this script, so OpenVINO's first compile of these weights is measured once, here.
+        home = tmp / "home"
         # Exports inline: no run leaves a background exporter on the cores the next one is timed on.
         env = {**os.environ, "PYTHONPATH": str(HERE), "CLIPSEARCH_HOME": str(home), "CLIPSEARCH_TEXT_MODEL": "on",
                "CLIPSEARCH_EXPORT": "inline", "HF_HUB_OFFLINE": "1"}
@@ -191,70 +238,66 @@ def main() -> None:
                        capture_output=True, cwd=tmp)
         shutil.copytree(tower, base / "image-model")
         folders = {}
-        for n in sorted(set(sizes) | set(curve)):
+        for n in curve:
             folders[n] = tmp / f"new-{n}"
             folders[n].mkdir()
             for p in photos[:n]:
                 os.link(p, folders[n] / p.name)
-        splits: dict[str, list[dict[str, float]]] = {"torch": [], "onnx": [], "torch-fp32": []}
-        for _ in range(rounds):
+        cold = {k: split(env, f"{k}-cold", model, base, tmp) for k in ("openvino-bf16", "openvino-fp32")}
+        splits: dict[str, list[dict[str, float]]] = {k: [] for k in SPLIT_KINDS}
+        for _ in range(rounds if args.quick else rounds + 1):
             for kind in splits:
                 splits[kind].append(split(env, kind, model, base, tmp))
-        best_split = {k: {m: min(r[m] for r in rs) for m in rs[0]} for k, rs in splits.items()}
-        model_crossover = {k: crossover_of(best_split[k], best_split["onnx"]) for k in ("torch", "torch-fp32")}
-        print_split(best_split, model_crossover)
+        best_split = {k: best_of(rs) for k, rs in splits.items()}
+        print_split({**{f"{k} cold": v for k, v in cold.items()}, **best_split})
+        split_lines = {LINE_NAMES[k]: split_line(v) for k, v in best_split.items()}
+        model_crossover = crossovers(split_lines)
+        print("crossovers from the model's rates:", model_crossover, flush=True)
+        payload: dict[str, Any] = {
+            "model": "tiny" if args.quick else "ViT-B-32 (random weights)", "rounds": rounds,
+            "load_average_before": load_before, "fixed_cost_split": best_split, "split_runs": splits,
+            "openvino_first_compile": cold, "model_crossover_photos": model_crossover,
+            "shipped": {"CROSSOVER": onnx_indexing.CROSSOVER, "OPENVINO_FROM": onnx_indexing.OPENVINO_FROM}}
         if args.only_split:
-            payload = {"model": "tiny" if args.quick else "ViT-B-32 (random weights)", "rounds": rounds,
-                       "load_average_before": load_before, "load_average_after": os.getloadavg(),
-                       "fixed_cost_split": best_split, "split_runs": splits, "model_crossover_photos": model_crossover}
+            payload["load_average_after"] = os.getloadavg()
             print(f"results: {common.save('onnx-index-split' + ('-quick' if args.quick else ''), payload)}")
             return
-        table: dict[str, dict[int, list[dict[str, Any]]]] = {"torch": {n: [] for n in sizes},
-                                                             "onnx": {n: [] for n in sizes}}
-        for _ in range(rounds):
-            for n in sizes:
-                for kind in ("torch", "onnx"):
-                    table[kind][n].append(index_run(env, base, tmp / "run", folders[n], kind == "onnx"))
-        walls: dict[str, dict[int, list[float]]] = {"torch": {}, "onnx": {}, "torch fp32": {}}
-        for _ in range(0 if args.no_curve else 1 if args.quick else 2):
+        runs: dict[str, dict[int, list[dict[str, Any]]]] = {k: {n: [] for n in curve} for k in (*PATHS, "torch fp32")}
+        for r in range(rounds):
             for n in curve:
-                for kind in ("torch", "onnx"):
-                    r = index_run(env, base, tmp / "run", folders[n], kind == "onnx", force=True)
-                    walls[kind].setdefault(n, []).append(r["wall_s"])
+                for path in (list(PATHS) if r % 2 == 0 else list(reversed(PATHS))):
+                    runs[path][n].append(index_run(env, base, tmp / "run", folders[n], path))
                 if n in fp32_curve:
-                    r = index_run(env, base, tmp / "run", folders[n], False, "fp32")
-                    walls["torch fp32"].setdefault(n, []).append(r["wall_s"])
+                    runs["torch fp32"][n].append(index_run(env, base, tmp / "run", folders[n], "torch", "fp32"))
+                print(n, {k: round(v[n][-1]["wall_s"], 2) for k, v in runs.items() if v[n]}, flush=True)
     rows = []
-    for n in sizes:
-        best = {k: {m: min(r[m] for r in table[k][n]) for m in ("wall_s", "peak_rss_mb", "model_load_s")}
-                for k in table}
-        rows.append({"new_photos": n, "torch": best["torch"], "onnx": best["onnx"],
-                     "embedded_with": {k: table[k][n][0]["embedded_with"] for k in table},
-                     "wall_ratio": best["onnx"]["wall_s"] / best["torch"]["wall_s"],
-                     "rss_ratio": best["onnx"]["peak_rss_mb"] / best["torch"]["peak_rss_mb"]})
-    lines = {k: fit({n: min(v) for n, v in w.items()}) for k, w in walls.items() if len(w) > 1}
-    crossover = {}
-    for k in ("torch", "torch fp32"):
-        if k not in lines or "onnx" not in lines:
-            continue
-        (tf, tp), (of, op) = lines[k], lines["onnx"]
-        crossover[k] = (tf - of) / (op - tp) if op > tp else None  # None: the tower is faster per photo too
-    payload = {"model": "tiny" if args.quick else "ViT-B-32 (random weights)", "rounds": rounds,
-               "load_average_before": load_before, "load_average_after": os.getloadavg(),
-               "fixed_cost_split": best_split, "split_runs": splits, "model_crossover_photos": model_crossover,
-               "rows": rows,
-               "curve_walls": {k: {str(n): v for n, v in w.items()} for k, w in walls.items()},
-               "lines": {k: {"fixed_s": f, "per_photo_s": p} for k, (f, p) in lines.items()},
-               "crossover_photos": crossover}
+    for n in curve:
+        best = {k: best_of([{m: x[m] for m in ("wall_s", "peak_rss_mb")} for x in v[n]]) for k, v in runs.items()
+                if v[n]}
+        before = "onnxruntime" if n <= MAIN_CROSSOVER else "torch"
+        shipped = {x["embedded_with"] for x in runs["auto"][n]}
+        rule = onnx_indexing.tower_runtimes(n, "cpu", None)
+        assert len(shipped) == 1 and (not rule or rule[0] in shipped), (n, shipped, rule)
+        rows.append({"new_photos": n, "best": best, "before_path": before, "after_embedded_with": shipped.pop(),
+                     "wall_ratio": best["auto"]["wall_s"] / best[before]["wall_s"],
+                     "rss_ratio": best["auto"]["peak_rss_mb"] / best[before]["peak_rss_mb"]})
+    walls = {k: {n: min(x["wall_s"] for x in v[n]) for n in curve if v[n]} for k, v in runs.items() if k != "auto"}
+    lines = {k: fit(w) for k, w in walls.items() if len(w) > 1}
+    crossover = crossovers(lines)
+    payload.update({"load_average_after": os.getloadavg(), "rows": rows,
+                    "runs": {k: {str(n): v for n, v in w.items()} for k, w in runs.items()},
+                    "lines": {k: {"fixed_s": f, "per_photo_s": p} for k, (f, p) in lines.items()},
+                    "crossover_photos": crossover})
     for row in rows:
-        print(f"{row['new_photos']:3} new: wall {row['torch']['wall_s']:.2f} -> {row['onnx']['wall_s']:.2f} s "
-              f"(x{row['wall_ratio']:.2f}), RSS {row['torch']['peak_rss_mb']:.0f} -> "
-              f"{row['onnx']['peak_rss_mb']:.0f} MB (x{row['rss_ratio']:.2f})")
+        b = row["best"]
+        print(f"{row['new_photos']:3} new: " + ", ".join(f"{k} {v['wall_s']:.2f} s {v['peak_rss_mb']:.0f} MB"
+                                                       for k, v in b.items())
+              + f"; auto took {row['after_embedded_with']}: x{row['wall_ratio']:.2f} wall, "
+                f"x{row['rss_ratio']:.2f} RSS against main's {row['before_path']}")
     for k, (f, p) in lines.items():
-        print(f"{k:10} wall = {f:.2f} s + {1000 * p:.1f} ms x N")
-    print("crossover:", crossover)
-    name = "onnx-index" + ("-table" if args.no_curve else "") + ("-quick" if args.quick else "")
-    print(f"results: {common.save(name, payload)}")
+        print(f"{k:12} wall = {f:.2f} s + {1000 * p:.1f} ms x N")
+    print("crossovers:", crossover)
+    print(f"results: {common.save('onnx-index' + ('-quick' if args.quick else ''), payload)}")
 
 
 if __name__ == "__main__":

@@ -103,14 +103,14 @@ class Encoders:
             return None
         if self.name and names.parse(self.name).name != recorded.name:
             return None  # refused before this (check_asked); never embedded with another model's tower
-        if not (onnx_indexing.tower_pays(images, self.device, self.precision)
-                and image_tower.available(self.index_dir, recorded.weights_sha256)):
+        runtimes = onnx_indexing.tower_runtimes(images, self.device, self.precision)  # () : torch pays
+        if not (runtimes and image_tower.available(self.index_dir, recorded.weights_sha256)):
             return None
         bias = store.meta("logit_bias")
         try:
             return onnx_indexing.TowerEmbedder(self.index_dir / image_tower.FOLDER, recorded, float(scale),
-                                               None if bias is None else float(bias))
-        except Exception:  # noqa: BLE001 - ONNX Runtime missing or the files unreadable: torch embeds
+                                               None if bias is None else float(bias), runtimes)
+        except Exception:  # noqa: BLE001 - the runtime missing or the files unreadable: torch embeds
             return None
 
     def text(self, recorded: ModelIdentity, background: bool = False) -> Callable[[], TextEncoder]:

@@ -49,6 +49,7 @@ REFERENCE = "open_clip fp32"
 CHECK_VECTORS = "check_vectors.npy"  # open_clip fp32's vectors of check_pixels, recorded at export
 RUNTIME_ENV = "CLIPSEARCH_IMAGE_RUNTIME"
 RUNTIMES = ("auto", "onnxruntime", "openvino")
+ONNXRUNTIME = "onnxruntime fp32"  # how a run's summary names each runtime: "<runtime> <precision>"
 
 
 class ImageEncoder(Protocol):
@@ -56,6 +57,7 @@ class ImageEncoder(Protocol):
 
     meta: dict[str, Any]
     preprocess: Preprocess
+    runtime: str  # "onnxruntime fp32", "openvino bf16": an index run's summary reports it
 
     def embed_images(self, pixels: np.ndarray) -> np.ndarray: ...
 
@@ -126,20 +128,44 @@ def runtime_asked() -> str:
     return value if value in RUNTIMES else "onnxruntime"
 
 
-def load(folder: Path, threads: int | None = None, many: bool = False) -> ImageEncoder:
-    """The exported tower in `folder` on the runtime that suits this CPU and caller (module docstring):
-    `many` where the caller embeds many images with it (indexing), so OpenVINO's start-up pays off.
+def openvino_installed() -> bool:
+    """Whether OpenVINO could be imported, told without importing it (a spec lookup)."""
+    import importlib.util
+
+    try:
+        return importlib.util.find_spec("openvino") is not None
+    except (ImportError, ValueError):
+        return False
+
+
+def choice(many: bool = False, fp32: bool = False) -> str:
+    """The runtime `load` tries for a caller, as its summary names it ("openvino bf16", "openvino
+    fp32" or ONNXRUNTIME), told without importing either (module docstring): `many` where the
+    caller embeds many images with it (indexing), so OpenVINO's start-up pays off; `fp32` where
+    the caller holds its vectors to fp32 (`--precision fp32`), so no bf16 runtime."""
+    asked = runtime_asked()
+    bf16 = cpu.has_native_bf16() and not fp32
+    if (asked == "openvino" or (asked == "auto" and bf16 and many)) and openvino_installed():
+        return f"openvino {'bf16' if bf16 else 'fp32'}"
+    return ONNXRUNTIME
+
+
+def load(folder: Path, threads: int | None = None, many: bool = False, fp32: bool = False) -> ImageEncoder:
+    """The exported tower in `folder` on the runtime that suits this CPU and caller (`choice`)."""
+    return load_as(folder, choice(many, fp32), threads)
+
+
+def load_as(folder: Path, runtime: str, threads: int | None = None) -> ImageEncoder:
+    """The exported tower on `runtime` (a `choice`); its `runtime` attribute says what runs it.
 
     OpenVINO is taken only when it imports, compiles and passes its self-check; any failure there
     costs speed, not the answer: ONNX Runtime runs the same export.
     """
-    asked = runtime_asked()
-    bf16 = cpu.has_native_bf16()
-    if asked == "openvino" or (asked == "auto" and bf16 and many):
+    if runtime.startswith("openvino "):
         try:
             from clipsearch.model import openvino_tower
 
-            checked = openvino_tower.load_checked(folder, "bf16" if bf16 else "fp32", threads)
+            checked = openvino_tower.load_checked(folder, runtime.split()[1], threads)
         except Exception:  # noqa: BLE001 - not installed, or a runtime gap: ONNX Runtime answers
             checked = None
         if checked is not None:
@@ -150,7 +176,7 @@ def load(folder: Path, threads: int | None = None, many: bool = False) -> ImageE
 class OnnxImageEncoder:
     """Decoded pixels -> normalised float32 vectors with ONNX Runtime; no torch anywhere."""
 
-    runtime = "onnxruntime fp32"
+    runtime = ONNXRUNTIME
 
     def __init__(self, folder: Path, file: str | None = None, preoptimized: bool | None = None,
                  threads: int | None = None) -> None:

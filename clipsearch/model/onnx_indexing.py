@@ -26,16 +26,22 @@ import numpy as np
 from clipsearch.model import image_tower
 from clipsearch.model.identity import ModelIdentity, Preprocess
 
-# Photos (or video frames) up to which the tower beats torch, by the precision torch would run
-# in; None: the tower is faster per photo too. Measured on 2 cores (AMD EPYC with avx512_bf16,
-# bench/bench_onnx_index.py): torch's fixed cost 4.96 s against the tower's 0.09 s, 27.8 ms a
-# photo in bf16 against the tower's 58.5 (158 photos; fp32 torch 75.6 ms). More cores shorten both
-# paths' per-photo times but not torch's import, so the true crossover grows with cores: these
-# are conservative there.
-CROSSOVER: dict[str, int | None] = {"bf16": 150, "fp32": None}
-# Photos per ONNX Runtime call: its arena keeps the largest batch's activations, and at 8 rather
-# than the pipeline's 32 a 100-photo run peaked at 571 MB instead of 874 MB, at the same speed
-# within noise (bench/bench_onnx_index.py's machine, docs/benchmarks.md).
+ORT = image_tower.ONNXRUNTIME
+# Photos (or video frames) up to which the tower on each runtime beats torch, by the precision
+# torch would run in; None: the tower is faster per photo too. A runtime missing here takes ONNX
+# Runtime's row. Measured on 2 cores (AMD EPYC with avx512_bf16, bench/bench_onnx_index.py; see
+# docs/benchmarks.md): TODO
+CROSSOVER: dict[str, dict[str, int | None]] = {
+    ORT: {"bf16": 150, "fp32": None},
+    "openvino bf16": {"bf16": None, "fp32": None},
+    "openvino fp32": {"bf16": 150, "fp32": None},
+}
+# Photos from which OpenVINO bf16's start-up (compile, self-check, a slower first call) is paid
+# back by its faster photos against ONNX Runtime fp32: below this a run asks for few (`many=False`).
+OPENVINO_FROM = 20
+# Photos per tower call: ONNX Runtime's arena keeps the largest batch's activations, and at 8
+# rather than the pipeline's 32 a 100-photo run peaked at 571 MB instead of 874 MB, at the same
+# speed within noise (bench/bench_onnx_index.py's machine, docs/benchmarks.md).
 CHUNK = 8
 
 
@@ -47,7 +53,7 @@ class ImageEmbedder(Protocol):
     device: str  # "cpu", "cuda", ...: the decode pool and the GPU decoder read it
     logit_scale: float  # the model's own temperature, recorded for relevance decisions
     logit_bias: float | None
-    runtime: str  # what ran the model, for the run's summary ("torch bf16", "onnx fp32")
+    runtime: str  # what ran the model, for the run's summary: "torch bf16", "onnxruntime fp32", "openvino bf16"
 
     def embed_images(self, pixels: np.ndarray) -> np.ndarray:
         """uint8 pixels (N, size, size, 3) from images.decode -> (N, dim) normalised float32."""
@@ -55,18 +61,23 @@ class ImageEmbedder(Protocol):
 
 
 class TowerEmbedder:
-    """The exported image tower standing in for the model during an index run (ONNX Runtime, fp32).
+    """The exported image tower standing in for the model during an index run.
 
     Its identity is the index's recorded one, and only where the tower was exported from exactly
     those weights (meta.json's sha256, checked again here) and gives vectors of the recorded size.
+    `runtimes` are the ones that beat torch for this run, best first (`tower_runtimes`): the first
+    is loaded, and where it falls back (OpenVINO failing its self-check runs ONNX Runtime) to one
+    not among them, this refuses, so the run takes torch rather than a slower path.
     """
 
     def __init__(self, folder: Path, recorded: ModelIdentity, logit_scale: float,
-                 logit_bias: float | None) -> None:
-        encoder = image_tower.OnnxImageEncoder(folder)
+                 logit_bias: float | None, runtimes: tuple[str, ...] = (ORT,)) -> None:
+        encoder = image_tower.load_as(folder, runtimes[0])
+        if encoder.runtime not in runtimes:
+            raise ValueError(f"{runtimes[0]} did not load, and {encoder.runtime} is slower than torch here")
         if encoder.meta.get("weights_sha256") != recorded.weights_sha256:
             raise ValueError("the exported image tower belongs to other weights")
-        dim = encoder.session.get_outputs()[0].shape[-1]
+        dim = _output_dim(encoder)
         if isinstance(dim, int) and dim != recorded.embed_dim:
             raise ValueError(f"the exported image tower gives {dim}-d vectors, the index holds {recorded.embed_dim}")
         self.encoder = encoder
@@ -75,7 +86,7 @@ class TowerEmbedder:
         self.device = "cpu"
         self.logit_scale = logit_scale
         self.logit_bias = logit_bias
-        self.runtime = "onnx fp32"
+        self.runtime = encoder.runtime
 
     def embed_images(self, pixels: np.ndarray) -> np.ndarray:
         if len(pixels) == 0:
@@ -84,6 +95,16 @@ class TowerEmbedder:
         if out.shape[1] != self.identity.embed_dim:
             raise ValueError(f"the exported image tower gave {out.shape[1]}-d vectors")
         return out
+
+
+def _output_dim(encoder: image_tower.ImageEncoder) -> object:
+    """The vector size the loaded graph declares (an int, or a symbolic name where it does not)."""
+    session = getattr(encoder, "session", None)
+    if session is not None:  # ONNX Runtime
+        return session.get_outputs()[0].shape[-1]
+    shape = encoder.compiled.outputs[0].get_partial_shape()  # type: ignore[attr-defined]  # OpenVINO
+    last = shape[len(shape) - 1]
+    return last.get_length() if last.is_static else None
 
 
 def gpu_possible() -> bool:
@@ -115,10 +136,24 @@ def torch_precision(device: str | None, precision: str | None) -> str | None:
     return pick_precision(req, "cpu")
 
 
-def tower_pays(images: int, device: str | None, precision: str | None) -> bool:
-    """Whether embedding `images` photos or frames with the tower beats loading torch (CROSSOVER)."""
+def tower_runtimes(images: int, device: str | None, precision: str | None) -> tuple[str, ...]:
+    """The tower's runtimes that beat loading torch for `images` photos or frames (CROSSOVER),
+    best first; () where torch should run it. Which runtime the tower would run on is the image
+    tower's own choice (image_tower.choice, $CLIPSEARCH_IMAGE_RUNTIME): OpenVINO for a run of at
+    least OPENVINO_FROM pictures where the CPU has native bf16 and it is installed, else ONNX
+    Runtime; ONNX Runtime stays as the fallback where it beats torch too."""
     prec = torch_precision(device, precision)
     if prec is None or images <= 0:
-        return False
-    limit = CROSSOVER.get(prec)
-    return limit is None or images <= limit
+        return ()
+    fp32 = (precision or "auto").lower() == "fp32"  # asked for by name: no bf16 runtime either
+    out = []
+    for runtime in dict.fromkeys((image_tower.choice(images >= OPENVINO_FROM, fp32), ORT)):
+        limit = CROSSOVER.get(runtime, CROSSOVER[ORT]).get(prec)
+        if limit is None or images <= limit:
+            out.append(runtime)
+    return tuple(out)
+
+
+def tower_pays(images: int, device: str | None, precision: str | None) -> bool:
+    """Whether embedding `images` photos or frames with the tower beats loading torch (CROSSOVER)."""
+    return bool(tower_runtimes(images, device, precision))

@@ -51,7 +51,7 @@ class IndexSummary:
     seconds: float = 0.0
     embed_seconds: float = 0.0
     model_load_seconds: float = 0.0
-    embedded_with: str = ""  # what ran the model: "torch bf16", "onnx fp32" (the exported image tower)...
+    embedded_with: str = ""  # what ran the model: "torch bf16", "onnxruntime fp32", "openvino bf16" (the towers)
     total: int = 0
     vanished_roots: list[str] = field(default_factory=list)  # recorded roots gone, forgotten (index/roots.py)
     videos: int = 0  # videos indexed by this run

@@ -20,13 +20,15 @@ extra) embeds at 0.47-0.52x ONNX Runtime fp32's time per image at batch 1 and 0.
 0.45-0.8 s from its cache (ONNX Runtime's session: 0.03-0.3 s), a slower first call, and 1.8x the
 peak RSS; a cold `query --image` of one new photo took 1.8-2.3x as long on it (1.4-2.2 s against
 0.8-1.0 s; bench/bench_image_runtime.py, docs/benchmarks.md). So by default (`auto`) OpenVINO
-runs it only for callers that embed many images in one process (`many=True`: none does yet; index
-runs of a few photos go through ONNX Runtime, onnx_indexing.py), where the CPU has
-native bf16 (AVX512-BF16 or AMX), and only after a self-check on the export's check pictures;
-everything else, and CPUs without native bf16 (OpenVINO fp32 was not clearly faster there), get
-ONNX Runtime fp32. $CLIPSEARCH_IMAGE_RUNTIME: `auto` (that rule, the default), `onnxruntime`
-(always), `openvino` (for every caller, whenever installed, bf16 or fp32 as the CPU has; still
-self-checked); any other value means `onnxruntime`.
+runs it only for callers that embed many images in one process (`many=True`: an index run of at
+least onnx_indexing.OPENVINO_FROM pictures; `query --image` and smaller runs go through ONNX
+Runtime), where the CPU has native bf16 (AVX512-BF16 or AMX), and only after a self-check on the
+export's check pictures; everything else, callers that hold their vectors to fp32 (`fp32=True`:
+`index --precision fp32`), and CPUs without native bf16 (OpenVINO fp32 was not clearly faster
+there), get ONNX Runtime fp32. $CLIPSEARCH_IMAGE_RUNTIME: `auto` (that rule, the default),
+`onnxruntime` (always), `openvino` (for every caller, whenever installed, bf16 or fp32 as the CPU
+has and the caller allows; still self-checked); any other value means `onnxruntime`. `choice`
+tells which without importing either runtime (index runs weigh it against torch before loading).
 """
 
 from __future__ import annotations

@@ -38,7 +38,7 @@ CROSSOVER: dict[str, dict[str, int | None]] = {
 }
 # Photos from which OpenVINO bf16's start-up (compile, self-check, a slower first call) is paid
 # back by its faster photos against ONNX Runtime fp32: below this a run asks for few (`many=False`).
-OPENVINO_FROM = 20
+OPENVINO_FROM = 8
 # Photos per tower call: ONNX Runtime's arena keeps the largest batch's activations, and at 8
 # rather than the pipeline's 32 a 100-photo run peaked at 571 MB instead of 874 MB, at the same
 # speed within noise (bench/bench_onnx_index.py's machine, docs/benchmarks.md).

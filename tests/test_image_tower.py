@@ -205,6 +205,30 @@ def test_openvino_runs_the_tower_for_many_photos_where_the_cpu_has_bf16_or_when_
     assert isinstance(again, openvino_tower.OpenVinoImageEncoder)
 
 
+def test_openvino_bf16_compiles_an_fp16_copy_made_once_and_the_onnx_file_where_it_cannot(
+        exported: Path, isolated: Path, monkeypatch: pytest.MonkeyPatch) -> None:
+    pytest.importorskip("openvino")
+    from clipsearch.model import openvino_tower
+
+    _cpu(monkeypatch, True, "auto")
+    folder = exported / image_tower.FOLDER
+    encoder = image_tower.load(folder, many=True)
+    assert isinstance(encoder, openvino_tower.OpenVinoImageEncoder) and encoder.graph.suffix == ".xml"
+    (ir,) = (openvino_tower.cache_dir() / "ir").iterdir()  # one copy, whole: no temporary left behind
+    assert sorted(p.name for p in ir.iterdir()) == ["model.bin", "model.xml"] and encoder.graph.parent == ir
+    # Its weights are fp16: about half the export's fp32 file.
+    assert (ir / "model.bin").stat().st_size < 0.6 * sum(encoder.meta["sizes"].values())
+    monkeypatch.setattr(openvino_tower.ov, "save_model", lambda *a, **k: pytest.fail("converted again"))
+    assert image_tower.load(folder, many=True).graph == encoder.graph  # type: ignore[attr-defined]
+    # A copy that cannot be written (here: the conversion fails): the ONNX file is compiled, still checked.
+    shutil.rmtree(ir)
+    monkeypatch.setattr(openvino_tower.ov, "save_model", lambda *a, **k: (_ for _ in ()).throw(RuntimeError("x")))
+    again = image_tower.load(folder, many=True)
+    assert isinstance(again, openvino_tower.OpenVinoImageEncoder) and again.graph.suffix == ".onnx"
+    assert again.check_cosine is not None and again.check_cosine >= image_tower.MIN_COSINE
+    assert not list((openvino_tower.cache_dir() / "ir").iterdir())
+
+
 def test_an_openvino_tower_that_fails_its_check_is_not_used(exported: Path, isolated: Path,
                                                             monkeypatch: pytest.MonkeyPatch) -> None:
     pytest.importorskip("openvino")

@@ -1,14 +1,25 @@
-"""Index runs that embed a few photos with the exported image tower: no torch in the process.
+"""Index runs that embed with the exported image tower: no torch in the process.
 
 An `index` run that embeds anything paid ~5 s before its first photo (importing torch and
 open_clip ~4.5 s, the image tower's weights ~0.5 s) and ~1.1 GB; ONNX Runtime and the exported
 tower (image_tower.py) load in 0.1 s and ~60 MB, then run a photo at about half torch bf16's speed
-on a CPU with bf16 instructions, faster than torch fp32 elsewhere (docs/benchmarks.md, "Fixed
-costs of `index`"). So a run that adds a few photos to an index whose tower is exported embeds
-them here, and a large one keeps torch: `tower_pays` applies the crossover measured by
-bench/bench_onnx_index.py. Any doubt keeps torch (a GPU that might be used, a
-precision asked for, a session that will not load): the choice costs speed, never vectors, which
-stay within cosine 0.999 of open_clip fp32 on this path (the export is verified to that).
+on a CPU with bf16 instructions, faster than torch fp32 elsewhere. OpenVINO bf16 (the optional
+`openvino` extra, openvino_tower.py) runs the same export at about torch bf16's speed per photo or
+better, but starts ~0.3-0.4 s later than ONNX Runtime (compile, a slower first call). So
+(`tower_runtimes`, bench/bench_onnx_index.py, docs/benchmarks.md "Index runs ... the exported
+image tower"): a run of a few pictures takes ONNX Runtime; from OPENVINO_FROM pictures, on a CPU
+with native bf16 where OpenVINO is installed, OpenVINO bf16, at any size (it beat torch bf16 per
+photo); without OpenVINO (or `CLIPSEARCH_IMAGE_RUNTIME=onnxruntime`) ONNX Runtime up to its
+crossover and torch above, as before; on CPUs without native bf16 (AVX2 only) everything is fp32
+and ONNX Runtime outruns torch fp32 per photo, so it takes every run. Any doubt keeps torch (a GPU
+that might be used, a precision asked for, a session that will not load, OpenVINO failing its
+self-check where ONNX Runtime would be slower than torch): the choice costs speed, never vectors,
+which stay within cosine 0.999 of open_clip fp32 on every runtime (the export is verified to that,
+OpenVINO self-checked against it).
+
+Threads: each runtime takes every core for its calls, as torch does, and the decode pool shares
+them (ingest/pool_size.py); the pool is sized from the measured model rate, so a faster tower
+gets more decodes at once without a setting here.
 
 `ImageEmbedder` is what indexing needs from whatever embeds (the torch `Embedder` is one).
 """

@@ -40,15 +40,21 @@ from clipsearch.model.identity import ModelIdentity, Preprocess
 ORT = image_tower.ONNXRUNTIME
 # Photos (or video frames) up to which the tower on each runtime beats torch, by the precision
 # torch would run in; None: the tower is faster per photo too. A runtime missing here takes ONNX
-# Runtime's row. Measured on 2 cores (AMD EPYC with avx512_bf16, bench/bench_onnx_index.py; see
-# docs/benchmarks.md): TODO
+# Runtime's row. Measured on 2 shared cores (AMD EPYC with avx512_bf16, bench/bench_onnx_index.py,
+# docs/benchmarks.md "OpenVINO bf16 for index runs"): ONNX Runtime against torch bf16 crossed at 158
+# photos on a quieter machine and at 106-114 in two loaded runs' fits (kept: 150, the rule without
+# OpenVINO); OpenVINO bf16 ran a photo at 0.35-1.0x torch bf16's time in three of four measures
+# (one loaded fit put the crossing at 546 photos, where its peak RSS was still 0.46x torch's), so
+# no limit; ONNX Runtime fp32 took 0.83-0.86x torch fp32's time per photo in both runs' fits (so
+# no limit there either, as before; its split rates: 0.45x, and 1.10x under the heaviest load).
 CROSSOVER: dict[str, dict[str, int | None]] = {
     ORT: {"bf16": 150, "fp32": None},
     "openvino bf16": {"bf16": None, "fp32": None},
-    "openvino fp32": {"bf16": 150, "fp32": None},
+    "openvino fp32": {"bf16": 150, "fp32": None},  # as fast as ONNX Runtime fp32 per photo here
 }
-# Photos from which OpenVINO bf16's start-up (compile, self-check, a slower first call) is paid
-# back by its faster photos against ONNX Runtime fp32: below this a run asks for few (`many=False`).
+# Photos from which OpenVINO bf16's start-up (compile from its cache, a slower first call) is paid
+# back by its faster photos against ONNX Runtime fp32: the fits crossed at 8 (compiling the ONNX
+# file) and 0-2.4 (the fp16 IR it compiles now); 1 photo still ran 1.4-1.6x slower on it.
 OPENVINO_FROM = 8
 # Photos per tower call: ONNX Runtime's arena keeps the largest batch's activations, and at 8
 # rather than the pipeline's 32 a 100-photo run peaked at 571 MB instead of 874 MB, at the same

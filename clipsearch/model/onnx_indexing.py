@@ -43,10 +43,11 @@ ORT = image_tower.ONNXRUNTIME
 # Runtime's row. Measured on 2 shared cores (AMD EPYC with avx512_bf16, bench/bench_onnx_index.py,
 # docs/benchmarks.md "OpenVINO bf16 for index runs"): ONNX Runtime against torch bf16 crossed at 158
 # photos on a quieter machine and at 106-114 in two loaded runs' fits (kept: 150, the rule without
-# OpenVINO); OpenVINO bf16 ran a photo at 0.35-1.0x torch bf16's time in three of four measures
-# (one loaded fit put the crossing at 546 photos, where its peak RSS was still 0.46x torch's), so
-# no limit; ONNX Runtime fp32 took 0.83-0.86x torch fp32's time per photo in both runs' fits (so
-# no limit there either, as before; its split rates: 0.45x, and 1.10x under the heaviest load).
+# OpenVINO); OpenVINO bf16 ran a photo at 0.48-0.70x torch bf16's time in run 1 and the backends
+# benchmark, 1.02-1.18x in the most loaded run (whose fit crossed at 546 photos; at 300 it still
+# ended first, at 0.46x torch's peak RSS), so no limit; ONNX Runtime fp32 took 0.83-0.86x torch
+# fp32's time per photo in both runs' fits (so no limit there either, as before; its split rates:
+# 0.45x, and 1.10x under the heaviest load).
 CROSSOVER: dict[str, dict[str, int | None]] = {
     ORT: {"bf16": 150, "fp32": None},
     "openvino bf16": {"bf16": None, "fp32": None},

@@ -70,8 +70,8 @@ def _attribute(name: str, value: int | float | list[int]) -> bytes:
 
 
 def node(op_type: str, inputs: list[str], outputs: list[str], attrs: dict[str, int | float | list[int]]) -> bytes:
-    return (b"".join(_bytes(1, i) for i in inputs) + b"".join(_bytes(2, o) for o in outputs)
-            + _bytes(3, outputs[0]) + _bytes(4, op_type) + b"".join(_bytes(5, _attribute(k, v)) for k, v in attrs.items()))
+    return (b"".join(_bytes(1, i) for i in inputs) + b"".join(_bytes(2, o) for o in outputs) + _bytes(3, outputs[0])
+            + _bytes(4, op_type) + b"".join(_bytes(5, _attribute(k, v)) for k, v in attrs.items()))
 
 
 def value_info(name: str, dims: list[int | str]) -> bytes:

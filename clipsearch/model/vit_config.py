@@ -144,7 +144,10 @@ def _merge(base: dict[str, Any], overlay: dict[str, Any] | None) -> dict[str, An
     return out
 
 
-def configs(spec: names.ModelSpec, download: bool) -> tuple[dict[str, Any], dict[str, Any], dict[str, Any], bool] | None:
+Configs = tuple[dict[str, Any], dict[str, Any], dict[str, Any], bool]
+
+
+def configs(spec: names.ModelSpec, download: bool) -> Configs | None:
     """(model config, preprocess base, preprocess forced after the image size, force QuickGELU)
     as open_clip's create_model gets them on the Embedder's path (module docstring); None when this
     module cannot tell without torch."""

@@ -53,6 +53,7 @@ class _Writer:
         self.inits: list[bytes] = []
         self.data = data.open("wb")
         self.count = 0
+        self.scalars: set[str] = set()
 
     def weight(self, name: str, arr: np.ndarray) -> str:
         """A float32 tensor: small ones inside the graph, the rest page-aligned in the data file."""
@@ -62,7 +63,7 @@ class _Writer:
             return name
         self.data.write(b"\0" * ((-self.data.tell()) % ALIGN))
         offset = self.data.tell()
-        self.data.write(memoryview(arr).cast("B"))  # no copy
+        self.data.write(arr.data)  # the array's own buffer: no copy
         self.inits.append(onnx_proto.tensor(name, arr.shape, onnx_proto.FLOAT,
                                             external=(Path(self.data.name).name, offset, arr.nbytes)))
         return name
@@ -70,6 +71,13 @@ class _Writer:
     def const(self, name: str, values: list[int] | int) -> str:
         """A small int64 constant (a shape, an index; a plain int is a scalar), inside the graph."""
         self.inits.append(onnx_proto.array(name, np.asarray(values, dtype=np.int64)))
+        return name
+
+    def scalar(self, name: str, value: float) -> str:
+        """A float32 scalar, written once however many nodes use it."""
+        if name not in self.scalars:
+            self.scalars.add(name)
+            self.inits.append(onnx_proto.array(name, np.asarray(value, dtype=np.float32)))
         return name
 
     def op(self, kind: str, inputs: list[str], **attrs: Any) -> str:
@@ -126,11 +134,11 @@ def _split3(g: _Writer, heads: str, p: str) -> tuple[str, str, str]:
 
 def _gelu(g: _Writer, x: str, quick: bool) -> str:
     if quick:  # open_clip's QuickGELU
-        return g.op("Mul", [x, g.op("Sigmoid", [g.op("Mul", [x, g.weight(f"quick_{g.count}", np.float32(1.702))])])])
+        return g.op("Mul", [x, g.op("Sigmoid", [g.op("Mul", [x, g.scalar("quick_gelu_k", 1.702)])])])
     # nn.GELU(): 0.5 x (1 + erf(x / sqrt 2)), the pattern ONNX Runtime fuses into one Gelu
-    half = g.op("Mul", [x, g.weight(f"half_{g.count}", np.float32(0.5))])
-    erf = g.op("Erf", [g.op("Div", [x, g.weight(f"sqrt2_{g.count}", np.float32(np.sqrt(2.0)))])])
-    return g.op("Mul", [half, g.op("Add", [erf, g.weight(f"one_{g.count}", np.float32(1.0))])])
+    half = g.op("Mul", [x, g.scalar("half", 0.5)])
+    erf = g.op("Erf", [g.op("Div", [x, g.scalar("sqrt2", float(np.sqrt(2.0)))])])
+    return g.op("Mul", [half, g.op("Add", [erf, g.scalar("one", 1.0)])])
 
 
 def graph(t: VitTower, folder: Path, file: str = "model.onnx") -> Path:

@@ -28,6 +28,7 @@ from __future__ import annotations
 
 import json
 import math
+import struct
 from dataclasses import dataclass
 from pathlib import Path
 from typing import Any
@@ -187,6 +188,18 @@ def configs(spec: names.ModelSpec, download: bool) -> Configs | None:
     return model_cfg, _merge(DEFAULT_PREPROCESS, cfg.get("preprocess_cfg")), {}, False
 
 
+def read_header(weights: Path) -> tuple[dict[str, Any], int]:
+    """safetensors' layout: 8 bytes of header length, a JSON header (key -> dtype, shape, offsets),
+    then the tensors' bytes from the returned offset on."""
+    with weights.open("rb") as f:
+        (length,) = struct.unpack("<Q", f.read(8))
+        header = json.loads(f.read(length))
+    if not isinstance(header, dict):
+        raise ValueError("not a safetensors header")
+    header.pop("__metadata__", None)
+    return header, 8 + length
+
+
 def _square(value: Any) -> int | None:
     if isinstance(value, (list, tuple)):
         return int(value[0]) if len(value) == 2 and value[0] == value[1] else None
@@ -257,12 +270,9 @@ def tower(spec: names.ModelSpec, download: bool = False, notify: Any = None) -> 
         return None
     if weights.suffix != ".safetensors":
         return None
-    from clipsearch.model.lean_load import _header  # the plain reader; lean_load imports torch only to load
-
     try:
-        with weights.open("rb") as f:
-            header, start = _header(f)
-    except (OSError, ValueError, KeyError):
+        header, start = read_header(weights)
+    except (OSError, ValueError, KeyError, struct.error):
         return None
     embed_dim = int(model_cfg["embed_dim"])
     t = VitTower(spec.name, weights, width, layers, heads, int(width * float(vision.get("mlp_ratio", 4.0))),

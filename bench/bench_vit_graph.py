@@ -43,6 +43,25 @@ WRAPPER = ("import os, resource, subprocess, sys\n"
            ".returncode\n"
            "print('peak-rss-kb', resource.getrusage(resource.RUSAGE_CHILDREN).ru_maxrss, file=sys.stderr)\n"
            "sys.exit(rc)\n")
+# Where the fixed cost goes, in a fresh process: torch's Embedder (imports, skeleton, image tower in
+# the run's precision) against the graph (config and header, the build, the ONNX Runtime session).
+SPLIT = ("import json, resource, sys, tempfile, time\n"
+         "from pathlib import Path\n"
+         "from clipsearch.model import names\n"
+         "spec = names.parse(sys.argv[2])\n"
+         "t0 = time.perf_counter()\n"
+         "if sys.argv[1] == 'torch':\n"
+         "    from clipsearch.model.embedder import Embedder\n"
+         "    Embedder(spec, 'cpu')\n"
+         "    built = time.perf_counter()\n"
+         "else:\n"
+         "    from clipsearch.model import onnx_indexing, vit_config, vit_graph\n"
+         "    tower = vit_config.tower(spec)\n"
+         "    folder = vit_graph.build(tower, Path(tempfile.mkdtemp(dir=sys.argv[3])))\n"
+         "    built = time.perf_counter()\n"
+         "    onnx_indexing.TowerEmbedder(folder, tower.identity(), tower.logit_scale(), None)\n"
+         "print(json.dumps({'build_s': built - t0, 'ready_s': time.perf_counter() - t0,\n"
+         "                  'rss_mb': resource.getrusage(resource.RUSAGE_SELF).ru_maxrss / 1024}))\n")
 KEYS = ("wall_s", "peak_rss_mb", "exports_done_s", "exporter_peak_rss_mb")
 
 
@@ -76,12 +95,27 @@ def main() -> None:
     ap.add_argument("--rounds", type=int, default=2)
     ap.add_argument("--force", action="store_true", help="the tower at any N (the crossover lifted)")
     ap.add_argument("--quick", action="store_true", help="a random ViT-B-32 on 4 photos, one round")
+    ap.add_argument("--split-only", action="store_true", help="only where the fixed cost goes")
     args = ap.parse_args()
     count = 4 if args.quick else args.photos
     model = f"local-dir:{common.random_model('ViT-B-32')}"
     photos = common.make_photos(common.CACHE / "photos" / f"1600x1200-{count}", count, common.PHONE)
     folder = photos[0].parent
     trees = {"baseline": args.baseline.resolve(), "this": HERE}
+    splits: dict[str, list[dict[str, float]]] = {"torch": [], "graph": []}
+    with tempfile.TemporaryDirectory() as tmp:
+        for _ in range(1 if args.quick else 3):
+            for kind in splits:  # alternating
+                proc = subprocess.run([sys.executable, "-c", SPLIT, kind, model, tmp], capture_output=True, text=True,
+                                      env={**os.environ, "PYTHONPATH": str(HERE), "CLIPSEARCH_HOME": tmp}, check=True,
+                                      cwd=tmp)
+                splits[kind].append(json.loads(proc.stdout.splitlines()[-1]))
+    for kind, rs in splits.items():
+        print(f"fixed cost, {kind:5}: built after {min(r['build_s'] for r in rs):5.2f} s, ready after "
+              f"{min(r['ready_s'] for r in rs):5.2f} s, peak RSS {min(r['rss_mb'] for r in rs):5.0f} MB", flush=True)
+    if args.split_only:
+        print(f"results: {common.save('vit-graph-split', {'split': splits})}")
+        return
     runs: dict[str, list[dict[str, Any]]] = {k: [] for k in trees}
     for _ in range(1 if args.quick else args.rounds):
         for name, tree in trees.items():  # alternating: a neighbour's load hits both alike
@@ -103,7 +137,8 @@ def main() -> None:
           f"{b['exporter_peak_rss_mb']:5.0f} -> {t['exporter_peak_rss_mb']:5.0f} MB; wall ratio by round "
           f"{', '.join(f'{p:.2f}' for p in ratios['wall_ratio_per_round'])}")
     name = "vit-graph" + ("-force" if args.force else "") + ("-quick" if args.quick else "")
-    print(f"results: {common.save(name, {'photos': count, 'force': args.force, 'best': best, **ratios, 'runs': runs})}")
+    payload = {"photos": count, "force": args.force, "best": best, **ratios, "runs": runs, "split": splits}
+    print(f"results: {common.save(name, payload)}")
 
 
 if __name__ == "__main__":

@@ -3,7 +3,8 @@
 `Library` holds one. A text query asks it for a text encoder (the exported ONNX tower when the
 index has one: no torch), image queries for the embedder, checked against the model the index
 recorded, and an index run for whatever embeds its photos: the model, or for a few photos the
-exported image tower (model/onnx_indexing.py: no torch in that process).
+exported image tower (model/onnx_indexing.py: no torch in that process), or where none is exported
+yet, the first index too, the ViT tower built from the weights without torch (model/vit_graph.py).
 """
 
 from __future__ import annotations

@@ -235,3 +235,23 @@ def test_a_graph_unlike_open_clip_is_not_verified_and_not_built_again(
 
     shutil.rmtree(folder)
     assert Encoders(index, emb.spec.name, "cpu", None, False, None)._built_tower(None) is None
+
+
+def test_a_hub_model_is_read_from_the_hub_cache_like_open_clip_reads_it(vits: dict[str, Path], isolated: Path,
+                                                                       monkeypatch: pytest.MonkeyPatch) -> None:
+    """hf-hub:ORG/REPO: its open_clip_config.json and weights from the Hugging Face cache (offline)."""
+    from huggingface_hub import constants
+
+    # huggingface_hub read its environment when first imported: point it at this test's cache.
+    monkeypatch.setattr(constants, "HF_HUB_CACHE", str(isolated / "hub"))
+    monkeypatch.setattr(constants, "HF_HUB_OFFLINE", True)
+    repo = isolated / "hub" / "models--someone--tiny-vit"
+    snapshot = repo / "snapshots" / "0123abcd"
+    shutil.copytree(vits["avg-after-no-pre"], snapshot)
+    (repo / "refs").mkdir()
+    (repo / "refs" / "main").write_text("0123abcd")
+    spec = names.parse("hf-hub:someone/tiny-vit")
+    tower = vit_config.tower(spec)
+    assert tower is not None
+    emb = Embedder(spec, "cpu", "fp32")
+    assert tower.preprocess == emb.preprocess and tower.identity() == emb.identity

@@ -255,3 +255,19 @@ def test_a_hub_model_is_read_from_the_hub_cache_like_open_clip_reads_it(vits: di
     assert tower is not None
     emb = Embedder(spec, "cpu", "fp32")
     assert tower.preprocess == emb.preprocess and tower.identity() == emb.identity
+
+
+def test_openvino_runs_a_verified_graph_within_its_own_check(vits: dict[str, Path], references: dict[str, Embedder],
+                                                             tmp_path: Path) -> None:
+    """The graph is plain ONNX (opset 17): OpenVINO, the other runtime image_tower.load picks, reads it too."""
+    pytest.importorskip("openvino")
+    from clipsearch.model import openvino_tower
+
+    emb = references["avg-eps-mlp"]
+    tower = vit_config.tower(names.parse(f"local-dir:{vits['avg-eps-mlp']}"))
+    assert tower is not None
+    folder = vit_graph.build(tower, tmp_path)
+    assert image_export.verify_built(emb, tmp_path)
+    for precision in ("fp32", "bf16"):
+        encoder = openvino_tower.load_checked(folder, precision)
+        assert encoder is not None and encoder.check_cosine >= image_tower.MIN_COSINE, precision

@@ -273,3 +273,31 @@ def test_openvino_runs_a_verified_graph_within_its_own_check(vits: dict[str, Pat
     for precision in ("fp32", "bf16"):
         encoder = openvino_tower.load_checked(folder, precision)
         assert encoder is not None and encoder.check_cosine >= image_tower.MIN_COSINE, precision
+
+
+def test_a_large_first_index_runs_the_built_graph_on_openvino_where_the_cpu_has_bf16(
+        vits: dict[str, Path], references: dict[str, Embedder], isolated: Path, tmp_path: Path,
+        monkeypatch: pytest.MonkeyPatch) -> None:
+    """onnx_indexing.tower_runtimes applies to the graph built without torch too (ovindex)."""
+    pytest.importorskip("openvino")
+    from clipsearch.model import embedder
+
+    model = f"local-dir:{vits['quick-ls']}"
+    photos = tmp_path / "photos"
+    shapes.write_heldout(photos, per_class=1, seed=31)
+    monkeypatch.setenv("CLIPSEARCH_IMAGE_MODEL", "on")
+    monkeypatch.setenv(image_tower.RUNTIME_ENV, "auto")
+    monkeypatch.setattr(onnx_indexing, "gpu_possible", lambda: False)
+    monkeypatch.setattr(embedder, "cpu_has_native_bf16", lambda: True)
+    monkeypatch.setattr(image_tower.cpu, "has_native_bf16", lambda cpuinfo=None: True)
+    done = Library(index=isolated / "index", model=model, device="cpu").index([photos])
+    assert done.embedded == 48 and done.embedded_with == "openvino bf16"
+    emb = references["quick-ls"]
+    got = _vectors(isolated / "index")
+    with Store.open(isolated / "index") as store:
+        assert store.model_identity() == emb.identity
+    monkeypatch.setenv("CLIPSEARCH_IMAGE_MODEL", "off")
+    assert Library(index=tmp_path / "torch", model=model, device="cpu", precision="fp32").index(
+        [photos]).embedded_with == "torch fp32"
+    theirs = _vectors(tmp_path / "torch")
+    assert min(float(v @ theirs[p]) for p, v in got.items()) >= 0.999

@@ -10,6 +10,7 @@ from pathlib import Path
 import numpy as np
 import pytest
 
+from clipsearch.index.store import DB_NAME
 from clipsearch.model import prefix_export, prefix_tower, text_export, text_tower
 from clipsearch.model.embedder import Embedder
 from clipsearch.model.text_tower import OnnxTextEncoder
@@ -131,3 +132,38 @@ def test_a_vit_b_32_sized_text_tower_is_exact_too(tmp_path: Path) -> None:
     got = prefix_tower.PrefixEncoder(tmp_path, plain, {"file": prefix_export.FILE}).embed_shared(
         prompts, prefix_tower.prefixes_of(zero_shot.PHOTO_TEMPLATES))
     assert np.min(np.sum(got * want, axis=1)) >= 0.9999
+
+
+def test_tag_uses_the_prefix_graph_and_tags_the_same(photo_dir: Path, text_model_on: None,
+                                                     monkeypatch: pytest.MonkeyPatch) -> None:
+    """`tag` on an index whose export has the prefix graph: it embeds the labels through it, and
+    the photos get the tags the plain graph gives them (templates and variants both)."""
+    import sqlite3
+
+    from clipsearch import Library
+    from tests.fixtures import shapes
+
+    monkeypatch.setenv("CLIPSEARCH_EXPORT", "inline")
+    lib = Library()
+    lib.index([photo_dir])
+    labels = zero_shot.parse_labels("\n".join(f"{c}: something {c}" for c in shapes.COLORS) + "\ncircle\nsquare")
+    calls: list[int] = []
+    real = prefix_tower.PrefixEncoder.embed_shared
+
+    def counted(self: prefix_tower.PrefixEncoder, texts: list[str], prefixes: list[str]) -> np.ndarray:
+        calls.append(len(texts))
+        return real(self, texts, prefixes)
+
+    monkeypatch.setattr(prefix_tower.PrefixEncoder, "embed_shared", counted)
+
+    first = lib.tag(labels=labels, top=3, threshold=0.1)
+    assert calls == [len(labels) * (len(zero_shot.PHOTO_TEMPLATES) + 1) - 2]  # circle, square: no variants
+    db = lib.path / DB_NAME
+    with sqlite3.connect(db) as con:
+        before = sorted(con.execute("SELECT image_id, label FROM tags").fetchall())
+        con.execute("DELETE FROM label_vectors")
+    monkeypatch.setattr(text_tower.OnnxTextEncoder, "prefix_encoder", lambda self: None)
+    second = lib.tag(labels=labels, top=3, threshold=0.1)
+    with sqlite3.connect(db) as con:
+        after = sorted(con.execute("SELECT image_id, label FROM tags").fetchall())
+    assert len(calls) == 1 and first.counts == second.counts and before == after and before

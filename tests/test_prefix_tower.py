@@ -22,6 +22,12 @@ LABELS = zero_shot.parse_labels(
     + "Übergrößenträger\n")
 
 
+@pytest.fixture(autouse=True)
+def fp32(monkeypatch: pytest.MonkeyPatch) -> None:
+    """Exactness is fp32's claim; bf16 has its own tests below."""
+    monkeypatch.setenv(prefix_tower.PRECISION_ENV, "fp32")
+
+
 @pytest.fixture(scope="module")
 def exported(tiny_embedder: Embedder, tmp_path_factory: pytest.TempPathFactory) -> Path:
     """The tiny model's text tower exported once, prefix graph included (seconds)."""
@@ -100,6 +106,39 @@ def test_a_failing_prefix_export_keeps_the_plain_one(tiny_embedder: Embedder, tm
     meta = json.loads((tmp_path / "index" / text_tower.FOLDER / "meta.json").read_text())
     assert "prefix" not in meta
     assert not list((tmp_path / "index" / text_tower.FOLDER).glob("prefix*"))
+
+
+def _bf16_runs() -> bool:
+    from clipsearch.model import cpu
+
+    try:
+        import clipsearch.model.openvino_tower  # noqa: F401
+    except ImportError:
+        return False
+    return cpu.has_native_bf16()
+
+
+@pytest.mark.skipif(not _bf16_runs(), reason="needs native bf16 and the openvino extra")
+def test_bf16_where_native_passes_its_self_check(exported: Path, monkeypatch: pytest.MonkeyPatch) -> None:
+    monkeypatch.setenv(prefix_tower.PRECISION_ENV, "auto")
+    plain = OnnxTextEncoder(exported)
+    encoder = plain.prefix_encoder()
+    assert encoder is not None and encoder.precision == "bf16"
+    prompts = _prompts()
+    got = encoder.embed_shared(prompts, prefix_tower.prefixes_of(zero_shot.PHOTO_TEMPLATES))
+    assert np.min(np.sum(got * plain.embed_texts(prompts), axis=1)) >= 0.999  # close, not exact
+
+
+def test_bf16_that_fails_its_check_leaves_fp32(exported: Path, monkeypatch: pytest.MonkeyPatch) -> None:
+    """A bf16 graph that answers unlike fp32 (here: a bar no bf16 passes), or no OpenVINO: fp32, exact."""
+    monkeypatch.setenv(prefix_tower.PRECISION_ENV, "bf16")
+    monkeypatch.setattr(prefix_tower, "BF16_MIN_COSINE", 1.01)
+    plain = OnnxTextEncoder(exported)
+    encoder = plain.prefix_encoder()
+    assert encoder is not None and encoder.precision == "fp32"
+    prompts = _prompts()
+    got = encoder.embed_shared(prompts, prefix_tower.prefixes_of(zero_shot.PHOTO_TEMPLATES))
+    assert np.min(np.sum(got * plain.embed_texts(prompts), axis=1)) >= 0.9999
 
 
 @pytest.mark.heavy

@@ -12,12 +12,14 @@ word by word, but that is checked, not assumed); every prompt shares at least th
 
 from __future__ import annotations
 
+import os
 from collections.abc import Sequence
 from pathlib import Path
 from typing import Any
 
 import numpy as np
 
+from clipsearch.model import cpu
 from clipsearch.model.text_tower import OnnxTextEncoder, session
 
 # Prompts the export checks the graph on (as label sets use them: templates, odd and long labels).
@@ -25,7 +27,10 @@ CHECK_TEMPLATES = ("a photo of {}.", "a photo of a {}.", "a picture of {}.", "an
 CHECK_LABELS = ("dog", "x", "Café crème brûlée 🍮", "日本の桜", "sunset over the sea, long exposure",
                 "a very long label " * 8, "Übergrößenträger")
 MIN_COSINE = 0.9999  # exact up to the order of float sums
+BF16_MIN_COSINE = 0.9995  # bf16's bar: what a query's text vector may lose (text_tower.MIN_COSINE)
 BATCH = 256
+PRECISION_ENV = "CLIPSEARCH_LABEL_PRECISION"  # auto (bf16 where the CPU has it natively), fp32, bf16
+DEFAULT_PRECISION = "auto"
 
 
 def check_prompts() -> tuple[list[str], list[str]]:
@@ -53,13 +58,36 @@ class PrefixEncoder:
         shape = self.session.get_inputs()[3].shape  # past: (layers, 2, past, width)
         self.layers, self.width = int(shape[0]), int(shape[3])
         self._states: dict[tuple[int, ...], np.ndarray] = {}
+        self.precision = "fp32"
+        self._compiled: Any = None  # OpenVINO's compiled graph, when bf16 runs it (use_bf16)
+
+    def use_bf16(self, folder: Path, meta: dict[str, Any]) -> float:
+        """Run the graph on OpenVINO in bf16 from now on, if it answers like fp32: the lowest cosine
+        of its vectors of the check prompts to this fp32 encoder's (kept at >= BF16_MIN_COSINE)."""
+        from clipsearch.model.openvino_tower import ov  # the optional `openvino` extra
+
+        prompts, prefixes = check_prompts()
+        ref = self.embed_shared(prompts, prefixes)
+        fp32_states, self._states = self._states, {}
+        self._compiled = ov.Core().compile_model(str(folder / meta["file"]), "CPU", {
+            "INFERENCE_PRECISION_HINT": "bf16", "PERFORMANCE_HINT": "LATENCY", "NUM_STREAMS": "1"})
+        cosine = float(np.min(np.sum(self.embed_shared(prompts, prefixes) * ref, axis=1)))
+        if cosine < BF16_MIN_COSINE:
+            self._compiled, self._states = None, fp32_states
+        else:
+            self.precision = "bf16"
+        return cosine
 
     def _run(self, tokens: np.ndarray, start: int, past: np.ndarray, bias: np.ndarray,
              eot: np.ndarray) -> tuple[np.ndarray, np.ndarray]:
         feeds = {"embedded": np.asarray(self.table[tokens], dtype=np.float32),
                  "positions": np.arange(start, start + tokens.shape[1], dtype=np.int64),
                  "past_bias": bias, "past": past, "eot": eot.astype(np.int64)}
-        features, present = self.session.run(None, feeds)
+        if self._compiled is not None:
+            got = self._compiled(feeds)
+            features, present = got[0], got[1]
+        else:
+            features, present = self.session.run(None, feeds)
         return np.asarray(features, dtype=np.float32), present
 
     def state(self, prefix: tuple[int, ...]) -> np.ndarray:
@@ -103,6 +131,19 @@ class PrefixEncoder:
     def _prefix_tokens(self, prefix: str) -> tuple[int, ...]:
         row = self.tokenizer([prefix])[0]
         return tuple(int(t) for t in row[:int(row.argmax())])  # the start token and the prefix's own
+
+
+def load(folder: Path, plain: OnnxTextEncoder, meta: dict[str, Any]) -> PrefixEncoder:
+    """The encoder a tag run uses: bf16 on OpenVINO where $CLIPSEARCH_LABEL_PRECISION allows it
+    (auto: where the CPU has native bf16) and it passes its self-check, else fp32 on ONNX Runtime."""
+    encoder = PrefixEncoder(folder, plain, meta)
+    wanted = os.environ.get(PRECISION_ENV, DEFAULT_PRECISION).strip().lower()
+    if wanted == "bf16" or (wanted == "auto" and cpu.has_native_bf16()):
+        try:
+            encoder.use_bf16(folder, meta)
+        except Exception:  # noqa: BLE001 - no openvino extra, or it cannot compile: fp32 answers the same
+            encoder._compiled, encoder.precision, encoder._states = None, "fp32", {}
+    return encoder
 
 
 def verify(folder: Path, meta: dict[str, Any]) -> float:

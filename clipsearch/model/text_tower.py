@@ -123,9 +123,9 @@ class OnnxTextEncoder:
         loaded on first use), or None where this export has no prefix graph (older exports, other
         towers): then prompts go through embed_texts."""
         if self._prefix is None and self.meta.get("prefix"):
-            from clipsearch.model.prefix_tower import PrefixEncoder  # it builds on this module
+            from clipsearch.model import prefix_tower  # it builds on this module
 
-            self._prefix = PrefixEncoder(self.folder, self, self.meta["prefix"])
+            self._prefix = prefix_tower.load(self.folder, self, self.meta["prefix"])
         return self._prefix
 
     def token_lengths(self, texts: list[str]) -> np.ndarray:

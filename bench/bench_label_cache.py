@@ -46,8 +46,17 @@ def exported(model_dir: Path, arch: str) -> Path:
     meta = folder / FOLDER / "meta.json"
     if meta.exists() and json.loads(meta.read_text()).get("prefix"):
         return folder / FOLDER
+    # The export's shared cache goes to the bench cache, not the user's; restored after (quick.py
+    # runs every script in this process).
+    before = os.environ.get("CLIPSEARCH_HOME")
     os.environ["CLIPSEARCH_HOME"] = str(common.CACHE / "label-cache" / "home")
-    assert text_export.export(Embedder(names.parse(f"local-dir:{model_dir}"), "cpu", "fp32"), folder)
+    try:
+        assert text_export.export(Embedder(names.parse(f"local-dir:{model_dir}"), "cpu", "fp32"), folder)
+    finally:
+        if before is None:
+            del os.environ["CLIPSEARCH_HOME"]
+        else:
+            os.environ["CLIPSEARCH_HOME"] = before
     assert json.loads(meta.read_text()).get("prefix"), "the prefix graph was not kept"
     return folder / FOLDER
 

@@ -81,13 +81,13 @@ def _timed(fn: Any) -> float:
     return time.perf_counter() - t
 
 
-def photo_vectors(model_dir: Path, count: int) -> np.ndarray:
-    """open_clip fp32's vectors of real photos and crops of them, decoded as indexing does."""
+def photo_vectors(model_dir: Path, count: int, precision: str = "fp32") -> np.ndarray:
+    """open_clip's vectors (in `precision`) of real photos and crops of them, decoded as indexing does."""
     from clipsearch.ingest import images
     from clipsearch.model import names
     from clipsearch.model.embedder import Embedder
 
-    emb = Embedder(names.parse(f"local-dir:{model_dir}"), "cpu", "fp32")
+    emb = Embedder(names.parse(f"local-dir:{model_dir}"), "cpu", precision)
     files = bench_image_tower.photos(common.CACHE / "label-cache" / "photos", max(1, count // 10))[:count]
     pixels = np.stack([images.decode(str(p), emb.preprocess).pixels for p in files])
     return np.concatenate([emb.embed_images(pixels[i:i + 32]) for i in range(0, len(pixels), 32)])
@@ -160,6 +160,11 @@ def main() -> None:
 
     background = plain.embed_texts(relevance.background_prompts([lab.name for lab in zero_shot.default_labels()]))
     base_tags = tags_of(vecs, mats["baseline"], background)
+    # For scale: how much the photos' own bf16 vectors (what indexing stores on a CPU with native
+    # bf16) move the same tags, with the fp32 labels.
+    photos_bf16 = (agreement(base_tags, tags_of(photo_vectors(model_dir, len(vecs), "bf16"), mats["baseline"],
+                                                background), len(vecs)) if bf16 else None)
+    print(f"photos embedded in bf16, fp32 labels: tags {photos_bf16}", flush=True)
     rows: dict[str, Any] = {}
     for name in paths:
         med = float(np.median(times[name]))
@@ -179,7 +184,7 @@ def main() -> None:
           flush=True)
     common.save("label-cache" + ("-quick" if args.quick else ""),
                 {"labels": n, "prompts": len(flat), "tokens": tokens, "suffix_tokens": suffix, "rounds": rounds,
-                 "photos": len(vecs), "paths": rows, **got_rates, **floors, **check,
+                 "photos": len(vecs), "paths": rows, "photos_bf16_tags": photos_bf16, **got_rates, **floors, **check,
                  "load": os.getloadavg()[0], "machine": common.machine()})
 
 

@@ -4,7 +4,9 @@ The export is what makes text queries torch-free (text_tower.py runs it). It is 
 whose tokenizer or text tower is neither open_clip's standard CLIP kind nor a Hugging Face text tower
 with a fast tokenizer (XLM-RoBERTa, NLLB: hf_tokenizer.py) keeps the torch path, and a
 graph that does not answer like open_clip at fp32 (cosine >= 0.9995 on the check prompts) is not
-kept. The weights stay fp32 (docs/fidelity.md says why).
+kept. The weights stay fp32 (docs/fidelity.md says why). A CLIP tower also gets a second graph for
+the label cache of `tag` runs (prefix_export.py: each template's prefix computed once), kept only
+when it answers like the plain one; a failure there costs only the label cache's speed.
 """
 
 from __future__ import annotations

@@ -142,7 +142,7 @@ def _batches(members: list[int], lengths: np.ndarray) -> list[list[int]]:
             out.append(batch)
             batch = []
         batch.append(j)
-    return out + [batch] if batch else out
+    return [*out, batch] if batch else out
 
 
 def load(folder: Path, plain: OnnxTextEncoder, meta: dict[str, Any]) -> PrefixEncoder:

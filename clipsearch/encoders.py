@@ -3,7 +3,8 @@
 `Library` holds one. A text query asks it for a text encoder (the exported ONNX tower when the
 index has one: no torch), image queries for the embedder, checked against the model the index
 recorded, and an index run for whatever embeds its photos: the model, or for a few photos the
-exported image tower (model/onnx_indexing.py: no torch in that process).
+exported image tower (model/onnx_indexing.py: no torch in that process), or where none is exported
+yet, the first index too, the ViT tower built from the weights without torch (model/vit_graph.py).
 """
 
 from __future__ import annotations
@@ -89,29 +90,53 @@ class Encoders:
         return bound
 
     def _tower_for_indexing(self, store: Store, images: int) -> ImageEmbedder | None:
-        """The exported image tower where it beats loading torch for `images` pictures, else None.
+        """The image tower in ONNX where it beats loading torch for `images` pictures, else None.
 
-        Only for an index whose model is recorded (with its logit scale) and whose tower is exported
-        from those weights, on the CPU, in the model's own precision (onnx_indexing.tower_pays), and
-        not when this process has torch's model loaded already (a server): then torch costs nothing
-        more. A tower that will not load leaves the run to torch: speed, not correctness.
+        Only on the CPU, in the model's own precision (onnx_indexing.tower_pays), and not when this
+        process has torch's model loaded already (a server): then torch costs nothing more. The
+        index's verified export when it has one for its recorded model; else, the first index of a
+        model included, the graph vit_graph.py builds from the weights without torch, where the
+        model qualifies (_built_tower). A tower that will not load leaves the run to torch: speed,
+        not correctness.
         """
         from clipsearch.model import image_export
 
+        if self.loaded is not None or not image_export.enabled():
+            return None
+        if not onnx_indexing.tower_pays(images, self.device, self.precision):
+            return None
         recorded, scale = store.model_identity(), store.meta("logit_scale")
-        if recorded is None or scale is None or self.loaded is not None or not image_export.enabled():
-            return None
-        if self.name and names.parse(self.name).name != recorded.name:
+        if recorded is not None and self.name and names.parse(self.name).name != recorded.name:
             return None  # refused before this (check_asked); never embedded with another model's tower
-        if not (onnx_indexing.tower_pays(images, self.device, self.precision)
-                and image_tower.available(self.index_dir, recorded.weights_sha256)):
-            return None
-        bias = store.meta("logit_bias")
         try:
-            return onnx_indexing.TowerEmbedder(self.index_dir / image_tower.FOLDER, recorded, float(scale),
-                                               None if bias is None else float(bias))
+            if recorded is not None and scale is not None and image_tower.available(self.index_dir,
+                                                                                    recorded.weights_sha256):
+                bias = store.meta("logit_bias")
+                return onnx_indexing.TowerEmbedder(self.index_dir / image_tower.FOLDER, recorded, float(scale),
+                                                   None if bias is None else float(bias))
+            return self._built_tower(recorded)
         except Exception:  # noqa: BLE001 - ONNX Runtime missing or the files unreadable: torch embeds
             return None
+
+    def _built_tower(self, recorded: ModelIdentity | None) -> ImageEmbedder | None:
+        """The model's ViT image tower built as ONNX from its weights (vit_graph.py), or the one an
+        earlier run built; its identity and logit scale read from the weights, as the torch path
+        would record them. None where the model does not qualify, or is not the index's."""
+        from clipsearch.model import vit_config, vit_graph
+
+        tower = vit_config.tower(self.spec(), self.download, self.notify)
+        if tower is None:
+            return None
+        identity = tower.identity()
+        if recorded is not None and (recorded.weights_sha256, recorded.embed_dim) != (identity.weights_sha256,
+                                                                                       identity.embed_dim):
+            return None  # the torch path refuses it with the usual message
+        if background_export.declined(self.index_dir).get(vit_graph.BUILT) == identity.weights_sha256:
+            return None  # the background check found it unlike open_clip
+        if not vit_graph.built(self.index_dir, identity.weights_sha256):
+            vit_graph.build(tower, self.index_dir)
+        return onnx_indexing.TowerEmbedder(self.index_dir / image_tower.FOLDER, recorded or identity,
+                                           tower.logit_scale(), tower.logit_bias())
 
     def text(self, recorded: ModelIdentity, background: bool = False) -> Callable[[], TextEncoder]:
         """Whatever embeds texts for this index, when called: the exported text tower when there is

@@ -117,6 +117,32 @@ def test_right_matches_are_shown_first_and_unrelated_queries_get_nothing(shapes_
         assert found.results == [] and found.ranking.closest, text
 
 
+def test_a_warm_process_answers_as_a_cold_one(shapes_240: list, monkeypatch: pytest.MonkeyPatch) -> None:
+    # From its second text query a process decides from a table of the photos' background scores
+    # (background_scores.py) and scans a float16 copy of the flat index (half_scan.py): each query
+    # here must get exactly what a first query in a new process gets.
+    from clipsearch.index import vectors
+    from clipsearch.search import background_scores
+
+    Library().index([shapes_240[0][0].parent])
+    queries = ["a photo of a red circle", "blue star", "ring", "green", "a yellow triangle on white",
+               "purple squares", "a photo of a giraffe", "dog", "orange ring - white", "pink"]
+    warm = Library()
+    tables = []
+    real_table = background_scores.table_for
+    monkeypatch.setattr(background_scores, "table_for", lambda *a: tables.append(t := real_table(*a)) or t)
+    halves = []
+    real_half = vectors.VectorIndex._half_scan
+    monkeypatch.setattr(vectors.VectorIndex, "_half_scan", lambda self: halves.append(h := real_half(self)) or h)
+    for text in queries * 2:
+        got, cold = warm.query(text, top=8), Library().query(text, top=8)
+        assert [(r.id, r.relevant) for r in got.results] == [(r.id, r.relevant) for r in cold.results], text
+        assert [r.id for r in got.ranking.closest] == [r.id for r in cold.ranking.closest], text
+        assert got.ranking.cut == cold.ranking.cut, text
+        np.testing.assert_allclose([r.score for r in got.results], [r.score for r in cold.results], atol=1e-6)
+    assert any(t is not None for t in tables) and any(h is not None for h in halves)  # the warm paths ran
+
+
 def _copies(src: Path, folder: Path, n: int, rng: np.random.Generator) -> list[Path]:
     """Crops (85-95 % of each side), resizes and JPEG re-encodes of one picture."""
     from PIL import Image

@@ -16,6 +16,7 @@ from typing import Any
 import numpy as np
 
 from clipsearch import failpoints
+from clipsearch.index.half_scan import HalfScan
 from clipsearch.index.store import Store
 from clipsearch.paths import fsync_dir, replace_atomically
 
@@ -72,6 +73,12 @@ class VectorIndex:
         self._folder = folder
         self._mapped: tuple[Path, tuple[int, int, int]] | None = None  # the file it maps, as it was then
         self._positions: tuple[np.ndarray, np.ndarray, np.ndarray] | None = None  # vectors_of's id map
+        # What the search layer derives from this generation's vectors (background_scores.py): it
+        # lives and dies with them.
+        self.derived: dict[str, Any] = {}
+        self._id_map = np.zeros(0, np.int64)  # a flat index's row -> id, with _positions
+        self._half: HalfScan | None = None
+        self._searches = 0
 
     @property
     def size(self) -> int:
@@ -224,10 +231,35 @@ class VectorIndex:
         (sorted once per index, i.e. per generation), which saves a text query's SQLite read of
         every hit's vector. An IVF index holds 8-bit codes, so SQLite is read.
         """
+        rows = self.rows_of(ids)
+        if rows is None or (flat := self.flat()) is None:
+            return store.vectors_of_ids(ids)  # IVF codes, or not this index's ids: SQLite says what they are
+        return np.array(flat[rows], dtype=np.float32)
+
+    def flat(self) -> np.ndarray | None:
+        """(size, dim) float32: a flat index's own storage, not a copy (None for IVF)."""
+        mapped = self._flat_map()
+        return None if mapped is None else mapped[2]
+
+    def rows_of(self, ids: list[int] | np.ndarray) -> np.ndarray | None:
+        """Where `ids` sit in `flat()`; None for IVF, or when one of them is not in this index."""
+        mapped = self._flat_map()
+        if mapped is None:
+            return None
+        sorted_ids, order, _ = mapped
+        want = np.asarray(ids, dtype=np.int64)
+        if len(sorted_ids) == 0:
+            return None if len(want) else np.zeros(0, np.int64)
+        at = np.minimum(np.searchsorted(sorted_ids, want), len(sorted_ids) - 1)
+        if not bool((sorted_ids[at] == want).all()):
+            return None
+        return order[at]
+
+    def _flat_map(self) -> tuple[np.ndarray, np.ndarray, np.ndarray] | None:
         import faiss
 
-        if _ivf(self.index) is not None or not ids:
-            return store.vectors_of_ids(ids)
+        if _ivf(self.index) is not None:
+            return None
         if self._positions is None:
             inner = faiss.downcast_index(self.index.index)
             n, d = int(inner.ntotal), int(inner.d)
@@ -235,12 +267,8 @@ class VectorIndex:
             order = np.argsort(id_map, kind="stable")
             flat = faiss.rev_swig_ptr(inner.get_xb(), n * d).reshape(n, d)  # type: ignore[attr-defined]
             self._positions = (id_map[order], order, flat)
-        sorted_ids, order, flat = self._positions
-        want = np.asarray(ids, dtype=np.int64)
-        at = np.minimum(np.searchsorted(sorted_ids, want), len(sorted_ids) - 1)
-        if len(sorted_ids) == 0 or not bool((sorted_ids[at] == want).all()):
-            return store.vectors_of_ids(ids)  # not this index's ids: SQLite says what they are
-        return np.array(flat[order[at]], dtype=np.float32)
+            self._id_map = id_map
+        return self._positions
 
     def search(self, queries: np.ndarray, k: int) -> tuple[np.ndarray, np.ndarray]:
         """(scores, ids), each (len(queries), k'); missing slots have id -1 and are cut."""
@@ -256,10 +284,22 @@ class VectorIndex:
         if len(queries) <= FEW_QUERIES:
             faiss.omp_set_num_threads(1)
         try:
+            half = self._half_scan() if len(queries) == 1 else None
+            got = None if half is None else half.search(queries[0], k)
+            if got is not None:
+                return got
             scores, ids = self.index.search(np.ascontiguousarray(queries, dtype=np.float32), k)
         finally:
             faiss.omp_set_num_threads(threads)
         return scores, ids
+
+    def _half_scan(self) -> HalfScan | None:
+        """A flat index's float16 copy (half_scan.py), made on its second single search: a process
+        that searches once (a CLI query) never pays for it."""
+        self._searches += 1
+        if self._half is None and self._searches >= 2 and (mapped := self._flat_map()) is not None:
+            self._half = HalfScan(mapped[2], self._id_map)
+        return self._half
 
 
 FEW_QUERIES = 4

@@ -188,7 +188,7 @@ def _weights_lock(sha: str) -> Iterator[None]:
 
 def _main(index_dir: Path, model_name: str, weights_sha256: str, towers: list[str]) -> int:
     """The background export: the index's weights from this machine, fp32 on the CPU, one tower at a time."""
-    from clipsearch.model import image_export, names, text_export
+    from clipsearch.model import image_export, names, text_export, vit_graph
     from clipsearch.model.embedder import Embedder
 
     with contextlib.suppress(OSError):
@@ -226,7 +226,15 @@ def _main(index_dir: Path, model_name: str, weights_sha256: str, towers: list[st
                         continue
                     done = text_export.export(embedder(tower), index_dir)
             elif tower == "image" and image_enabled() and not image_tower.available(index_dir, weights_sha256):
-                done = image_export.export(embedder(tower), index_dir)
+                # A graph an index run built without torch (vit_graph.py) is checked against
+                # open_clip here, and replaced by the torch export when it does not answer alike.
+                done = vit_graph.built(index_dir, weights_sha256) and image_export.verify_built(embedder(tower),
+                                                                                               index_dir)
+                if not done and vit_graph.built(index_dir, weights_sha256):
+                    _decline(index_dir, vit_graph.BUILT, weights_sha256)  # no index run builds it again
+                    print("the image tower built without torch does not answer like open_clip: photos it "
+                          "embedded want `clipsearch index --rebuild`", file=sys.stderr)  # into LOG
+                done = done or image_export.export(embedder(tower), index_dir)
             else:
                 continue
             if not done:

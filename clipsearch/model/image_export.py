@@ -88,6 +88,36 @@ def export(embedder: Any, index_dir: Path) -> bool:
         shutil.rmtree(tmp, ignore_errors=True)
 
 
+def verify_built(embedder: Any, index_dir: Path) -> bool:
+    """Hold a graph vit_graph.py built without torch to open_clip fp32's own vectors of the check
+    pictures; when it answers within MIN_COSINE, record them and the cosine in its folder, which
+    makes it an export like export()'s (image_tower.available). False: it does not (export() then
+    replaces it), or it belongs to other weights or preprocessing."""
+    import torch
+
+    from clipsearch.model.text_export import fp32_model
+
+    folder = index_dir / FOLDER
+    encoder = OnnxImageEncoder(folder)
+    pre: Preprocess = embedder.preprocess
+    if encoder.meta.get("weights_sha256") != embedder.identity.weights_sha256 or encoder.preprocess != pre:
+        return False
+    pixels = check_pixels(pre)
+    with torch.no_grad():
+        model = fp32_model(embedder, "image")
+        ref = torch.nn.functional.normalize(model.encode_image(torch.from_numpy(normalise(pixels, pre))).float(),
+                                            dim=-1).numpy()
+    cosine = float(np.min(np.sum(ref * encoder.embed_images(pixels), axis=1)))
+    if cosine < MIN_COSINE:
+        return False
+    np.save(folder / CHECK_VECTORS, ref.astype(np.float32))
+    meta = {**encoder.meta, "verified_min_cosine": cosine, "reference": REFERENCE, "check_vectors": CHECK_VECTORS}
+    tmp = folder / f".meta.{os.getpid()}.tmp"
+    tmp.write_text(json.dumps(meta))
+    os.replace(tmp, folder / "meta.json")  # one rename: a reader sees the unverified meta or the verified one
+    return True
+
+
 def _preoptimize(folder: Path, pixels: np.ndarray) -> dict[str, Any]:
     """ONNX Runtime's EXTENDED graph optimisations saved once, weights in a memory-mapped file beside
     the graph (as text_export._preoptimize; ALL would bake in this CPU's layouts). Kept only when

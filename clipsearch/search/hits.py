@@ -16,43 +16,38 @@ Hit = tuple[float, ImageRecord, bool]  # (score, row, relevant)
 
 
 def collect(store: Store, index: VectorIndex, query: np.ndarray, top: int, accepts: Callable[[ImageRecord], bool],
-             decide: Callable[[np.ndarray, np.ndarray], np.ndarray], floor: float | None, by_floor: bool,
-             exclude_ids: frozenset[int], closest: int, grouper: Grouper, needs_vectors: bool = False
-             ) -> tuple[list[Hit], int, list[Hit]]:
+             decide: Callable[[list[int], np.ndarray], np.ndarray], floor: float | None, by_floor: bool,
+             exclude_ids: frozenset[int], closest: int, grouper: Grouper) -> tuple[list[Hit], int, list[Hit]]:
     """(kept, how many the decision removed among the first `top` the filters allow, the closest few
     the filters allow).
 
-    `decide(vectors, scores)` says which hits are relevant, one hit at a time; the hits' stored
-    vectors are read only when it `needs_vectors`. Each hit is decided, and its row read, once:
-    a widening reuses what the narrower search learnt, and rows are read only for hits that can be
-    kept or that the count of allowed hits still needs (walk). A video's frames count as one hit
-    (`grouper`, moments.py).
+    `decide(ids, scores)` says which hits are relevant, one hit at a time. Each hit is decided,
+    and its row read, once: a widening reuses what the narrower search learnt, and rows are read
+    only for hits that can be kept or that the count of allowed hits still needs (walk). A video's
+    frames count as one hit (`grouper`, moments.py).
     """
     k, seen = top + len(exclude_ids), 0
     relevant_of: dict[int, bool] = {}
     rows: dict[int, ImageRecord | None] = {}  # None: the hit has no row (FAISS ahead of SQLite)
-    widest: tuple[np.ndarray, np.ndarray] | None = None  # the widest search so far
+    widest: tuple[list[float], list[int]] | None = None  # the widest search so far
     while True:
         # Filters remove hits after the vector search: widen it until enough survive, the scores
         # fall under the floor, relevance runs out, or the whole index has been seen.
         fetch = min(index.size, k)
-        if widest is None or widest[1].shape[1] < fetch:
+        if widest is None or len(widest[1]) < fetch:
             # The first widening's hits come with the first search (as cheap at 256 as at 10): the
             # narrower step then reads its prefix.
-            widest = index.search(query.reshape(1, -1), min(index.size, max(fetch, FIRST_WIDENING)))
+            scores, ids = index.search(query.reshape(1, -1), min(index.size, max(fetch, FIRST_WIDENING)))
+            widest = scores[0].tolist(), ids[0].tolist()  # Python numbers: the walk reads them one by one
             # Every hit of the widest search is decided now, in one call: a hit's relevance is its
             # own (its vector against the query and the alternatives), so deciding ahead of the
             # step that walks it changes nothing, and one product of 256 rows costs less than two.
-            found = [(float(s), int(i)) for s, i in zip(widest[0][0], widest[1][0], strict=True)
-                     if i >= 0 and i not in exclude_ids]
+            found = [(s, i) for s, i in zip(widest[0], widest[1], strict=True) if i >= 0 and i not in exclude_ids]
             new = [(s, i) for s, i in found if i not in relevant_of]
             if new:
-                vecs = (index.vectors_of(store, [i for _, i in new]) if needs_vectors
-                        else np.zeros((len(new), len(query)), np.float32))
-                ok_new = decide(vecs, np.asarray([s for s, _ in new], dtype=np.float32))
-                relevant_of.update((i, bool(ok)) for (_, i), ok in zip(new, ok_new, strict=True))
-        ids = widest[1][0, :fetch]
-        hits = [(float(s), int(i)) for s, i in zip(widest[0][0, :fetch], ids, strict=True)
+                ok_new = decide([i for _, i in new], np.asarray([s for s, _ in new], dtype=np.float32))
+                relevant_of.update(zip([i for _, i in new], np.asarray(ok_new, dtype=bool).tolist(), strict=True))
+        hits = [(s, i) for s, i in zip(widest[0][:fetch], widest[1][:fetch], strict=True)
                 if i >= 0 and i not in exclude_ids]
         relevant = np.fromiter((relevant_of[i] for _, i in hits), dtype=bool, count=len(hits))
         kept, allowed, near = walk(store, hits, relevant, rows, top, accepts, floor, by_floor, closest, grouper)

@@ -21,7 +21,7 @@ from clipsearch.formats import IMAGE_EXTENSIONS, VIDEO_EXTENSIONS
 from clipsearch.index.records import ImageRecord
 from clipsearch.index.store import Store
 from clipsearch.index.vectors import VectorIndex
-from clipsearch.search import hits, moments, relevance
+from clipsearch.search import background_scores, hits, moments, relevance
 from clipsearch.search.query import Term
 from clipsearch.search.relevance import DEFAULT_Z, MIN_FOR_CUTOFF, adaptive_cutoff
 
@@ -243,20 +243,28 @@ def rank(store: Store, index: VectorIndex, query: np.ndarray, top: int, filters:
 def _rank(store: Store, index: VectorIndex, query: np.ndarray, top: int, filters: Filters, min_score: float | None,
           z: float, exclude_ids: frozenset[int], alternatives: np.ndarray | None, logit_scale: float, closest: int,
           logit_bias: float | None, all_moments: bool) -> Ranking:
-    decide: Callable[[np.ndarray, np.ndarray], np.ndarray]
+    decide: Callable[[list[int], np.ndarray], np.ndarray]
     stats: dict[str, float]
     sigmoid = alternatives is not None and logit_bias is not None
     if alternatives is not None:
-        alts = relevance.alternatives(query, alternatives)
+        keep = relevance.alternative_mask(query, alternatives)
+        alts = alternatives[keep]
+        table = background_scores.table_for(index, alternatives)
         method, cutoff = "zero-shot" + (" or sigmoid" if sigmoid else ""), None
         stats = {"logit_scale": logit_scale, "alternatives": float(len(alts)), "min_share": relevance.MIN_SHARE}
         if sigmoid:
             stats.update({"logit_bias": float(logit_bias or 0.0), "min_probability": relevance.MIN_PROBABILITY})
 
-        def decide(vecs: np.ndarray, scores: np.ndarray) -> np.ndarray:
-            # Exact cosines from the stored vectors: an IVF index's scores are quantised.
-            exact = vecs @ query
-            ok = relevance.query_share(exact, vecs @ alts.T, logit_scale) >= relevance.MIN_SHARE
+        def decide(ids: list[int], scores: np.ndarray) -> np.ndarray:
+            rows = None if table is None else index.rows_of(ids)
+            if table is not None and rows is not None:
+                # A flat index's scores are exact cosines, and the table holds the alternatives' ones.
+                exact, alt_scores = scores, table[rows][:, keep]
+            else:
+                # Exact cosines from the stored vectors: an IVF index's scores are quantised.
+                vecs = index.vectors_of(store, ids)
+                exact, alt_scores = vecs @ query, vecs @ alts.T
+            ok = relevance.query_share(exact, alt_scores, logit_scale) >= relevance.MIN_SHARE
             if sigmoid:  # the model's own probability admits a photo; it cannot veto one (relevance.py)
                 ok |= relevance.pair_probability(exact, logit_scale, float(logit_bias or 0.0)) >= \
                     relevance.MIN_PROBABILITY
@@ -266,7 +274,7 @@ def _rank(store: Store, index: VectorIndex, query: np.ndarray, top: int, filters
         cutoff = relevance.cap(robust)
         method = "robust-z" if cutoff is not None else f"none (under {MIN_FOR_CUTOFF} photos)"
 
-        def decide(vecs: np.ndarray, scores: np.ndarray) -> np.ndarray:
+        def decide(ids: list[int], scores: np.ndarray) -> np.ndarray:
             return np.ones(len(scores), bool) if cutoff is None else scores >= cutoff
     floor: float | None = cutoff
     if min_score is not None:
@@ -274,7 +282,7 @@ def _rank(store: Store, index: VectorIndex, query: np.ndarray, top: int, filters
         method, cutoff = "min-score", floor
     grouper = moments.Grouper(store, all_moments, prefer_relevant=min_score is None)
     kept, cut, near = hits.collect(store, index, query, top, filters.accepts, decide, floor, min_score is not None,
-                                   exclude_ids, closest, grouper, needs_vectors=alternatives is not None)
+                                   exclude_ids, closest, grouper)
 
     def result(n: int, s: float, row: ImageRecord, ok: bool) -> SearchResult:
         out = _result(n + 1, s, row, ok)

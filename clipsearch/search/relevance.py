@@ -110,9 +110,14 @@ def alternatives(query: np.ndarray, background: np.ndarray, z: float = PARAPHRAS
     that embed alike as one vote was tried: on the tiny model, whose unknown words all embed alike,
     it let half-matching photos and unrelated queries through; see docs/search.md.)
     """
+    return background[alternative_mask(query, background, z)]
+
+
+def alternative_mask(query: np.ndarray, background: np.ndarray, z: float = PARAPHRASE_Z) -> np.ndarray:
+    """Which background texts are alternatives to the query (`alternatives`), as booleans."""
     sims = background @ query
     centre, spread = robust_stats(sims)
-    return background[sims < centre + z * spread] if spread > 0 else background[sims < centre + 1e-6]
+    return sims < centre + z * spread if spread > 0 else sims < centre + 1e-6
 
 
 def query_share(scores: np.ndarray, alt_scores: np.ndarray, logit_scale: float) -> np.ndarray:

@@ -16,8 +16,8 @@ from pathlib import Path
 
 sys.path.insert(0, str(Path(__file__).parent))
 
-SCRIPTS = ["bench_index", "bench_reindex", "bench_query", "bench_tagging", "bench_fewshot", "bench_serve",
-           "bench_video"]
+SCRIPTS = ["bench_index", "bench_reindex", "bench_query", "bench_tagging", "bench_label_cache", "bench_fewshot",
+           "bench_serve", "bench_video"]
 
 
 def main() -> None:

@@ -4,7 +4,9 @@ The export is what makes text queries torch-free (text_tower.py runs it). It is 
 whose tokenizer or text tower is neither open_clip's standard CLIP kind nor a Hugging Face text tower
 with a fast tokenizer (XLM-RoBERTa, NLLB: hf_tokenizer.py) keeps the torch path, and a
 graph that does not answer like open_clip at fp32 (cosine >= 0.9995 on the check prompts) is not
-kept. The weights stay fp32 (docs/fidelity.md says why).
+kept. The weights stay fp32 (docs/fidelity.md says why). A CLIP tower also gets a second graph for
+the label cache of `tag` runs (prefix_export.py: each template's prefix computed once), kept only
+when it answers like the plain one; a failure there costs only the label cache's speed.
 """
 
 from __future__ import annotations
@@ -22,6 +24,7 @@ import numpy as np
 
 from clipsearch import config
 from clipsearch.errors import ClipsearchError
+from clipsearch.model import prefix_export
 from clipsearch.model.hf_tokenizer import TOKENIZER_NAME
 from clipsearch.model.identity import ModelIdentity, check_same_model
 from clipsearch.model.text_tower import (
@@ -96,6 +99,8 @@ def export(embedder: Any, index_dir: Path, notify: Callable[[str], None] | None 
             # The reference is open_clip itself at fp32 (all 77 tokens, no cut), not the Embedder's
             # bf16-cast model: the recorded cosine is what a query really loses (issue 15).
             ref = torch.nn.functional.normalize(fp32.encode_text(tok(CHECK_PROMPTS)).float(), dim=-1).numpy()
+        # The label cache's graph (prefix_export.py), from the same fp32 copy; optional.
+        with_prefix = kind == "clip" and _try(prefix_export.write, fp32, tmp)
         # The torch copy of the tower goes before ONNX Runtime loads the exported one (twice, to check
         # the optimised graph): never two copies of its weights at once (issue 22, peak RSS).
         del fp32
@@ -110,6 +115,8 @@ def export(embedder: Any, index_dir: Path, notify: Callable[[str], None] | None 
                      "reference": REFERENCE, "precision": "fp32"})
         if meta["verified_min_cosine"] < MIN_COSINE:
             return False
+        if with_prefix:
+            meta.update(_try(prefix_export.finish, tmp, meta) or {})
         (tmp / "meta.json").write_text(json.dumps(record_sizes(tmp, meta)))
         remove(index_dir)
         os.replace(tmp, index_dir / FOLDER)
@@ -117,6 +124,15 @@ def export(embedder: Any, index_dir: Path, notify: Callable[[str], None] | None 
         return True
     finally:
         shutil.rmtree(tmp, ignore_errors=True)
+
+
+def _try(step: Callable[..., Any], *args: Any) -> Any:
+    """An optional step of the export: its failure (an exporter or runtime gap) costs only what it
+    would have added, here the label cache's speed; the plain graph is kept."""
+    try:
+        return step(*args)
+    except Exception:  # noqa: BLE001 - see above
+        return None
 
 
 def _cached(sha: str) -> Path:

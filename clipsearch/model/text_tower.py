@@ -68,7 +68,9 @@ def _files(meta: dict[str, Any]) -> list[str]:
     """The files an export consists of, besides meta.json."""
     graph = str(meta.get("file", "model.onnx"))
     vocab = TOKENIZER_NAME if meta.get("tokenizer") == "hf" else VOCAB_NAME
-    return [graph, f"{graph}.data", vocab] + ([TABLE_NAME] if meta.get("inputs") == "embedded" else [])
+    prefix = meta.get("prefix") or {}  # the label cache's graph (prefix_export.py), where it was kept
+    return ([graph, f"{graph}.data", vocab] + ([TABLE_NAME] if meta.get("inputs") == "embedded" else [])
+            + ([prefix["file"], prefix["file"] + ".data"] if prefix.get("file") else []))
 
 
 def record_sizes(folder: Path, meta: dict[str, Any]) -> dict[str, Any]:
@@ -113,6 +115,18 @@ class OnnxTextEncoder:
         # tokens, not 25 million weights (see export). Older exports have it inside the graph.
         self.table = (np.load(folder / TABLE_NAME, mmap_mode="r") if meta.get("inputs") == "embedded" else None)
         self.session = session(model, bool(meta.get("preoptimized") if preoptimized is None else preoptimized))
+        self.folder, self.meta = folder, meta
+        self._prefix: Any = None
+
+    def prefix_encoder(self) -> Any:
+        """The label cache's encoder of prompts that share prefixes (prefix_tower.PrefixEncoder,
+        loaded on first use), or None where this export has no prefix graph (older exports, other
+        towers): then prompts go through embed_texts."""
+        if self._prefix is None and self.meta.get("prefix"):
+            from clipsearch.model import prefix_tower  # it builds on this module
+
+            self._prefix = prefix_tower.load(self.folder, self, self.meta["prefix"])
+        return self._prefix
 
     def token_lengths(self, texts: list[str]) -> np.ndarray:
         """Each text's tokens up to its end-of-text token: what one batch of them costs to run."""

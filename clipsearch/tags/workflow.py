@@ -131,8 +131,11 @@ def label_matrix(store: Store, recorded: ModelIdentity, request: TagRequest, set
     if cached is not None:
         return cached
     enc = encoder()
+    # The exported tower's prefix graph where it has one: each template's prefix computed once.
+    prefix = enc.prefix_encoder() if hasattr(enc, "prefix_encoder") else None
     mat = zero_shot.label_vectors(request.labels, request.template_set, enc.embed_texts,
-                                  getattr(enc, "token_lengths", None))
+                                  getattr(enc, "token_lengths", None),
+                                  prefix.embed_shared if prefix is not None else None)
     store.tags.save_label_vectors(recorded.weights_sha256, set_id, names, mat)
     return mat
 

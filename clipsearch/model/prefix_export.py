@@ -1,0 +1,159 @@
+"""A second graph of the text tower that continues from cached keys and values (torch side).
+
+The label cache embeds every label in 8 templates ("a photo of {}.", "a picture of {}." ...): 8,000
+prompts for 1,000 labels, about half of whose tokens are the templates' own. CLIP's text tower is
+causal: a token's state in every layer depends only on the tokens before it, so the keys and values
+of "<start> a photo of" are the same in every prompt that starts with them. This graph takes them as
+an input (`past`, one template's prefix, shared by the whole batch) and runs only the rest of each
+prompt (the label, ".", the end token); prefix_tower.py runs it. Exact, not an approximation: the
+same products in another order (cosine 1.0 to the plain tower, checked at export).
+
+Inputs: `embedded` (batch, length, width), the suffix tokens' embeddings from the export's token
+table; `positions` (length,), their positions in the prompt; `past_bias` (past,), added to the
+attention scores of the past rows (0, or -inf for a row not in use; the suffix's own tokens see
+only earlier ones, through the model's causal mask); `past` (layers, 2, past, width), each
+layer's keys and values of the prefix; `eot` (batch,), where each suffix's end token is.
+Outputs: `features` (batch, dim), unnormalised as open_clip's encode_text, and `present`
+(layers, 2, length, width), the keys and values of the first row's tokens, which is how a prefix
+is computed (one row, a dummy past masked out).
+
+Only open_clip's standard CLIP text tower (embedder.has_standard_text_tower) with plain
+ResidualAttentionBlocks (one packed in-projection, no cross-attention) qualifies; others keep the
+plain graph, which stays what queries run.
+"""
+
+from __future__ import annotations
+
+import warnings
+from pathlib import Path
+from typing import Any
+
+FILE = "prefix.onnx"
+
+
+def eligible(model: Any) -> bool:
+    """Blocks whose attention this module can reproduce: open_clip's ResidualAttentionBlock over
+    torch's MultiheadAttention with one packed in-projection and biases, batch first."""
+    import torch
+    from open_clip.transformer import ResidualAttentionBlock
+
+    from clipsearch.model.embedder import has_standard_text_tower
+
+    if not has_standard_text_tower(model) or not getattr(model.transformer, "batch_first", True):
+        return False
+    for block in model.transformer.resblocks:
+        attn = getattr(block, "attn", None)
+        if (type(block) is not ResidualAttentionBlock or hasattr(block, "ln_1_kv")
+                or not isinstance(attn, torch.nn.MultiheadAttention) or not attn._qkv_same_embed_dim
+                or attn.in_proj_bias is None or not attn.batch_first):
+            return False
+    return True
+
+
+def _module(model: Any) -> Any:
+    import torch
+
+    class PrefixTower(torch.nn.Module):
+        def __init__(self) -> None:
+            super().__init__()
+            self.model = model
+
+        def forward(self, embedded: torch.Tensor, positions: torch.Tensor, past_bias: torch.Tensor,
+                    past: torch.Tensor, eot: torch.Tensor) -> tuple[torch.Tensor, torch.Tensor]:
+            m = self.model
+            batch, length, width = embedded.shape
+            x = embedded + m.positional_embedding[positions]
+            mask = torch.cat([past_bias.unsqueeze(0).expand(length, -1), m.attn_mask[:length, :length]], dim=1)
+            present = []
+            for i, block in enumerate(m.transformer.resblocks):
+                attn = block.attn
+                heads = attn.num_heads
+                q, k, v = torch.nn.functional.linear(block.ln_1(x), attn.in_proj_weight,
+                                                     attn.in_proj_bias).chunk(3, dim=-1)
+                present.append(torch.stack([k[0], v[0]]))
+                # The prefix's keys and values are one (past, width) block for the whole batch.
+                k = torch.cat([past[i, 0].unsqueeze(0).expand(batch, -1, -1), k], dim=1)
+                v = torch.cat([past[i, 1].unsqueeze(0).expand(batch, -1, -1), v], dim=1)
+                q = q.reshape(batch, length, heads, -1).transpose(1, 2)
+                k = k.reshape(batch, -1, heads, width // heads).transpose(1, 2)
+                v = v.reshape(batch, -1, heads, width // heads).transpose(1, 2)
+                scores = (q @ k.transpose(-1, -2)) * (float(width // heads) ** -0.5) + mask
+                out = (scores.softmax(dim=-1) @ v).transpose(1, 2).reshape(batch, length, width)
+                x = x + block.ls_1(attn.out_proj(out))
+                x = x + block.ls_2(block.mlp(block.ln_2(x)))
+            x = m.ln_final(x)
+            pooled = x[torch.arange(batch), eot]
+            proj = m.text_projection
+            features = proj(pooled) if isinstance(proj, torch.nn.Linear) else pooled @ proj
+            return features, torch.stack(present)
+
+    return PrefixTower().eval()
+
+
+def write(fp32: Any, folder: Path) -> bool:
+    """prefix.onnx (weights in prefix.onnx.data) in folder, from the fp32 model; False when the
+    tower is not one this graph reproduces. prefix_tower.verify judges it against the plain graph."""
+    import torch
+
+    if not eligible(fp32):
+        return False
+    layers, width = len(fp32.transformer.resblocks), int(fp32.transformer.width)
+    context = int(fp32.positional_embedding.shape[0])
+    # Sizes above 1 everywhere (1 can be folded into the traced graph as a constant).
+    batch_n, length_n, past_n = 3, 5, 4
+    sample = (torch.zeros(batch_n, length_n, width), torch.arange(past_n, past_n + length_n),
+              torch.zeros(past_n), torch.zeros(layers, 2, past_n, width),
+              torch.tensor([4, 2, 3]))
+    with torch.no_grad(), warnings.catch_warnings():
+        warnings.simplefilter("ignore")  # the exporter's notes would land in the user's terminal
+        batch = torch.export.Dim("batch", max=4096)
+        length = torch.export.Dim("length", min=1, max=context)
+        past = torch.export.Dim("past", min=1, max=context)
+        torch.onnx.export(_module(fp32), sample, str(folder / FILE),
+                          input_names=["embedded", "positions", "past_bias", "past", "eot"],
+                          output_names=["features", "present"],
+                          dynamic_shapes=({0: batch, 1: length}, {0: length}, {0: past},
+                                          {2: past}, {0: batch}),
+                          dynamo=True, external_data=True, verbose=False)
+    return True
+
+
+def finish(folder: Path, meta: dict[str, Any]) -> dict[str, Any]:
+    """The written graph optimised and verified against the plain one (folder holds the plain
+    export and its meta.json): {"prefix": its meta.json entry}, or {} with its files removed."""
+    from clipsearch.model import prefix_tower
+
+    kept: dict[str, Any] = {}
+    try:
+        entry = _optimise(folder, FILE) or {"file": FILE}
+        cosine = prefix_tower.verify(folder, entry)
+        if cosine >= prefix_tower.MIN_COSINE:
+            kept = {"prefix": {**entry, "verified_min_cosine": cosine}}
+        return kept
+    finally:
+        keep = (kept.get("prefix") or {}).get("file")
+        for name in (FILE, FILE.replace(".onnx", ".opt.onnx")):
+            if name != keep:
+                (folder / name).unlink(missing_ok=True)
+                (folder / (name + ".data")).unlink(missing_ok=True)
+
+
+def _optimise(folder: Path, file: str) -> dict[str, Any]:
+    """The graph saved with ONNX Runtime's EXTENDED optimisations, weights in a file of its own
+    that a session memory-maps (as text_export._preoptimize, which says why not ALL); {} when
+    ONNX Runtime cannot, and the plain file stays."""
+    import onnxruntime as ort
+
+    target = folder / file.replace(".onnx", ".opt.onnx")
+    options = ort.SessionOptions()
+    options.log_severity_level = 3
+    options.graph_optimization_level = ort.GraphOptimizationLevel.ORT_ENABLE_EXTENDED
+    options.optimized_model_filepath = str(target)
+    options.add_session_config_entry("session.optimized_model_external_initializers_file_name",
+                                     target.name + ".data")
+    options.add_session_config_entry("session.optimized_model_external_initializers_min_size_in_bytes", "1024")
+    try:
+        ort.InferenceSession(str(folder / file), options, providers=["CPUExecutionProvider"])
+    except Exception:  # noqa: BLE001 - the unoptimised graph answers the same, only loads slower
+        return {}
+    return {"file": target.name, "preoptimized": True}

@@ -1,0 +1,169 @@
+"""Many prompts that share prefixes, embedded with each prefix computed once (no torch).
+
+The label cache's prompts are a few templates times many labels. Under CLIP's causal mask the
+keys and values of a template's prefix ("<start> a photo of") are the same in all of its prompts,
+so prefix_export.py's graph takes them as an input and runs only each prompt's own tokens: about
+half the tokens of 1,000 labels' prompts, and the result is the plain tower's (the same products,
+cosine >= 0.9999 checked at export on prompts of several templates, unicode and long labels).
+
+A prompt's prefix is the longest of the given ones whose *tokens* start its tokens (the BPE works
+word by word, but that is checked, not assumed); every prompt shares at least the start token.
+"""
+
+from __future__ import annotations
+
+import os
+from collections.abc import Sequence
+from pathlib import Path
+from typing import Any
+
+import numpy as np
+
+from clipsearch.model import cpu
+from clipsearch.model.text_tower import OnnxTextEncoder, session
+
+# Prompts the export checks the graph on (as label sets use them: templates, odd and long labels).
+CHECK_TEMPLATES = ("a photo of {}.", "a photo of a {}.", "a picture of {}.", "an image of {}.", "{}")
+CHECK_LABELS = ("dog", "x", "Café crème brûlée 🍮", "日本の桜", "sunset over the sea, long exposure",
+                "a very long label " * 8, "Übergrößenträger")
+MIN_COSINE = 0.9999  # exact up to the order of float sums
+BF16_MIN_COSINE = 0.9995  # bf16's bar: what a query's text vector may lose (text_tower.MIN_COSINE)
+BATCH = 256
+MIN_ROWS = 32  # a batch's rows before it may end at a length change (see _batches)
+PRECISION_ENV = "CLIPSEARCH_LABEL_PRECISION"  # auto (bf16 where the CPU has it natively), fp32, bf16
+DEFAULT_PRECISION = "auto"
+
+
+def check_prompts() -> tuple[list[str], list[str]]:
+    """(prompts, prefixes) the export verifies the graph with."""
+    prompts = [t.format(label) for t in CHECK_TEMPLATES for label in CHECK_LABELS]
+    return [*prompts, "a photo of", "a photo of a"], prefixes_of(CHECK_TEMPLATES)
+
+
+def prefixes_of(templates: Sequence[str]) -> list[str]:
+    """The text before each template's slot: what its prompts share."""
+    return sorted({t.split("{}", 1)[0] for t in templates if "{}" in t})
+
+
+class PrefixEncoder:
+    """The text-model folder's prefix graph on ONNX Runtime, with the plain encoder's tokenizer
+    and token table (what the prompts' own tokens are looked up in)."""
+
+    def __init__(self, folder: Path, plain: OnnxTextEncoder, meta: dict[str, Any]) -> None:
+        """`plain` lends its tokenizer and token table; `meta`: meta.json's "prefix" entry."""
+        if plain.table is None or plain.pad_id is not None:
+            raise ValueError("the prefix graph needs a CLIP export with its token table")
+        self.tokenizer = plain.tokenizer
+        self.table: Any = plain.table
+        self.session = session(folder / meta["file"], bool(meta.get("preoptimized")))
+        shape = self.session.get_inputs()[3].shape  # past: (layers, 2, past, width)
+        self.layers, self.width = int(shape[0]), int(shape[3])
+        self._states: dict[tuple[int, ...], np.ndarray] = {}
+        self.precision = "fp32"
+        self._compiled: Any = None  # OpenVINO's compiled graph, when bf16 runs it (use_bf16)
+
+    def use_bf16(self, folder: Path, meta: dict[str, Any]) -> float:
+        """Run the graph on OpenVINO in bf16 from now on, if it answers like fp32: the lowest cosine
+        of its vectors of the check prompts to this fp32 encoder's (kept at >= BF16_MIN_COSINE)."""
+        from clipsearch.model.openvino_tower import ov  # the optional `openvino` extra
+
+        prompts, prefixes = check_prompts()
+        ref = self.embed_shared(prompts, prefixes)
+        fp32_states, self._states = self._states, {}
+        self._compiled = ov.Core().compile_model(str(folder / meta["file"]), "CPU", {
+            "INFERENCE_PRECISION_HINT": "bf16", "PERFORMANCE_HINT": "LATENCY", "NUM_STREAMS": "1"})
+        cosine = float(np.min(np.sum(self.embed_shared(prompts, prefixes) * ref, axis=1)))
+        if cosine < BF16_MIN_COSINE:
+            self._compiled, self._states = None, fp32_states
+        else:
+            self.precision = "bf16"
+        return cosine
+
+    def _run(self, tokens: np.ndarray, start: int, past: np.ndarray, bias: np.ndarray,
+             eot: np.ndarray) -> tuple[np.ndarray, np.ndarray]:
+        feeds = {"embedded": np.asarray(self.table[tokens], dtype=np.float32),
+                 "positions": np.arange(start, start + tokens.shape[1], dtype=np.int64),
+                 "past_bias": bias, "past": past, "eot": eot.astype(np.int64)}
+        if self._compiled is not None:
+            got = self._compiled(feeds)
+            features, present = got[0], got[1]
+        else:
+            features, present = self.session.run(None, feeds)
+        return np.asarray(features, dtype=np.float32), present
+
+    def state(self, prefix: tuple[int, ...]) -> np.ndarray:
+        """(layers, 2, len(prefix), width): each layer's keys and values of these tokens from the
+        start. One run of one row; the graph always takes a past, here a dummy row masked out."""
+        if prefix not in self._states:
+            dummy = np.zeros((self.layers, 2, 1, self.width), np.float32)
+            tokens = np.asarray([prefix], dtype=np.int64)
+            _, present = self._run(tokens, 0, dummy, np.full(1, -np.inf, np.float32),
+                                   np.asarray([len(prefix) - 1]))
+            self._states[prefix] = np.ascontiguousarray(present, dtype=np.float32)
+        return self._states[prefix]
+
+    def embed_shared(self, texts: list[str], prefixes: Sequence[str]) -> np.ndarray:
+        """Normalised float32 vectors of `texts`, as OnnxTextEncoder.embed_texts gives them."""
+        tokens = self.tokenizer(texts)
+        lengths = tokens.argmax(axis=1) + 1  # the end token has the highest id
+        start = {(int(tokens[0, 0]),)} if len(texts) else set()
+        candidates = sorted({self._prefix_tokens(p) for p in prefixes} | start, key=len, reverse=True)
+        groups: dict[tuple[int, ...], list[int]] = {}
+        for i, row in enumerate(tokens):
+            for cand in candidates:  # longest first; the start token alone always fits
+                if len(cand) < lengths[i] and tuple(int(t) for t in row[:len(cand)]) == cand:
+                    groups.setdefault(cand, []).append(i)
+                    break
+        out = np.empty((len(texts), 0), np.float32)
+        for prefix, members in groups.items():
+            past, k = self.state(prefix), len(prefix)
+            bias = np.zeros(k, np.float32)
+            for batch in _batches(members, lengths):
+                width = int(lengths[batch[-1]]) - k
+                got, _ = self._run(tokens[batch, k:k + width], k, past, bias, lengths[batch] - 1 - k)
+                if not out.shape[1]:
+                    out = np.empty((len(texts), got.shape[1]), np.float32)
+                out[batch] = got
+        return out / np.linalg.norm(out, axis=1, keepdims=True)
+
+    def _prefix_tokens(self, prefix: str) -> tuple[int, ...]:
+        row = self.tokenizer([prefix])[0]
+        return tuple(int(t) for t in row[:int(row.argmax())])  # the start token and the prefix's own
+
+
+def _batches(members: list[int], lengths: np.ndarray) -> list[list[int]]:
+    """One prefix's prompts in batches of one suffix length where that is at least MIN_ROWS of
+    them: fixed batches of a sorted list padded 22 % of 1,000 labels' suffix tokens (a batch spans
+    several lengths), this < 1 %. A length with fewer prompts joins the batch of the next one."""
+    out: list[list[int]] = []
+    batch: list[int] = []
+    for j in sorted(members, key=lambda j: int(lengths[j])):
+        if batch and (len(batch) == BATCH or (lengths[j] > lengths[batch[-1]] and len(batch) >= MIN_ROWS)):
+            out.append(batch)
+            batch = []
+        batch.append(j)
+    return [*out, batch] if batch else out
+
+
+def load(folder: Path, plain: OnnxTextEncoder, meta: dict[str, Any]) -> PrefixEncoder:
+    """The encoder a tag run uses: bf16 on OpenVINO where $CLIPSEARCH_LABEL_PRECISION allows it
+    (auto: where the CPU has native bf16) and it passes its self-check, else fp32 on ONNX Runtime."""
+    encoder = PrefixEncoder(folder, plain, meta)
+    wanted = os.environ.get(PRECISION_ENV, DEFAULT_PRECISION).strip().lower()
+    if wanted == "bf16" or (wanted == "auto" and cpu.has_native_bf16()):
+        try:
+            encoder.use_bf16(folder, meta)
+        except Exception:  # noqa: BLE001 - no openvino extra, or it cannot compile: fp32 answers the same
+            encoder._compiled, encoder.precision, encoder._states = None, "fp32", {}
+    return encoder
+
+
+def verify(folder: Path, meta: dict[str, Any]) -> float:
+    """The prefix graph's lowest cosine to the plain graph over the check prompts. One session at a
+    time: the plain graph's vectors first, then it goes, then the prefix graph's."""
+    prompts, prefixes = check_prompts()
+    plain = OnnxTextEncoder(folder)
+    ref = plain.embed_texts(prompts)
+    plain.session = None
+    got = PrefixEncoder(folder, plain, meta).embed_shared(prompts, prefixes)
+    return float(np.min(np.sum(got * ref, axis=1)))

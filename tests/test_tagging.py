@@ -109,11 +109,16 @@ def test_retagging_is_idempotent_and_query_filters_by_tag(library_240: list) -> 
     assert exported[0] == "path,label,score,source" and len(exported) == 1 + sum(first.counts.values())
 
 
-def test_small_libraries_need_a_fixed_threshold(photo_dir: Path) -> None:
+def test_small_libraries_need_a_fixed_threshold(photo_dir: Path, monkeypatch: pytest.MonkeyPatch) -> None:
     lib = Library()
     lib.index([photo_dir])
+    embedded: list[int] = []
+    real = zero_shot.label_vectors
+    monkeypatch.setattr(zero_shot, "label_vectors", lambda labels, *a, **k: embedded.append(len(labels)) or
+                        real(labels, *a, **k))
     with pytest.raises(UsageError, match="--threshold"):
         lib.tag(labels=zero_shot.parse_labels("red"))
+    assert embedded == []  # told before any label is embedded
     summary = lib.tag(labels=zero_shot.parse_labels(COLOUR_LABELS), template_set="none", threshold=0.3)
     assert summary.method == "fixed" and summary.tagged > 0
 

@@ -74,6 +74,8 @@ def tag(store: Store, recorded: ModelIdentity, request: TagRequest, encoder: Cal
     set's vectors are not cached for this model. `clear_xmp` only clears the sidecars."""
     if clear_xmp:
         return clear_sidecars(store, roots, dry_run)
+    if request.threshold is None:
+        zero_shot.require_calibration_photos(store.count())
     set_id = zero_shot.label_set_id(request.labels, request.template_set)
     label_mat = label_matrix(store, recorded, request, set_id, encoder)
     # The alternatives text queries are weighed against (search/relevance.py), kept beside the labels:

@@ -153,11 +153,17 @@ def thresholds(mat: np.ndarray, labels_mat: np.ndarray, z: float = DEFAULT_Z,
     return found
 
 
+def require_calibration_photos(count: int) -> None:
+    """Automatic thresholds need a library to learn what 'unrelated' scores from: said before any
+    label is embedded (1,000 labels take seconds to minutes), not after."""
+    if count < MIN_FOR_CUTOFF:
+        raise UsageError(f"automatic thresholds need at least {MIN_FOR_CUTOFF} indexed photos to learn what "
+                         f"'unrelated' scores; this index has {count}. Pass --threshold COSINE instead")
+
+
 def _calibrated(mat: np.ndarray, labels_mat: np.ndarray, z: float, background: np.ndarray | None,
                 logit_scale: float) -> Thresholds:
-    if len(mat) < MIN_FOR_CUTOFF:
-        raise UsageError(f"automatic thresholds need at least {MIN_FOR_CUTOFF} indexed photos to learn what "
-                         f"'unrelated' scores; this index has {len(mat)}. Pass --threshold COSINE instead")
+    require_calibration_photos(len(mat))
     sample = mat[:: max(1, len(mat) // 4096)][:4096]
     scores = sample @ labels_mat.T
     winners = scores.argmax(axis=1) if len(labels_mat) > 1 else None

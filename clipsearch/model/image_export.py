@@ -22,7 +22,7 @@ from typing import Any
 
 import numpy as np
 
-from clipsearch.model import background_export
+from clipsearch.model import background_export, text_tower
 from clipsearch.model.identity import Preprocess
 from clipsearch.model.image_tower import (
     CHECK_VECTORS,
@@ -120,18 +120,10 @@ def verify_built(embedder: Any, index_dir: Path) -> bool:
 
 def _preoptimize(folder: Path, pixels: np.ndarray) -> dict[str, Any]:
     """ONNX Runtime's EXTENDED graph optimisations saved once, weights in a memory-mapped file beside
-    the graph (as text_export._preoptimize; ALL would bake in this CPU's layouts). Kept only when
+    the graph (text_tower.save_optimised, as text_export._preoptimize). Kept only when
     the check pictures stay within cosine 0.9999; loading then takes a fraction of the time."""
-    import onnxruntime as ort
-
     target = folder / "model.opt.onnx"
-    options = ort.SessionOptions()
-    options.log_severity_level = 3
-    options.graph_optimization_level = ort.GraphOptimizationLevel.ORT_ENABLE_EXTENDED
-    options.optimized_model_filepath = str(target)
-    options.add_session_config_entry("session.optimized_model_external_initializers_file_name", target.name + ".data")
-    options.add_session_config_entry("session.optimized_model_external_initializers_min_size_in_bytes", "1024")
-    ort.InferenceSession(str(folder / "model.onnx"), options, providers=["CPUExecutionProvider"])
+    text_tower.save_optimised(folder / "model.onnx", target)
     before = OnnxImageEncoder(folder, "model.onnx", preoptimized=False).embed_images(pixels)
     after = OnnxImageEncoder(folder, target.name, preoptimized=True).embed_images(pixels)
     if float(np.min(np.sum(before * after, axis=1))) < 0.9999:

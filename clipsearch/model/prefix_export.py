@@ -28,6 +28,8 @@ import warnings
 from pathlib import Path
 from typing import Any
 
+from clipsearch.model import text_tower
+
 FILE = "prefix.onnx"
 
 
@@ -140,20 +142,11 @@ def finish(folder: Path, meta: dict[str, Any]) -> dict[str, Any]:
 
 def _optimise(folder: Path, file: str) -> dict[str, Any]:
     """The graph saved with ONNX Runtime's EXTENDED optimisations, weights in a file of its own
-    that a session memory-maps (as text_export._preoptimize, which says why not ALL); {} when
+    that a session memory-maps (text_tower.save_optimised); {} when
     ONNX Runtime cannot, and the plain file stays."""
-    import onnxruntime as ort
-
     target = folder / file.replace(".onnx", ".opt.onnx")
-    options = ort.SessionOptions()
-    options.log_severity_level = 3
-    options.graph_optimization_level = ort.GraphOptimizationLevel.ORT_ENABLE_EXTENDED
-    options.optimized_model_filepath = str(target)
-    options.add_session_config_entry("session.optimized_model_external_initializers_file_name",
-                                     target.name + ".data")
-    options.add_session_config_entry("session.optimized_model_external_initializers_min_size_in_bytes", "1024")
     try:
-        ort.InferenceSession(str(folder / file), options, providers=["CPUExecutionProvider"])
+        text_tower.save_optimised(folder / file, target)
     except Exception:  # noqa: BLE001 - the unoptimised graph answers the same, only loads slower
         return {}
     return {"file": target.name, "preoptimized": True}

@@ -37,6 +37,7 @@ from clipsearch.model.text_tower import (
     available,
     record_sizes,
     remove,
+    save_optimised,
 )
 from clipsearch.model.tokenizer import VOCAB_NAME
 
@@ -278,22 +279,13 @@ def _write_hf(fp32: Any, tok: Any, folder: Path, meta: dict[str, Any]) -> None:
 def _preoptimize(folder: Path, file: str) -> dict[str, Any]:
     """Save the model with ONNX Runtime's graph optimisations applied, if it answers the same.
 
-    EXTENDED, not ALL: the ALL level adds layout rewrites for this very CPU, and an index folder may
-    move to another machine. Kept only when every check prompt stays within cosine 0.9999. The
-    weights go to a file of their own, which a session memory-maps instead of parsing and copying
-    them: 0.4-0.6 s -> 0.02 s to load ViT-B-32's fp32 text tower (bench/bench_text_precision.py).
+    EXTENDED, not ALL (text_tower.save_optimised says why). Kept only when every check prompt stays
+    within cosine 0.9999. The weights go to a file of their own, which a session memory-maps
+    instead of parsing and copying them: 0.4-0.6 s -> 0.02 s to load ViT-B-32's fp32 text tower
+    (bench/bench_text_precision.py).
     """
-    import onnxruntime as ort
-
     target = folder / file.replace(".onnx", ".opt.onnx")
-    options = ort.SessionOptions()
-    options.log_severity_level = 3
-    options.graph_optimization_level = ort.GraphOptimizationLevel.ORT_ENABLE_EXTENDED
-    options.optimized_model_filepath = str(target)
-    options.add_session_config_entry("session.optimized_model_external_initializers_file_name",
-                                     target.name + ".data")
-    options.add_session_config_entry("session.optimized_model_external_initializers_min_size_in_bytes", "1024")
-    ort.InferenceSession(str(folder / file), options, providers=["CPUExecutionProvider"])
+    save_optimised(folder / file, target)
     before = OnnxTextEncoder(folder, file, preoptimized=False).embed_texts(CHECK_PROMPTS)
     after = OnnxTextEncoder(folder, target.name, preoptimized=True).embed_texts(CHECK_PROMPTS)
     if float(np.min(np.sum(before * after, axis=1))) < 0.9999:

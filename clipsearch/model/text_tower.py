@@ -98,6 +98,26 @@ def session(model: Path, preoptimized: bool, threads: int | None = None) -> Any:
     return ort.InferenceSession(str(model), options, providers=["CPUExecutionProvider"])
 
 
+def save_optimised(source: Path, target: Path) -> None:
+    """`source` saved as `target` with ONNX Runtime's EXTENDED graph optimisations applied once, its
+    weights in `target`.data, a file sessions memory-map instead of parsing and copying.
+
+    EXTENDED, not ALL: the ALL level adds layout rewrites for this very CPU, and an index folder may
+    move to another machine. The session exists only to write the file, so its weight pre-packing
+    (a copy of every weight, never saved) is off. Raises what ONNX Runtime raises.
+    """
+    import onnxruntime as ort
+
+    options = ort.SessionOptions()
+    options.log_severity_level = 3
+    options.graph_optimization_level = ort.GraphOptimizationLevel.ORT_ENABLE_EXTENDED
+    options.optimized_model_filepath = str(target)
+    options.add_session_config_entry("session.optimized_model_external_initializers_file_name", target.name + ".data")
+    options.add_session_config_entry("session.optimized_model_external_initializers_min_size_in_bytes", "1024")
+    options.add_session_config_entry("session.disable_prepacking", "1")
+    ort.InferenceSession(str(source), options, providers=["CPUExecutionProvider"])
+
+
 class OnnxTextEncoder:
     """Texts -> normalised float32 vectors with ONNX Runtime; no torch anywhere."""
 

@@ -36,7 +36,7 @@ from typing import Any
 
 import numpy as np
 
-from clipsearch.model import image_tower, onnx_proto
+from clipsearch.model import image_tower, onnx_proto, text_tower
 from clipsearch.model.vit_config import VitTower, head_scale
 
 BUILT = "vit_graph"  # meta.json's `built` for a graph made here
@@ -179,20 +179,11 @@ def graph(t: VitTower, folder: Path, file: str = "model.onnx") -> Path:
 
 
 def _optimise(folder: Path, file: str) -> str:
-    """ONNX Runtime's EXTENDED optimisations saved once (as image_export._preoptimize, without its
-    before/after comparison: the verification against open_clip covers the saved file), weights
-    memory-mapped beside it; the raw graph is then deleted."""
-    import onnxruntime as ort
-
+    """ONNX Runtime's EXTENDED optimisations saved once (text_tower.save_optimised), weights
+    memory-mapped beside it; the raw graph is then deleted. Unlike image_export._preoptimize there
+    is no before/after comparison: the verification against open_clip covers the saved file."""
     target = "model.opt.onnx"
-    options = ort.SessionOptions()
-    options.log_severity_level = 3
-    options.graph_optimization_level = ort.GraphOptimizationLevel.ORT_ENABLE_EXTENDED
-    options.optimized_model_filepath = str(folder / target)
-    options.add_session_config_entry("session.optimized_model_external_initializers_file_name", target + ".data")
-    options.add_session_config_entry("session.optimized_model_external_initializers_min_size_in_bytes", "1024")
-    options.add_session_config_entry("session.disable_prepacking", "1")  # a copy of every weight, unused
-    ort.InferenceSession(str(folder / file), options, providers=["CPUExecutionProvider"])
+    text_tower.save_optimised(folder / file, folder / target)
     (folder / file).unlink()
     (folder / f"{file}.data").unlink()
     return target

@@ -42,11 +42,14 @@ import common
 HERE = Path(__file__).resolve().parent.parent
 # `clipsearch ARGS` in a child whose peak RSS (kB) is printed last on stderr (as bench_lean_index);
 # with FORCE_TOWER=1 the child takes the tower at any N (the crossover curve measures past it).
+# bench_vit_graph runs it on older trees too: their CROSSOVER is flat (precision -> photos), and
+# they have no OPENVINO_FROM.
 WRAPPER = ("import os, resource, subprocess, sys\n"
            "inner = ('import sys; from clipsearch.model import onnx_indexing\\n'\n"
            "         'if sys.argv[1] == \"1\":\\n'\n"
            "         '    c = onnx_indexing.CROSSOVER\\n'\n"
-           "         '    onnx_indexing.CROSSOVER = {k: dict.fromkeys(v) for k, v in c.items()}\\n'\n"
+           "         '    onnx_indexing.CROSSOVER = {k: dict.fromkeys(v) if isinstance(v, dict) else None\\n'\n"
+           "         '                               for k, v in c.items()}\\n'\n"
            "         '    onnx_indexing.OPENVINO_FROM = 1\\n'\n"
            "         'sys.argv = [\"clipsearch\", *sys.argv[2:]]\\n'\n"
            "         'from clipsearch.cli import main; main()')\n"

@@ -29,24 +29,10 @@ from pathlib import Path
 from typing import Any
 
 sys.path.insert(0, str(Path(__file__).resolve().parent))
+import bench_onnx_index
 import common
 
 HERE = Path(__file__).resolve().parent.parent
-# `clipsearch ARGS` in a child; its peak RSS (kB) printed last on stderr. FORCE_TOWER=1 lifts the
-# crossover in the child (only this tree reads it: the baseline's torch path ignores it).
-WRAPPER = ("import os, resource, subprocess, sys\n"
-           "inner = ('import sys; from clipsearch.model import onnx_indexing\\n'\n"
-           "         'if sys.argv[1] == \"1\":\\n'\n"
-           "         '    c = onnx_indexing.CROSSOVER\\n'\n"
-           "         '    # nested per runtime since ovindex; flat (precision -> photos) in older trees\\n'\n"
-           "         '    onnx_indexing.CROSSOVER = {k: dict.fromkeys(v) if isinstance(v, dict) else None\\n'\n"
-           "         '                               for k, v in c.items()}\\n'\n"
-           "         'sys.argv = [\"clipsearch\", *sys.argv[2:]]\\n'\n"
-           "         'from clipsearch.cli import main; main()')\n"
-           "rc = subprocess.run([sys.executable, '-c', inner, os.environ.get('FORCE_TOWER', '0'), *sys.argv[1:]])"
-           ".returncode\n"
-           "print('peak-rss-kb', resource.getrusage(resource.RUSAGE_CHILDREN).ru_maxrss, file=sys.stderr)\n"
-           "sys.exit(rc)\n")
 # Where the fixed cost goes, in a fresh process: torch's Embedder (imports, skeleton, image tower in
 # the run's precision) against the graph (config and header, the build, the ONNX Runtime session).
 SPLIT = ("import json, resource, sys, tempfile, time\n"
@@ -77,8 +63,10 @@ def first_index(tree: Path, model: str, folder: Path, work: Path, force: bool) -
     index = home / "index"
     args = ["index", str(folder), "--index", str(index), "--model", model, "--json"]
     start = time.perf_counter()
-    proc = subprocess.run([sys.executable, "-c", WRAPPER, *args], capture_output=True, text=True, env=env,
-                          check=False, cwd=work)  # not the repository: `python -c` would import its clipsearch
+    # FORCE_TOWER=1 in env lifts the crossover in the child (only this tree reads it: the baseline's
+    # torch path ignores it); cwd is not the repository: `python -c` would import its clipsearch.
+    proc = subprocess.run([sys.executable, "-c", bench_onnx_index.WRAPPER, *args], capture_output=True, text=True,
+                          env=env, check=False, cwd=work)
     wall = time.perf_counter() - start
     if proc.returncode != 0:
         raise RuntimeError(f"{tree}: clipsearch {' '.join(args)} failed: {proc.stderr[-2000:]}")

@@ -80,7 +80,7 @@ def test_query_share_is_clips_softmax_and_paraphrases_do_not_outvote() -> None:
     background = rng.normal(size=(50, 16)).astype(np.float32)
     background /= np.linalg.norm(background, axis=1, keepdims=True)
     query = background[7].copy()  # the query is, word for word, one of the vocabulary's labels
-    kept = relevance.alternatives(query, background)
+    kept = background[relevance.alternative_mask(query, background)]
     assert len(kept) == 49 and not np.any(np.all(np.isclose(kept, query), axis=1))
     # Two alternatives at equal score with the query: a third each. A clear winner takes nearly all.
     share = relevance.query_share(np.array([0.3, 0.5]), np.array([[0.3, 0.3], [0.2, 0.1]]), 100.0)

@@ -103,19 +103,19 @@ def background_set_id(prompts: list[str]) -> str:
     return "relevance:" + hashlib.sha256("\n".join(prompts).encode("utf-8")).hexdigest()[:16]
 
 
-def alternatives(query: np.ndarray, background: np.ndarray, z: float = PARAPHRASE_Z) -> np.ndarray:
-    """The background texts minus those that paraphrase the query (its robust outliers in text space).
+def alternative_mask(query: np.ndarray, background: np.ndarray, z: float = PARAPHRASE_Z) -> np.ndarray:
+    """Which background texts are alternatives to the query, as booleans: all but those that
+    paraphrase it (its robust outliers in text space).
 
     Each remaining text counts once, as a class does in CLIP's zero-shot softmax. (Counting texts
     that embed alike as one vote was tried: on the tiny model, whose unknown words all embed alike,
     it let half-matching photos and unrelated queries through; see docs/search.md.)
     """
-    return background[alternative_mask(query, background, z)]
+    return _not_paraphrases(background @ query, z)
 
 
-def alternative_mask(query: np.ndarray, background: np.ndarray, z: float = PARAPHRASE_Z) -> np.ndarray:
-    """Which background texts are alternatives to the query (`alternatives`), as booleans."""
-    sims = background @ query
+def _not_paraphrases(sims: np.ndarray, z: float) -> np.ndarray:
+    """One text's similarities to the background -> which background texts do not paraphrase it."""
     centre, spread = robust_stats(sims)
     return sims < centre + z * spread if spread > 0 else sims < centre + 1e-6
 
@@ -138,8 +138,7 @@ def paraphrase_mask(texts: np.ndarray, background: np.ndarray, z: float = PARAPH
     sims = texts @ background.T
     keep = np.ones(sims.shape, dtype=bool)
     for j, row in enumerate(sims):
-        centre, spread = robust_stats(row)
-        keep[j] = row < centre + z * spread if spread > 0 else row < centre + 1e-6
+        keep[j] = _not_paraphrases(row, z)
     return keep
 
 

@@ -72,11 +72,10 @@ class VectorIndex:
         self._backdrop = backdrop
         self._folder = folder
         self._mapped: tuple[Path, tuple[int, int, int]] | None = None  # the file it maps, as it was then
-        self._positions: tuple[np.ndarray, np.ndarray, np.ndarray] | None = None  # vectors_of's id map
+        self._positions: _FlatMap | None = None  # a flat index's ids, sorted and by row, and its storage
         # What the search layer derives from this generation's vectors (background_scores.py): it
         # lives and dies with them.
         self.derived: dict[str, Any] = {}
-        self._id_map = np.zeros(0, np.int64)  # a flat index's row -> id, with _positions
         self._half: HalfScan | None = None
         self._searches = 0
 
@@ -246,7 +245,7 @@ class VectorIndex:
         mapped = self._flat_map()
         if mapped is None:
             return None
-        sorted_ids, order, _ = mapped
+        sorted_ids, order = mapped[0], mapped[1]
         want = np.asarray(ids, dtype=np.int64)
         if len(sorted_ids) == 0:
             return None if len(want) else np.zeros(0, np.int64)
@@ -255,7 +254,7 @@ class VectorIndex:
             return None
         return order[at]
 
-    def _flat_map(self) -> tuple[np.ndarray, np.ndarray, np.ndarray] | None:
+    def _flat_map(self) -> _FlatMap | None:
         import faiss
 
         if _ivf(self.index) is not None:
@@ -266,8 +265,7 @@ class VectorIndex:
             id_map = faiss.vector_to_array(self.index.id_map).astype(np.int64)
             order = np.argsort(id_map, kind="stable")
             flat = faiss.rev_swig_ptr(inner.get_xb(), n * d).reshape(n, d)  # type: ignore[attr-defined]
-            self._positions = (id_map[order], order, flat)
-            self._id_map = id_map
+            self._positions = (id_map[order], order, flat, id_map)
         return self._positions
 
     def search(self, queries: np.ndarray, k: int) -> tuple[np.ndarray, np.ndarray]:
@@ -298,11 +296,13 @@ class VectorIndex:
         that searches once (a CLI query) never pays for it."""
         self._searches += 1
         if self._half is None and self._searches >= 2 and (mapped := self._flat_map()) is not None:
-            self._half = HalfScan(mapped[2], self._id_map)
+            self._half = HalfScan(mapped[2], mapped[3])
         return self._half
 
 
 FEW_QUERIES = 4
+# (ids sorted, the row of each sorted id, the (rows, dim) float32 storage, the id of each row)
+_FlatMap = tuple[np.ndarray, np.ndarray, np.ndarray, np.ndarray]
 
 
 PROBES = 8

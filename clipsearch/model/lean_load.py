@@ -20,6 +20,8 @@ from collections.abc import Callable
 from pathlib import Path
 from typing import TYPE_CHECKING, Any
 
+from clipsearch.model.vit_config import read_header
+
 if TYPE_CHECKING:
     import torch
 
@@ -85,17 +87,6 @@ _DTYPES = {"F64": "float64", "F32": "float32", "F16": "float16", "BF16": "bfloat
            "I32": "int32", "I16": "int16", "I8": "int8", "U8": "uint8", "BOOL": "bool"}
 
 
-def _header(f: Any) -> tuple[dict[str, Any], int]:
-    """safetensors' layout: 8 bytes of header length, a JSON header, then the tensors' bytes."""
-    import json
-    import struct
-
-    (length,) = struct.unpack("<Q", f.read(8))
-    header = json.loads(f.read(length))
-    header.pop("__metadata__", None)
-    return header, 8 + length
-
-
 def read(weights: Path, towers: tuple[str, ...], dtype: torch.dtype, device: str = "cpu") -> dict[str, torch.Tensor]:
     """The tensors of `towers` (plus the shared scalars), each cast to `dtype` as it is read.
 
@@ -106,8 +97,8 @@ def read(weights: Path, towers: tuple[str, ...], dtype: torch.dtype, device: str
     import torch
 
     out: dict[str, torch.Tensor] = {}
+    header, base = read_header(weights)
     with weights.open("rb") as f:
-        header, base = _header(f)
         for key, info in sorted(header.items(), key=lambda kv: kv[1]["data_offsets"][0]):
             if tower_of(key) != "shared" and tower_of(key) not in towers:
                 continue

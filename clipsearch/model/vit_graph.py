@@ -36,7 +36,7 @@ from typing import Any
 
 import numpy as np
 
-from clipsearch.model import image_tower, onnx_proto, text_tower
+from clipsearch.model import background_export, image_tower, onnx_proto, text_tower
 from clipsearch.model.vit_config import VitTower, head_scale
 
 BUILT = "vit_graph"  # meta.json's `built` for a graph made here
@@ -218,3 +218,21 @@ def built(index_dir: Path, weights_sha256: str) -> bool:
                 and all((index_dir / image_tower.FOLDER / n).stat().st_size == s for n, s in sizes.items()))
     except (OSError, ValueError, AttributeError):
         return False
+
+
+def unchecked_mark(meta: dict[str, Any]) -> str | None:
+    """What the vectors of the tower whose meta.json is `meta` are stored with (index/unchecked.py):
+    for a graph built here and not yet checked against open_clip, its kind and weights; None for a
+    checked graph or a torch export, whose vectors open_clip has vouched for."""
+    if meta.get("built") != BUILT or meta.get("reference") == image_tower.REFERENCE:
+        return None
+    return f"{BUILT}:{meta.get('weights_sha256')}"
+
+
+def rejected_mark(index_dir: Path) -> str | None:
+    """The mark of the graph the background check found unlike open_clip in this index, or None:
+    the vectors carrying it want embedding again. Read from the exporter's durable verdict
+    (background_export.DECLINED, written before the graph is replaced), never from the graph's
+    folder, which is gone by then."""
+    sha = background_export.declined(index_dir).get(BUILT)
+    return None if sha is None else f"{BUILT}:{sha}"

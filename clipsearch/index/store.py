@@ -200,9 +200,9 @@ class Store:
                     skips: Iterable[SkipRecord] = (), delete_ids: Iterable[int] = (),
                     moves: Iterable[tuple[int, str, int, int]] = (), forget_skips: Iterable[str] = (),
                     videos: Sequence[VideoFrames | None] = (), unchecked: str | None = None) -> list[int]:
-        """One transaction: upsert images with their vectors (and videos' frames, `videos[i]` for
-        `records[i]`), record skips, delete, move, forget the skips of files that are gone. Returns ids.
-        `unchecked`: the mark of the unchecked graph that embedded these vectors (index/unchecked.py)."""
+        """One transaction: upsert images with their vectors (and videos' frames, `videos[i]` for `records[i]`;
+        `unchecked`: the mark of the graph that embedded them, index/unchecked.py), record skips, delete,
+        move, forget the skips of files that are gone. Returns ids."""
         try:
             return self._write_batch(records, vectors, skips, delete_ids, moves, forget_skips, videos, unchecked)
         except sqlite3.OperationalError as exc:

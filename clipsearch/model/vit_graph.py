@@ -24,6 +24,9 @@ temporary name and renamed into place. It is not verified against open_clip here
 torch): meta.json says `built: vit_graph` and carries no `reference`, so image_tower.available
 (what queries ask) refuses it until the background exporter, which has torch, has checked it on
 the check pictures and recorded open_clip's vectors (verify), or replaced it with its own export.
+Until then its vectors are stored with its mark (`unchecked_mark`), and the photos whose vectors
+carry the mark of a graph that check rejected (`rejected_mark`) are embedded again by the next
+index run (index/unchecked.py).
 """
 
 from __future__ import annotations

@@ -137,9 +137,16 @@ def test_photos_a_rejected_graph_embedded_wait_in_status_and_the_next_index_embe
     hits = runner.invoke(app, ["query", "a red circle", "--json", "-n", "3", "--min-score", "-1"])
     assert hits.exit_code == 0 and len(json.loads(hits.stdout)["results"]) == 3  # queries work meanwhile
 
+    # One of them moved meanwhile: its row follows it (same id, so its tags would stay) and is embedded again.
+    (photos / "later" / "moved").mkdir()
+    later[0] = str(shutil.move(later[0], photos / "later" / "moved" / Path(later[0]).name))
+    with Store.open(index) as store:
+        moved_id = store.id_for_path(str(Path(later[0]).parent.parent / Path(later[0]).name))
     done = _index()
-    assert (done["reembedded"], done["new"], done["changed"], done["unchanged"]) == (4, 0, 0, 4)
+    assert (done["reembedded"], done["new"], done["changed"], done["unchanged"], done["moved"]) == (4, 0, 0, 4, 1)
     assert done["embedded_with"] == image_tower.ONNXRUNTIME  # the verified torch export, not the graph
+    with Store.open(index) as store:
+        assert moved_id is not None and store.id_for_path(later[0]) == moved_id
     after = _vectors(index)
     assert not any(mark for _, mark in after.values())
     assert all(np.array_equal(after[p][0], v) for p, (v, _) in before.items())  # open_clip's rows untouched

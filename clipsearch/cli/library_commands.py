@@ -110,7 +110,7 @@ def forget(paths: tuple[Path, ...], wait: bool, as_json: bool, index_path: Path 
 @index_option
 @handles_errors
 def status(show_skipped: bool, as_json: bool, index_path: Path | None) -> None:
-    """Where the index is, its model, how many photos, what was skipped, the last run."""
+    """Where the index is, its model, how many photos, what was skipped or waits to be embedded again, the last run."""
     from clipsearch.cli import render
 
     lib = library(index_path)

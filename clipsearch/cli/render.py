@@ -162,7 +162,10 @@ def index_summary(s: IndexSummary, wall: float | None = None) -> str:
     if s.skipped:
         reasons = ", ".join(f"{reason}: {n}" for reason, n in s.skipped.most_common())
         out += f"Skipped ({reasons}) — `clipsearch status --show-skipped` lists them.\n"
-    if not (s.new or s.changed or s.unchanged or s.moved):
+    if s.reembedded:
+        out += (f"Embedded again: {plural(s.reembedded, 'photo')} whose vectors came from an image model built "
+                "without torch that did not match open_clip when checked.\n")
+    if not (s.new or s.changed or s.unchanged or s.moved or s.reembedded):
         why = "; ".join(f"{short_path(p)}: {r}" + (f" ({d})" if d else "") for p, r, d in s.skipped_files[:3])
         out += (f"Nothing was indexed: {why}.\n" if why else "Nothing was indexed: no photos (jpg, png, heic, "
                 "webp, tiff, raw, …) were found; hidden files and folders need --include-hidden.\n")
@@ -210,6 +213,7 @@ def status_text(st: Status) -> str:
         f"text model:   {text}",
         "image model:  " + ("ready (image queries of new photos, and index runs of a few, load no model)"
                             if st.image_model else "none (new photos are embedded by the model)"),
+        *([f"to re-embed:  {plural(st.reembed, 'photo')}: {st.reembed_reason}"] if st.reembed else []),
         f"last run:     {st.last_run_at or 'never'}",
     ]
     lines += [f"{'roots:' if i == 0 else '':14}{short_path(r)}" for i, r in enumerate(st.roots)]

@@ -135,8 +135,18 @@ def m008_videos(db: sqlite3.Connection) -> None:
         )""")
 
 
+def m009_unchecked_vectors(db: sqlite3.Connection) -> None:
+    # Which vectors an image graph built without torch (model/vit_graph.py) embedded before the background
+    # exporter had checked it against open_clip: 'vit_graph:<weights sha256>', NULL for open_clip's and a
+    # checked export's. When the check rejects that graph, exactly these rows are re-embedded
+    # (index/unchecked.py). The partial index keeps finding them cheap: NULL rows are not in it.
+    db.execute("ALTER TABLE vectors ADD COLUMN unchecked_graph TEXT")
+    db.execute("CREATE INDEX vectors_unchecked ON vectors (unchecked_graph) WHERE unchecked_graph IS NOT NULL")
+
+
 STEPS: list[Callable[[sqlite3.Connection], None]] = [m001_initial, m002_query_cache, m003_tags, m004_personal_tags,
-                                                     m005_image_count, m006_roots, m007_camera, m008_videos]
+                                                     m005_image_count, m006_roots, m007_camera, m008_videos,
+                                                     m009_unchecked_vectors]
 
 
 def applied(conn: sqlite3.Connection) -> list[str]:

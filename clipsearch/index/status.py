@@ -6,12 +6,16 @@ import json
 from dataclasses import dataclass
 from pathlib import Path
 
-from clipsearch.index import faults, roots, video_tables
+from clipsearch.index import faults, roots, unchecked, video_tables
 from clipsearch.index.store import Store
 from clipsearch.index.vectors import cache_state
-from clipsearch.model import background_export, image_tower, text_tower
+from clipsearch.model import background_export, image_tower, text_tower, vit_graph
 from clipsearch.model.identity import ModelIdentity
 from clipsearch.paths import display
+
+REEMBED_REASON = ("the image model clipsearch built without torch to embed them did not match open_clip when it was "
+                  "checked afterwards, so their vectors may be off; the next `clipsearch index` embeds them again "
+                  "(searches work meanwhile)")
 
 
 @dataclass(frozen=True)
@@ -30,6 +34,12 @@ class Status:
     video_frames: int = 0  # the moments kept of them, each video's first included
     exporting: tuple[str, ...] = ()  # the towers a background exporter is preparing (background_export.py)
     image_model: bool = False  # new photos embed without torch (image_tower.py, model/onnx_indexing.py)
+    reembed: int = 0  # photos (and videos) the next index run embeds again, a rejected graph's (unchecked.py)
+
+    @property
+    def reembed_reason(self) -> str | None:
+        """Why `reembed` photos wait, in words; None when none does."""
+        return REEMBED_REASON if self.reembed else None
 
     def as_dict(self) -> dict[str, object]:
         return {
@@ -42,6 +52,7 @@ class Status:
             "text_model": self.text_model, "roots": [display(r) for r in self.roots],
             "videos": self.videos, "video_frames": self.video_frames, "exporting": list(self.exporting),
             "image_model": self.image_model,
+            "reembed": self.reembed, "reembed_reason": self.reembed_reason,
         }
 
 
@@ -57,4 +68,5 @@ def status(folder: Path, store: Store) -> Status:
                   last[0] if last else None, json.loads(last[1]) if last and last[1] else None,
                   cache_state(folder, store), fast, tuple(roots.known(store)), videos, videos + later_frames,
                   background_export.running(folder),
-                  image_model=model is not None and image_tower.available(folder, model.weights_sha256))
+                  image_model=model is not None and image_tower.available(folder, model.weights_sha256),
+                  reembed=unchecked.count(store.db, vit_graph.rejected_mark(folder)))

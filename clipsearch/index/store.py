@@ -199,11 +199,12 @@ class Store:
     def write_batch(self, records: Sequence[ImageRecord], vectors: np.ndarray | None,
                     skips: Iterable[SkipRecord] = (), delete_ids: Iterable[int] = (),
                     moves: Iterable[tuple[int, str, int, int]] = (), forget_skips: Iterable[str] = (),
-                    videos: Sequence[VideoFrames | None] = ()) -> list[int]:
-        """One transaction: upsert images with their vectors (and videos' frames, `videos[i]` for
-        `records[i]`), record skips, delete, move, forget the skips of files that are gone. Returns ids."""
+                    videos: Sequence[VideoFrames | None] = (), unchecked: str | None = None) -> list[int]:
+        """One transaction: upsert images with their vectors (and videos' frames, `videos[i]` for `records[i]`;
+        `unchecked`: the mark of the graph that embedded them, index/unchecked.py), record skips, delete,
+        move, forget the skips of files that are gone. Returns ids."""
         try:
-            return self._write_batch(records, vectors, skips, delete_ids, moves, forget_skips, videos)
+            return self._write_batch(records, vectors, skips, delete_ids, moves, forget_skips, videos, unchecked)
         except sqlite3.OperationalError as exc:
             # The transaction was rolled back: the index holds exactly what it held before.
             raise StorageError(f"could not write the index at {self.path.parent} ({exc}); nothing from this "
@@ -212,7 +213,7 @@ class Store:
     def _write_batch(self, records: Sequence[ImageRecord], vectors: np.ndarray | None,
                      skips: Iterable[SkipRecord], delete_ids: Iterable[int],
                      moves: Iterable[tuple[int, str, int, int]], forget_skips: Iterable[str],
-                     videos: Sequence[VideoFrames | None]) -> list[int]:
+                     videos: Sequence[VideoFrames | None], unchecked: str | None) -> list[int]:
         ids: list[int] = []
         stamp = now()
         with self.atomic():
@@ -222,10 +223,10 @@ class Store:
                 image_id = int(self.db.execute(_UPSERT, values).fetchone()[0])
                 ids.append(image_id)
                 assert vectors is not None
-                self.db.execute("INSERT OR REPLACE INTO vectors (image_id, vector) VALUES (?, ?)",
-                                [image_id, encode_vector(vectors[i])])
+                self.db.execute("INSERT OR REPLACE INTO vectors (image_id, vector, unchecked_graph) VALUES (?, ?, ?)",
+                                [image_id, encode_vector(vectors[i]), unchecked])
                 self.db.execute("DELETE FROM skipped WHERE path = ?", [text])
-                video_tables.write(self.db, image_id, text, videos[i] if i < len(videos) else None)
+                video_tables.write(self.db, image_id, text, videos[i] if i < len(videos) else None, unchecked)
             for skip in skips:
                 text, raw = path_columns(skip.path)
                 self.db.execute("INSERT OR REPLACE INTO skipped (path, path_raw, size, mtime_ns, reason, detail, "

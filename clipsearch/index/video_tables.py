@@ -19,10 +19,12 @@ _FRAME = ("INSERT INTO images (path, size, mtime_ns, fingerprint, width, height,
           "camera, indexed_at, id, ? FROM images WHERE id = ? RETURNING id")
 
 
-def write(db: sqlite3.Connection, video_id: int, video_path: str, video: VideoFrames | None) -> None:
+def write(db: sqlite3.Connection, video_id: int, video_path: str, video: VideoFrames | None,
+          unchecked: str | None = None) -> None:
     """Replace the frames of the row `video_id` (inside the caller's transaction); a photo has none.
 
     A file once a video and now a photo (or re-decoded without frames) keeps no frame rows either.
+    `unchecked`: the mark of the unchecked graph that embedded the frames (index/unchecked.py).
     """
     db.execute("DELETE FROM images WHERE video_id = ?", [video_id])
     if video is None:
@@ -36,7 +38,8 @@ def write(db: sqlite3.Connection, video_id: int, video_path: str, video: VideoFr
         # The fingerprint is the frame's own: duplicates must not take a video's frames for copies of it.
         text = path_columns(frame_path(video_path, t))[0]
         frame_id = int(db.execute(_FRAME, [text, f"frame:{video_id}:{t:.3f}", t, video_id]).fetchone()[0])
-        db.execute("INSERT INTO vectors (image_id, vector) VALUES (?, ?)", [frame_id, encode_vector(vec)])
+        db.execute("INSERT INTO vectors (image_id, vector, unchecked_graph) VALUES (?, ?, ?)",
+                   [frame_id, encode_vector(vec), unchecked])
 
 
 def move(db: sqlite3.Connection, video_id: int, new_path: str, size: int, mtime_ns: int, stamp: str) -> None:

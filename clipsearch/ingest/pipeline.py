@@ -21,11 +21,12 @@ import numpy as np
 
 from clipsearch import paths
 from clipsearch.formats import is_video
-from clipsearch.index import video_tables
+from clipsearch.index import unchecked, video_tables
 from clipsearch.index.records import ImageRecord, SkipRecord, VideoFrames
 from clipsearch.index.store import Store
 from clipsearch.ingest import scan
-from clipsearch.ingest.plan import plan
+from clipsearch.ingest.plan import Plan, plan
+from clipsearch.model import vit_graph
 from clipsearch.model.onnx_indexing import ImageEmbedder
 
 COMMIT_EVERY = 256
@@ -48,6 +49,7 @@ class IndexSummary:
     skipped: Counter[str] = field(default_factory=Counter)
     skipped_files: list[tuple[str, str, str]] = field(default_factory=list)  # (path, reason, detail)
     embedded: int = 0
+    reembedded: int = 0  # unchanged files embedded again: a rejected image graph had embedded them (unchecked.py)
     seconds: float = 0.0
     embed_seconds: float = 0.0
     model_load_seconds: float = 0.0
@@ -68,6 +70,7 @@ class IndexSummary:
         return {
             "new": self.new, "changed": self.changed, "moved": self.moved, "removed": self.removed,
             "unchanged": self.unchanged, "skipped": dict(self.skipped), "embedded": self.embedded,
+            "reembedded": self.reembedded,
             "total_indexed": self.total, "seconds": round(self.seconds, 3),
             "model_load_seconds": round(self.model_load_seconds, 3), "embedded_with": self.embedded_with,
             "images_per_second": round(self.images_per_second, 2),
@@ -121,6 +124,7 @@ class BatchWriter:
         self.vectors: list[np.ndarray] = []
         self.skips: list[SkipRecord] = []
         self.videos: list[VideoFrames | None] = []
+        self.unchecked: str | None = None  # the mark of the unchecked graph embedding what is added (unchecked.py)
 
     def add(self, record: ImageRecord, vector: np.ndarray, video: VideoFrames | None = None) -> None:
         self.records.append(record)
@@ -142,7 +146,7 @@ class BatchWriter:
         if self.records or self.skips or delete_ids or moves or forget_skips:
             self.store.write_batch(self.records, np.stack(self.vectors) if self.vectors else None, self.skips,
                                    delete_ids=delete_ids, moves=moves, forget_skips=forget_skips,
-                                   videos=self.videos)
+                                   videos=self.videos, unchecked=self.unchecked)
         self.records, self.vectors, self.skips, self.videos = [], [], [], []
 
 
@@ -178,9 +182,14 @@ def run(store: Store, get_embedder: GetEmbedder, roots: list[str], found: list[s
     """
     start = time.perf_counter()
     summary = IndexSummary()
-    p = plan(store, roots, found, frozenset(path for path, _, _ in scan_problems.skipped))
-    summary.unchanged, summary.moved = p.unchanged, len(p.moves)
+    # Files whose vectors an image graph embedded that the background check then rejected: embedded
+    # again now, whatever this run embeds with (never that graph: encoders.py declines it).
+    redo = unchecked.files(store.db, vit_graph.rejected_mark(store.path.parent))
+    p = plan(store, roots, found, frozenset(path for path, _, _ in scan_problems.skipped), frozenset(redo))
+    summary.unchanged, summary.moved = p.unchanged, len(p.moves) + len(p.redo_moves)
     writer = BatchWriter(store)
+    if p.redo_moves:  # before their new paths are embedded (plan.py)
+        writer.commit(moves=p.redo_moves)
     for path, reason, detail in scan_problems.skipped:
         summary.skip(path, reason, detail)
         # Remembered like decoding failures, so that `status` counts what this summary counts.
@@ -194,11 +203,12 @@ def run(store: Store, get_embedder: GetEmbedder, roots: list[str], found: list[s
         embedder = get_embedder(images_to_embed(p.todo))
         summary.model_load_seconds = time.perf_counter() - t_load
         summary.embedded_with = embedder.runtime
+        writer.unchecked = embedder.unchecked
         if executor is None:
             from clipsearch.ingest.local_executor import LocalExecutor
 
             executor = LocalExecutor()
-        _commit_results(executor, p.todo, p.changed, embedder, max_pixels, writer, summary, progress)
+        _commit_results(executor, p, embedder, max_pixels, writer, summary, progress)
         summary.embed_seconds = executor.embed_seconds
     # A bad file since deleted is forgotten with its skip record, so it is no longer counted.
     writer.commit(delete_ids=p.removed_ids, moves=p.moves, forget_skips=p.gone_skips)
@@ -229,18 +239,20 @@ def images_to_embed(todo: list[scan.FoundFile]) -> int:
     return sum(max(1, round(SAMPLE_FPS * f.size / VIDEO_BYTES_PER_S)) if is_video(f.path) else 1 for f in todo)
 
 
-def _commit_results(executor: Executor, todo: list[scan.FoundFile], changed: set[str], embedder: ImageEmbedder,
-                    max_pixels: int, writer: BatchWriter, summary: IndexSummary, progress: Progress | None) -> None:
+def _commit_results(executor: Executor, p: Plan, embedder: ImageEmbedder, max_pixels: int, writer: BatchWriter,
+                    summary: IndexSummary, progress: Progress | None) -> None:
     # closing(): an error while committing stops the executor's workers (and a Ray runtime) now.
-    with contextlib.closing(executor.results(todo, embedder, max_pixels)) as results:
+    with contextlib.closing(executor.results(p.todo, embedder, max_pixels)) as results:
         for done, r in enumerate(results, start=1):
             if r.skip is not None:
                 writer.add_skip(r.skip)
                 summary.skip(r.file.path, r.skip.reason, r.skip.detail)
             else:
                 assert r.record is not None and r.vector is not None
-                if r.file.path in changed:
+                if r.file.path in p.changed:
                     summary.changed += 1
+                elif r.file.path in p.redo:
+                    summary.reembedded += 1
                 else:
                     summary.new += 1
                 writer.add(r.record, r.vector, r.video)

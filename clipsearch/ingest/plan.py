@@ -36,15 +36,21 @@ class Plan:
     moves: list[tuple[int, str, int, int]] = field(default_factory=list)  # (id, new path, size, mtime_ns)
     removed_ids: list[int] = field(default_factory=list)
     skips: list[SkipRecord] = field(default_factory=list)  # known-bad files, unchanged since they were skipped
+    # Paths in `todo` whose stored vector a rejected image graph embedded (index/unchecked.py), and
+    # the moves among `moves` of such files: committed before they are embedded again under the new path.
+    redo: set[str] = field(default_factory=set)
+    redo_moves: list[tuple[int, str, int, int]] = field(default_factory=list)
     gone_skips: list[str] = field(default_factory=list)  # skip records of files no longer there: forgotten
     unchanged: int = 0
 
 
-def plan(store: Store, roots: list[str], found: list[scan.FoundFile], reported: frozenset[str] = frozenset()) -> Plan:
+def plan(store: Store, roots: list[str], found: list[scan.FoundFile], reported: frozenset[str] = frozenset(),
+         redo: frozenset[int] = frozenset()) -> Plan:
     """Compare the scan under `roots` with what the index holds there (no decoding, no hashing).
 
     `reported` are the paths the scan itself passed over with a reason (a broken symlink): they are
-    still there, so their skip records stay.
+    still there, so their skip records stay. `redo` are the ids of rows whose vectors must be embedded
+    again though their files are unchanged (a rejected image graph's: index/unchecked.py).
     """
     known = {p: k for p, k in store.known_files().items() if paths.under(p, roots)}
     skipped_before = store.skipped_unchanged()
@@ -55,11 +61,14 @@ def plan(store: Store, roots: list[str], found: list[scan.FoundFile], reported: 
     for f in found:
         k = known.get(f.path)
         if k is not None:
-            if k.size == f.size and k.mtime_ns == f.mtime_ns:
-                out.unchanged += 1
-            else:
+            if (k.size, k.mtime_ns) != (f.size, f.mtime_ns):
                 out.todo.append(f)
                 out.changed.add(f.path)
+            elif k.id in redo:
+                out.todo.append(f)
+                out.redo.add(f.path)
+            else:
+                out.unchanged += 1
             continue
         before = skipped_before.get(f.path)
         if before is not None and (before.size, before.mtime_ns) == (f.size, f.mtime_ns):
@@ -67,6 +76,13 @@ def plan(store: Store, roots: list[str], found: list[scan.FoundFile], reported: 
             continue
         new_files.append(f)
     out.todo.extend(_match_moves(new_files, missing, out.moves))  # changed files first, then new ones
+    # A moved file whose vector wants embedding again: its row follows it first (same id, so its tags
+    # stay), then it is embedded at its new path like any other in `redo`.
+    by_path = {f.path: f for f in new_files}
+    out.redo_moves = [m for m in out.moves if m[0] in redo]
+    out.moves = [m for m in out.moves if m[0] not in redo]
+    out.todo.extend(by_path[m[1]] for m in out.redo_moves)
+    out.redo.update(m[1] for m in out.redo_moves)
     out.removed_ids = [k.id for k in missing.values()]
     # A skip record describes a file; with the file gone (under the roots scanned) it is forgotten too.
     out.gone_skips = [p for p in skipped_before

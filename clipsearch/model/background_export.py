@@ -15,7 +15,9 @@ is stale and ignored). Exports of the same weights for two indexes wait for each
 beside the cache), so the second links the first's result. Each export is written to a temporary
 folder and renamed into place, so a kill leaves no half folder (index/vectors.remove_orphan_temps
 deletes a dead writer's temporary folder). A model that cannot be exported, or whose export does
-not answer like open_clip, is recorded in DECLINED and not tried again for those weights.
+not answer like open_clip, is recorded in DECLINED and not tried again for those weights. For the
+image graph an index run built without torch (vit_graph.py) that record is also the verdict that
+its photos' vectors are wrong: the next index run embeds them again (index/unchecked.py).
 
 $CLIPSEARCH_EXPORT=inline keeps the text export in the indexing run as before (for a folder that
 will be read-only later, or a script that wants the fast path as soon as `index` returns);
@@ -35,7 +37,7 @@ from collections.abc import Callable, Iterator
 from pathlib import Path
 from typing import Any
 
-from clipsearch import config
+from clipsearch import config, failpoints, paths
 from clipsearch.model import image_tower, text_tower
 from clipsearch.model.identity import ModelIdentity
 
@@ -89,12 +91,21 @@ def declined(index_dir: Path) -> dict[str, str]:
     return {str(k): str(v) for k, v in got.items()} if isinstance(got, dict) else {}
 
 
-def _decline(index_dir: Path, tower: str, sha: str) -> None:
-    record = {**declined(index_dir), tower: sha}
-    tmp = index_dir / f"{DECLINED}.{os.getpid()}.tmp"
-    with contextlib.suppress(OSError):
-        tmp.write_text(json.dumps(record))
-        os.replace(tmp, index_dir / DECLINED)
+def _decline(index_dir: Path, tower: str, sha: str) -> bool:
+    """Record `tower` declined for these weights, durably (fsynced, renamed, the folder fsynced): for
+    the built graph this is the verdict that sends its photos to be embedded again
+    (vit_graph.rejected_mark). False where it could not be written."""
+    record = json.dumps({**declined(index_dir), tower: sha})
+
+    def write(tmp: Path) -> None:
+        tmp.write_text(record)
+
+    try:
+        paths.replace_atomically(index_dir / DECLINED, write)
+    except OSError:
+        return False
+    paths.fsync_dir(index_dir)
+    return True
 
 
 def running(index_dir: Path) -> tuple[str, ...]:
@@ -186,9 +197,31 @@ def _weights_lock(sha: str) -> Iterator[None]:
         handle.close()
 
 
+def _image(index_dir: Path, sha: str, embedder: Callable[[], Any]) -> bool:
+    """The image tower: a graph an index run built without torch (vit_graph.py) checked against
+    open_clip, else (or when it does not answer alike) the torch export; False when neither is had."""
+    from clipsearch.model import image_export, vit_graph
+
+    built = vit_graph.built(index_dir, sha)
+    rejected = declined(index_dir).get(vit_graph.BUILT) == sha  # an earlier check's verdict stands
+    if built and not rejected and image_export.verify_built(embedder(), index_dir):
+        return True
+    if built and not rejected:
+        # The verdict first, durably: it keeps index runs off this graph and sends the photos it
+        # embedded (their vectors carry its mark, index/unchecked.py) to be embedded again by the
+        # next run. Unrecorded, the graph is not replaced either, so the next exporter checks it
+        # again rather than leaving those photos unnoticed.
+        if not _decline(index_dir, vit_graph.BUILT, sha):
+            raise OSError(f"could not record in {DECLINED} that the built image tower was rejected")
+        failpoints.hit("graph-rejected")  # the verdict recorded, the graph not yet replaced
+        print("the image tower built without torch does not answer like open_clip: the next `clipsearch index` "
+              "embeds the photos it embedded again", file=sys.stderr)  # into LOG
+    return bool(image_export.export(embedder(), index_dir))
+
+
 def _main(index_dir: Path, model_name: str, weights_sha256: str, towers: list[str]) -> int:
     """The background export: the index's weights from this machine, fp32 on the CPU, one tower at a time."""
-    from clipsearch.model import image_export, names, text_export, vit_graph
+    from clipsearch.model import names, text_export
     from clipsearch.model.embedder import Embedder
 
     with contextlib.suppress(OSError):
@@ -226,15 +259,7 @@ def _main(index_dir: Path, model_name: str, weights_sha256: str, towers: list[st
                         continue
                     done = text_export.export(embedder(tower), index_dir)
             elif tower == "image" and image_enabled() and not image_tower.available(index_dir, weights_sha256):
-                # A graph an index run built without torch (vit_graph.py) is checked against
-                # open_clip here, and replaced by the torch export when it does not answer alike.
-                done = vit_graph.built(index_dir, weights_sha256) and image_export.verify_built(embedder(tower),
-                                                                                               index_dir)
-                if not done and vit_graph.built(index_dir, weights_sha256):
-                    _decline(index_dir, vit_graph.BUILT, weights_sha256)  # no index run builds it again
-                    print("the image tower built without torch does not answer like open_clip: photos it "
-                          "embedded want `clipsearch index --rebuild`", file=sys.stderr)  # into LOG
-                done = done or image_export.export(embedder(tower), index_dir)
+                done = _image(index_dir, weights_sha256, lambda: embedder("image"))
             else:
                 continue
             if not done:

@@ -91,6 +91,8 @@ def _dtype(precision: str) -> torch.dtype:
 class Embedder:
     """One loaded model on one device: `embed_images` and `embed_texts` return normalised float32."""
 
+    unchecked: str | None = None  # open_clip itself: nothing to check its vectors against (onnx_indexing.py)
+
     def __init__(self, spec: names.ModelSpec, device: str | None = None, precision: str | None = None,
                  download: bool = True, notify: Callable[[str], None] | None = None) -> None:
         # The weights first: a missing file is an error in a second, not after torch's import.

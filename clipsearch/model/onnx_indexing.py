@@ -34,7 +34,7 @@ from typing import Protocol
 
 import numpy as np
 
-from clipsearch.model import image_tower
+from clipsearch.model import image_tower, vit_graph
 from clipsearch.model.identity import ModelIdentity, Preprocess
 
 ORT = image_tower.ONNXRUNTIME
@@ -72,6 +72,9 @@ class ImageEmbedder(Protocol):
     logit_scale: float  # the model's own temperature, recorded for relevance decisions
     logit_bias: float | None
     runtime: str  # what ran the model, for the run's summary: "torch bf16", "onnxruntime fp32", "openvino bf16"
+    # The mark its vectors are stored with when a graph not yet checked against open_clip computes
+    # them (vit_graph.unchecked_mark, index/unchecked.py); None otherwise.
+    unchecked: str | None
 
     def embed_images(self, pixels: np.ndarray) -> np.ndarray:
         """uint8 pixels (N, size, size, 3) from images.decode -> (N, dim) normalised float32."""
@@ -105,6 +108,9 @@ class TowerEmbedder:
         self.logit_scale = logit_scale
         self.logit_bias = logit_bias
         self.runtime = encoder.runtime
+        # From the meta.json of the graph actually loaded: a check that passes or fails later, while
+        # this run embeds, is then matched against exactly this run's vectors.
+        self.unchecked = vit_graph.unchecked_mark(encoder.meta)
 
     def embed_images(self, pixels: np.ndarray) -> np.ndarray:
         if len(pixels) == 0:

@@ -24,6 +24,9 @@ temporary name and renamed into place. It is not verified against open_clip here
 torch): meta.json says `built: vit_graph` and carries no `reference`, so image_tower.available
 (what queries ask) refuses it until the background exporter, which has torch, has checked it on
 the check pictures and recorded open_clip's vectors (verify), or replaced it with its own export.
+Until then its vectors are stored with its mark (`unchecked_mark`), and the photos whose vectors
+carry the mark of a graph that check rejected (`rejected_mark`) are embedded again by the next
+index run (index/unchecked.py).
 """
 
 from __future__ import annotations
@@ -36,7 +39,7 @@ from typing import Any
 
 import numpy as np
 
-from clipsearch.model import image_tower, onnx_proto, text_tower
+from clipsearch.model import background_export, image_tower, onnx_proto, text_tower
 from clipsearch.model.vit_config import VitTower, head_scale
 
 BUILT = "vit_graph"  # meta.json's `built` for a graph made here
@@ -218,3 +221,21 @@ def built(index_dir: Path, weights_sha256: str) -> bool:
                 and all((index_dir / image_tower.FOLDER / n).stat().st_size == s for n, s in sizes.items()))
     except (OSError, ValueError, AttributeError):
         return False
+
+
+def unchecked_mark(meta: dict[str, Any]) -> str | None:
+    """What the vectors of the tower whose meta.json is `meta` are stored with (index/unchecked.py):
+    for a graph built here and not yet checked against open_clip, its kind and weights; None for a
+    checked graph or a torch export, whose vectors open_clip has vouched for."""
+    if meta.get("built") != BUILT or meta.get("reference") == image_tower.REFERENCE:
+        return None
+    return f"{BUILT}:{meta.get('weights_sha256')}"
+
+
+def rejected_mark(index_dir: Path) -> str | None:
+    """The mark of the graph the background check found unlike open_clip in this index, or None:
+    the vectors carrying it want embedding again. Read from the exporter's durable verdict
+    (background_export.DECLINED, written before the graph is replaced), never from the graph's
+    folder, which is gone by then."""
+    sha = background_export.declined(index_dir).get(BUILT)
+    return None if sha is None else f"{BUILT}:{sha}"

@@ -141,6 +141,12 @@ def test_a_warm_process_answers_as_a_cold_one(shapes_240: list, monkeypatch: pyt
         assert got.ranking.cut == cold.ranking.cut, text
         np.testing.assert_allclose([r.score for r in got.results], [r.score for r in cold.results], atol=1e-6)
     assert any(t is not None for t in tables) and any(h is not None for h in halves)  # the warm paths ran
+    # Each query's alternatives, kept by the warm process, are the ones a fresh computation chooses.
+    entry = warm._index.derived[background_scores.KEY]
+    assert len(entry.masks) >= len(queries) - 2  # (the tiny model embeds some unknown words alike)
+    for key, mask in entry.masks.items():
+        query = np.frombuffer(key, dtype=np.float32)
+        assert np.array_equal(mask, relevance.alternative_mask(query, entry.background))
 
 
 def _copies(src: Path, folder: Path, n: int, rng: np.random.Generator) -> list[Path]:

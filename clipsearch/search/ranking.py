@@ -247,7 +247,7 @@ def _rank(store: Store, index: VectorIndex, query: np.ndarray, top: int, filters
     stats: dict[str, float]
     sigmoid = alternatives is not None and logit_bias is not None
     if alternatives is not None:
-        keep = relevance.alternative_mask(query, alternatives)
+        keep = background_scores.alternative_mask(index, query, alternatives)
         alts = alternatives[keep]
         table = background_scores.table_for(index, alternatives)
         method, cutoff = "zero-shot" + (" or sigmoid" if sigmoid else ""), None

@@ -21,20 +21,39 @@ def index(shared_index: Path, tmp_path: Path) -> Path:
 
 def test_rows_and_meta_are_kept_until_another_connection_commits(index: Path) -> None:
     with Store.open(index) as kept, Store.open(index) as other:
-        ids = sorted(kept.images([1, 2, 3]))
-        first = kept.images(ids)
-        assert kept.images(ids)[ids[0]] is first[ids[0]]  # served again, not rebuilt
-        assert kept.meta("generation") == other.meta("generation")
+        with kept.reads.held():
+            ids = sorted(kept.images([1, 2, 3]))
+            first = kept.images(ids)
+            assert kept.images(ids)[ids[0]] is first[ids[0]]  # served again, not rebuilt
+            assert kept.meta("generation") == other.meta("generation")
         with other.atomic():
             other.db.execute("UPDATE images SET width = 4321 WHERE id = ?", [ids[0]])
             other.set_meta("generation", "977")
-        assert kept.images(ids)[ids[0]].width == 4321
-        assert kept.meta("generation") == "977"
-        assert kept.images([ids[1]])[ids[1]] == first[ids[1]]  # unchanged rows read again are equal
+        assert kept.images(ids)[ids[0]].width == 4321  # outside a held block: SQLite itself
+        with kept.reads.held():
+            assert kept.images(ids)[ids[0]].width == 4321
+            assert kept.meta("generation") == "977"
+            assert kept.images([ids[1]])[ids[1]] == first[ids[1]]  # unchanged rows read again are equal
+            with other.atomic():
+                other.set_meta("generation", "978")
+            assert kept.meta("generation") == "977"  # a block reads what was current as it began
+        with kept.reads.held():
+            assert kept.meta("generation") == "978"
+
+
+def test_a_library_sees_another_connections_change_in_its_next_search(index: Path) -> None:
+    from clipsearch import Library
+
+    lib = Library(index)
+    first = lib.query("a photo of a red circle", top=5, min_score=-1).results[0]
+    with Store.open(index) as other, other.atomic():
+        other.db.execute("UPDATE images SET width = 4321 WHERE id = ?", [first.id])
+    again = lib.query("a photo of a red circle", top=5, min_score=-1).results[0]
+    assert again.id == first.id and again.width == 4321 != first.width
 
 
 def test_own_writes_are_seen_and_rolled_back_ones_forgotten(index: Path) -> None:
-    with Store.open(index) as store:
+    with Store.open(index) as store, store.reads.held():
         image_id = min(store.images(range(1, 100)))
         before = store.images([image_id])[image_id].width
         old = store.meta("generation")
@@ -59,12 +78,14 @@ def test_own_writes_are_seen_and_rolled_back_ones_forgotten(index: Path) -> None
 
 def test_missing_ids_are_left_out_and_a_removed_photo_is_forgotten(index: Path) -> None:
     with Store.open(index) as kept, Store.open(index) as other:
-        top = max(kept.images(range(1, 1000)))
-        assert kept.images([top + 5]) == {}
-        assert set(kept.images([top, top + 5])) == {top}
+        with kept.reads.held():
+            top = max(kept.images(range(1, 1000)))
+            assert kept.images([top + 5]) == {}
+            assert set(kept.images([top, top + 5])) == {top}
         with other.atomic():
             other.db.execute("DELETE FROM images WHERE id = ?", [top])
-        assert kept.images([top, top + 5]) == {}
+        with kept.reads.held():
+            assert kept.images([top, top + 5]) == {}
 
 
 @pytest.mark.parametrize("ids", [np.arange(1, 501), np.arange(1, 501) * 97, np.array([3, 0, 9, 4])],

@@ -8,14 +8,18 @@ lookup ~5 µs; a 10k-photo search read ~25 records and ~12 meta values, about 0.
 
 SQLite says when to forget: `PRAGMA data_version` changes when any other connection (another
 process's `index`, the background exporter) commits, and the connection's own `total_changes`
-counts its own writes. Inside a transaction nothing is cached or served from the cache, so a
-snapshot's reads and a rollback's undone writes never mix with what is kept.
+counts its own writes. The cache serves only inside `held()`, the block of a kept Store's reader
+(index/readers.py), which checks the version once as it starts: a block reads what was current
+when it began, or later, as reads outside a transaction always have. Inside a transaction nothing
+is cached or served from the cache, so a snapshot's reads and a rollback's undone writes never mix
+with what is kept; a Store used outside `held()` reads SQLite every time.
 """
 
 from __future__ import annotations
 
+import contextlib
 import sqlite3
-from collections.abc import Callable, Iterable
+from collections.abc import Callable, Iterable, Iterator
 
 from clipsearch.index.records import ImageRecord
 
@@ -29,17 +33,31 @@ class ReadCache:
     def __init__(self, db: sqlite3.Connection) -> None:
         self.db = db
         self._version: tuple[int, int] | None = None
+        self._held = 0  # blocks inside held() now
         self._records: dict[int, ImageRecord] = {}
         self._meta: dict[str, str] | None = None
 
-    def _fresh(self) -> bool:
-        """Whether the cache may be used now; forgets everything when the database changed."""
-        if self.db.in_transaction:
-            return False
-        version = (int(self.db.execute("PRAGMA data_version").fetchone()[0]), self.db.total_changes)
+    @contextlib.contextmanager
+    def held(self) -> Iterator[None]:
+        """Serve from the cache in this block, forgetting first what changed since the last one."""
+        if not self._held:
+            self._check((int(self.db.execute("PRAGMA data_version").fetchone()[0]), self.db.total_changes))
+        self._held += 1
+        try:
+            yield
+        finally:
+            self._held -= 1
+
+    def _check(self, version: tuple[int, int]) -> None:
         if version != self._version:
             self._version, self._meta = version, None
             self._records.clear()
+
+    def _fresh(self) -> bool:
+        """Whether the cache may be used now (its own writes make it forget)."""
+        if not self._held or self.db.in_transaction or self._version is None:
+            return False
+        self._check((self._version[0], self.db.total_changes))
         return True
 
     def meta(self, key: str) -> str | None:

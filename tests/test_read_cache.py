@@ -109,3 +109,19 @@ def test_id_rows_match_a_search_of_the_id_map(ids: np.ndarray) -> None:
 def test_id_rows_of_an_empty_index() -> None:
     rows = IdRows(np.zeros(0, np.int64))
     assert rows.rows([1]) is None and len(rows.rows([])) == 0
+
+
+def test_query_texts_vectors_are_kept_read_only_until_the_query_cache_changes(index: Path) -> None:
+    with Store.open(index) as kept, Store.open(index) as other:
+        sha = kept.meta("weights_sha256") or ""
+        other.cache_text_vectors(sha, {"a kept text": np.ones(4, np.float32)})
+        with kept.reads.held():
+            first = kept.cached_text_vectors(sha, ["a kept text", "never asked"])
+            assert list(first) == ["a kept text"]
+            assert kept.cached_text_vectors(sha, ["a kept text"])["a kept text"] is first["a kept text"]
+            with pytest.raises(ValueError):
+                first["a kept text"][0] = 5.0  # shared by every search of that text
+            assert kept.cached_text_vectors("other weights", ["a kept text"]) == {}
+        other.cache_text_vectors(sha, {"a kept text": np.full(4, 2.0, np.float32)})
+        with kept.reads.held():
+            assert kept.cached_text_vectors(sha, ["a kept text"])["a kept text"].tolist() == [2.0] * 4

@@ -1,4 +1,4 @@
-"""What a Store has read, kept until the database changes: photos' rows and the meta table.
+"""What a Store has read, kept until the database changes: photos' rows, the meta table, query texts' vectors.
 
 A warm search (the gallery, a script using `Library`) reads the same few rows again and again:
 the model's identity, the generation and the photo count to check its FAISS index is current, and
@@ -21,6 +21,8 @@ import contextlib
 import sqlite3
 from collections.abc import Callable, Iterable, Iterator
 
+import numpy as np
+
 from clipsearch.index.records import ImageRecord
 
 # Records kept at most; past it the cache starts over (a gallery pages through a few hundred).
@@ -36,6 +38,7 @@ class ReadCache:
         self._held = 0  # blocks inside held() now
         self._records: dict[int, ImageRecord] = {}
         self._meta: dict[str, str] | None = None
+        self._texts: dict[tuple[str, str], np.ndarray] = {}
 
     @contextlib.contextmanager
     def held(self) -> Iterator[None]:
@@ -52,6 +55,7 @@ class ReadCache:
         if version != self._version:
             self._version, self._meta = version, None
             self._records.clear()
+            self._texts.clear()
 
     def _fresh(self) -> bool:
         """Whether the cache may be used now (its own writes make it forget)."""
@@ -80,4 +84,20 @@ class ReadCache:
                 kept.clear()
             for record in read(missing):
                 out[record.id] = kept[record.id] = record
+        return out
+
+    def text_vectors(self, weights_sha256: str, texts: list[str],
+                     read: Callable[[str, list[str]], dict[str, np.ndarray]]) -> dict[str, np.ndarray]:
+        """The query cache's vectors of `texts` that it holds; `read` gives those not kept from SQLite."""
+        if not self._fresh():
+            return read(weights_sha256, texts)
+        kept = self._texts
+        out = {t: kept[(weights_sha256, t)] for t in texts if (weights_sha256, t) in kept}
+        missing = [t for t in texts if t not in out]
+        if missing:
+            if len(kept) + len(missing) > MAX_RECORDS:
+                kept.clear()
+            for text, vector in read(weights_sha256, missing).items():
+                vector.setflags(write=False)  # shared by every search of that text
+                out[text] = kept[(weights_sha256, text)] = vector
         return out

@@ -369,9 +369,11 @@ class Store:
 
     def cached_text_vectors(self, weights_sha256: str, texts: list[str]) -> dict[str, np.ndarray]:
         """Embeddings of query texts seen before with this model: a repeated query needs no model."""
-        found = {t: self.db.execute("SELECT vector FROM query_cache WHERE weights_sha256 = ? AND text = ?",
-                                    [weights_sha256, t]).fetchone() for t in texts}
-        return {t: decode_vector(row[0]) for t, row in found.items() if row}
+        return self.reads.text_vectors(weights_sha256, texts, self._read_text_vectors)
+
+    def _read_text_vectors(self, weights_sha256: str, texts: list[str]) -> dict[str, np.ndarray]:
+        sql = "SELECT vector FROM query_cache WHERE weights_sha256 = ? AND text = ?"
+        return {t: decode_vector(r[0]) for t in texts if (r := self.db.execute(sql, [weights_sha256, t]).fetchone())}
 
     def cache_text_vectors(self, weights_sha256: str, vectors: dict[str, np.ndarray]) -> None:
         """Remember query embeddings (the oldest beyond QUERY_CACHE_SIZE are forgotten)."""

@@ -149,6 +149,37 @@ def test_a_warm_process_answers_as_a_cold_one(shapes_240: list, monkeypatch: pyt
         assert np.array_equal(mask, relevance.alternative_mask(query, entry.background))
 
 
+def test_hits_decided_as_the_walk_needs_them_answer_as_all_decided_at_once(
+        shapes_240: list, monkeypatch: pytest.MonkeyPatch) -> None:
+    # hits.collect decides the first DECIDED_FIRST hits, and the rest only when the walk goes past
+    # them (then it walks again): the answer must be the one deciding every hit at once gives.
+    from clipsearch.search import hits
+
+    Library().index([shapes_240[0][0].parent])
+    queries = ["a photo of a red circle", "blue star", "ring", "green", "purple squares", "a photo of a giraffe",
+               "orange ring - white", "pink", "a photo of a white cross"]
+    calls: list[int] = []
+    real = hits._Searched.decide_upto
+    monkeypatch.setattr(hits._Searched, "decide_upto", lambda self, n: calls.append(n - self.decided) or real(self, n))
+
+    def answers(first: int) -> list[object]:
+        monkeypatch.setattr(hits, "DECIDED_FIRST", first)
+        monkeypatch.setattr(hits, "DECIDED_PER_TOP", 0)
+        lib, out = Library(), []
+        for text in queries:
+            for top in (1, 3, 12):
+                for min_score in (None, 0.1):
+                    got = lib.query(text, top=top, min_score=min_score)
+                    out.append(([(r.id, r.score, r.relevant) for r in got.results], got.ranking.cut,
+                                [r.id for r in got.ranking.closest]))
+        return out
+
+    lazily = answers(1)
+    walked_past = sum(1 for n in calls if n > 0) > len(queries) * 6  # some searches decided twice
+    calls.clear()
+    assert lazily == answers(10_000) and walked_past
+
+
 def _copies(src: Path, folder: Path, n: int, rng: np.random.Generator) -> list[Path]:
     """Crops (85-95 % of each side), resizes and JPEG re-encodes of one picture."""
     from PIL import Image

@@ -40,9 +40,16 @@ def collect(store: Store, index: VectorIndex, query: np.ndarray, top: int, accep
             scores, ids = index.search(query.reshape(1, -1), asked)
             widest = _Searched(asked, scores[0], ids[0], exclude_ids, decide, widest)
         n = widest.within(fetch)
-        relevant = widest.relevant[:n]
-        kept, allowed, near = walk(store, widest.scores[:n], widest.ids[:n], relevant, rows, top, accepts, floor,
-                                   by_floor, closest, grouper)
+        # Most walks stop within the first few dozen hits: those are decided first, the rest only
+        # when the walk went past them (then it walks again; what it read stays in `rows`).
+        widest.decide_upto(min(n, max(DECIDED_FIRST, DECIDED_PER_TOP * top)))
+        while True:
+            relevant = widest.relevant[:n]
+            kept, allowed, near, looked = walk(store, widest.scores[:n], widest.ids[:n], relevant, rows, top,
+                                               accepts, floor, by_floor, closest, grouper)
+            if looked <= widest.decided:
+                break
+            widest.decide_upto(n)
         # Scores only fall from here: once a widening finds nothing relevant in its new part, or
         # the scores drop under the floor, looking further cannot find more.
         ran_out = not by_floor and seen > 0 and not bool(relevant[seen:].any())
@@ -55,12 +62,12 @@ def collect(store: Store, index: VectorIndex, query: np.ndarray, top: int, accep
 
 
 class _Searched:
-    """One vector search's hits (missing slots and excluded photos left out), each decided.
+    """One vector search's hits (missing slots and excluded photos left out), decided as the walk
+    needs them.
 
-    Every hit is decided at once, in one call: a hit's relevance is its own (its vector against
-    the query and the alternatives), so deciding ahead of the step that walks it changes nothing,
-    and one product of 256 rows costs less than two. A widening decides only the hits the
-    narrower search had not.
+    A hit's relevance is its own (its vector against the query and the alternatives), so deciding
+    hits in several calls or ahead of the step that walks them changes nothing. A widening decides
+    at once every hit the narrower search had not.
     """
 
     def __init__(self, asked: int, scores: np.ndarray, ids: np.ndarray, exclude_ids: frozenset[int],
@@ -74,15 +81,26 @@ class _Searched:
         # Python numbers: the walk reads them one by one.
         self.ids: list[int] = hit_ids.tolist()
         self.scores: list[float] = hit_scores.tolist()
+        self._hit_scores, self._decide = hit_scores, decide
+        self.relevant = np.zeros(len(self.ids), dtype=bool)
+        self.decided = 0  # hits decided so far, from the first
         if narrower is None:
-            self.relevant = np.asarray(decide(self.ids, hit_scores), dtype=bool)
             return
-        known = dict(zip(narrower.ids, narrower.relevant.tolist(), strict=True))
+        known = dict(zip(narrower.ids[:narrower.decided], narrower.relevant[:narrower.decided].tolist(), strict=True))
         new = [j for j, i in enumerate(self.ids) if i not in known]
         ok_new: np.ndarray | list[bool] = decide([self.ids[j] for j in new], hit_scores[new]) if new else []
         decided = dict(zip([self.ids[j] for j in new], np.asarray(ok_new, dtype=bool).tolist(), strict=True))
         self.relevant = np.fromiter((known[i] if i in known else decided[i] for i in self.ids), dtype=bool,
                                     count=len(self.ids))
+        self.decided = len(self.ids)
+
+    def decide_upto(self, count: int) -> None:
+        """Decide the first `count` hits (those not decided yet, in one call)."""
+        start, count = self.decided, min(count, len(self.ids))
+        if count > start:
+            self.relevant[start:count] = np.asarray(self._decide(self.ids[start:count], self._hit_scores[start:count]),
+                                                    dtype=bool)
+            self.decided = count
 
     def within(self, fetch: int) -> int:
         """How many hits came among the search's first `fetch` results."""
@@ -90,13 +108,15 @@ class _Searched:
 
 
 FIRST_WIDENING = 256
+# Hits decided before the first walk: at least DECIDED_FIRST, and DECIDED_PER_TOP per hit asked for.
+DECIDED_FIRST, DECIDED_PER_TOP = 64, 4
 
 
 def walk(store: Store, scores: list[float], ids: list[int], relevant: np.ndarray, rows: dict[int, ImageRecord | None],
          top: int, accepts: Callable[[ImageRecord], bool], floor: float | None, by_floor: bool, closest: int,
-         grouper: Grouper) -> tuple[list[Hit], int, list[Hit]]:
+         grouper: Grouper) -> tuple[list[Hit], int, list[Hit], int]:
     """(the first `top` hits kept, how many hits the filters allow (exact up to `top`), the first
-    `closest` allowed), in score order; `rows` caches what SQLite gave.
+    `closest` allowed, how many hits it looked at), in score order; `rows` caches what SQLite gave.
 
     A hit's row is needed only when it could be kept (relevant, or over the floor with --min-score),
     or while fewer than max(top, closest) allowed hits are known (the cut count and the closest
@@ -113,8 +133,10 @@ def walk(store: Store, scores: list[float], ids: list[int], relevant: np.ndarray
     near: list[Hit] = []
     grouper.start()
     allowed = batches = 0
+    looked = len(ids)
     for pos, (score, image_id) in enumerate(zip(scores, ids, strict=True)):
         if len(kept) >= top and allowed >= need:
+            looked = pos
             break
         wanted = bool(candidate[pos]) and len(kept) < top
         if not wanted and allowed >= need:
@@ -156,4 +178,4 @@ def walk(store: Store, scores: list[float], ids: list[int], relevant: np.ndarray
             near.append(entry)
         if wanted:
             kept.append(entry)
-    return kept, allowed, near
+    return kept, allowed, near, looked

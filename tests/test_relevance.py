@@ -152,7 +152,7 @@ def test_a_warm_process_answers_as_a_cold_one(shapes_240: list, monkeypatch: pyt
 def test_hits_decided_as_the_walk_needs_them_answer_as_all_decided_at_once(
         shapes_240: list, monkeypatch: pytest.MonkeyPatch) -> None:
     # hits.collect decides the first DECIDED_FIRST hits, and the rest only when the walk goes past
-    # them (then it walks again): the answer must be the one deciding every hit at once gives.
+    # them: the answer must be the one deciding every hit at once gives.
     from clipsearch.search import hits
 
     Library().index([shapes_240[0][0].parent])
@@ -175,7 +175,7 @@ def test_hits_decided_as_the_walk_needs_them_answer_as_all_decided_at_once(
         return out
 
     lazily = answers(1)
-    walked_past = sum(1 for n in calls if n > 0) > len(queries) * 6  # some searches decided twice
+    walked_past = sum(1 for n in calls if n > 0) > len(queries) * 6  # some walks decided the rest
     calls.clear()
     assert lazily == answers(10_000) and walked_past
 

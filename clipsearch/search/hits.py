@@ -3,6 +3,7 @@ relevance decision, each hit decided and its row read once, and only where the a
 
 from __future__ import annotations
 
+import functools
 from collections.abc import Callable
 
 import numpy as np
@@ -41,18 +42,15 @@ def collect(store: Store, index: VectorIndex, query: np.ndarray, top: int, accep
             widest = _Searched(asked, scores[0], ids[0], exclude_ids, decide, widest)
         n = widest.within(fetch)
         # Most walks stop within the first few dozen hits: those are decided first, the rest only
-        # when the walk went past them (then it walks again; what it read stays in `rows`).
-        widest.decide_upto(min(n, max(DECIDED_FIRST, DECIDED_PER_TOP * top)))
-        while True:
-            relevant = widest.relevant[:n]
-            kept, allowed, near, looked = walk(store, widest.scores[:n], widest.ids[:n], relevant, rows, top,
-                                               accepts, floor, by_floor, closest, grouper)
-            if looked <= widest.decided:
-                break
-            widest.decide_upto(n)
+        # when the walk reaches them.
+        widest.decide_upto(max(DECIDED_FIRST, DECIDED_PER_TOP * top))
+        kept, allowed, near = walk(store, widest.scores[:n], widest.ids[:n], widest.relevant[:n], rows, top, accepts,
+                                   floor, by_floor, closest, grouper, min(n, widest.decided),
+                                   functools.partial(widest.decided_through, n))
         # Scores only fall from here: once a widening finds nothing relevant in its new part, or
-        # the scores drop under the floor, looking further cannot find more.
-        ran_out = not by_floor and seen > 0 and not bool(relevant[seen:].any())
+        # the scores drop under the floor, looking further cannot find more. (A walk that did not
+        # keep `top` hits went through all of them: every one is decided.)
+        ran_out = not by_floor and seen > 0 and not bool(widest.relevant[seen:n].any())
         exhausted = (fetch >= index.size or ran_out
                      or (floor is not None and n > 0 and widest.scores[n - 1] < floor))
         if len(kept) >= top or exhausted:
@@ -94,6 +92,11 @@ class _Searched:
                                     count=len(self.ids))
         self.decided = len(self.ids)
 
+    def decided_through(self, count: int) -> np.ndarray:
+        """The first `count` hits' decisions, each decided."""
+        self.decide_upto(count)
+        return self.relevant[:count]
+
     def decide_upto(self, count: int) -> None:
         """Decide the first `count` hits (those not decided yet, in one call)."""
         start, count = self.decided, min(count, len(self.ids))
@@ -114,9 +117,10 @@ DECIDED_FIRST, DECIDED_PER_TOP = 64, 4
 
 def walk(store: Store, scores: list[float], ids: list[int], relevant: np.ndarray, rows: dict[int, ImageRecord | None],
          top: int, accepts: Callable[[ImageRecord], bool], floor: float | None, by_floor: bool, closest: int,
-         grouper: Grouper) -> tuple[list[Hit], int, list[Hit], int]:
+         grouper: Grouper, decided: int, decide_rest: Callable[[], np.ndarray]) -> tuple[list[Hit], int, list[Hit]]:
     """(the first `top` hits kept, how many hits the filters allow (exact up to `top`), the first
-    `closest` allowed, how many hits it looked at), in score order; `rows` caches what SQLite gave.
+    `closest` allowed), in score order; `rows` caches what SQLite gave. `relevant` holds the
+    decisions of the first `decided` hits; `decide_rest()` gives them all when the walk gets further.
 
     A hit's row is needed only when it could be kept (relevant, or over the floor with --min-score),
     or while fewer than max(top, closest) allowed hits are known (the cut count and the closest
@@ -133,11 +137,13 @@ def walk(store: Store, scores: list[float], ids: list[int], relevant: np.ndarray
     near: list[Hit] = []
     grouper.start()
     allowed = batches = 0
-    looked = len(ids)
     for pos, (score, image_id) in enumerate(zip(scores, ids, strict=True)):
         if len(kept) >= top and allowed >= need:
-            looked = pos
             break
+        if pos >= decided:
+            relevant, decided = decide_rest(), len(ids)
+            if not by_floor:
+                candidate = relevant
         wanted = bool(candidate[pos]) and len(kept) < top
         if not wanted and allowed >= need:
             continue
@@ -178,4 +184,4 @@ def walk(store: Store, scores: list[float], ids: list[int], relevant: np.ndarray
             near.append(entry)
         if wanted:
             kept.append(entry)
-    return kept, allowed, near, looked
+    return kept, allowed, near

@@ -3,7 +3,8 @@
     python bench/bench_lean.py --baseline /path/to/baseline/checkout [--quick] [--sizes 10000,100000]
 
 - `Library.search` p50 in a warm process (a text seen before: its vector cached), on the synthetic
-  indexes of bench_query.py (random-weight ViT-B-32);
+  indexes of bench_query.py (random-weight ViT-B-32): one text again and again, and six texts in
+  turn; beside them numpy's exact scan of the same vectors (every cosine and the 10 best);
 - a cold `clipsearch query --image PHOTO` of an indexed photo: wall time and peak RSS (the baseline
   loads torch and the model to embed it; this checkout uses the stored vector);
 - the offline start: `clipsearch index` with a model that is not cached, HF_HUB_OFFLINE=1, to the error;
@@ -34,13 +35,26 @@ import common
 HERE = Path(__file__).resolve().parent.parent
 SEARCH = """
 import statistics, sys, time
+import numpy as np
 from clipsearch import Library
+from clipsearch.index.store import Store
 lib = Library(sys.argv[1])
-lib.search("a dog on the beach", top=10)
-times = []
-for _ in range(60):
-    t = time.perf_counter(); lib.search("a dog on the beach", top=10); times.append(time.perf_counter() - t)
-print(statistics.median(times) * 1000)
+texts = ["a dog on the beach", "sunset", "a photo of my cat", "mountains in winter", "a car", "birthday cake"]
+for t in texts:
+    lib.search(t, top=10)
+one, turn = [], []
+for i in range(120):
+    t = time.perf_counter(); lib.search("a dog on the beach", top=10); one.append(time.perf_counter() - t)
+    text = texts[i % len(texts)]
+    t = time.perf_counter(); lib.search(text, top=10); turn.append(time.perf_counter() - t)
+with Store.open(lib.path) as store:
+    _, vecs = store.all_vectors()
+q = vecs[:2].sum(axis=0)
+q /= np.linalg.norm(q)
+exact = []
+for _ in range(120):  # the floor: every cosine in numpy (float32) and the 10 best, no relevance, no rows
+    t = time.perf_counter(); s = vecs @ q; np.argpartition(-s, 10)[:10]; exact.append(time.perf_counter() - t)
+print(*(statistics.median(x) * 1000 for x in (one, turn, exact)))
 """
 
 
@@ -49,10 +63,13 @@ def _env(src: Path, **extra: str) -> dict[str, str]:
     return {**env, "PYTHONPATH": str(src), **extra}
 
 
-def search_ms(src: Path, folder: Path) -> float:
+def search_ms(src: Path, folder: Path) -> tuple[float, float, float]:
+    """p50 ms of a warm Library.search: one text again and again, six texts in turn (all seen
+    before), and numpy's exact scan of the same vectors (the floor, in the same process)."""
     out = subprocess.run([sys.executable, "-c", SEARCH, str(folder)], capture_output=True, text=True,
                          env=_env(src), check=True, cwd=src)
-    return float(out.stdout.strip().splitlines()[-1])
+    one, turn, exact = (float(x) for x in out.stdout.strip().splitlines()[-1].split())
+    return one, turn, exact
 
 
 def timed(cmd: list[str], env: dict[str, str], ok: tuple[int, ...] = (0,)) -> tuple[float, float]:
@@ -174,13 +191,21 @@ def main() -> None:
     for n in sizes:
         folder = bench_query.index_folder(n, args.quick)
         bench_query.build_index(folder, n, model_dir)
-        got: dict[str, list[float]] = {k: [] for k in sources}
-        for _ in range(rounds):
+        got: dict[str, list[tuple[float, float, float]]] = {k: [] for k in sources}
+        for r in range(rounds):
             for name, src in sources.items():
                 got[name].append(search_ms(src, folder))
-        b, c = statistics.median(got["baseline"]), statistics.median(got["current"])
-        rows[f"search_{n}"] = {"baseline_ms_p50": b, "current_ms_p50": c, "speedup": b / c}
-        print(f"Library.search at {n:,}: baseline {b:.2f} ms, current {c:.2f} ms p50 ({b / c:.1f}x)", flush=True)
+            print(f"  round {r + 1}: " + ", ".join(f"{k} {v[-1][0]:.2f} / {v[-1][1]:.2f} ms" for k, v in got.items()),
+                  flush=True)
+        b, c = (statistics.median(x[0] for x in got[k]) for k in ("baseline", "current"))
+        bt, ct = (statistics.median(x[1] for x in got[k]) for k in ("baseline", "current"))
+        floor = statistics.median(x[2] for v in got.values() for x in v)
+        rows[f"search_{n}"] = {"baseline_ms_p50": b, "current_ms_p50": c, "speedup": b / c,
+                               "baseline_six_texts_ms_p50": bt, "current_six_texts_ms_p50": ct,
+                               "six_texts_speedup": bt / ct, "numpy_exact_ms_p50": floor,
+                               "rounds": {k: [list(x) for x in v] for k, v in got.items()}}
+        print(f"Library.search at {n:,}: baseline {b:.2f} ms, current {c:.2f} ms p50 ({b / c:.1f}x); six texts in "
+              f"turn {bt:.2f} -> {ct:.2f} ms ({bt / ct:.1f}x); numpy's exact scan {floor:.2f} ms", flush=True)
     folder, photo = image_index(model_dir, 2_000 if args.quick else 10_000)
     cmd = [sys.executable, "-m", "clipsearch", "query", "--image", str(photo), "--index", str(folder), "-n", "5",
            "-f", "paths", "--min-score", "-1"]

@@ -141,6 +141,43 @@ def test_a_warm_process_answers_as_a_cold_one(shapes_240: list, monkeypatch: pyt
         assert got.ranking.cut == cold.ranking.cut, text
         np.testing.assert_allclose([r.score for r in got.results], [r.score for r in cold.results], atol=1e-6)
     assert any(t is not None for t in tables) and any(h is not None for h in halves)  # the warm paths ran
+    # Each query's alternatives, kept by the warm process, are the ones a fresh computation chooses.
+    entry = warm._index.derived[background_scores.KEY]
+    assert len(entry.masks) >= len(queries) - 2  # (the tiny model embeds some unknown words alike)
+    for key, mask in entry.masks.items():
+        query = np.frombuffer(key, dtype=np.float32)
+        assert np.array_equal(mask, relevance.alternative_mask(query, entry.background))
+
+
+def test_hits_decided_as_the_walk_needs_them_answer_as_all_decided_at_once(
+        shapes_240: list, monkeypatch: pytest.MonkeyPatch) -> None:
+    # hits.collect decides the first DECIDED_FIRST hits, and the rest only when the walk goes past
+    # them: the answer must be the one deciding every hit at once gives.
+    from clipsearch.search import hits
+
+    Library().index([shapes_240[0][0].parent])
+    queries = ["a photo of a red circle", "blue star", "ring", "green", "purple squares", "a photo of a giraffe",
+               "orange ring - white", "pink", "a photo of a white cross"]
+    calls: list[int] = []
+    real = hits._Searched.decide_upto
+    monkeypatch.setattr(hits._Searched, "decide_upto", lambda self, n: calls.append(n - self.decided) or real(self, n))
+
+    def answers(first: int) -> list[object]:
+        monkeypatch.setattr(hits, "DECIDED_FIRST", first)
+        monkeypatch.setattr(hits, "DECIDED_PER_TOP", 0)
+        lib, out = Library(), []
+        for text in queries:
+            for top in (1, 3, 12):
+                for min_score in (None, 0.1):
+                    got = lib.query(text, top=top, min_score=min_score)
+                    out.append(([(r.id, r.score, r.relevant) for r in got.results], got.ranking.cut,
+                                [r.id for r in got.ranking.closest]))
+        return out
+
+    lazily = answers(1)
+    walked_past = sum(1 for n in calls if n > 0) > len(queries) * 6  # some walks decided the rest
+    calls.clear()
+    assert lazily == answers(10_000) and walked_past
 
 
 def _copies(src: Path, folder: Path, n: int, rng: np.random.Generator) -> list[Path]:

@@ -32,7 +32,8 @@ class KeptStores:
         """This thread's Store for the length of the block; one that fails in it is dropped."""
         store, kept = self._get()
         try:
-            yield store
+            with store.reads.held():  # what it read before serves again until SQLite changes (read_cache.py)
+                yield store
         except BaseException:
             # A fault (damage, a vanished file) or a refusal: the next call opens the index anew,
             # so it sees a repaired or rebuilt database, and reports what is wrong as Store.open does.

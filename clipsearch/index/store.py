@@ -19,6 +19,7 @@ import numpy as np
 from clipsearch import failpoints
 from clipsearch.errors import IndexMissingError, StorageError
 from clipsearch.index import faults, schema, video_tables
+from clipsearch.index.read_cache import ReadCache
 from clipsearch.index.records import (
     COLUMNS,
     FIELDS,
@@ -52,6 +53,7 @@ class Store:
         self.read_only = False  # opened without write access (faults.py): queries only
         self._created = False  # made by this open: removed again if the first run fails before any write
         self.tags = TagTables(db, self.atomic)
+        self.reads = ReadCache(db)  # rows read again by a kept Store (read_cache.py)
 
     @classmethod
     def open(cls, folder: Path, create: bool = False) -> Store:
@@ -139,8 +141,7 @@ class Store:
     # --- model identity -------------------------------------------------------------------------
 
     def meta(self, key: str) -> str | None:
-        row = self.db.execute("SELECT value FROM meta WHERE key = ?", [key]).fetchone()
-        return row[0] if row else None
+        return self.reads.meta(key)
 
     def set_meta(self, key: str, value: str) -> None:
         self.db.execute("INSERT INTO meta(key, value) VALUES (?, ?) "
@@ -323,14 +324,12 @@ class Store:
 
     def images(self, ids: Iterable[int]) -> dict[int, ImageRecord]:
         """The records of `ids` that exist, by id."""
-        ids = list(ids)
-        out: dict[int, ImageRecord] = {}
-        for chunk_start in range(0, len(ids), 500):
-            chunk = ids[chunk_start:chunk_start + 500]
-            marks = ",".join("?" * len(chunk))
-            for record in self._records(f"WHERE id IN ({marks})", chunk):
-                out[record.id] = record
-        return out
+        return self.reads.images(list(ids), self._read_images)
+
+    def _read_images(self, ids: list[int]) -> Iterator[ImageRecord]:
+        for start in range(0, len(ids), 500):
+            chunk = ids[start:start + 500]
+            yield from self._records(f"WHERE id IN ({','.join('?' * len(chunk))})", chunk)
 
     def page_newest(self, offset: int, limit: int) -> list[int]:
         """Ids of a page of photos, newest file first (browsing without a query)."""
@@ -371,9 +370,11 @@ class Store:
 
     def cached_text_vectors(self, weights_sha256: str, texts: list[str]) -> dict[str, np.ndarray]:
         """Embeddings of query texts seen before with this model: a repeated query needs no model."""
-        found = {t: self.db.execute("SELECT vector FROM query_cache WHERE weights_sha256 = ? AND text = ?",
-                                    [weights_sha256, t]).fetchone() for t in texts}
-        return {t: decode_vector(row[0]) for t, row in found.items() if row}
+        return self.reads.text_vectors(weights_sha256, texts, self._read_text_vectors)
+
+    def _read_text_vectors(self, weights_sha256: str, texts: list[str]) -> dict[str, np.ndarray]:
+        sql = "SELECT vector FROM query_cache WHERE weights_sha256 = ? AND text = ?"
+        return {t: decode_vector(r[0]) for t in texts if (r := self.db.execute(sql, [weights_sha256, t]).fetchone())}
 
     def cache_text_vectors(self, weights_sha256: str, vectors: dict[str, np.ndarray]) -> None:
         """Remember query embeddings (the oldest beyond QUERY_CACHE_SIZE are forgotten)."""

@@ -17,6 +17,7 @@ import numpy as np
 
 from clipsearch import failpoints
 from clipsearch.index.half_scan import HalfScan
+from clipsearch.index.id_rows import IdRows
 from clipsearch.index.store import Store
 from clipsearch.paths import fsync_dir, replace_atomically
 
@@ -72,7 +73,7 @@ class VectorIndex:
         self._backdrop = backdrop
         self._folder = folder
         self._mapped: tuple[Path, tuple[int, int, int]] | None = None  # the file it maps, as it was then
-        self._positions: _FlatMap | None = None  # a flat index's ids, sorted and by row, and its storage
+        self._positions: _FlatMap | None = None  # a flat index's rows by id, its storage, ids by row
         # What the search layer derives from this generation's vectors (background_scores.py): it
         # lives and dies with them.
         self.derived: dict[str, Any] = {}
@@ -238,34 +239,25 @@ class VectorIndex:
     def flat(self) -> np.ndarray | None:
         """(size, dim) float32: a flat index's own storage, not a copy (None for IVF)."""
         mapped = self._flat_map()
-        return None if mapped is None else mapped[2]
+        return None if mapped is None else mapped[1]
 
     def rows_of(self, ids: list[int] | np.ndarray) -> np.ndarray | None:
         """Where `ids` sit in `flat()`; None for IVF, or when one of them is not in this index."""
         mapped = self._flat_map()
-        if mapped is None:
-            return None
-        sorted_ids, order = mapped[0], mapped[1]
-        want = np.asarray(ids, dtype=np.int64)
-        if len(sorted_ids) == 0:
-            return None if len(want) else np.zeros(0, np.int64)
-        at = np.minimum(np.searchsorted(sorted_ids, want), len(sorted_ids) - 1)
-        if not bool((sorted_ids[at] == want).all()):
-            return None
-        return order[at]
+        return None if mapped is None else mapped[0].rows(ids)
 
     def _flat_map(self) -> _FlatMap | None:
         import faiss
 
-        if _ivf(self.index) is not None:
-            return None
         if self._positions is None:
+            # (Asking FAISS whether a flat index is IVF throws inside it: ~45 µs, asked once.)
+            if _ivf(self.index) is not None:
+                return None
             inner = faiss.downcast_index(self.index.index)
             n, d = int(inner.ntotal), int(inner.d)
             id_map = faiss.vector_to_array(self.index.id_map).astype(np.int64)
-            order = np.argsort(id_map, kind="stable")
             flat = faiss.rev_swig_ptr(inner.get_xb(), n * d).reshape(n, d)  # type: ignore[attr-defined]
-            self._positions = (id_map[order], order, flat, id_map)
+            self._positions = (IdRows(id_map), flat, id_map)
         return self._positions
 
     def search(self, queries: np.ndarray, k: int) -> tuple[np.ndarray, np.ndarray]:
@@ -296,13 +288,13 @@ class VectorIndex:
         that searches once (a CLI query) never pays for it."""
         self._searches += 1
         if self._half is None and self._searches >= 2 and (mapped := self._flat_map()) is not None:
-            self._half = HalfScan(mapped[2], mapped[3])
+            self._half = HalfScan(mapped[1], mapped[2])
         return self._half
 
 
 FEW_QUERIES = 4
-# (ids sorted, the row of each sorted id, the (rows, dim) float32 storage, the id of each row)
-_FlatMap = tuple[np.ndarray, np.ndarray, np.ndarray, np.ndarray]
+# (the row of each id, the (rows, dim) float32 storage, the id of each row)
+_FlatMap = tuple[IdRows, np.ndarray, np.ndarray]
 
 
 PROBES = 8

@@ -10,6 +10,9 @@ The first text query keeps the product, so a one-query CLI run never pays for th
 (about 15 ms and 9 MB per 10,000 photos, 46 MB at the flat limit). IVF indexes keep the product:
 their vectors are quantised codes, and at their sizes the table would be large.
 
+Each query's alternatives (relevance.alternative_mask: which background texts do not paraphrase
+it) are kept beside the table, by query vector: robust statistics over ~230 similarities, 0.15 ms.
+
 The table's cosines are the same float32 products the query's own product would make, in another
 summation order: a decision could change only for a photo whose share sits within ~1e-6 of
 relevance.MIN_SHARE.
@@ -17,11 +20,12 @@ relevance.MIN_SHARE.
 
 from __future__ import annotations
 
-from dataclasses import dataclass
+from dataclasses import dataclass, field
 
 import numpy as np
 
 from clipsearch.index.vectors import VectorIndex
+from clipsearch.search import relevance
 
 KEY = "background-scores"
 # Text queries an index answers with the product before its table is made: a one-shot process
@@ -29,11 +33,36 @@ KEY = "background-scores"
 PRODUCTS_BEFORE_TABLE = 1
 
 
+# Queries whose alternatives (which background texts do not paraphrase them) are kept.
+KEPT_MASKS = 1024
+
+
 @dataclass
 class _Entry:
     background: np.ndarray
     queries: int = 0
     table: np.ndarray | None = None
+    masks: dict[bytes, np.ndarray] = field(default_factory=dict)
+
+
+def _entry(index: VectorIndex, background: np.ndarray) -> _Entry:
+    entry = index.derived.get(KEY)
+    if not (isinstance(entry, _Entry) and _same(entry.background, background)):
+        entry = index.derived[KEY] = _Entry(background)
+    return entry
+
+
+def alternative_mask(index: VectorIndex, query: np.ndarray, background: np.ndarray) -> np.ndarray:
+    """relevance.alternative_mask, kept per query vector: a gallery asks the same texts again, and
+    the robust statistics over ~230 similarities cost ~0.15 ms."""
+    masks = _entry(index, background).masks
+    key = np.ascontiguousarray(query, dtype=np.float32).tobytes()
+    mask = masks.get(key)
+    if mask is None:
+        if len(masks) >= KEPT_MASKS:
+            masks.clear()
+        mask = masks[key] = relevance.alternative_mask(query, background)
+    return mask
 
 
 def table_for(index: VectorIndex, background: np.ndarray) -> np.ndarray | None:
@@ -43,9 +72,7 @@ def table_for(index: VectorIndex, background: np.ndarray) -> np.ndarray | None:
     flat = index.flat()
     if flat is None:
         return None
-    entry = index.derived.get(KEY)
-    if not (isinstance(entry, _Entry) and _same(entry.background, background)):
-        entry = index.derived[KEY] = _Entry(background)
+    entry = _entry(index, background)
     if entry.table is None:
         entry.queries += 1
         if entry.queries <= PRODUCTS_BEFORE_TABLE:

@@ -3,6 +3,7 @@ relevance decision, each hit decided and its row read once, and only where the a
 
 from __future__ import annotations
 
+import functools
 from collections.abc import Callable
 
 import numpy as np
@@ -27,49 +28,99 @@ def collect(store: Store, index: VectorIndex, query: np.ndarray, top: int, accep
     frames count as one hit (`grouper`, moments.py).
     """
     k, seen = top + len(exclude_ids), 0
-    relevant_of: dict[int, bool] = {}
     rows: dict[int, ImageRecord | None] = {}  # None: the hit has no row (FAISS ahead of SQLite)
-    widest: tuple[list[float], list[int]] | None = None  # the widest search so far
+    widest: _Searched | None = None  # the widest search so far
     while True:
         # Filters remove hits after the vector search: widen it until enough survive, the scores
         # fall under the floor, relevance runs out, or the whole index has been seen.
         fetch = min(index.size, k)
-        if widest is None or len(widest[1]) < fetch:
+        if widest is None or widest.asked < fetch:
             # The first widening's hits come with the first search (as cheap at 256 as at 10): the
             # narrower step then reads its prefix.
-            scores, ids = index.search(query.reshape(1, -1), min(index.size, max(fetch, FIRST_WIDENING)))
-            widest = scores[0].tolist(), ids[0].tolist()  # Python numbers: the walk reads them one by one
-            # Every hit of the widest search is decided now, in one call: a hit's relevance is its
-            # own (its vector against the query and the alternatives), so deciding ahead of the
-            # step that walks it changes nothing, and one product of 256 rows costs less than two.
-            found = [(s, i) for s, i in zip(widest[0], widest[1], strict=True) if i >= 0 and i not in exclude_ids]
-            new = [(s, i) for s, i in found if i not in relevant_of]
-            if new:
-                ok_new = decide([i for _, i in new], np.asarray([s for s, _ in new], dtype=np.float32))
-                relevant_of.update(zip([i for _, i in new], np.asarray(ok_new, dtype=bool).tolist(), strict=True))
-        hits = [(s, i) for s, i in zip(widest[0][:fetch], widest[1][:fetch], strict=True)
-                if i >= 0 and i not in exclude_ids]
-        relevant = np.fromiter((relevant_of[i] for _, i in hits), dtype=bool, count=len(hits))
-        kept, allowed, near = walk(store, hits, relevant, rows, top, accepts, floor, by_floor, closest, grouper)
+            asked = min(index.size, max(fetch, FIRST_WIDENING))
+            scores, ids = index.search(query.reshape(1, -1), asked)
+            widest = _Searched(asked, scores[0], ids[0], exclude_ids, decide, widest)
+        n = widest.within(fetch)
+        # Most walks stop within the first few dozen hits: those are decided first, the rest only
+        # when the walk reaches them.
+        widest.decide_upto(max(DECIDED_FIRST, DECIDED_PER_TOP * top))
+        kept, allowed, near = walk(store, widest.scores[:n], widest.ids[:n], widest.relevant[:n], rows, top, accepts,
+                                   floor, by_floor, closest, grouper, min(n, widest.decided),
+                                   functools.partial(widest.decided_through, n))
         # Scores only fall from here: once a widening finds nothing relevant in its new part, or
-        # the scores drop under the floor, looking further cannot find more.
-        ran_out = not by_floor and seen > 0 and not bool(relevant[seen:].any())
+        # the scores drop under the floor, looking further cannot find more. (A walk that did not
+        # keep `top` hits went through all of them: every one is decided.)
+        ran_out = not by_floor and seen > 0 and not bool(widest.relevant[seen:n].any())
         exhausted = (fetch >= index.size or ran_out
-                     or (floor is not None and bool(hits) and hits[-1][0] < floor))
+                     or (floor is not None and n > 0 and widest.scores[n - 1] < floor))
         if len(kept) >= top or exhausted:
             return kept, max(0, min(top, allowed) - len(kept)), near
-        seen = len(hits)
+        seen = n
         k = max(fetch * 4, FIRST_WIDENING)
 
 
+class _Searched:
+    """One vector search's hits (missing slots and excluded photos left out), decided as the walk
+    needs them.
+
+    A hit's relevance is its own (its vector against the query and the alternatives), so deciding
+    hits in several calls or ahead of the step that walks them changes nothing. A widening decides
+    at once every hit the narrower search had not.
+    """
+
+    def __init__(self, asked: int, scores: np.ndarray, ids: np.ndarray, exclude_ids: frozenset[int],
+                 decide: Callable[[list[int], np.ndarray], np.ndarray], narrower: _Searched | None) -> None:
+        self.asked = asked
+        found = ids >= 0
+        if exclude_ids:
+            found &= ~np.isin(ids, np.fromiter(exclude_ids, dtype=np.int64, count=len(exclude_ids)))
+        self._positions = np.flatnonzero(found)  # where each hit sat among the search's results
+        hit_ids, hit_scores = ids[found], np.asarray(scores[found], dtype=np.float32)
+        # Python numbers: the walk reads them one by one.
+        self.ids: list[int] = hit_ids.tolist()
+        self.scores: list[float] = hit_scores.tolist()
+        self._hit_scores, self._decide = hit_scores, decide
+        self.relevant = np.zeros(len(self.ids), dtype=bool)
+        self.decided = 0  # hits decided so far, from the first
+        if narrower is None:
+            return
+        known = dict(zip(narrower.ids[:narrower.decided], narrower.relevant[:narrower.decided].tolist(), strict=True))
+        new = [j for j, i in enumerate(self.ids) if i not in known]
+        ok_new: np.ndarray | list[bool] = decide([self.ids[j] for j in new], hit_scores[new]) if new else []
+        decided = dict(zip([self.ids[j] for j in new], np.asarray(ok_new, dtype=bool).tolist(), strict=True))
+        self.relevant = np.fromiter((known[i] if i in known else decided[i] for i in self.ids), dtype=bool,
+                                    count=len(self.ids))
+        self.decided = len(self.ids)
+
+    def decided_through(self, count: int) -> np.ndarray:
+        """The first `count` hits' decisions, each decided."""
+        self.decide_upto(count)
+        return self.relevant[:count]
+
+    def decide_upto(self, count: int) -> None:
+        """Decide the first `count` hits (those not decided yet, in one call)."""
+        start, count = self.decided, min(count, len(self.ids))
+        if count > start:
+            self.relevant[start:count] = np.asarray(self._decide(self.ids[start:count], self._hit_scores[start:count]),
+                                                    dtype=bool)
+            self.decided = count
+
+    def within(self, fetch: int) -> int:
+        """How many hits came among the search's first `fetch` results."""
+        return int(np.searchsorted(self._positions, fetch))
+
+
 FIRST_WIDENING = 256
+# Hits decided before the first walk: at least DECIDED_FIRST, and DECIDED_PER_TOP per hit asked for.
+DECIDED_FIRST, DECIDED_PER_TOP = 64, 4
 
 
-def walk(store: Store, hits: list[tuple[float, int]], relevant: np.ndarray, rows: dict[int, ImageRecord | None],
-          top: int, accepts: Callable[[ImageRecord], bool], floor: float | None, by_floor: bool, closest: int,
-          grouper: Grouper) -> tuple[list[Hit], int, list[Hit]]:
+def walk(store: Store, scores: list[float], ids: list[int], relevant: np.ndarray, rows: dict[int, ImageRecord | None],
+         top: int, accepts: Callable[[ImageRecord], bool], floor: float | None, by_floor: bool, closest: int,
+         grouper: Grouper, decided: int, decide_rest: Callable[[], np.ndarray]) -> tuple[list[Hit], int, list[Hit]]:
     """(the first `top` hits kept, how many hits the filters allow (exact up to `top`), the first
-    `closest` allowed), in score order; `rows` caches what SQLite gave.
+    `closest` allowed), in score order; `rows` caches what SQLite gave. `relevant` holds the
+    decisions of the first `decided` hits; `decide_rest()` gives them all when the walk gets further.
 
     A hit's row is needed only when it could be kept (relevant, or over the floor with --min-score),
     or while fewer than max(top, closest) allowed hits are known (the cut count and the closest
@@ -78,17 +129,21 @@ def walk(store: Store, hits: list[tuple[float, int]], relevant: np.ndarray, rows
     """
     need = max(top, closest)
     if by_floor:  # with --min-score, what scores at least the floor is kept, relevant or not
-        candidate = (np.zeros(len(hits), bool) if floor is None
-                     else np.asarray([s for s, _ in hits], dtype=np.float64) >= floor)
+        candidate = (np.zeros(len(ids), bool) if floor is None
+                     else np.asarray(scores, dtype=np.float64) >= floor)
     else:
         candidate = relevant
     kept: list[Hit] = []
     near: list[Hit] = []
     grouper.start()
     allowed = batches = 0
-    for pos, (score, image_id) in enumerate(hits):
+    for pos, (score, image_id) in enumerate(zip(scores, ids, strict=True)):
         if len(kept) >= top and allowed >= need:
             break
+        if pos >= decided:
+            relevant, decided = decide_rest(), len(ids)
+            if not by_floor:
+                candidate = relevant
         wanted = bool(candidate[pos]) and len(kept) < top
         if not wanted and allowed >= need:
             continue
@@ -98,8 +153,8 @@ def walk(store: Store, hits: list[tuple[float, int]], relevant: np.ndarray, rows
             batches += 1
             count_left, keep_left = (need - allowed) << batches, (top - len(kept)) << batches
             batch: list[int] = []
-            for p in range(pos, len(hits)):
-                i = hits[p][1]
+            for p in range(pos, len(ids)):
+                i = ids[p]
                 if count_left <= 0 and keep_left <= 0:
                     break
                 if i in rows:

@@ -327,8 +327,7 @@ class Store:
         return self.reads.images(list(ids), self._read_images)
 
     def _read_images(self, ids: list[int]) -> Iterator[ImageRecord]:
-        for start in range(0, len(ids), 500):
-            chunk = ids[start:start + 500]
+        for chunk in (ids[start:start + 500] for start in range(0, len(ids), 500)):
             yield from self._records(f"WHERE id IN ({','.join('?' * len(chunk))})", chunk)
 
     def page_newest(self, offset: int, limit: int) -> list[int]:

@@ -30,6 +30,8 @@ import warnings
 from pathlib import Path
 from typing import Any
 
+import numpy as np
+
 from clipsearch.model import text_tower
 
 FILE = "prefix.onnx"
@@ -160,11 +162,17 @@ def finish(folder: Path, meta: dict[str, Any]) -> dict[str, Any]:
     kept: dict[str, Any] = {}
     try:
         entry = _optimise(folder, FILE) or {"file": FILE}
-        cosine = prefix_tower.verify(folder, entry)
+        cosine, ref = prefix_tower.verify(folder, entry)
         if cosine >= prefix_tower.MIN_COSINE:
-            kept = {"prefix": {**entry, "graph": GRAPH, "verified_min_cosine": cosine}}
+            # The plain graph's vectors of the check prompts: a bf16 run's self-check compares with
+            # them instead of computing them again in fp32 (2.3 s of a first `tag` run at load 4).
+            np.save(folder / prefix_tower.CHECK_VECTORS, ref)
+            kept = {"prefix": {**entry, "graph": GRAPH, "verified_min_cosine": cosine,
+                               "check_vectors": prefix_tower.CHECK_VECTORS}}
         return kept
     finally:
+        if not kept:
+            (folder / prefix_tower.CHECK_VECTORS).unlink(missing_ok=True)
         keep = (kept.get("prefix") or {}).get("file")
         for name in (FILE, FILE.replace(".onnx", ".opt.onnx")):
             if name != keep:

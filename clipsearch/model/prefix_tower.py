@@ -12,6 +12,7 @@ word by word, but that is checked, not assumed); every prompt shares at least th
 
 from __future__ import annotations
 
+import contextlib
 import os
 from collections.abc import Sequence
 from pathlib import Path
@@ -30,6 +31,7 @@ MIN_COSINE = 0.9999  # exact up to the order of float sums
 BF16_MIN_COSINE = 0.9995  # bf16's bar: what a query's text vector may lose (text_tower.MIN_COSINE)
 BATCH = 256
 MIN_ROWS = 32  # a batch's rows before it may end at a length change (see _batches)
+CHECK_VECTORS = "prefix_check.npy"  # the plain graph's vectors of check_prompts(), recorded by the export
 PRECISION_ENV = "CLIPSEARCH_LABEL_PRECISION"  # auto (bf16 where the CPU has it natively), fp32, bf16
 DEFAULT_PRECISION = "auto"
 
@@ -74,7 +76,9 @@ class PrefixEncoder:
         cosine = runner.verdict()
         if cosine is None:
             prompts, prefixes = check_prompts()
-            ref = self.embed_shared(prompts, prefixes)
+            ref = _recorded(folder, meta, len(prompts))
+            if ref is None:  # exports from before the vectors were recorded
+                ref = self.embed_shared(prompts, prefixes)
             self._bf16 = runner
             try:
                 cosine = float(np.min(np.sum(self.embed_shared(prompts, prefixes) * ref, axis=1)))
@@ -135,6 +139,17 @@ class PrefixEncoder:
         return tuple(int(t) for t in row[:int(row.argmax())])  # the start token and the prefix's own
 
 
+def _recorded(folder: Path, meta: dict[str, Any], count: int) -> np.ndarray | None:
+    """The plain graph's vectors of the check prompts as the export recorded them, or None."""
+    name = meta.get("check_vectors")
+    if name:
+        with contextlib.suppress(OSError, ValueError):
+            ref = np.load(folder / str(name))
+            if ref.shape[0] == count:
+                return np.asarray(ref, dtype=np.float32)
+    return None
+
+
 def _batches(members: list[int], lengths: np.ndarray) -> list[list[int]]:
     """One prefix's prompts in batches of one suffix length where that is at least MIN_ROWS of
     them: fixed batches of a sorted list padded 22 % of 1,000 labels' suffix tokens (a batch spans
@@ -162,12 +177,13 @@ def load(folder: Path, plain: OnnxTextEncoder, meta: dict[str, Any]) -> PrefixEn
     return encoder
 
 
-def verify(folder: Path, meta: dict[str, Any]) -> float:
-    """The prefix graph's lowest cosine to the plain graph over the check prompts. One session at a
-    time: the plain graph's vectors first, then it goes, then the prefix graph's."""
+def verify(folder: Path, meta: dict[str, Any]) -> tuple[float, np.ndarray]:
+    """The prefix graph's lowest cosine to the plain graph over the check prompts, and the plain
+    graph's vectors of them. One session at a time: the plain graph's vectors first, then it goes,
+    then the prefix graph's."""
     prompts, prefixes = check_prompts()
     plain = OnnxTextEncoder(folder)
     ref = plain.embed_texts(prompts)
     plain.session = None
     got = PrefixEncoder(folder, plain, meta).embed_shared(prompts, prefixes)
-    return float(np.min(np.sum(got * ref, axis=1)))
+    return float(np.min(np.sum(got * ref, axis=1))), ref

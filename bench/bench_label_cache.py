@@ -248,7 +248,9 @@ def _floors(plain: OnnxTextEncoder, flat: list[str], model_dir: Path, got: dict[
     width, layers = _text_size(model_dir)
     per_token = 2.0 * 12 * width * width  # QKV 3w^2, output w^2, MLP 8w^2 multiply-adds per layer
     graph1 = float(per_token * layers * suffixes.sum())
-    graph2 = float(per_token * (layers - 1) * suffixes.sum() + 2.0 * width * width * (2 * suffixes.sum() + 10 * len(flat)))
+    # The last layer: every token's keys and values (2w^2), the end token's query, output and MLP (10w^2).
+    last = 2.0 * width * width * (2 * suffixes.sum() + 10 * len(flat))
+    graph2 = float(per_token * (layers - 1) * suffixes.sum() + last)
     tokens = int(lengths.sum())
     return {"tokens": tokens, "suffix_tokens": int(suffixes.sum()),
             "fp32_all_tokens_s": per_token * layers * tokens / (got["fp32_gflops"] * 1e9),

@@ -139,12 +139,18 @@ def gpu_possible() -> bool:
     return any(os.path.exists(p) for p in ("/dev/nvidiactl", "/dev/nvidia0", "/dev/kfd", "/dev/dxg"))
 
 
+def on_cpu(device: str | None) -> bool:
+    """Whether a run asked for `device` runs on the CPU, told without importing torch: `cpu`, or
+    `auto` where no GPU might be taken (gpu_possible)."""
+    dev = (device or "auto").lower()
+    return dev == "cpu" or (dev == "auto" and not gpu_possible())
+
+
 def torch_precision(device: str | None, precision: str | None) -> str | None:
     """The precision torch would run this index in when it would run on the CPU with the precision
     it picks itself (or fp32, which is the tower's own); None where torch must keep the run: a GPU
     is or may be in play, or bf16/fp16 (or something unknown) was asked for."""
-    dev = (device or "auto").lower()
-    if dev not in ("auto", "cpu") or (dev == "auto" and gpu_possible()):
+    if not on_cpu(device):
         return None
     req = (precision or "auto").lower()
     if req not in ("auto", "fp32"):

@@ -19,6 +19,18 @@ returns first and leaves a detached exporter: after each command the script wait
 the text tower landed, when the exporter finished (text, then image tower) and its peak RSS, and
 "until text queries are torch-free" = the command's wall + the wait for the text tower. A tree that
 exports inline has all of it inside the command (0 s after it).
+
+`--large N` (bench/results/lean-index-large.json) measures instead the first index of N phone
+photos where OpenVINO is absent (`CLIPSEARCH_IMAGE_RUNTIME=onnxruntime`: the same choice as a
+machine without the `openvino` extra), so a bf16 CPU takes torch above the ONNX Runtime crossover:
+the baseline tree, this tree, and this tree with the exported tower forced onto ONNX Runtime fp32
+(bench_onnx_index's wrapper, FORCE_TOWER=1: the crossover lifted), alternating in each round. Peak
+RSS is the `clipsearch` process's own (the wrapper's RUSAGE_CHILDREN); the background exporter it
+leaves is a detached process whose RSS that does not include: it is waited for and its own VmHWM
+reported apart. Then, per tree, where the index embedder's memory goes (bench/index_memory.py, a
+fresh process each): resident after importing torch, after loading what the tree's index run embeds
+with, after 4 batches of 32, by kind of mapping (CUDA's libraries, torch's own, other files, the
+malloc heap, other anonymous memory) and malloc's free-but-kept bytes.
 """
 
 from __future__ import annotations
@@ -32,6 +44,7 @@ import sys
 import tempfile
 import time
 from pathlib import Path
+from typing import Any
 
 sys.path.insert(0, str(Path(__file__).parent))
 import common
@@ -47,11 +60,12 @@ KEYS = ("wall_s", "peak_rss_mb", "model_load_s", "text_ready_s", "exports_done_s
         "text_ready_wall_s")
 
 
-def run(tree: Path, args: list[str], home: Path) -> dict[str, float]:
+def run(tree: Path, args: list[str], home: Path, wrapper: str = WRAPPER,
+        extra: dict[str, str] | None = None) -> dict[str, float]:
     env = {**os.environ, "PYTHONPATH": str(tree), "CLIPSEARCH_HOME": str(home), "CLIPSEARCH_TEXT_MODEL": "on",
-           "HF_HUB_OFFLINE": "1"}
+           "HF_HUB_OFFLINE": "1", **(extra or {})}
     start = time.perf_counter()
-    proc = subprocess.run([sys.executable, "-c", WRAPPER, *args, "--json"], capture_output=True, text=True,
+    proc = subprocess.run([sys.executable, "-c", wrapper, *args, "--json"], capture_output=True, text=True,
                           env=env, check=False, cwd=home)
     wall = time.perf_counter() - start
     if proc.returncode != 0:
@@ -63,6 +77,7 @@ def run(tree: Path, args: list[str], home: Path) -> dict[str, float]:
     exports = common.wait_for_exports(index)
     return {"wall_s": wall, "peak_rss_mb": common.peak_rss_mb(proc),
             "model_load_s": float(summary.get("model_load_seconds", 0.0)), "embedded": summary["embedded"],
+            "images_per_s": float(summary.get("images_per_second", 0.0)), "embedded_with": summary.get("embedded_with"),
             **exports, "text_ready_wall_s": wall + exports["text_ready_s"]}
 
 
@@ -87,6 +102,65 @@ def load_split(tree: Path, model: str, home: Path) -> dict[str, float]:
     return {k: float(v) for k, v in json.loads(proc.stdout.splitlines()[-1]).items()}
 
 
+def breakdown(tree: Path, model: str, home: Path) -> dict[str, Any]:
+    """Where the memory of `tree`'s index embedder goes (bench/index_memory.py, run on that tree)."""
+    env = {**os.environ, "PYTHONPATH": str(tree), "CLIPSEARCH_HOME": str(home), "HF_HUB_OFFLINE": "1"}
+    proc = subprocess.run([sys.executable, str(HERE / "bench" / "index_memory.py"), model], capture_output=True,
+                          text=True, env=env, check=True, cwd=home)
+    return dict(json.loads(proc.stdout.splitlines()[-1]))
+
+
+LARGE_KEYS = ("wall_s", "peak_rss_mb", "model_load_s", "images_per_s", "exports_done_s", "exporter_peak_rss_mb")
+
+
+def large(trees: dict[str, Path], model: str, count: int, rounds: int, quick: bool) -> None:
+    """The first index of `count` photos without OpenVINO (module docstring, `--large`)."""
+    import bench_onnx_index
+
+    photos = common.make_photos(common.CACHE / "photos" / f"1600x1200-{count}", count, common.PHONE)
+    hidden = {"CLIPSEARCH_IMAGE_RUNTIME": "onnxruntime"}  # OpenVINO absent, as without the extra
+    paths = {"baseline": (trees["baseline"], hidden), "this": (trees["this"], hidden),
+             "this, ONNX Runtime fp32 forced": (trees["this"], {**hidden, "FORCE_TOWER": "1"})}
+    runs: dict[str, list[dict[str, Any]]] = {k: [] for k in paths}
+    for r in range(rounds):
+        order = list(paths) if r % 2 == 0 else list(reversed(paths))  # who goes first alternates
+        for name in order:
+            tree, extra = paths[name]
+            with tempfile.TemporaryDirectory() as tmp:
+                home = Path(tmp)
+                got = run(tree, ["index", str(photos[0].parent), "--index", str(home / "i"), "--model", model], home,
+                          bench_onnx_index.WRAPPER, extra)
+            runs[name].append(got)
+            print(f"round {r + 1} {name:32} {got['embedded_with']:17} wall {got['wall_s']:6.1f} s  peak RSS "
+                  f"{got['peak_rss_mb']:5.0f} MB  load {got['model_load_s']:4.1f} s  {got['images_per_s']:5.2f} "
+                  f"img/s; exporter after it {got['exports_done_s']:5.1f} s, its peak RSS "
+                  f"{got['exporter_peak_rss_mb']:5.0f} MB", flush=True)
+    best = {name: {k: (min if k != "images_per_s" else max)(x[k] for x in rs) for k in LARGE_KEYS}
+            for name, rs in runs.items()}
+    per_round = {name: [x["wall_s"] / b["wall_s"] for x, b in zip(rs, runs["baseline"], strict=True)]
+                 for name, rs in runs.items()}
+    for name, b in best.items():
+        print(f"{name:32} best wall {b['wall_s']:6.1f} s (x{b['wall_s'] / best['baseline']['wall_s']:.2f}; per round "
+              f"{', '.join(f'{x:.2f}' for x in per_round[name])})  peak RSS {b['peak_rss_mb']:5.0f} MB "
+              f"(x{b['peak_rss_mb'] / best['baseline']['peak_rss_mb']:.2f})", flush=True)
+    splits: dict[str, list[dict[str, Any]]] = {"baseline": [], "this": []}
+    with tempfile.TemporaryDirectory() as tmp:
+        for _ in range(2):
+            for name in splits:
+                splits[name].append(breakdown(trees[name], model, Path(tmp)))
+    for name, rs in splits.items():
+        last = rs[-1]
+        print(f"{name}: {last['embedder']} ({last['runtime']}), imports {last['imported']}; RSS MB after torch "
+              f"{last['torch']['VmRSS']:.0f}, loaded {last['loaded']['VmRSS']:.0f}, embedding peak "
+              f"{last['embedded']['VmHWM']:.0f}; load {min(r['load_s'] for r in rs):.2f} s, "
+              f"{min(r['ms_per_photo'] for r in rs):.1f} ms/photo", flush=True)
+        print(f"    by kind when loaded: {', '.join(f'{k} {v:.0f}' for k, v in last['loaded']['kinds'].items())}; "
+              f"malloc free but kept after embedding {last['embedded']['malloc_free_kept_mb']:.0f} MB", flush=True)
+    payload = {"model": model, "photos": count, "runs": runs, "best": best, "wall_ratio_per_round": per_round,
+               "breakdown": splits}
+    print(f"results: {common.save('lean-index-large' + ('-quick' if quick else ''), payload)}")
+
+
 def round_for(tree: Path, model: str, photos: list[Path], work: Path) -> dict[str, dict[str, float]]:
     home = work / "home"
     folder = work / "photos"
@@ -108,9 +182,14 @@ def main() -> None:
     ap.add_argument("--quick", action="store_true", help="the tiny model, one round: checks the script runs")
     ap.add_argument("--only-load", action="store_true", help="only the model-load split (imports vs weights)")
     ap.add_argument("--no-load-split", action="store_true", help="skip the model-load split (the index runs only)")
+    ap.add_argument("--large", type=int, default=0, metavar="N",
+                    help="instead: the first index of N photos without OpenVINO, and where its memory goes")
     args = ap.parse_args()
     model_dir = common.TINY if args.quick else common.random_model("ViT-B-32")
     model = f"local-dir:{model_dir}"
+    if args.large:
+        large({"baseline": args.baseline.resolve(), "this": HERE}, model, args.large, args.rounds, args.quick)
+        return
     photos = common.make_photos(common.CACHE / "photos" / "1600x1200-2", 2, common.PHONE)
     trees = {"baseline": args.baseline.resolve(), "this": HERE}
     splits: dict[str, list[dict[str, float]]] = {k: [] for k in trees}

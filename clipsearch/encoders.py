@@ -24,6 +24,7 @@ from clipsearch.model.onnx_indexing import ImageEmbedder
 
 if TYPE_CHECKING:
     from clipsearch.model.embedder import Embedder
+    from clipsearch.model.vit_torch import TorchVitEmbedder
 
 TextEncoder = Any  # an Embedder or a text_tower.OnnxTextEncoder: both have embed_texts(list[str])
 
@@ -44,6 +45,7 @@ class Encoders:
         # many new texts (a server, a notebook) loads it once instead of once a query (60-150 ms).
         self._text_tower: tuple[str, text_tower.OnnxTextEncoder] | None = None
         self._image_tower: tuple[str, image_tower.ImageEncoder] | None = None
+        self._torch_kept: TorchVitEmbedder | None = None  # _torch_tower's, until the Embedder loads
 
     def spec(self) -> names.ModelSpec:
         """The model asked for, else the index's, else the default."""
@@ -61,6 +63,7 @@ class Encoders:
             from clipsearch.model.embedder import Embedder
 
             self.loaded = Embedder(self.spec(), self.device, self.precision, self.download, self.notify)
+            self._torch_kept = None  # the Embedder embeds from now on: one copy of the image tower
         return self.loaded
 
     def checked(self, recorded: ModelIdentity) -> Embedder:
@@ -79,7 +82,8 @@ class Encoders:
         """What embeds an index run's photos once the plan knows how many (pipeline.GetEmbedder),
         bound to the index: the model's identity recorded (or refused), and its logit scale."""
         def bound(images: int) -> ImageEmbedder:
-            emb = (self._tower_for_indexing(store, images) if local else None) or self.embedder()
+            emb = ((self._tower_for_indexing(store, images) or self._torch_tower(store.model_identity()) if local
+                    else None) or self.embedder())
             store.bind_model(emb.identity)
             if store.meta("logit_scale") is None:  # text queries' relevance decision reads it
                 store.set_meta("logit_scale", repr(emb.logit_scale))
@@ -117,6 +121,32 @@ class Encoders:
                                                    None if bias is None else float(bias), runtimes)
             return self._built_tower(recorded, runtimes)
         except Exception:  # noqa: BLE001 - the runtime missing or the files unreadable: torch embeds
+            return None
+
+    def _torch_tower(self, recorded: ModelIdentity | None) -> ImageEmbedder | None:
+        """For a run torch embeds on the CPU: the model's ViT image tower rebuilt from torch's own
+        modules (vit_torch.py), the Embedder's vectors without importing open_clip, torchvision or
+        timm (~280 MB resident and seconds of start-up). Kept for the next run of a long-lived
+        process. None where the model or the run does not qualify, or the process has the model
+        loaded already: then the Embedder embeds, and says what is wrong if anything is."""
+        from clipsearch.model import embedder, vit_config, vit_torch
+
+        if self.loaded is not None or not onnx_indexing.on_cpu(self.device):
+            return None
+        try:
+            precision = embedder.pick_precision(self.precision, "cpu")
+            tower = vit_config.tower(self.spec(), self.download, self.notify)
+            if tower is None:
+                return None
+            identity = tower.identity()
+            if recorded is not None and (recorded.weights_sha256, recorded.embed_dim) != (identity.weights_sha256,
+                                                                                           identity.embed_dim):
+                return None  # the Embedder refuses it with the usual message
+            kept = self._torch_kept
+            if kept is None or (kept.identity, kept.precision) != (identity, precision):
+                kept = self._torch_kept = vit_torch.TorchVitEmbedder(tower, precision)
+            return kept
+        except Exception:  # noqa: BLE001 - an unusual file or a precision torch refuses: the Embedder's path
             return None
 
     def _built_tower(self, recorded: ModelIdentity | None,

@@ -15,7 +15,7 @@ LAYERS = ["base", "model", "index", "ingest", "search", "tags", "library", "cli"
 BASE = {"errors", "config", "paths", "formats", "failpoints", "blas_threads", "_version"}
 # The modules that need torch or open_clip; nothing below ingest may import them, even lazily.
 TORCH_SIDE = {"clipsearch.model.embedder", "clipsearch.model.text_export", "clipsearch.model.lean_load",
-              "clipsearch.model.prefix_export"}
+              "clipsearch.model.prefix_export", "clipsearch.model.vit_torch"}
 MAX_LINES = 400
 
 

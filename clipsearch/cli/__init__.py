@@ -58,6 +58,7 @@ def main() -> None:
         sys.exit(130)
     except SystemExit as done:
         _exit_now(done)
+        _skip_library_destructors(done)
         raise
 
 
@@ -82,6 +83,42 @@ def _exit_now(done: SystemExit) -> None:
     except (BrokenPipeError, ValueError):
         return  # let the normal exit report it as it always has
     os._exit(code)
+
+
+def _skip_library_destructors(done: SystemExit) -> None:
+    """After a command that loaded torch: let Python finalise as usual (its atexit handlers, files
+    closed), then end the process before the C libraries' own exit-time destructors run.
+
+    A CUDA build of torch (what pip installs on Linux) loads CUDA's libraries even where no GPU is
+    used, and their static destructors touch ~125 MB at exit that nothing uses again (`python -c
+    "import torch"`: 519 MB resident at the end of Python's finalisation, 648 MB peak when the
+    process is gone): that exit, not the work, was an `index` run's peak RSS (docs/benchmarks.md,
+    "Index runs without OpenVINO"). glibc's exit() runs its handlers last-registered first, so
+    these two run before every library's: C stdio flushed, then _exit with the command's status.
+    """
+    import os
+
+    if not sys.platform.startswith("linux") or "torch" not in sys.modules or "ray" in sys.modules:
+        return  # Ray's workers and drivers keep their own exit paths
+    code = done.code if isinstance(done.code, int) else (0 if done.code is None else 1)
+    try:
+        sys.stdout.flush()
+        sys.stderr.flush()
+    except (BrokenPipeError, ValueError):
+        return  # Python's own exit reports it (status 120), as it always has
+    import ctypes
+
+    try:
+        libc = ctypes.CDLL("libc.so.6")
+        register, end, flush = libc.__cxa_atexit, libc._exit, libc.fflush
+    except (OSError, AttributeError):
+        return  # not glibc: the libraries' destructors run, which costs memory, not correctness
+    pointer = ctypes.c_void_p
+    register.argtypes = [pointer, pointer, pointer]
+    if os.environ.get("CLIPSEARCH_EXIT_DESTRUCTORS", "").strip().lower() in ("1", "on", "yes", "true"):
+        return  # the libraries' destructors wanted (a debugger, a profiler that writes at exit)
+    register(ctypes.cast(end, pointer), pointer(code & 0xFF), None)
+    register(ctypes.cast(flush, pointer), None, None)  # runs first: fflush(NULL)
 
 
 __all__ = ["app", "main"]

@@ -10,7 +10,8 @@ better, but starts ~0.3-0.4 s later than ONNX Runtime (compile, a slower first c
 image tower"): a run of a few pictures takes ONNX Runtime; from OPENVINO_FROM pictures, on a CPU
 with native bf16 where OpenVINO is installed, OpenVINO bf16, at any size (it beat torch bf16 per
 photo); without OpenVINO (or `CLIPSEARCH_IMAGE_RUNTIME=onnxruntime`) ONNX Runtime up to its
-crossover and torch above, as before; on CPUs without native bf16 (AVX2 only) everything is fp32
+crossover and torch above, as before (torch running vit_torch.py's rebuild of a ViT's image tower,
+~0.9 GB at its peak rather than the Embedder's ~1.2 GB); on CPUs without native bf16 (AVX2 only) everything is fp32
 and ONNX Runtime outruns torch fp32 per photo, so it takes every run. Any doubt keeps torch (a GPU
 that might be used, a precision asked for, a session that will not load, OpenVINO failing its
 self-check where ONNX Runtime would be slower than torch): the choice costs speed, never vectors,
@@ -145,12 +146,18 @@ def gpu_possible() -> bool:
     return any(os.path.exists(p) for p in ("/dev/nvidiactl", "/dev/nvidia0", "/dev/kfd", "/dev/dxg"))
 
 
+def on_cpu(device: str | None) -> bool:
+    """Whether a run asked for `device` runs on the CPU, told without importing torch: `cpu`, or
+    `auto` where no GPU might be taken (gpu_possible)."""
+    dev = (device or "auto").lower()
+    return dev == "cpu" or (dev == "auto" and not gpu_possible())
+
+
 def torch_precision(device: str | None, precision: str | None) -> str | None:
     """The precision torch would run this index in when it would run on the CPU with the precision
     it picks itself (or fp32, which is the tower's own); None where torch must keep the run: a GPU
     is or may be in play, or bf16/fp16 (or something unknown) was asked for."""
-    dev = (device or "auto").lower()
-    if dev not in ("auto", "cpu") or (dev == "auto" and gpu_possible()):
+    if not on_cpu(device):
         return None
     req = (precision or "auto").lower()
     if req not in ("auto", "fp32"):

@@ -136,6 +136,7 @@ class TorchVitEmbedder:
         self.precision = precision
         self.dtype = embedder.dtype_of(precision)
         self.runtime = f"torch {precision}"
+        self.unchecked: str | None = None  # open_clip's own modules and weights: nothing to check (onnx_indexing.py)
         self.identity: ModelIdentity = t.identity()
         self.preprocess = t.preprocess
         state = lean_load.read(t.weights, (lean_load.IMAGE,), self.dtype)  # the image tower and the scalars

@@ -14,12 +14,11 @@ import os
 import subprocess
 import sys
 from pathlib import Path
-from typing import Any
 
 import numpy as np
 import pytest
 import shapes
-import torch
+from test_vit_graph import TEXT, VARIANTS, _save
 
 from clipsearch.encoders import Encoders
 from clipsearch.index.store import Store
@@ -27,39 +26,11 @@ from clipsearch.ingest import images
 from clipsearch.model import image_tower, names, vit_config, vit_torch
 from clipsearch.model.embedder import Embedder
 
-TEXT = {"context_length": 77, "vocab_size": 49408, "width": 32, "heads": 2, "layers": 1}
-VARIANTS: dict[str, dict[str, Any]] = {
-    "plain": {"vision_cfg": {"image_size": 64, "layers": 2, "width": 64, "head_width": 16, "patch_size": 16}},
-    "quick-ls": {"quick_gelu": True, "vision_cfg": {"image_size": 48, "layers": 2, "width": 48, "head_width": 16,
-                                                    "patch_size": 16, "ls_init_value": 0.5}},
-    "avg-after-no-pre": {"vision_cfg": {"image_size": 64, "layers": 2, "width": 32, "head_width": 8, "patch_size": 16,
-                                        "pool_type": "avg", "final_ln_after_pool": True, "no_ln_pre": True}},
-    "avg-eps-bias": {"init_logit_bias": -10.0,
-                     "vision_cfg": {"image_size": 32, "layers": 3, "width": 40, "head_width": 20, "patch_size": 8,
-                                    "pool_type": "avg", "mlp_ratio": 2.0, "norm_kwargs": {"eps": 1e-6}}},
-}
-
-
-def _save(folder: Path, model_cfg: dict[str, Any], seed: int) -> Path:
-    import open_clip
-    from safetensors.torch import save_file
-
-    torch.manual_seed(seed)
-    model = open_clip.model.CLIP(**model_cfg)
-    with torch.no_grad():
-        for name, p in model.visual.named_parameters():
-            if ".ln_" in name or name.startswith("ln_") or ".ls_" in name:
-                p.add_(0.3 * torch.randn_like(p))  # a LayerNorm or LayerScale that does something
-    folder.mkdir(parents=True)
-    save_file({k: v.contiguous() for k, v in model.state_dict().items()}, str(folder / names.SAFETENSORS_NAME))
-    (folder / "open_clip_config.json").write_text(json.dumps({"model_cfg": model_cfg, "preprocess_cfg": {}}))
-    return folder
-
 
 @pytest.fixture(scope="session")
 def torch_vits(tmp_path_factory: pytest.TempPathFactory) -> dict[str, Path]:
     root = tmp_path_factory.mktemp("torch-vits")
-    return {name: _save(root / name, {"embed_dim": 24, "text_cfg": TEXT, **cfg}, 40 + i)
+    return {name: _save(root / name, {"embed_dim": 24, "text_cfg": TEXT, **cfg}, {}, 40 + i)
             for i, (name, cfg) in enumerate(VARIANTS.items())}
 
 
@@ -123,7 +94,7 @@ def test_the_embedder_keeps_runs_the_rebuilt_tower_cannot_take(torch_vits: dict[
     kept = enc._torch_tower(None)
     assert isinstance(kept, vit_torch.TorchVitEmbedder)
     assert enc._torch_tower(None) is kept  # a long-lived process builds it once
-    other = Embedder(names.parse(f"local-dir:{torch_vits['avg-eps-bias']}"), "cpu").identity
+    other = Embedder(names.parse(f"local-dir:{torch_vits['avg-eps-mlp']}"), "cpu").identity
     assert enc._torch_tower(other) is None  # another model's index: the Embedder refuses it
     assert Encoders(isolated / "index", model, "cuda", None, False, None)._torch_tower(None) is None
     assert Encoders(isolated / "index", None, "cpu", None, False, None)._torch_tower(None) is None  # tiny: a ResNet

@@ -24,6 +24,7 @@ from clipsearch.model.onnx_indexing import ImageEmbedder
 
 if TYPE_CHECKING:
     from clipsearch.model.embedder import Embedder
+    from clipsearch.model.vit_config import VitTower
     from clipsearch.model.vit_torch import TorchVitEmbedder
 
 TextEncoder = Any  # an Embedder or a text_tower.OnnxTextEncoder: both have embed_texts(list[str])
@@ -123,25 +124,36 @@ class Encoders:
         except Exception:  # noqa: BLE001 - the runtime missing or the files unreadable: torch embeds
             return None
 
+    def _index_vit(self, recorded: ModelIdentity | None) -> VitTower | None:
+        """The model's plain open_clip ViT (vit_config.tower) when it is the index's model; None where
+        it does not qualify or differs from `recorded` (the torch path refuses that with the usual message)."""
+        from clipsearch.model import vit_config
+
+        tower = vit_config.tower(self.spec(), self.download, self.notify)
+        if tower is None:
+            return None
+        identity = tower.identity()
+        if recorded is not None and (recorded.weights_sha256, recorded.embed_dim) != (identity.weights_sha256,
+                                                                                       identity.embed_dim):
+            return None
+        return tower
+
     def _torch_tower(self, recorded: ModelIdentity | None) -> ImageEmbedder | None:
         """For a run torch embeds on the CPU: the model's ViT image tower rebuilt from torch's own
         modules (vit_torch.py), the Embedder's vectors without importing open_clip, torchvision or
         timm (~280 MB resident and seconds of start-up). Kept for the next run of a long-lived
         process. None where the model or the run does not qualify, or the process has the model
         loaded already: then the Embedder embeds, and says what is wrong if anything is."""
-        from clipsearch.model import embedder, vit_config, vit_torch
+        from clipsearch.model import embedder, vit_torch
 
         if self.loaded is not None or not onnx_indexing.on_cpu(self.device):
             return None
         try:
             precision = embedder.pick_precision(self.precision, "cpu")
-            tower = vit_config.tower(self.spec(), self.download, self.notify)
+            tower = self._index_vit(recorded)
             if tower is None:
-                return None
+                return None  # not a ViT vit_config takes, or not the index's (the Embedder says so)
             identity = tower.identity()
-            if recorded is not None and (recorded.weights_sha256, recorded.embed_dim) != (identity.weights_sha256,
-                                                                                           identity.embed_dim):
-                return None  # the Embedder refuses it with the usual message
             kept = self._torch_kept
             if kept is None or (kept.identity, kept.precision) != (identity, precision):
                 kept = self._torch_kept = vit_torch.TorchVitEmbedder(tower, precision)
@@ -154,15 +166,12 @@ class Encoders:
         """The model's ViT image tower built as ONNX from its weights (vit_graph.py), or the one an
         earlier run built; its identity and logit scale read from the weights, as the torch path
         would record them. None where the model does not qualify, or is not the index's."""
-        from clipsearch.model import vit_config, vit_graph
+        from clipsearch.model import vit_graph
 
-        tower = vit_config.tower(self.spec(), self.download, self.notify)
+        tower = self._index_vit(recorded)
         if tower is None:
             return None
         identity = tower.identity()
-        if recorded is not None and (recorded.weights_sha256, recorded.embed_dim) != (identity.weights_sha256,
-                                                                                       identity.embed_dim):
-            return None  # the torch path refuses it with the usual message
         if background_export.declined(self.index_dir).get(vit_graph.BUILT) == identity.weights_sha256:
             return None  # the background check found it unlike open_clip
         if not vit_graph.built(self.index_dir, identity.weights_sha256):

@@ -206,3 +206,35 @@ def test_tag_uses_the_prefix_graph_and_tags_the_same(photo_dir: Path, text_model
     with sqlite3.connect(db) as con:
         after = sorted(con.execute("SELECT image_id, label FROM tags").fetchall())
     assert len(calls) == 1 and first.counts == second.counts and before == after and before
+
+
+def test_the_export_records_the_check_prompts_plain_vectors(exported: Path) -> None:
+    """What a bf16 run's self-check compares with, instead of computing it again in fp32."""
+    meta = json.loads((exported / "meta.json").read_text())["prefix"]
+    assert meta["graph"] == prefix_export.GRAPH and meta["check_vectors"] == prefix_tower.CHECK_VECTORS
+    prompts, _ = prefix_tower.check_prompts()
+    recorded = np.load(exported / meta["check_vectors"])
+    assert np.min(np.sum(recorded * OnnxTextEncoder(exported).embed_texts(prompts), axis=1)) >= 0.9999
+
+
+@pytest.mark.skipif(not _bf16_runs(), reason="needs native bf16 and the openvino extra")
+def test_a_later_bf16_run_takes_the_cached_verdict(exported: Path, tmp_path: Path,
+                                                   monkeypatch: pytest.MonkeyPatch) -> None:
+    """The first run checks and records its verdict; the next one (same graph, CPU, OpenVINO)
+    checks nothing, and still embeds like fp32."""
+    monkeypatch.setenv("CLIPSEARCH_HOME", str(tmp_path))
+    plain = OnnxTextEncoder(exported)
+    meta = plain.meta["prefix"]
+    first = prefix_tower.PrefixEncoder(exported, plain, meta)
+    cosine = first.use_bf16(exported, meta)
+    assert first.precision == "bf16" and list((tmp_path / "cache" / "openvino").glob("check-prefix-*.json"))
+
+    def no_check() -> None:
+        raise AssertionError("checked again")
+
+    monkeypatch.setattr(prefix_tower, "check_prompts", no_check)
+    again = prefix_tower.PrefixEncoder(exported, plain, meta)
+    assert again.use_bf16(exported, meta) == cosine and again.precision == "bf16"
+    prompts = _prompts()
+    got = again.embed_shared(prompts, prefix_tower.prefixes_of(zero_shot.PHOTO_TEMPLATES))
+    assert np.min(np.sum(got * plain.embed_texts(prompts), axis=1)) >= 0.999

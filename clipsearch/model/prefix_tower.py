@@ -12,6 +12,7 @@ word by word, but that is checked, not assumed); every prompt shares at least th
 
 from __future__ import annotations
 
+import contextlib
 import os
 from collections.abc import Sequence
 from pathlib import Path
@@ -30,6 +31,7 @@ MIN_COSINE = 0.9999  # exact up to the order of float sums
 BF16_MIN_COSINE = 0.9995  # bf16's bar: what a query's text vector may lose (text_tower.MIN_COSINE)
 BATCH = 256
 MIN_ROWS = 32  # a batch's rows before it may end at a length change (see _batches)
+CHECK_VECTORS = "prefix_check.npy"  # the plain graph's vectors of check_prompts(), recorded by the export
 PRECISION_ENV = "CLIPSEARCH_LABEL_PRECISION"  # auto (bf16 where the CPU has it natively), fp32, bf16
 DEFAULT_PRECISION = "auto"
 
@@ -56,50 +58,50 @@ class PrefixEncoder:
         self.tokenizer = plain.tokenizer
         self.table: Any = plain.table
         self.session = session(folder / meta["file"], bool(meta.get("preoptimized")))
-        shape = self.session.get_inputs()[3].shape  # past: (layers, 2, past, width)
-        self.layers, self.width = int(shape[0]), int(shape[3])
+        # past: (layers, 2, past, width), or by head (layers, 2, heads, past, head width) in graph 2:
+        # the one axis without a fixed size is the past's.
+        self._dummy = np.zeros([d if isinstance(d, int) else 1 for d in self.session.get_inputs()[3].shape], np.float32)
+        # Prefixes' keys and values, always computed in fp32 on ONNX Runtime (one row each).
         self._states: dict[tuple[int, ...], np.ndarray] = {}
         self.precision = "fp32"
-        self._compiled: Any = None  # OpenVINO's compiled graph, when bf16 runs it (use_bf16)
+        self._bf16: Any = None  # prefix_openvino.Runner, when bf16 runs the batches (use_bf16)
 
     def use_bf16(self, folder: Path, meta: dict[str, Any]) -> float:
-        """Run the graph on OpenVINO in bf16 from now on, if it answers like fp32: the lowest cosine
-        of its vectors of the check prompts to this fp32 encoder's (kept at >= BF16_MIN_COSINE)."""
-        from clipsearch.model.openvino_tower import ov  # the optional `openvino` extra
+        """Run the batches on OpenVINO in bf16 from now on, if it answers like fp32: the lowest cosine
+        of its vectors of the check prompts to this fp32 encoder's (kept at >= BF16_MIN_COSINE).
+        The verdict is cached (prefix_openvino.py), so only a graph's first run on a CPU checks."""
+        from clipsearch.model import prefix_openvino  # the optional `openvino` extra
 
-        prompts, prefixes = check_prompts()
-        ref = self.embed_shared(prompts, prefixes)
-        fp32_states, self._states = self._states, {}
-        self._compiled = ov.Core().compile_model(str(folder / meta["file"]), "CPU", {
-            "INFERENCE_PRECISION_HINT": "bf16", "PERFORMANCE_HINT": "LATENCY", "NUM_STREAMS": "1"})
-        cosine = float(np.min(np.sum(self.embed_shared(prompts, prefixes) * ref, axis=1)))
-        if cosine < BF16_MIN_COSINE:
-            self._compiled, self._states = None, fp32_states
-        else:
-            self.precision = "bf16"
+        runner = prefix_openvino.Runner(folder, meta)
+        cosine = runner.verdict()
+        if cosine is None:
+            prompts, prefixes = check_prompts()
+            ref = _recorded(folder, meta, len(prompts))
+            if ref is None:  # exports from before the vectors were recorded
+                ref = self.embed_shared(prompts, prefixes)
+            self._bf16 = runner
+            try:
+                cosine = float(np.min(np.sum(self.embed_shared(prompts, prefixes) * ref, axis=1)))
+            finally:
+                self._bf16 = None
+            runner.record(cosine)
+        if cosine >= BF16_MIN_COSINE:
+            self._bf16, self.precision = runner, "bf16"
         return cosine
 
-    def _run(self, tokens: np.ndarray, start: int, past: np.ndarray, bias: np.ndarray,
-             eot: np.ndarray) -> tuple[np.ndarray, np.ndarray]:
-        feeds = {"embedded": np.asarray(self.table[tokens], dtype=np.float32),
-                 "positions": np.arange(start, start + tokens.shape[1], dtype=np.int64),
-                 "past_bias": bias, "past": past, "eot": eot.astype(np.int64)}
-        if self._compiled is not None:
-            got = self._compiled(feeds)
-            features, present = got[0], got[1]
-        else:
-            features, present = self.session.run(None, feeds)
-        return np.asarray(features, dtype=np.float32), present
+    def _feeds(self, tokens: np.ndarray, start: int, past: np.ndarray, bias: np.ndarray,
+               eot: np.ndarray) -> dict[str, np.ndarray]:
+        return {"embedded": np.asarray(self.table[tokens], dtype=np.float32),
+                "positions": np.arange(start, start + tokens.shape[1], dtype=np.int64),
+                "past_bias": bias, "past": past, "eot": eot.astype(np.int64)}
 
     def state(self, prefix: tuple[int, ...]) -> np.ndarray:
-        """(layers, 2, len(prefix), width): each layer's keys and values of these tokens from the
-        start. One run of one row; the graph always takes a past, here a dummy row masked out."""
+        """(layers, 2, len(prefix), width), by head in graph 2: each layer's keys and values of these
+        tokens from the start. One run of one row; the graph always takes a past, here a dummy row masked out."""
         if prefix not in self._states:
-            dummy = np.zeros((self.layers, 2, 1, self.width), np.float32)
-            tokens = np.asarray([prefix], dtype=np.int64)
-            _, present = self._run(tokens, 0, dummy, np.full(1, -np.inf, np.float32),
-                                   np.asarray([len(prefix) - 1]))
-            self._states[prefix] = np.ascontiguousarray(present, dtype=np.float32)
+            feeds = self._feeds(np.asarray([prefix], dtype=np.int64), 0, self._dummy, np.full(1, -np.inf, np.float32),
+                                np.asarray([len(prefix) - 1]))
+            self._states[prefix] = np.ascontiguousarray(self.session.run(None, feeds)[1], dtype=np.float32)
         return self._states[prefix]
 
     def embed_shared(self, texts: list[str], prefixes: Sequence[str]) -> np.ndarray:
@@ -114,21 +116,38 @@ class PrefixEncoder:
                 if len(cand) < lengths[i] and tuple(int(t) for t in row[:len(cand)]) == cand:
                     groups.setdefault(cand, []).append(i)
                     break
-        out = np.empty((len(texts), 0), np.float32)
-        for prefix, members in groups.items():
-            past, k = self.state(prefix), len(prefix)
-            bias = np.zeros(k, np.float32)
-            for batch in _batches(members, lengths):
-                width = int(lengths[batch[-1]]) - k
-                got, _ = self._run(tokens[batch, k:k + width], k, past, bias, lengths[batch] - 1 - k)
-                if not out.shape[1]:
-                    out = np.empty((len(texts), got.shape[1]), np.float32)
-                out[batch] = got
+        plan = [(prefix, batch) for prefix, members in groups.items() for batch in _batches(members, lengths)]
+
+        def feeds(prefix: tuple[int, ...], batch: list[int]) -> dict[str, np.ndarray]:
+            k, width = len(prefix), int(lengths[batch[-1]]) - len(prefix)
+            return self._feeds(tokens[batch, k:k + width], k, self.state(prefix), np.zeros(k, np.float32),
+                               lengths[batch] - 1 - k)
+
+        got: dict[int, np.ndarray] = {}
+        if self._bf16 is not None:  # batches in flight on OpenVINO while the next ones are made
+            self._bf16.run(((i, lambda p=p, b=b: feeds(p, b)) for i, (p, b) in enumerate(plan)), got.__setitem__)
+        else:
+            for i, (p, b) in enumerate(plan):
+                got[i] = np.asarray(self.session.run(None, feeds(p, b))[0], dtype=np.float32)
+        out = np.empty((len(texts), got[0].shape[1] if got else 0), np.float32)
+        for i, (_, batch) in enumerate(plan):
+            out[batch] = got[i]
         return out / np.linalg.norm(out, axis=1, keepdims=True)
 
     def _prefix_tokens(self, prefix: str) -> tuple[int, ...]:
         row = self.tokenizer([prefix])[0]
         return tuple(int(t) for t in row[:int(row.argmax())])  # the start token and the prefix's own
+
+
+def _recorded(folder: Path, meta: dict[str, Any], count: int) -> np.ndarray | None:
+    """The plain graph's vectors of the check prompts as the export recorded them, or None."""
+    name = meta.get("check_vectors")
+    if name:
+        with contextlib.suppress(OSError, ValueError):
+            ref = np.load(folder / str(name))
+            if ref.shape[0] == count:
+                return np.asarray(ref, dtype=np.float32)
+    return None
 
 
 def _batches(members: list[int], lengths: np.ndarray) -> list[list[int]]:
@@ -154,16 +173,17 @@ def load(folder: Path, plain: OnnxTextEncoder, meta: dict[str, Any]) -> PrefixEn
         try:
             encoder.use_bf16(folder, meta)
         except Exception:  # noqa: BLE001 - no openvino extra, or it cannot compile: fp32 answers the same
-            encoder._compiled, encoder.precision, encoder._states = None, "fp32", {}
+            encoder._bf16, encoder.precision = None, "fp32"
     return encoder
 
 
-def verify(folder: Path, meta: dict[str, Any]) -> float:
-    """The prefix graph's lowest cosine to the plain graph over the check prompts. One session at a
-    time: the plain graph's vectors first, then it goes, then the prefix graph's."""
+def verify(folder: Path, meta: dict[str, Any]) -> tuple[float, np.ndarray]:
+    """The prefix graph's lowest cosine to the plain graph over the check prompts, and the plain
+    graph's vectors of them. One session at a time: the plain graph's vectors first, then it goes,
+    then the prefix graph's."""
     prompts, prefixes = check_prompts()
     plain = OnnxTextEncoder(folder)
     ref = plain.embed_texts(prompts)
     plain.session = None
     got = PrefixEncoder(folder, plain, meta).embed_shared(prompts, prefixes)
-    return float(np.min(np.sum(got * ref, axis=1)))
+    return float(np.min(np.sum(got * ref, axis=1))), ref

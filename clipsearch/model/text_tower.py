@@ -70,7 +70,8 @@ def _files(meta: dict[str, Any]) -> list[str]:
     vocab = TOKENIZER_NAME if meta.get("tokenizer") == "hf" else VOCAB_NAME
     prefix = meta.get("prefix") or {}  # the label cache's graph (prefix_export.py), where it was kept
     return ([graph, f"{graph}.data", vocab] + ([TABLE_NAME] if meta.get("inputs") == "embedded" else [])
-            + ([prefix["file"], prefix["file"] + ".data"] if prefix.get("file") else []))
+            + ([prefix["file"], prefix["file"] + ".data"] if prefix.get("file") else [])
+            + ([prefix["check_vectors"]] if prefix.get("check_vectors") else []))
 
 
 def record_sizes(folder: Path, meta: dict[str, Any]) -> dict[str, Any]:

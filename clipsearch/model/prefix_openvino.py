@@ -1,0 +1,105 @@
+"""The label cache's prefix graph on OpenVINO in bf16 (the optional `openvino` extra; no torch).
+
+What prefix_tower.py hands over when the CPU has native bf16: batches of prompt suffixes, each
+against one template prefix's cached keys and values, to be run as fast as the cores allow.
+Measured on 2 cores of an AMD EPYC with AVX512-BF16 and no AMX (docs/benchmarks.md, "Label cache"):
+
+- Two streams of one thread, two batches in flight (PERFORMANCE_HINT THROUGHPUT, an
+  AsyncInferQueue), not one request on two threads: a batch's products are too small to split
+  without the threads waiting on each other, and a core taken by another process then stalls
+  only its own stream. Python prepares the next batch while both run.
+- Only `features` is computed: the graph's `present` output (a prefix's keys and values) is
+  dropped from the compiled model, as prefix_tower computes prefixes in fp32 on ONNX Runtime.
+- The compiled model is cached (OpenVINO's CACHE_DIR, in openvino_tower.cache_dir()), and so is
+  the self-check's verdict, keyed by everything that could change it (OpenVINO's version, the CPU's
+  flags, the export's meta.json), as openvino_tower does for the image tower.
+"""
+
+from __future__ import annotations
+
+import contextlib
+import hashlib
+import json
+import os
+from collections.abc import Callable, Iterable
+from pathlib import Path
+from typing import Any
+
+import numpy as np
+
+from clipsearch.model import cpu
+from clipsearch.model.openvino_tower import cache_dir, ov
+
+CONFIG = {"INFERENCE_PRECISION_HINT": "bf16", "PERFORMANCE_HINT": "THROUGHPUT"}
+
+Feeds = dict[str, np.ndarray]
+
+
+class Runner:
+    """The prefix graph compiled for bf16 batches; `run` takes many batches at once."""
+
+    def __init__(self, folder: Path, meta: dict[str, Any]) -> None:
+        """`meta`: meta.json's "prefix" entry."""
+        self.folder, self.meta = folder, meta
+        self.cache = _writable(cache_dir())
+        core = ov.Core()
+        model = core.read_model(str(folder / meta["file"]))
+        at = next((i for i, out in enumerate(model.outputs) if "features" in out.get_names()), 0)
+        model = ov.Model([model.get_results()[at]], model.get_parameters(), "prefix")
+        config = dict(CONFIG, CACHE_DIR=str(self.cache)) if self.cache is not None else dict(CONFIG)
+        self.compiled = core.compile_model(model, "CPU", config)
+        self.requests = max(1, int(self.compiled.get_property("OPTIMAL_NUMBER_OF_INFER_REQUESTS")))
+
+    def run(self, batches: Iterable[tuple[Any, Callable[[], Feeds]]], done: Callable[[Any, np.ndarray], None]) -> None:
+        """Each batch's feeds (made only when a request can take them, so making the next one
+        overlaps the running ones) through the graph; `done(key, features)` as each finishes."""
+        queue = ov.AsyncInferQueue(self.compiled, self.requests)
+        errors: list[BaseException] = []
+
+        def finished(request: Any, key: Any) -> None:
+            try:  # in OpenVINO's thread: an exception here would be lost
+                done(key, np.array(request.get_output_tensor(0).data, dtype=np.float32))
+            except BaseException as exc:  # noqa: BLE001 - raised again below, in the caller's thread
+                errors.append(exc)
+
+        queue.set_callback(finished)
+        for key, feeds in batches:
+            queue.start_async(feeds(), key)
+        queue.wait_all()
+        if errors:
+            raise errors[0]
+
+    def verdict(self) -> float | None:
+        """The self-check's cosine recorded for this graph, CPU and OpenVINO, or None."""
+        path = self._verdict_path()
+        if path is None:
+            return None
+        with contextlib.suppress(OSError, ValueError, KeyError, TypeError):
+            return float(json.loads(path.read_text())["min_cosine"])
+        return None
+
+    def record(self, cosine: float) -> None:
+        path = self._verdict_path()
+        if path is None:
+            return
+        tmp = path.with_name(f".{path.name}.{os.getpid()}")
+        with contextlib.suppress(OSError):
+            tmp.write_text(json.dumps({"min_cosine": cosine, "precision": "bf16", "openvino": ov.__version__}))
+            os.replace(tmp, path)
+
+    def _verdict_path(self) -> Path | None:
+        if self.cache is None:
+            return None
+        h = hashlib.sha256(f"{ov.__version__}|prefix|bf16|{' '.join(sorted(cpu.flags()))}|".encode())
+        h.update(json.dumps(self.meta, sort_keys=True).encode())
+        with contextlib.suppress(OSError):
+            h.update((self.folder / "meta.json").read_bytes())
+        return self.cache / f"check-prefix-{h.hexdigest()[:32]}.json"
+
+
+def _writable(folder: Path) -> Path | None:
+    try:
+        folder.mkdir(parents=True, exist_ok=True)
+    except OSError:
+        return None  # a read-only home: compile and check every time
+    return folder

@@ -238,3 +238,23 @@ def test_a_later_bf16_run_takes_the_cached_verdict(exported: Path, tmp_path: Pat
     prompts = _prompts()
     got = again.embed_shared(prompts, prefix_tower.prefixes_of(zero_shot.PHOTO_TEMPLATES))
     assert np.min(np.sum(got * plain.embed_texts(prompts), axis=1)) >= 0.999
+
+
+@pytest.mark.skipif(not _bf16_runs(), reason="needs native bf16 and the openvino extra")
+def test_a_graph_that_failed_its_check_here_is_not_compiled_again(exported: Path, tmp_path: Path,
+                                                                  monkeypatch: pytest.MonkeyPatch) -> None:
+    """The cached verdict is read first: a tag run pays no compile (nor the compiled model's teardown)
+    for bf16 it will not use."""
+    from clipsearch.model import prefix_openvino
+
+    monkeypatch.setenv("CLIPSEARCH_HOME", str(tmp_path / "home"))
+    monkeypatch.setenv(prefix_tower.PRECISION_ENV, "bf16")
+    meta = json.loads((exported / "meta.json").read_text())["prefix"]
+    assert prefix_openvino.verdict(exported, meta) is None
+    prefix_openvino.record(exported, meta, 0.98)
+    assert prefix_openvino.verdict(exported, meta) == 0.98
+    compiled: list[Path] = []
+    monkeypatch.setattr(prefix_openvino, "Runner", lambda folder, _meta: compiled.append(folder))
+    encoder = OnnxTextEncoder(exported).prefix_encoder()
+    assert encoder is not None and encoder.precision == "fp32"
+    assert compiled == []

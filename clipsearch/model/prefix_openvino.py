@@ -69,32 +69,37 @@ class Runner:
         if errors:
             raise errors[0]
 
-    def verdict(self) -> float | None:
-        """The self-check's cosine recorded for this graph, CPU and OpenVINO, or None."""
-        path = self._verdict_path()
-        if path is None:
-            return None
-        with contextlib.suppress(OSError, ValueError, KeyError, TypeError):
-            return float(json.loads(path.read_text())["min_cosine"])
+
+def verdict(folder: Path, meta: dict[str, Any]) -> float | None:
+    """The self-check's cosine recorded for this graph, CPU and OpenVINO, or None. Read before
+    anything is compiled, so a graph that failed its check on this CPU is never compiled again."""
+    path = _verdict_path(folder, meta)
+    if path is None:
         return None
+    with contextlib.suppress(OSError, ValueError, KeyError, TypeError):
+        return float(json.loads(path.read_text())["min_cosine"])
+    return None
 
-    def record(self, cosine: float) -> None:
-        path = self._verdict_path()
-        if path is None:
-            return
-        tmp = path.with_name(f".{path.name}.{os.getpid()}")
-        with contextlib.suppress(OSError):
-            tmp.write_text(json.dumps({"min_cosine": cosine, "precision": "bf16", "openvino": ov.__version__}))
-            os.replace(tmp, path)
 
-    def _verdict_path(self) -> Path | None:
-        if self.cache is None:
-            return None
-        h = hashlib.sha256(f"{ov.__version__}|prefix|bf16|{' '.join(sorted(cpu.flags()))}|".encode())
-        h.update(json.dumps(self.meta, sort_keys=True).encode())
-        with contextlib.suppress(OSError):
-            h.update((self.folder / "meta.json").read_bytes())
-        return self.cache / f"check-prefix-{h.hexdigest()[:32]}.json"
+def record(folder: Path, meta: dict[str, Any], cosine: float) -> None:
+    path = _verdict_path(folder, meta)
+    if path is None:
+        return
+    tmp = path.with_name(f".{path.name}.{os.getpid()}")
+    with contextlib.suppress(OSError):
+        tmp.write_text(json.dumps({"min_cosine": cosine, "precision": "bf16", "openvino": ov.__version__}))
+        os.replace(tmp, path)
+
+
+def _verdict_path(folder: Path, meta: dict[str, Any]) -> Path | None:
+    cache = _writable(cache_dir())
+    if cache is None:
+        return None
+    h = hashlib.sha256(f"{ov.__version__}|prefix|bf16|{' '.join(sorted(cpu.flags()))}|".encode())
+    h.update(json.dumps(meta, sort_keys=True).encode())
+    with contextlib.suppress(OSError):
+        h.update((folder / "meta.json").read_bytes())
+    return cache / f"check-prefix-{h.hexdigest()[:32]}.json"
 
 
 def _writable(folder: Path) -> Path | None:

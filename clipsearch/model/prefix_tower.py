@@ -72,8 +72,10 @@ class PrefixEncoder:
         The verdict is cached (prefix_openvino.py), so only a graph's first run on a CPU checks."""
         from clipsearch.model import prefix_openvino  # the optional `openvino` extra
 
+        cosine = prefix_openvino.verdict(folder, meta)
+        if cosine is not None and cosine < BF16_MIN_COSINE:
+            return cosine  # failed on this CPU before: not compiled again
         runner = prefix_openvino.Runner(folder, meta)
-        cosine = runner.verdict()
         if cosine is None:
             prompts, prefixes = check_prompts()
             ref = _recorded(folder, meta, len(prompts))
@@ -84,7 +86,7 @@ class PrefixEncoder:
                 cosine = float(np.min(np.sum(self.embed_shared(prompts, prefixes) * ref, axis=1)))
             finally:
                 self._bf16 = None
-            runner.record(cosine)
+            prefix_openvino.record(folder, meta, cosine)
         if cosine >= BF16_MIN_COSINE:
             self._bf16, self.precision = runner, "bf16"
         return cosine

@@ -4,8 +4,8 @@ What prefix_tower.py hands over when the CPU has native bf16: batches of prompt 
 against one template prefix's cached keys and values, to be run as fast as the cores allow.
 Measured on 2 cores of an AMD EPYC with AVX512-BF16 and no AMX (docs/benchmarks.md, "Label cache"):
 
-- Two streams of one thread, two batches in flight (PERFORMANCE_HINT THROUGHPUT, an
-  AsyncInferQueue), not one request on two threads: a batch's products are too small to split
+- Two streams of one thread, two batches in flight (PERFORMANCE_HINT THROUGHPUT, infer
+  requests taken in turn), not one request on two threads: a batch's products are too small to split
   without the threads waiting on each other, and a core taken by another process then stalls
   only its own stream. Python prepares the next batch while both run.
 - Only `features` is computed: the graph's `present` output (a prefix's keys and values) is
@@ -52,22 +52,29 @@ class Runner:
 
     def run(self, batches: Iterable[tuple[Any, Callable[[], Feeds]]], done: Callable[[Any, np.ndarray], None]) -> None:
         """Each batch's feeds (made only when a request can take them, so making the next one
-        overlaps the running ones) through the graph; `done(key, features)` as each finishes."""
-        queue = ov.AsyncInferQueue(self.compiled, self.requests)
-        errors: list[BaseException] = []
+        overlaps the running ones) through the graph; `done(key, features)` as each finishes.
 
-        def finished(request: Any, key: Any) -> None:
-            try:  # in OpenVINO's thread: an exception here would be lost
-                done(key, np.array(request.get_output_tensor(0).data, dtype=np.float32))
-            except BaseException as exc:  # noqa: BLE001 - raised again below, in the caller's thread
-                errors.append(exc)
+        Plain infer requests taken in turn, not an AsyncInferQueue with a Python callback: that
+        callback runs in OpenVINO's stream threads and needs the GIL, and a stream thread still
+        waiting for it when the compiled model is destroyed (by a thread that holds the GIL, joining
+        the stream threads) deadlocked the process (the self-check's runner, dropped right after)."""
+        requests = [self.compiled.create_infer_request() for _ in range(self.requests)]
+        pending: list[Any] = [None] * len(requests)  # each request's batch key while it runs
 
-        queue.set_callback(finished)
-        for key, feeds in batches:
-            queue.start_async(feeds(), key)
-        queue.wait_all()
-        if errors:
-            raise errors[0]
+        def collect(i: int) -> None:
+            requests[i].wait()  # releases the GIL
+            key, pending[i] = pending[i], None
+            done(key, np.array(requests[i].get_output_tensor(0).data, dtype=np.float32))
+
+        for n, (key, feeds) in enumerate(batches):
+            i = n % len(requests)
+            if pending[i] is not None:
+                collect(i)
+            requests[i].start_async(feeds())
+            pending[i] = key
+        for i in range(len(requests)):
+            if pending[i] is not None:
+                collect(i)
 
 
 def verdict(folder: Path, meta: dict[str, Any]) -> float | None:

@@ -1,6 +1,7 @@
 """The first `tag` run's label cache: 1,000 labels x 8 templates through the exported text tower.
 
     python bench/bench_label_cache.py [--quick] [--labels 1000] [--rounds 3] [--photos 240] [--baseline TREE]
+                                      [--prepared]
 
 The label vectors of the same label set, embedded the ways to compare, each in its own process,
 interleaved round by round (the machine's load moves; read the per-round ratios):
@@ -10,6 +11,8 @@ the same on ONNX Runtime. With --baseline, a checkout of the code to compare wit
 same paths on its own export. Each process starts with an empty cache (what a first `tag` run on
 a machine pays: loading, compiling, the bf16 self-check), then runs the path a second time in the
 same process (a later run: OpenVINO's compiled model and the self-check's verdict cached).
+--prepared adds a first run in a process whose cache the background exporter's last step
+(prefix_tower.prepare) filled first: what a `tag` right after `index` pays.
 Fidelity: each prompt's cosine to the plain tower, each label's to the fp32 path's, and whether tags
 change: photos (scikit-image's data photos and random crops, embedded by open_clip fp32) tagged as
 `Library.tag` does (calibrated thresholds, the search vocabulary as background, top 5).
@@ -161,6 +164,11 @@ def run_child(tree: Path, folder: Path, precision: str, labels: int, out: Path) 
     spec = json.dumps({"folder": str(folder), "precision": precision, "labels": labels, "out": str(out)})
     with tempfile.TemporaryDirectory() as home:  # an empty cache: no compiled model, no verdict
         env = {**os.environ, "PYTHONPATH": str(tree), "CLIPSEARCH_HOME": home}
+        if precision == "bf16-prepared":  # what the background exporter leaves (prefix_tower.prepare)
+            code = ("from pathlib import Path; from clipsearch.model import prefix_tower; "
+                    f"prefix_tower.prepare(Path({str(folder)!r}))")
+            subprocess.run([sys.executable, "-c", code], env=env, check=True)
+            spec = spec.replace('"bf16-prepared"', '"bf16"')
         proc = subprocess.run([sys.executable, str(Path(__file__).resolve()), "--child", spec], env=env,
                               capture_output=True, text=True, check=False)
     if proc.returncode != 0:
@@ -175,6 +183,8 @@ def main() -> None:
     ap.add_argument("--rounds", type=int, default=3)
     ap.add_argument("--photos", type=int, default=240)
     ap.add_argument("--baseline", type=Path, help="a checkout to compare with (its own export, same paths)")
+    ap.add_argument("--prepared", action="store_true",
+                    help="also a first run after the background exporter prepared bf16 (compiled, checked)")
     ap.add_argument("--child", help=argparse.SUPPRESS)
     args = ap.parse_args()
     if args.child:
@@ -186,6 +196,8 @@ def main() -> None:
                for k, tree in trees.items()}
     bf16 = cpu.has_native_bf16() and _has_openvino()
     paths = [f"{k} {p}" for p in (["bf16"] if bf16 else []) + ["fp32"] for k in sorted(trees)]
+    if bf16 and args.prepared:
+        paths.insert(paths.index("now bf16") + 1, "now bf16-prepared")
     work = Path(tempfile.mkdtemp())
     runs: dict[str, list[dict[str, Any]]] = {k: [] for k in paths}
     out = {k: work / f"{k.replace(' ', '_')}.npy" for k in paths}
@@ -229,6 +241,11 @@ def main() -> None:
             ratios = [b / a for b, a in zip(rows[k]["first_s"], rows[now]["first_s"], strict=True)]
             rows[now]["per_round_ratio"] = ratios
             print(f"{k} / {now}, per round: {[round(x, 2) for x in ratios]}", flush=True)
+    if "now bf16-prepared" in rows:
+        ratios = [b / a for b, a in zip(rows["now bf16"]["first_s"], rows["now bf16-prepared"]["first_s"],
+                                        strict=True)]
+        rows["now bf16-prepared"]["per_round_ratio"] = ratios
+        print(f"now bf16 / now bf16-prepared, per round: {[round(x, 2) for x in ratios]}", flush=True)
     floors = _floors(plain, flat, model_dir, got_rates)
     print(f"photos embedded in bf16, fp32 labels: tags {photos_bf16}; rates {got_rates}; {floors}", flush=True)
     common.save("label-cache" + ("-quick" if args.quick else ""),

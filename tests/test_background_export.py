@@ -6,6 +6,7 @@ conftest sets CLIPSEARCH_EXPORT=inline for the rest of the suite; these tests ru
 from __future__ import annotations
 
 import contextlib
+import importlib.util
 import json
 import os
 import signal
@@ -18,7 +19,7 @@ from conftest import run_cli_without_model
 
 from clipsearch.cli import app
 from clipsearch.index.store import Store
-from clipsearch.model import background_export, image_tower, text_tower
+from clipsearch.model import background_export, image_tower, prefix_tower, text_tower
 from clipsearch.model.embedder import Embedder
 
 runner = CliRunner()
@@ -89,6 +90,13 @@ def test_index_returns_before_the_export_and_queries_fall_back_until_it_lands(
     _wait_until_done(index)
     assert text_tower.available(index, sha), _log(index)
     assert image_tower.available(index, sha), _log(index)  # after the text tower, in the same process
+    # The label cache's bf16 graph was compiled and checked there too, not in the first `tag` run.
+    text_folder = index / text_tower.FOLDER
+    prefix = json.loads((text_folder / "meta.json").read_text()).get("prefix")
+    if prefix and prefix_tower.bf16_wanted() and importlib.util.find_spec("openvino"):
+        from clipsearch.model import prefix_openvino
+
+        assert prefix_openvino.verdict(text_folder, prefix) is not None, _log(index)
     assert not list(index.glob(".*-model.*.tmp")) and not (index / background_export.DECLINED).exists()
     # The ONNX tower answers now: no torch in the process.
     result = run_cli_without_model(["query", "a photo of a purple ring", "-n", "1", "-f", "paths"], isolated)

@@ -258,3 +258,33 @@ def test_a_graph_that_failed_its_check_here_is_not_compiled_again(exported: Path
     encoder = OnnxTextEncoder(exported).prefix_encoder()
     assert encoder is not None and encoder.precision == "fp32"
     assert compiled == []
+
+
+@pytest.mark.skipif(not _bf16_runs(), reason="needs native bf16 and the openvino extra")
+def test_prepared_graph_leaves_the_first_tag_run_nothing_to_check(exported: Path, tmp_path: Path,
+                                                                  monkeypatch: pytest.MonkeyPatch) -> None:
+    """What the background exporter does once the export lands (prefix_tower.prepare): the next
+    run takes bf16 from the recorded verdict, without the self-check."""
+    from clipsearch.model import prefix_openvino
+
+    monkeypatch.setenv("CLIPSEARCH_HOME", str(tmp_path / "home"))
+    monkeypatch.setenv(prefix_tower.PRECISION_ENV, "auto")
+    meta = json.loads((exported / "meta.json").read_text())["prefix"]
+    cosine = prefix_tower.prepare(exported)
+    assert cosine is not None and cosine >= prefix_tower.BF16_MIN_COSINE
+    assert prefix_openvino.verdict(exported, meta) == cosine
+    assert list((tmp_path / "home" / "cache" / "openvino").glob("*.blob"))  # the compiled model, cached
+
+    def no_check() -> None:
+        raise AssertionError("the self-check ran again")
+
+    monkeypatch.setattr(prefix_tower, "check_prompts", no_check)
+    encoder = OnnxTextEncoder(exported).prefix_encoder()
+    assert encoder is not None and encoder.precision == "bf16"
+
+
+def test_prepare_does_nothing_where_tag_runs_take_fp32(exported: Path, tmp_path: Path,
+                                                       monkeypatch: pytest.MonkeyPatch) -> None:
+    monkeypatch.setenv("CLIPSEARCH_HOME", str(tmp_path / "home"))
+    assert prefix_tower.prepare(exported) is None  # the module's fixture: fp32
+    assert not (tmp_path / "home" / "cache" / "openvino").exists()

@@ -248,6 +248,7 @@ def _main(index_dir: Path, model_name: str, weights_sha256: str, towers: list[st
                 lean_load.materialise(emb.model, emb.weights_path, (lean_load.IMAGE,), torch.float32, "cpu")
         return emb
 
+    prepare_labels = False
     try:
         for tower in towers:
             with contextlib.suppress(OSError):
@@ -258,12 +259,15 @@ def _main(index_dir: Path, model_name: str, weights_sha256: str, towers: list[st
                             weights_sha256, index_dir):
                         continue
                     done = text_export.export(embedder(tower), index_dir)
+                prepare_labels = done
             elif tower == "image" and image_enabled() and not image_tower.available(index_dir, weights_sha256):
                 done = _image(index_dir, weights_sha256, lambda: embedder("image"))
             else:
                 continue
             if not done:
                 _decline(index_dir, tower, weights_sha256)
+        if prepare_labels:  # last: the towers' exports first, as queries wait for them
+            _prepare_labels(index_dir)
         return 0
     except Exception:  # noqa: BLE001 - a failed export only costs speed: queries keep the torch path
         import traceback
@@ -274,6 +278,19 @@ def _main(index_dir: Path, model_name: str, weights_sha256: str, towers: list[st
         with contextlib.suppress(OSError, ValueError):
             if json.loads((index_dir / MARKER).read_text()).get("pid") == os.getpid():
                 (index_dir / MARKER).unlink()
+
+
+def _prepare_labels(index_dir: Path) -> None:
+    """The label cache's bf16 graph compiled and self-checked now, not in the first `tag` run
+    (~2 s of it); optional like the exports: a failure leaves that run to do it."""
+    from clipsearch.model import prefix_tower
+
+    try:
+        prefix_tower.prepare(index_dir / text_tower.FOLDER)
+    except Exception:  # noqa: BLE001 - no openvino extra, a CPU it cannot compile for: the tag run decides
+        import traceback
+
+        traceback.print_exc()  # into LOG
 
 
 if __name__ == "__main__":

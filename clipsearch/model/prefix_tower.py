@@ -170,13 +170,38 @@ def load(folder: Path, plain: OnnxTextEncoder, meta: dict[str, Any]) -> PrefixEn
     """The encoder a tag run uses: bf16 on OpenVINO where $CLIPSEARCH_LABEL_PRECISION allows it
     (auto: where the CPU has native bf16) and it passes its self-check, else fp32 on ONNX Runtime."""
     encoder = PrefixEncoder(folder, plain, meta)
-    wanted = os.environ.get(PRECISION_ENV, DEFAULT_PRECISION).strip().lower()
-    if wanted == "bf16" or (wanted == "auto" and cpu.has_native_bf16()):
+    if bf16_wanted():
         try:
             encoder.use_bf16(folder, meta)
         except Exception:  # noqa: BLE001 - no openvino extra, or it cannot compile: fp32 answers the same
             encoder._bf16, encoder.precision = None, "fp32"
     return encoder
+
+
+def prepare(folder: Path) -> float | None:
+    """Pay now what a first `tag` run would pay before its first batch (the background exporter
+    calls this once the export has landed): OpenVINO's bf16 graph compiled into its cache and the
+    self-check's verdict recorded, so that run compiles from the cache and checks nothing. The
+    verdict's cosine, or None where tag runs would not take bf16."""
+    try:
+        from clipsearch.model import prefix_openvino  # the optional `openvino` extra
+    except ImportError:
+        return None
+    plain = OnnxTextEncoder(folder)
+    meta = plain.meta.get("prefix")
+    if not meta or not bf16_wanted():
+        return None
+    cosine = prefix_openvino.verdict(folder, meta)
+    if cosine is not None:
+        return cosine  # prepared before (the compiled model is cached with it)
+    plain.session = None  # only its tokenizer and token table are used
+    return PrefixEncoder(folder, plain, meta).use_bf16(folder, meta)
+
+
+def bf16_wanted() -> bool:
+    """Whether tag runs try bf16: $CLIPSEARCH_LABEL_PRECISION, "auto" meaning where the CPU has it natively."""
+    wanted = os.environ.get(PRECISION_ENV, DEFAULT_PRECISION).strip().lower()
+    return wanted == "bf16" or (wanted == "auto" and cpu.has_native_bf16())
 
 
 def verify(folder: Path, meta: dict[str, Any]) -> tuple[float, np.ndarray]:

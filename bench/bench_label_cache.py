@@ -161,14 +161,15 @@ def child(spec: dict[str, Any]) -> None:
 
 
 def run_child(tree: Path, folder: Path, precision: str, labels: int, out: Path) -> dict[str, Any]:
-    spec = json.dumps({"folder": str(folder), "precision": precision, "labels": labels, "out": str(out)})
+    prepared = precision == "bf16-prepared"  # the bf16 path, on what the background exporter leaves
+    spec = json.dumps({"folder": str(folder), "precision": "bf16" if prepared else precision, "labels": labels,
+                       "out": str(out)})
     with tempfile.TemporaryDirectory() as home:  # an empty cache: no compiled model, no verdict
         env = {**os.environ, "PYTHONPATH": str(tree), "CLIPSEARCH_HOME": home}
-        if precision == "bf16-prepared":  # what the background exporter leaves (prefix_tower.prepare)
+        if prepared:
             code = ("from pathlib import Path; from clipsearch.model import prefix_tower; "
                     f"prefix_tower.prepare(Path({str(folder)!r}))")
             subprocess.run([sys.executable, "-c", code], env=env, check=True)
-            spec = spec.replace('"bf16-prepared"', '"bf16"')
         proc = subprocess.run([sys.executable, str(Path(__file__).resolve()), "--child", spec], env=env,
                               capture_output=True, text=True, check=False)
     if proc.returncode != 0:
@@ -235,17 +236,14 @@ def main() -> None:
         print(f"{name}: first {rows[name]['first_s']}, again {rows[name]['again_s']}, label cos "
               f"{rows[name]['label_min_cosine']:.6f}, prompt cos {rows[name]['prompt_min_cosine']:.6f}, "
               f"tags {rows[name]['tags']}", flush=True)
-    for k in (f"before {p}" for p in ("bf16", "fp32")):
-        now = k.replace("before", "now")
-        if k in rows and now in rows:
-            ratios = [b / a for b, a in zip(rows[k]["first_s"], rows[now]["first_s"], strict=True)]
-            rows[now]["per_round_ratio"] = ratios
-            print(f"{k} / {now}, per round: {[round(x, 2) for x in ratios]}", flush=True)
-    if "now bf16-prepared" in rows:
-        ratios = [b / a for b, a in zip(rows["now bf16"]["first_s"], rows["now bf16-prepared"]["first_s"],
-                                        strict=True)]
-        rows["now bf16-prepared"]["per_round_ratio"] = ratios
-        print(f"now bf16 / now bf16-prepared, per round: {[round(x, 2) for x in ratios]}", flush=True)
+    # Each pair's per-round ratio, slower path over faster: the baseline over now, and the empty
+    # cache over the prepared one.
+    pairs = [(f"before {p}", f"now {p}") for p in ("bf16", "fp32")] + [("now bf16", "now bf16-prepared")]
+    for slow, fast in pairs:
+        if slow in rows and fast in rows:
+            ratios = [b / a for b, a in zip(rows[slow]["first_s"], rows[fast]["first_s"], strict=True)]
+            rows[fast]["per_round_ratio"] = ratios
+            print(f"{slow} / {fast}, per round: {[round(x, 2) for x in ratios]}", flush=True)
     floors = _floors(plain, flat, model_dir, got_rates)
     print(f"photos embedded in bf16, fp32 labels: tags {photos_bf16}; rates {got_rates}; {floors}", flush=True)
     common.save("label-cache" + ("-quick" if args.quick else ""),

@@ -282,7 +282,8 @@ def _main(index_dir: Path, model_name: str, weights_sha256: str, towers: list[st
 
 def _prepare_labels(index_dir: Path) -> None:
     """The label cache's bf16 graph compiled and self-checked now, not in the first `tag` run
-    (~2 s of it); optional like the exports: a failure leaves that run to do it."""
+    (0.3-0.5 s of it on 2 cores, docs/benchmarks.md); optional like the exports: a failure leaves
+    that run to do it."""
     from clipsearch.model import prefix_tower
 
     try:

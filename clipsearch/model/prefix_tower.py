@@ -13,6 +13,7 @@ word by word, but that is checked, not assumed); every prompt shares at least th
 from __future__ import annotations
 
 import contextlib
+import json
 import os
 from collections.abc import Sequence
 from pathlib import Path
@@ -183,18 +184,22 @@ def prepare(folder: Path) -> float | None:
     calls this once the export has landed): OpenVINO's bf16 graph compiled into its cache and the
     self-check's verdict recorded, so that run compiles from the cache and checks nothing. The
     verdict's cosine, or None where tag runs would not take bf16."""
+    if not bf16_wanted():
+        return None
     try:
         from clipsearch.model import prefix_openvino  # the optional `openvino` extra
     except ImportError:
         return None
-    plain = OnnxTextEncoder(folder)
-    meta = plain.meta.get("prefix")
-    if not meta or not bf16_wanted():
+    meta = json.loads((folder / "meta.json").read_text()).get("prefix")
+    if not meta:
         return None
     cosine = prefix_openvino.verdict(folder, meta)
     if cosine is not None:
         return cosine  # prepared before (the compiled model is cached with it)
-    plain.session = None  # only its tokenizer and token table are used
+    # Only now the plain encoder, whose constructor opens a session of the whole graph: the prefix
+    # encoder needs its tokenizer and token table alone.
+    plain = OnnxTextEncoder(folder)
+    plain.session = None
     return PrefixEncoder(folder, plain, meta).use_bf16(folder, meta)
 
 

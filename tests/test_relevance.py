@@ -7,6 +7,7 @@ import json
 import os
 import subprocess
 import sys
+import warnings
 from pathlib import Path
 
 import numpy as np
@@ -99,6 +100,32 @@ def test_a_tag_must_be_as_likely_as_an_average_alternative() -> None:
     alt = np.array([[0.25, 0.25, 0.31], [0.25, 0.25, 0.19]])
     likely = relevance.beats_average_alternative(scores, alt, keep, 100.0)
     assert likely[:, 0].tolist() == [True, False]
+
+
+def test_the_tag_check_equals_its_definition_in_float64_without_warnings() -> None:
+    # The check runs in the scores' dtype, in place, without a log per pair: it must still decide as
+    # the softmax's definition does, in float64, for every pair not within rounding of the line,
+    # including labels far above every alternative (their weight overflows float32) and a label left
+    # with no alternatives (which passes).
+    rng = np.random.default_rng(7)
+    scores = rng.uniform(-0.2, 0.5, size=(300, 40)).astype(np.float32)
+    scores[:5, 3] = 1.0
+    alt = rng.uniform(-0.5, 0.4, size=(300, 25)).astype(np.float32)
+    alt[:5] = -1.0  # the photos where label 3 sits 2.0 above the best alternative: exp(200) > float32's max
+    keep = rng.random((40, 25)) < 0.8
+    keep[7] = False
+    with warnings.catch_warnings():
+        warnings.simplefilter("error")
+        got = relevance.beats_average_alternative(scores, alt, keep, 100.0)
+    s64, a64 = scores.astype(np.float64), alt.astype(np.float64)
+    top = a64.max(axis=1, keepdims=True)
+    mean = (np.exp(100.0 * (a64 - top)) @ keep.T) / np.maximum(keep.sum(axis=1), 1)
+    with np.errstate(divide="ignore"):
+        margin = 100.0 * (s64 - top) - np.log(mean)
+    clear = np.abs(margin) > 1e-4
+    assert clear.mean() > 0.99
+    assert (got[clear] == (margin[clear] >= 0)).all()
+    assert got[:5, 3].all() and got[:, 7].all()
 
 
 def test_right_matches_are_shown_first_and_unrelated_queries_get_nothing(shapes_240: list) -> None:

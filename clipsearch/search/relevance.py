@@ -154,9 +154,17 @@ def beats_average_alternative(scores: np.ndarray, alt_scores: np.ndarray, keep: 
     """
     top = alt_scores.max(axis=1, keepdims=True)
     each = np.exp(logit_scale * (alt_scores - top))
-    mean = (each @ keep.T.astype(each.dtype)) / np.maximum(keep.sum(axis=1), 1)[None, :]
-    with np.errstate(divide="ignore"):
-        return logit_scale * (scores - top) >= np.log(mean)
+    total = each @ keep.T.astype(each.dtype)  # (k, L): each label's alternatives' summed weights
+    counts = np.maximum(keep.sum(axis=1), 1).astype(total.dtype)
+    # weight(label) >= total / count, compared as weight * count >= total in the weights' own dtype,
+    # in place: a log per (photo, label) in float64 took most of a re-tag. A label far above every
+    # alternative overflows to inf, which passes, as it should.
+    weight = scores - top
+    weight *= np.asarray(logit_scale, dtype=weight.dtype)
+    with np.errstate(over="ignore"):
+        np.exp(weight, out=weight)
+        weight *= counts[None, :]
+    return weight >= total
 
 
 def cap(cutoff: float | None) -> float | None:

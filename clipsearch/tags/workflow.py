@@ -89,11 +89,12 @@ def tag(store: Store, recorded: ModelIdentity, request: TagRequest, encoder: Cal
     rows = store.images(ids.tolist()) if roots or write_xmp or clear_xmp else {}
     in_scope = [n for n, i in enumerate(ids.tolist()) if not roots or paths.under(rows[i].path, roots)]
     scope_ids = [int(ids[n]) for n in in_scope]
+    scoped = mat if len(in_scope) == len(mat) else mat[in_scope]  # the whole library: no 200 MB copy at 100k
     names = [lab.name for lab in request.labels]
     zero = [[(names[k], score) for k, score in found]
-            for found in zero_shot.assign(mat[in_scope], label_mat, cut, request.top)]
+            for found in zero_shot.assign(scoped, label_mat, cut, request.top)]
     probes = [Probe(*row) for row in store.tags.probes(recorded.weights_sha256)]
-    personal = personal_tags(probes, mat[in_scope])
+    personal = personal_tags(probes, scoped)
     # A video is tagged with what any of its moments shows: its frames' tags go to its own row.
     owners = video_tables.frame_owners(store.db)
     if owners:

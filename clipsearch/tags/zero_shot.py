@@ -224,7 +224,7 @@ def assign(mat: np.ndarray, labels_mat: np.ndarray, cut: Thresholds, top: int) -
                                                          cut.logit_scale)
             if cut.sure is not None:
                 likely |= scores >= cut.sure
-            margin = np.where(likely, margin, -np.inf)
+            np.copyto(margin, -np.inf, where=~likely)
         passing_rows = np.flatnonzero((margin >= 0).any(axis=1))
         chunk: list[list[tuple[int, float]]] = [[] for _ in range(len(scores))]
         for r in passing_rows.tolist():  # most photos pass few labels: only those rows are sorted

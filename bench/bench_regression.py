@@ -18,7 +18,6 @@ from __future__ import annotations
 
 import argparse
 import json
-import os
 import statistics
 import subprocess
 import sys
@@ -26,6 +25,7 @@ import time
 from pathlib import Path
 
 sys.path.insert(0, str(Path(__file__).parent))
+import bench_query
 import common
 
 TEXTS = ["a dog on the beach", "a red bus", "snowy mountains", "my cute dog", "birthday cake", "a city at night"]
@@ -50,12 +50,8 @@ for top in (10, 60):
 print(json.dumps(out))
 """
 
-# As an installed clipsearch runs: Python may cache bytecode (bench_query.INSTALLED_ENV).
-ENV = {k: v for k, v in os.environ.items() if k != "PYTHONDONTWRITEBYTECODE"}
-
-
 def _env(tree: Path) -> dict[str, str]:
-    return {**ENV, "PYTHONPATH": str(tree)}
+    return {**bench_query.INSTALLED_ENV, "PYTHONPATH": str(tree)}  # bytecode cached, as installed
 
 
 def build(tree: Path, n: int) -> Path:
